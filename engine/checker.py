@@ -1,0 +1,661 @@
+"""Syntax tree → diagnostics: everything that can be known wrong before a push arrives.
+
+Checking runs in two steps so that an unchanged file is never checked twice:
+
+* :func:`check_file` looks at one file alone (names of filters and fields, regexes, literal
+  types, dotted-key collisions, …) and records the names the file defines and uses;
+* :func:`check_ruleset` joins those records across the folder (unknown and duplicate names,
+  element cycles, tests naming rules, destinations without settings).
+
+Every problem is collected; nothing stops at the first one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine import ast
+from engine.diagnostics import Diagnostic, Span, did_you_mean
+from engine.patterns import PatternError, compile_pattern
+from engine.settings import SETTINGS_MODELS
+from engine.vocabulary import (
+    DESTINATIONS,
+    EDGE_FIELDS,
+    KEEP_SCOPES,
+    KEYWORDS,
+    LIMIT_UNITS,
+    PERSONALIZATION_FIELDS,
+    RESERVED_NAMES,
+    SITECORE_ENGINE_FIELDS,
+    SITECORE_EXT_LIMIT,
+    SITECORE_FIELDS,
+    SITECORE_INTERNAL_PREFIXES,
+    SITECORE_STANDARD_TYPES,
+    TEST_STATUSES,
+)
+from engine import values
+from engine.values import FILTERS
+
+__all__ = ["FileFacts", "check_file", "check_ruleset", "flatten_ext"]
+
+
+@dataclass(slots=True)
+class FileFacts:
+    """What :func:`check_file` learnt about one file."""
+
+    path: str
+    lines: list[str]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    settings: list[ast.Settings] = field(default_factory=list)
+    elements: list[ast.Element] = field(default_factory=list)
+    rules: list[ast.Rule] = field(default_factory=list)
+    tests: list[ast.Test] = field(default_factory=list)
+    # (element name, span, referenced from a %token%?, the element whose definition uses it)
+    element_refs: list[tuple[str, Span, bool, str | None]] = field(default_factory=list)
+    sends: list[tuple[str, Span]] = field(default_factory=list)  # (settings block, span)
+    rule_refs: list[tuple[str, Span]] = field(default_factory=list)  # from tests
+
+    def diag(self, span: Span, message: str) -> None:
+        line = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
+        self.diagnostics.append(Diagnostic(span, message, source_line=line))
+
+
+# ------------------------------------------------------------------ static kinds
+# The kind of a literal, for the "always false" checks: None means unknown until run time.
+def _kind(expr: ast.Expr) -> str | None:
+    if isinstance(expr, ast.Literal):
+        if expr.parts is not None:
+            return "string" if len(expr.parts) != 1 else None
+        value = expr.value
+        if value is None:
+            return "null"
+        if isinstance(value, bool):
+            return "boolean"
+        if isinstance(value, int | float):
+            return "number"
+        if isinstance(value, str):
+            if values.as_number(value) is not None:
+                return "number-like string"
+            if values.order(value, value) is not None:
+                return "date string"
+            return "string"
+    if isinstance(expr, ast.ListExpr):
+        return "list"
+    if isinstance(expr, ast.ObjectExpr):
+        return "object"
+    if isinstance(expr, ast.Filter) and expr.name == "length":
+        return "number"
+    return None
+
+
+_ORDERABLE = {"number", "number-like string", "date string"}
+
+
+def _describe(expr: ast.Expr, kind: str) -> str:
+    if isinstance(expr, ast.Literal):
+        shown = "null" if expr.value is None else repr(expr.value).replace("'", '"')
+        if isinstance(expr.value, bool):
+            shown = "true" if expr.value else "false"
+        return f"{kind} {shown}"
+    return kind
+
+
+_CAMEL_PART = re.compile(r"[_\-\s]+(\w)")
+
+
+def camel(key: str) -> str:
+    """``page_type`` → ``pageType``: Sitecore ``ext`` names are camelCase alphanumerics."""
+    return _CAMEL_PART.sub(lambda m: m.group(1).upper(), key)
+
+
+def flatten_ext(pairs: Iterable[tuple[tuple[str, ...], Any]]) -> list[str]:
+    """The attribute names an ``ext`` object becomes once nested keys are joined in camelCase."""
+    names: list[str] = []
+    for key, value in pairs:
+        base = camel("_".join(key))
+        if isinstance(value, ast.ObjectExpr):
+            nested = flatten_ext((pair.key, pair.value) for pair in value.pairs)
+            names.extend(base + n[:1].upper() + n[1:] for n in nested)
+        else:
+            names.append(base)
+    return names
+
+
+# ------------------------------------------------------------------ one file
+class _FileChecker:
+    def __init__(self, facts: FileFacts) -> None:
+        self.facts = facts
+        self.diag = facts.diag
+        self.owner: str | None = None  # the element being defined, for dependency edges
+        self.allow_refs = True
+        self.allow_env = False
+        self.where = ""  # "in settings" / "in a test" for messages about refs
+
+    # -- statements
+    def statement(self, node: ast.Statement) -> None:
+        if isinstance(node, ast.Rule):
+            self.facts.rules.append(node)
+            self.rule(node)
+        elif isinstance(node, ast.Element):
+            self.facts.elements.append(node)
+            self.element(node)
+        elif isinstance(node, ast.Test):
+            self.facts.tests.append(node)
+            self.test(node)
+        else:
+            self.facts.settings.append(node)
+            self.settings(node)
+
+    def settings(self, node: ast.Settings) -> None:
+        model = SETTINGS_MODELS.get(node.kind)
+        if model is None:
+            hint = did_you_mean(node.kind, SETTINGS_MODELS)
+            self.diag(node.kind_span, f"unknown settings block '{node.kind}'{hint}")
+            return
+        allowed = list(model.model_fields)
+        seen: dict[str, Span] = {}
+        for pair in node.fields.pairs:
+            name = ".".join(pair.key)
+            if len(pair.key) != 1 or pair.key[0] not in allowed:
+                hint = did_you_mean(name, allowed)
+                self.diag(pair.key_span, f"unknown {node.kind} setting '{name}'{hint}")
+            elif name in seen:
+                self.diag(pair.key_span, f"{node.kind} setting '{name}' is given twice")
+            seen[name] = pair.key_span
+            self.constant(pair.value, "in settings", allow_env=True)
+
+    def element(self, node: ast.Element) -> None:
+        if node.name in KEYWORDS or node.name in RESERVED_NAMES:
+            what = "keyword" if node.name in KEYWORDS else "reserved name"
+            self.diag(node.name_span, f"'{node.name}' is a {what} and cannot name an element")
+        if node.keep is not None and node.keep not in KEEP_SCOPES:
+            hint = did_you_mean(node.keep, KEEP_SCOPES)
+            self.diag(
+                node.keep_span or node.span,
+                f"unknown keep scope '{node.keep}'; expected pageview, session or visitor{hint}",
+            )
+        self.owner = node.name
+        self.expr(node.expr)
+        self.owner = None
+
+    def rule(self, node: ast.Rule) -> None:
+        if not node.triggers:
+            self.diag(node.name_span, f"rule '{node.name}' has no trigger: add an 'on \"event\"' line")
+        if not node.actions:
+            self.diag(node.name_span, f"rule '{node.name}' has no action: add a 'send' or 'push'")
+        for trigger in node.triggers:
+            if isinstance(trigger, ast.EventTrigger) and not trigger.pattern:
+                self.diag(trigger.span, "an event trigger cannot be empty: use \"*\" for every event")
+            if isinstance(trigger, ast.ChangeTrigger) and not trigger.path:
+                self.diag(trigger.span, "a change trigger needs a path, e.g. 'change cart.total'")
+        for condition in node.conditions:
+            self.expr(condition.expr)
+        for extra in node.samples[1:]:
+            self.diag(extra.span, "a rule takes one 'sample' line")
+        for sample in node.samples:
+            if not 0 <= sample.percent <= 100:
+                self.diag(sample.span, f"sample must be between 0% and 100%, not {sample.percent:g}%")
+        units: dict[str, Span] = {}
+        for limit in node.limits:
+            if limit.count < 1:
+                self.diag(limit.count_span, f"a limit must be at least 1, not {limit.count}")
+            if limit.unit not in LIMIT_UNITS:
+                hint = did_you_mean(limit.unit, LIMIT_UNITS)
+                self.diag(
+                    limit.unit_span,
+                    f"unknown limit unit '{limit.unit}'; expected {', '.join(LIMIT_UNITS)}{hint}",
+                )
+            elif limit.unit in units:
+                self.diag(limit.unit_span, f"the rule already has a limit per {limit.unit}")
+            units[limit.unit] = limit.unit_span
+        for action in node.actions:
+            if isinstance(action, ast.Send):
+                self.send(action)
+            else:
+                self.object(action.value)
+
+    def send(self, node: ast.Send) -> None:
+        block = DESTINATIONS.get(node.destination)
+        if block is None:
+            hint = did_you_mean(node.destination, DESTINATIONS)
+            self.diag(
+                node.destination_span,
+                f"unknown destination '{node.destination}'; expected 'event' or 'sitecore'{hint}",
+            )
+            self.object(node.fields)
+            return
+        self.facts.sends.append((block, node.destination_span))
+        self.object(node.fields)
+        fields = {pair.key[0]: pair for pair in node.fields.pairs}
+        if node.destination == "event":
+            self.edge_fields(node, fields)
+        else:
+            self.sitecore_fields(node, fields)
+
+    def edge_fields(self, node: ast.Send, fields: dict[str, ast.Pair]) -> None:
+        for pair in node.fields.pairs:
+            name = pair.key[0]
+            if name not in EDGE_FIELDS:
+                self.diag(pair.key_span, f"unknown send event field '{name}'{did_you_mean(name, EDGE_FIELDS)}")
+            elif name == "personalization":
+                self.personalization(pair)
+        if "type" in fields and self.sets_event_type(node.fields):
+            self.diag(
+                fields["type"].key_span,
+                "give the event type once: 'type' and 'xdm.eventType' are both set",
+            )
+
+    def personalization(self, pair: ast.Pair) -> None:
+        nested = pair.key[1:]
+        if nested:
+            if nested[0] not in PERSONALIZATION_FIELDS:
+                hint = did_you_mean(nested[0], PERSONALIZATION_FIELDS)
+                self.diag(pair.key_span, f"unknown personalization field '{nested[0]}'{hint}")
+            return
+        if isinstance(pair.value, ast.ObjectExpr):
+            for inner in pair.value.pairs:
+                if inner.key[0] not in PERSONALIZATION_FIELDS:
+                    hint = did_you_mean(inner.key[0], PERSONALIZATION_FIELDS)
+                    self.diag(inner.key_span, f"unknown personalization field '{inner.key[0]}'{hint}")
+
+    @staticmethod
+    def sets_event_type(fields: ast.ObjectExpr) -> bool:
+        for pair in fields.pairs:
+            if pair.key[0] != "xdm":
+                continue
+            if pair.key[1:2] == ("eventType",):
+                return True
+            if len(pair.key) == 1 and isinstance(pair.value, ast.ObjectExpr):
+                if any(inner.key[0] == "eventType" for inner in pair.value.pairs):
+                    return True
+        return False
+
+    def sitecore_fields(self, node: ast.Send, fields: dict[str, ast.Pair]) -> None:
+        for pair in node.fields.pairs:
+            name = pair.key[0]
+            if name in SITECORE_ENGINE_FIELDS:
+                self.diag(pair.key_span, f"'{name}' is set by the engine, not by a rule")
+            elif name not in SITECORE_FIELDS:
+                hint = did_you_mean(name, SITECORE_FIELDS)
+                self.diag(pair.key_span, f"unknown send sitecore field '{name}'{hint}")
+        kind = fields.get("type")
+        if kind is None:
+            self.diag(node.destination_span, "send sitecore needs a 'type' (e.g. \"VIEW\")")
+        elif isinstance(kind.value, ast.Literal) and kind.value.parts is None:
+            self.sitecore_type(kind.value)
+        ext = fields.get("ext")
+        if ext is not None:
+            self.sitecore_ext(ext)
+
+    def sitecore_type(self, literal: ast.Literal) -> None:
+        value = literal.value
+        if not isinstance(value, str) or not value:
+            self.diag(literal.span, "a sitecore type is an upper-case name such as \"VIEW\"")
+            return
+        if value in SITECORE_STANDARD_TYPES:
+            return
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", value):
+            fixed = re.sub(r"[^A-Z0-9_]", "_", value.upper())
+            self.diag(
+                literal.span,
+                f"sitecore type '{value}' must be upper-case letters, digits and '_' "
+                f"(did you mean '{fixed}'?)",
+            )
+            return
+        if value.startswith(SITECORE_INTERNAL_PREFIXES):
+            self.diag(literal.span, f"sitecore type '{value}' is reserved by Sitecore; choose another name")
+
+    def sitecore_ext(self, pair: ast.Pair) -> None:
+        if len(pair.key) > 1:
+            names = flatten_ext([(pair.key[1:], pair.value)])
+        elif isinstance(pair.value, ast.ObjectExpr):
+            names = flatten_ext((p.key, p.value) for p in pair.value.pairs)
+        else:
+            return  # computed at run time: checked when the send is built
+        if len(names) > SITECORE_EXT_LIMIT:
+            self.diag(
+                pair.key_span,
+                f"sitecore ext has {len(names)} attributes once flattened; the limit is "
+                f"{SITECORE_EXT_LIMIT}",
+            )
+        seen: set[str] = set()
+        for name in names:
+            if name in seen:
+                self.diag(pair.key_span, f"sitecore ext attribute '{name}' is given twice once flattened")
+            seen.add(name)
+
+    # -- tests
+    def test(self, node: ast.Test) -> None:
+        pushes = expects = 0
+        for step in node.steps:
+            if isinstance(step, ast.Push):
+                pushes += 1
+                self.constant(step.value, "in a test")
+            elif isinstance(step, ast.TestSession):
+                continue
+            else:
+                expects += 1
+                self.expectation(step)
+        if not pushes:
+            self.diag(node.name_span, f"test '{node.name}' has no push")
+        if not expects:
+            self.diag(node.name_span, f"test '{node.name}' expects nothing: add an 'expect' line")
+
+    def expectation(self, step: ast.ExpectSend | ast.ExpectCount | ast.ExpectRule) -> None:
+        if isinstance(step, ast.ExpectRule):
+            self.facts.rule_refs.append((step.rule, step.rule_span))
+            if step.status not in TEST_STATUSES:
+                hint = did_you_mean(step.status, TEST_STATUSES)
+                self.diag(step.status_span, f"unknown rule status '{step.status}'{hint}")
+            return
+        if step.rule is not None and step.rule_span is not None:
+            self.facts.rule_refs.append((step.rule, step.rule_span))
+        if step.destination is not None and step.destination not in DESTINATIONS:
+            hint = did_you_mean(step.destination, DESTINATIONS)
+            self.diag(
+                step.destination_span or step.span,
+                f"unknown destination '{step.destination}'; expected 'event' or 'sitecore'{hint}",
+            )
+        if isinstance(step, ast.ExpectSend):
+            for expected in step.fields:
+                self.constant(expected.value, "in a test")
+        elif step.count < 0:
+            self.diag(step.count_span, "an expected count cannot be negative")
+
+    # -- expressions
+    def constant(self, expr: ast.Expr, where: str, allow_env: bool = False) -> None:
+        saved = self.allow_refs, self.allow_env, self.where
+        self.allow_refs, self.allow_env, self.where = False, allow_env, where
+        self.expr(expr)
+        self.allow_refs, self.allow_env, self.where = saved
+
+    def object(self, node: ast.ObjectExpr) -> None:
+        self.expr(node)
+
+    def expr(self, node: ast.Expr) -> str | None:  # noqa: C901 - one branch per node type
+        if isinstance(node, ast.Literal):
+            if node.parts is not None and self.allow_refs:
+                for part in node.parts:
+                    if isinstance(part, ast.TemplatePart):
+                        self.ref(part.ref, token=True)
+            return _kind(node)
+        if isinstance(node, ast.Ref):
+            self.ref(node)
+            return None
+        if isinstance(node, ast.ListExpr):
+            for item in node.items:
+                self.expr(item)
+            return "list"
+        if isinstance(node, ast.ObjectExpr):
+            self.check_keys(node)
+            for pair in node.pairs:
+                self.expr(pair.value)
+            return "object"
+        if isinstance(node, ast.Call):
+            self.call(node)
+            return None
+        if isinstance(node, ast.GetPath):
+            self.expr(node.operand)
+            return None
+        if isinstance(node, ast.Filter):
+            self.filter(node)
+            return _kind(node)
+        if isinstance(node, ast.Unary):
+            kind = self.expr(node.operand)
+            if node.op == "-" and kind is not None and kind not in ("number", "number-like string"):
+                self.diag(node.span, f"cannot negate {_describe(node.operand, kind)}")
+            return None
+        if isinstance(node, ast.Matches):
+            kind = self.expr(node.operand)
+            if kind in ("boolean", "null", "list", "object"):
+                self.diag(
+                    node.span,
+                    f"'matches' on {_describe(node.operand, kind)} is always false "
+                    "(it tests strings and numbers)",
+                )
+            try:
+                compile_pattern(node.pattern)
+            except PatternError as error:
+                self.diag(node.pattern_span, f"bad regular expression: {error}")
+            return "boolean"
+        if isinstance(node, ast.Binary):
+            return self.binary(node)
+        for operand in node.operands:
+            self.expr(operand)
+        return None
+
+    def binary(self, node: ast.Binary) -> str | None:
+        left, right = self.expr(node.left), self.expr(node.right)
+        op = node.op
+        if op in ("<", "<=", ">", ">="):
+            for side, kind in ((node.left, left), (node.right, right)):
+                if kind is not None and kind not in _ORDERABLE:
+                    self.diag(
+                        node.op_span,
+                        f"'{op}' compares numbers and dates; with {_describe(side, kind)} it is "
+                        "always false",
+                    )
+                    return "boolean"
+            if left in _ORDERABLE and right in _ORDERABLE:
+                assert isinstance(node.left, ast.Literal) and isinstance(node.right, ast.Literal)
+                if values.order(node.left.value, node.right.value) is None:
+                    self.diag(
+                        node.op_span,
+                        f"{_describe(node.left, left)} and {_describe(node.right, right)} cannot "
+                        f"be compared with '{op}': it is always false",
+                    )
+            return "boolean"
+        if op in ("starts with", "ends with"):
+            for side, kind in ((node.left, left), (node.right, right)):
+                if kind is not None and kind not in ("string", "number-like string", "date string"):
+                    self.diag(
+                        node.op_span,
+                        f"'{op}' tests strings; with {_describe(side, kind)} it is always false",
+                    )
+                    break
+            return "boolean"
+        if op == "contains":
+            if left in ("number", "boolean", "null"):
+                self.diag(
+                    node.op_span,
+                    f"'contains' looks inside strings, lists and objects; on "
+                    f"{_describe(node.left, left)} it is always false",
+                )
+            return "boolean"
+        if op in ("in", "not in"):
+            if right is not None and right != "list":
+                self.diag(
+                    node.op_span,
+                    f"'{op}' needs a list on its right, not {_describe(node.right, right)}",
+                )
+            return "boolean"
+        if op in ("==", "!="):
+            return "boolean"
+        # arithmetic
+        numeric = ("number", "number-like string")
+        for side, kind in ((node.left, left), (node.right, right)):
+            if kind is None or kind in numeric:
+                continue
+            if op == "+" and kind in ("string", "date string") and left in (None, "string", "date string") \
+                    and right in (None, "string", "date string"):
+                continue
+            self.diag(node.op_span, f"'{op}' needs numbers, not {_describe(side, kind)}")
+            break
+        return None
+
+    def filter(self, node: ast.Filter) -> None:
+        self.expr(node.operand)
+        spec = FILTERS.get(node.name)
+        if spec is None:
+            hint = did_you_mean(node.name, FILTERS)
+            self.diag(node.name_span, f"unknown filter '{node.name}'{hint}")
+        else:
+            arity = spec[1]
+            if arity == "none" and node.arg is not None:
+                self.diag(node.arg.span, f"filter '{node.name}' takes no argument")
+            elif arity == "required" and node.arg is None:
+                self.diag(node.name_span, f"filter '{node.name}' needs a value, e.g. '| {node.name} 0'")
+            if node.name == "round" and node.arg is not None:
+                if not (isinstance(node.arg, ast.Literal) and isinstance(node.arg.value, int)
+                        and not isinstance(node.arg.value, bool) and 0 <= node.arg.value <= 15):
+                    self.diag(node.arg.span, "round takes a number of decimals from 0 to 15")
+        if node.arg is not None:
+            self.expr(node.arg)
+
+    def call(self, node: ast.Call) -> None:
+        if node.name != "env":
+            self.diag(node.span, f"unknown function '{node.name}'{did_you_mean(node.name, ['env'])}")
+        elif not self.allow_env:
+            self.diag(node.span, "env() reads the environment in settings blocks only")
+        elif not 1 <= len(node.args) <= 2 or not all(
+            isinstance(a, ast.Literal) and isinstance(a.value, str) and a.parts is None
+            for a in node.args
+        ):
+            self.diag(node.span, 'env() takes a variable name and an optional default: env("NAME", "default")')
+        for arg in node.args:
+            if not isinstance(arg, ast.Literal):
+                self.expr(arg)
+
+    def ref(self, node: ast.Ref, token: bool = False) -> None:
+        if not self.allow_refs:
+            text = "state" if node.root == "state" else "event" if node.root == "event" else node.name
+            self.diag(node.span, f"'{text}' cannot be used {self.where}: only constant values")
+            return
+        if node.root == "element" and node.name is not None:
+            self.facts.element_refs.append((node.name, node.name_span or node.span, token, self.owner))
+
+    def check_keys(self, node: ast.ObjectExpr) -> None:
+        """Dotted keys expand into nested objects; two keys that land on the same place clash."""
+        leaves: dict[tuple[str, ...], ast.Pair] = {}
+        for pair in node.pairs:
+            key = pair.key
+            for other_key, other in leaves.items():
+                shorter = min(len(key), len(other_key))
+                if key[:shorter] != other_key[:shorter]:
+                    continue
+                if len(key) == len(other_key) and not (
+                    isinstance(pair.value, ast.ObjectExpr) and isinstance(other.value, ast.ObjectExpr)
+                ):
+                    self.diag(pair.key_span, f"key '{'.'.join(key)}' is given twice (line {other.key_span.line})")
+                    break
+                if len(key) != len(other_key):
+                    short, long_ = (pair, other) if len(key) < len(other_key) else (other, pair)
+                    if not isinstance(short.value, ast.ObjectExpr):
+                        self.diag(
+                            pair.key_span,
+                            f"key '{'.'.join(pair.key)}' collides with '{'.'.join(other.key)}' "
+                            f"(line {other.key_span.line}): '{'.'.join(short.key)}' cannot be both "
+                            "a value and an object",
+                        )
+                        break
+                    nested = long_.key[len(short.key):]
+                    clash = self.nested_clash(short.value, nested)
+                    if clash:
+                        self.diag(pair.key_span, f"key '{'.'.join(long_.key)}' is also set at line {clash}")
+                        break
+            leaves[key] = pair
+
+    @staticmethod
+    def nested_clash(node: ast.Expr, key: tuple[str, ...]) -> int | None:
+        """The line where ``node`` (an object) already sets ``key`` or a prefix/extension of it
+        to a non-object, if it does."""
+        if not isinstance(node, ast.ObjectExpr):
+            return None
+        for pair in node.pairs:
+            shorter = min(len(pair.key), len(key))
+            if pair.key[:shorter] != key[:shorter]:
+                continue
+            if len(pair.key) >= len(key):
+                return pair.key_span.line
+            found = _FileChecker.nested_clash(pair.value, key[len(pair.key):])
+            if found or not isinstance(pair.value, ast.ObjectExpr):
+                return found or pair.key_span.line
+        return None
+
+
+def check_file(file: ast.File, lines: list[str]) -> FileFacts:
+    """Check one parsed file on its own and record what it defines and uses."""
+    facts = FileFacts(file.path, lines)
+    checker = _FileChecker(facts)
+    for statement in file.statements:
+        checker.statement(statement)
+    return facts
+
+
+# ------------------------------------------------------------------ the whole ruleset
+def _line(facts_by_file: dict[str, FileFacts], span: Span) -> str | None:
+    facts = facts_by_file.get(span.file)
+    if facts and 0 < span.line <= len(facts.lines):
+        return facts.lines[span.line - 1]
+    return None
+
+
+def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
+    """Cross-file checks over the facts of every file, in load order."""
+    by_file = {f.path: f for f in files}
+    out: list[Diagnostic] = []
+
+    def diag(span: Span, message: str) -> None:
+        out.append(Diagnostic(span, message, source_line=_line(by_file, span)))
+
+    def unique(kind: str, items: Iterable[tuple[str, Span]]) -> dict[str, Span]:
+        first: dict[str, Span] = {}
+        for name, span in items:
+            if name in first:
+                diag(span, f"duplicate {kind} '{name}' (first defined at {first[name]})")
+            else:
+                first[name] = span
+        return first
+
+    elements = unique("element", ((e.name, e.name_span) for f in files for e in f.elements))
+    rules = unique("rule name", ((r.name, r.name_span) for f in files for r in f.rules))
+    unique("test name", ((t.name, t.name_span) for f in files for t in f.tests))
+    blocks = unique("settings block", ((s.kind, s.kind_span) for f in files for s in f.settings))
+
+    deps: dict[str, list[tuple[str, Span]]] = {name: [] for name in elements}
+    for facts in files:
+        for name, span, token, owner in facts.element_refs:
+            if name not in elements:
+                hint = did_you_mean(name, elements)
+                what = f"unknown token '%{name}%': no element '{name}'" if token else f"unknown element '{name}'"
+                diag(span, what + hint)
+            elif owner is not None and owner in deps:
+                deps[owner].append((name, span))
+        for block, span in facts.sends:
+            if block not in blocks:
+                dest = "event" if block == "edge" else "sitecore"
+                diag(span, f"send {dest} needs a '{block} {{ … }}' settings block; this ruleset has none")
+        for name, span in facts.rule_refs:
+            if name not in rules:
+                diag(span, f"unknown rule '{name}'{did_you_mean(name, rules)}")
+    for chain, span in _cycles(deps):
+        diag(span, "element cycle: " + " → ".join(chain))
+    return out
+
+
+def _cycles(deps: dict[str, list[tuple[str, Span]]]) -> list[tuple[list[str], Span]]:
+    """Each cycle in the element graph once, as its chain and the span of the reference that
+    closes it."""
+    found: list[tuple[list[str], Span]] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for target, span in deps.get(name, ()):
+            if state.get(target) == 1:
+                start = path.index(target)
+                found.append(([*path[start:], target], span))
+            elif target not in state and target in deps:
+                visit(target)
+        path.pop()
+        state[name] = 2
+
+    for name in deps:
+        if name not in state:
+            visit(name)
+    return found

@@ -1,0 +1,545 @@
+"""Checked syntax tree → compiled rules: Python closures, built once, run on every push.
+
+Each expression becomes one closure specialised for its shape (a path of one or two keys, a
+comparison with a constant, …); sub-expressions without references are folded into constants
+at load time. Nothing here walks the tree per push, and no rule text is ever executed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from engine import ast, values
+from engine.diagnostics import Diagnostic, Span
+from engine.patterns import compile_pattern
+from engine.ruleset import (
+    CompiledAction,
+    CompiledCondition,
+    CompiledElement,
+    CompiledRule,
+    CompiledTest,
+    ExpectCountStep,
+    ExpectRuleStep,
+    ExpectSendStep,
+    PushStep,
+    TestStep,
+)
+from engine.scope import Fn, Scope
+from engine.settings import SETTINGS_MODELS, DatalayerSettings, EdgeSettings, SitecoreSettings
+from engine.vocabulary import DESTINATIONS
+
+__all__ = ["CompiledFile", "compile_expr", "compile_file", "compile_settings", "constant_value"]
+
+DEFAULT_ORDER = 50
+
+
+class _Const:
+    """A folded constant. Lists and objects are copied on every use, so nothing downstream can
+    change the compiled ruleset by mutating a value it was given."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+Compiled = _Const | Fn
+
+
+def _fn(c: Compiled) -> Fn:
+    if not isinstance(c, _Const):
+        return c
+    value = c.value
+    if isinstance(value, dict | list):
+        copy = values.copy_json
+        return lambda s: copy(value)
+    return lambda s: value
+
+
+# ------------------------------------------------------------------ references
+def _path_fn(get_root: Callable[[Scope], Any], path: ast.Path) -> Fn:
+    lookup = values.lookup
+    if not path:
+        return get_root
+    if len(path) == 1 and type(path[0]) is str:
+        (a,) = path
+
+        def one(s: Scope) -> Any:
+            v = get_root(s)
+            return v.get(a) if type(v) is dict else None
+
+        return one
+    if len(path) == 2 and type(path[0]) is str and type(path[1]) is str:
+        a, b = path
+
+        def two(s: Scope) -> Any:
+            v = get_root(s)
+            if type(v) is dict:
+                v = v.get(a)
+                if type(v) is dict:
+                    return v.get(b)
+            return None
+
+        return two
+    return lambda s: lookup(get_root(s), path)
+
+
+def _state(s: Scope) -> Any:
+    return s.state
+
+
+def _event(s: Scope) -> Any:
+    return s.event
+
+
+def _ref(node: ast.Ref) -> Fn:
+    if node.root == "state":
+        if len(node.path) == 1 and type(node.path[0]) is str:
+            key = node.path[0]
+            return lambda s: s.state.get(key)
+        if len(node.path) == 2 and type(node.path[0]) is str and type(node.path[1]) is str:
+            a, b = node.path
+
+            def state2(s: Scope) -> Any:
+                v = s.state.get(a)
+                return v.get(b) if type(v) is dict else None
+
+            return state2
+        return _path_fn(_state, node.path)
+    if node.root == "event":
+        return _path_fn(_event, node.path)
+    name = cast(str, node.name)
+    if not node.path:
+        return lambda s: s.element(name)
+    return _path_fn(lambda s: s.element(name), node.path)
+
+
+def _template(parts: tuple[str | ast.TemplatePart, ...]) -> Fn:
+    if len(parts) == 1 and isinstance(parts[0], ast.TemplatePart):
+        return _ref(parts[0].ref)  # a string that is one token keeps the value's type
+    stringify = values.stringify
+    pieces: tuple[str | Fn, ...] = tuple(p if isinstance(p, str) else _ref(p.ref) for p in parts)
+    return lambda s: "".join([p if type(p) is str else stringify(p(s)) for p in pieces])  # type: ignore[operator]
+
+
+# ------------------------------------------------------------------ expressions
+def compile_expr(node: ast.Expr) -> Compiled:  # noqa: C901 - one branch per node type
+    """A closure for ``node`` (or a :class:`_Const` when it has no references)."""
+    if isinstance(node, ast.Literal):
+        return _template(node.parts) if node.parts is not None else _Const(node.value)
+    if isinstance(node, ast.Ref):
+        return _ref(node)
+    if isinstance(node, ast.ListExpr):
+        items = [compile_expr(item) for item in node.items]
+        if all(isinstance(i, _Const) for i in items):
+            return _Const([cast(_Const, i).value for i in items])
+        fns = tuple(_fn(i) for i in items)
+        return lambda s: [f(s) for f in fns]
+    if isinstance(node, ast.ObjectExpr):
+        return _object(node)
+    if isinstance(node, ast.GetPath):
+        operand = compile_expr(node.operand)
+        if isinstance(operand, _Const):
+            return _Const(values.lookup(operand.value, node.path))
+        return _path_fn(operand, node.path)
+    if isinstance(node, ast.Filter):
+        return _filter(node)
+    if isinstance(node, ast.Unary):
+        return _unary(node)
+    if isinstance(node, ast.Matches):
+        return _matches(node)
+    if isinstance(node, ast.Binary):
+        return _binary(node)
+    if isinstance(node, ast.Logical):
+        return _logical(node)
+    raise TypeError(f"cannot compile {type(node).__name__} here")  # env() outside settings
+
+
+def _object(node: ast.ObjectExpr) -> Compiled:
+    # Dotted keys expand into nested objects: build the shape first, then one builder per level.
+    shape: dict[str, Any] = {}
+    for pair in node.pairs:
+        _place(shape, pair.key, pair.value)
+    return _build_shape(shape)
+
+
+def _place(shape: dict[str, Any], key: tuple[str, ...], value: ast.Expr) -> None:
+    for part in key[:-1]:
+        inner = shape.get(part)
+        if not isinstance(inner, dict):
+            inner = shape[part] = {}
+        shape = inner
+    last = key[-1]
+    if isinstance(value, ast.ObjectExpr):
+        inner = shape.get(last)
+        if not isinstance(inner, dict):
+            inner = shape[last] = {}
+        for pair in value.pairs:
+            _place(inner, pair.key, pair.value)
+    else:
+        shape[last] = compile_expr(value)
+
+
+def _build_shape(shape: dict[str, Any]) -> Compiled:
+    entries = [(key, _build_shape(v) if isinstance(v, dict) else v) for key, v in shape.items()]
+    if all(isinstance(v, _Const) for _, v in entries):
+        return _Const({k: cast(_Const, v).value for k, v in entries})
+    items = tuple((k, _fn(v)) for k, v in entries)
+    return lambda s: {k: f(s) for k, f in items}
+
+
+def _filter(node: ast.Filter) -> Compiled:
+    operand = compile_expr(node.operand)
+    function, _ = values.FILTERS[node.name]
+    arg = compile_expr(node.arg) if node.arg is not None else None
+    if isinstance(operand, _Const) and (arg is None or isinstance(arg, _Const)):
+        args = () if arg is None else (cast(_Const, arg).value,)
+        return _Const(function(operand.value, *args))
+    op = _fn(operand)
+    if node.name == "default":
+        fallback = _fn(arg) if arg is not None else (lambda s: None)
+
+        def default(s: Scope) -> Any:
+            v = op(s)
+            return fallback(s) if v is None else v
+
+        return default
+    if arg is None:
+        return lambda s: function(op(s))
+    if isinstance(arg, _Const):
+        constant = arg.value
+        return lambda s: function(op(s), constant)
+    arg_fn = arg
+    return lambda s: function(op(s), arg_fn(s))
+
+
+def _unary(node: ast.Unary) -> Compiled:
+    operand = compile_expr(node.operand)
+    if node.op == "not":
+        if isinstance(operand, _Const):
+            return _Const(not operand.value)
+        op = operand
+        return lambda s: not op(s)
+    if node.op == "exists":
+        if isinstance(operand, _Const):
+            return _Const(operand.value is not None)
+        op = operand
+        return lambda s: op(s) is not None
+    if isinstance(operand, _Const):
+        return _Const(values.negate(operand.value))
+    negate, op = values.negate, operand
+    return lambda s: negate(op(s))
+
+
+def _matches(node: ast.Matches) -> Compiled:
+    search = compile_pattern(node.pattern)
+    stringify = values.stringify
+
+    def test(v: Any) -> bool:
+        t = type(v)
+        if t is str:
+            return search(v) is not None
+        if t is int or t is float:
+            return search(stringify(v)) is not None
+        return False
+
+    operand = compile_expr(node.operand)
+    if isinstance(operand, _Const):
+        return _Const(test(operand.value))
+    op = operand
+    return lambda s: test(op(s))
+
+
+_FAST_NUMERIC = {
+    ">": (lambda a, b: a > b, values.greater),
+    ">=": (lambda a, b: a >= b, values.greater_equal),
+    "<": (lambda a, b: a < b, values.less),
+    "<=": (lambda a, b: a <= b, values.less_equal),
+}
+
+
+def _binary(node: ast.Binary) -> Compiled:
+    left, right = compile_expr(node.left), compile_expr(node.right)
+    op = node.op
+    function = values.COMPARISONS.get(op) or values.ARITHMETIC[op]
+    if isinstance(left, _Const) and isinstance(right, _Const):
+        return _Const(function(left.value, right.value))
+    if isinstance(right, _Const) and not isinstance(left, _Const):
+        specialised = _against_constant(op, left, right.value)
+        if specialised is not None:
+            return specialised
+    lf, rf = _fn(left), _fn(right)
+    return lambda s: function(lf(s), rf(s))
+
+
+def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
+    """Fast paths for the commonest conditions: a value against a constant."""
+    plain_number = type(c) is int or type(c) is float
+    if op in ("==", "!="):
+        if type(c) is str and values.as_number(c) is None:
+            # A non-numeric string equals only the same string.
+            if op == "==":
+                return lambda s: left(s) == c
+            return lambda s: left(s) != c
+        if plain_number:
+            equals = values.equals
+            if op == "==":
+
+                def eq(s: Scope) -> bool:
+                    v = left(s)
+                    t = type(v)
+                    return v == c if t is int or t is float else equals(v, c)
+
+                return eq
+
+            def ne(s: Scope) -> bool:
+                v = left(s)
+                t = type(v)
+                return v != c if t is int or t is float else not equals(v, c)
+
+            return ne
+        return None
+    if op in _FAST_NUMERIC and plain_number:
+        fast, slow = _FAST_NUMERIC[op]
+        if op == ">":
+
+            def gt(s: Scope) -> bool:
+                v = left(s)
+                t = type(v)
+                return v > c if t is int or t is float else slow(v, c)
+
+            return gt
+
+        def ordered(s: Scope) -> bool:
+            v = left(s)
+            t = type(v)
+            return bool(fast(v, c)) if t is int or t is float else slow(v, c)
+
+        return ordered
+    if op in ("in", "not in") and type(c) is list and all(
+        type(x) is str and values.as_number(x) is None for x in c
+    ):
+        members = frozenset(c)
+
+        def member(s: Scope) -> bool:
+            v = left(s)
+            return type(v) is str and v in members
+
+        if op == "in":
+            return member
+        return lambda s: not member(s)
+    return None
+
+
+def _logical(node: ast.Logical) -> Compiled:
+    is_and = node.op == "and"
+    operands: list[Fn] = []
+    for operand in node.operands:
+        c = compile_expr(operand)
+        if isinstance(c, _Const):
+            if bool(c.value) != is_and:  # false in `and` / true in `or` decides it
+                return _Const(not is_and)
+            continue  # true in `and` / false in `or` changes nothing
+        operands.append(c)
+    if not operands:
+        return _Const(is_and)
+    if len(operands) == 1:
+        only = operands[0]
+        return lambda s: bool(only(s))
+    if len(operands) == 2:
+        a, b = operands
+        if is_and:
+            return lambda s: bool(a(s)) and bool(b(s))
+        return lambda s: bool(a(s)) or bool(b(s))
+    fns = tuple(operands)
+    if is_and:
+        return lambda s: all(f(s) for f in fns)
+    return lambda s: any(f(s) for f in fns)
+
+
+# ------------------------------------------------------------------ statements
+class CompiledFile:
+    """The compiled rules, elements and tests of one file."""
+
+    __slots__ = ("elements", "path", "rules", "tests")
+
+    def __init__(
+        self,
+        path: str,
+        rules: list[CompiledRule],
+        elements: list[CompiledElement],
+        tests: list[CompiledTest],
+    ) -> None:
+        self.path = path
+        self.rules = rules
+        self.elements = elements
+        self.tests = tests
+
+
+def _source(lines: Sequence[str], span: Span) -> str:
+    if span.line == span.end_line:
+        return lines[span.line - 1][span.column - 1 : span.end_column - 1]
+    parts = [lines[span.line - 1][span.column - 1 :]]
+    parts += lines[span.line : span.end_line - 1]
+    parts.append(lines[span.end_line - 1][: span.end_column - 1])
+    return " ".join(p.strip() for p in parts)
+
+
+def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
+    fn = _fn(compile_expr(node.expr))
+    test = (lambda s: bool(fn(s))) if not isinstance(node.expr, ast.Binary | ast.Logical | ast.Unary | ast.Matches) else fn
+    operands: tuple[tuple[str, Fn], ...] = ()
+    expr = node.expr
+    if isinstance(expr, ast.Binary):
+        operands = (
+            (_source(lines, expr.left.span), _fn(compile_expr(expr.left))),
+            (_source(lines, expr.right.span), _fn(compile_expr(expr.right))),
+        )
+    elif isinstance(expr, ast.Matches | ast.Unary) and not isinstance(expr.operand, ast.Literal):
+        operands = ((_source(lines, expr.operand.span), _fn(compile_expr(expr.operand))),)
+    elif isinstance(expr, ast.Ref | ast.Filter | ast.GetPath):
+        operands = ((node.source, fn),)
+    return CompiledCondition(test, node.negated, node.source, node.span, operands)
+
+
+def _action(node: ast.Action) -> CompiledAction:
+    build = _fn(compile_expr(node.fields if isinstance(node, ast.Send) else node.value))
+    if isinstance(node, ast.Send):
+        destination = cast(Any, DESTINATIONS[node.destination])
+        spans = {pair.key[0]: pair.key_span for pair in node.fields.pairs}
+        return CompiledAction("send", destination, build, node.span, spans)
+    return CompiledAction("push", None, build, node.span)
+
+
+def _rule(node: ast.Rule, position: int, lines: Sequence[str]) -> CompiledRule:
+    whens = [_condition(c, lines) for c in node.conditions if not c.negated]
+    unlesses = [_condition(c, lines) for c in node.conditions if c.negated]
+    return CompiledRule(
+        name=node.name,
+        order=node.order if node.order is not None else DEFAULT_ORDER,
+        file=node.span.file,
+        position=position,
+        span=node.span,
+        events=tuple(t.pattern for t in node.triggers if isinstance(t, ast.EventTrigger)),
+        changes=tuple(t.path for t in node.triggers if isinstance(t, ast.ChangeTrigger)),
+        conditions=(*whens, *unlesses),
+        sample=node.samples[0].percent if node.samples else None,
+        limits=tuple((limit.count, limit.unit) for limit in node.limits),
+        actions=tuple(_action(a) for a in node.actions),
+    )
+
+
+def _constant(node: ast.Expr) -> Any:
+    c = compile_expr(node)
+    return c.value if isinstance(c, _Const) else None
+
+
+def _test(node: ast.Test) -> CompiledTest:
+    session: str | None = None
+    steps: list[TestStep] = []
+    for step in node.steps:
+        if isinstance(step, ast.TestSession):
+            session = step.session
+        elif isinstance(step, ast.Push):
+            steps.append(PushStep(_constant(step.value), step.span))
+        elif isinstance(step, ast.ExpectSend):
+            fields = tuple((f.path, _constant(f.value), f.span) for f in step.fields)
+            steps.append(ExpectSendStep(cast(Any, DESTINATIONS[step.destination]), step.rule, fields, step.span))
+        elif isinstance(step, ast.ExpectCount):
+            dest = cast(Any, DESTINATIONS[step.destination]) if step.destination else None
+            steps.append(ExpectCountStep(step.count, dest, step.rule, step.span))
+        else:
+            steps.append(ExpectRuleStep(step.rule, step.status, step.span))
+    return CompiledTest(node.name, node.span, session, tuple(steps))
+
+
+def compile_file(file: ast.File, lines: Sequence[str]) -> CompiledFile:
+    """Compile one checked file. Call only on files whose check found no error."""
+    rules: list[CompiledRule] = []
+    elements: list[CompiledElement] = []
+    tests: list[CompiledTest] = []
+    for statement in file.statements:
+        if isinstance(statement, ast.Rule):
+            rules.append(_rule(statement, len(rules), lines))
+        elif isinstance(statement, ast.Element):
+            fn = _fn(compile_expr(statement.expr))
+            elements.append(CompiledElement(statement.name, fn, statement.keep, statement.span))
+        elif isinstance(statement, ast.Test):
+            tests.append(_test(statement))
+    return CompiledFile(file.path, rules, elements, tests)
+
+
+# ------------------------------------------------------------------ settings
+class _Missing(Exception):
+    def __init__(self, name: str, span: Span) -> None:
+        self.name = name
+        self.span = span
+
+
+def constant_value(node: ast.Expr, environ: Mapping[str, str]) -> Any:
+    """The value of a settings expression; ``env()`` reads ``environ``."""
+    if isinstance(node, ast.Call):
+        args = [cast(ast.Literal, a).value for a in node.args]
+        name = cast(str, args[0])
+        if name in environ:
+            return environ[name]
+        if len(args) > 1:
+            return args[1]
+        raise _Missing(name, node.span)
+    if isinstance(node, ast.ObjectExpr):
+        out: dict[str, Any] = {}
+        for pair in node.pairs:
+            target = out
+            for part in pair.key[:-1]:
+                target = target.setdefault(part, {})
+            target[pair.key[-1]] = constant_value(pair.value, environ)
+        return out
+    if isinstance(node, ast.ListExpr):
+        return [constant_value(item, environ) for item in node.items]
+    return _constant(node)
+
+
+Settings = tuple[EdgeSettings | None, SitecoreSettings | None, DatalayerSettings]
+
+
+def compile_settings(
+    blocks: Sequence[ast.Settings],
+    lines_of: Callable[[Span], str | None],
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Settings, list[Diagnostic]]:
+    """Validate the settings blocks (reading the environment now) into settings models."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    problems: list[Diagnostic] = []
+    for block in blocks:
+        model = SETTINGS_MODELS[block.kind]
+        spans = {pair.key[0]: pair for pair in block.fields.pairs}
+        data: dict[str, Any] = {}
+        for pair in block.fields.pairs:
+            try:
+                data[pair.key[0]] = constant_value(pair.value, env)
+            except _Missing as missing:
+                message = (
+                    f"environment variable '{missing.name}' is not set and has no default "
+                    f'(set it, or write env("{missing.name}", "default"))'
+                )
+                problems.append(Diagnostic(missing.span, message, source_line=lines_of(missing.span)))
+        try:
+            found[block.kind] = model.model_validate(data)
+        except ValidationError as error:
+            for item in error.errors(include_input=False, include_url=False):
+                key = str(item["loc"][0]) if item["loc"] else ""
+                pair = spans.get(key)
+                span = pair.value.span if pair is not None else block.kind_span
+                message = f"{block.kind} setting '{key}': {item['msg'].lower()}"
+                problems.append(Diagnostic(span, message, source_line=lines_of(span)))
+    settings: Settings = (
+        found.get("edge"),
+        found.get("sitecore"),
+        found.get("datalayer") or DatalayerSettings(),
+    )
+    return settings, problems

@@ -1,0 +1,216 @@
+"""Files → :class:`~engine.ruleset.Ruleset`: the pipeline's driver, with its caches.
+
+A ruleset is every ``*.rules`` file of a folder, in file-name order. Each file goes through
+parse → check → compile on its own, and the result is kept against the file's content digest:
+in this process, and (when the app names a ``cache_dir``) on disk as the parsed syntax tree. A
+reload therefore parses only the files that changed; the cross-file checks and the settings
+(which read the environment) are redone on every load, and they are cheap.
+
+The on-disk cache holds pickles: point ``cache_dir`` only at a folder as trusted as the rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import ast
+from engine.checker import FileFacts, check_file, check_ruleset
+from engine.compiler import CompiledFile, compile_file, compile_settings
+from engine.diagnostics import Diagnostic, Span
+from engine.errors import RuleError
+from engine.parser import GRAMMAR, parse
+from engine.ruleset import Ruleset
+
+__all__ = ["clear_cache", "load_ruleset", "rule_files"]
+
+# Part of every cache key: a new grammar or AST invalidates what was cached by an older one.
+_FORMAT = hashlib.blake2b(
+    (GRAMMAR + Path(ast.__file__).read_text(encoding="utf-8")).encode(), digest_size=8
+).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """One file, as far through the pipeline as it got."""
+
+    digest: str
+    facts: FileFacts
+    compiled: CompiledFile | None  # None when the file has errors
+    parsed: bool
+
+
+_memory: dict[str, _Unit] = {}
+_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget every file compiled in this process (the on-disk cache is left alone)."""
+    with _lock:
+        _memory.clear()
+
+
+def rule_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The ``.rules`` files of a ruleset: the file itself, or a folder's, by file name."""
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise RuleError([_file_error(str(root), f"no such file or folder: {root}")])
+    return sorted((p for p in root.iterdir() if p.suffix == ".rules" and p.is_file()), key=lambda p: p.name)
+
+
+def _file_error(name: str, message: str) -> Diagnostic:
+    return Diagnostic(Span(name, 1, 1, 1, 1), message)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _disk_path(cache_dir: Path, name: str, digest: str) -> Path:
+    key = hashlib.blake2b(f"{_FORMAT}\0{name}\0{digest}".encode(), digest_size=16).hexdigest()
+    return cache_dir / f"{key}.ast"
+
+
+def _parse_cached(text: str, name: str, digest: str, cache_dir: Path | None) -> tuple[ast.File | None, list[Diagnostic]]:
+    if cache_dir is not None:
+        target = _disk_path(cache_dir, name, digest)
+        try:
+            with target.open("rb") as handle:
+                cached = pickle.load(handle)
+            if isinstance(cached, ast.File):
+                return cached, []
+        except (OSError, pickle.PickleError, EOFError, AttributeError, ValueError, TypeError):
+            pass  # absent or unreadable: parse again
+    result = parse(text, name)
+    if cache_dir is not None and result.file is not None and not result.diagnostics:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+            with temporary.open("wb") as handle:
+                pickle.dump(result.file, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(temporary, target)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+    return result.file, result.diagnostics
+
+
+def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
+    digest = _digest(data)
+    with _lock:
+        cached = _memory.get(name)
+    if cached is not None and cached.digest == digest:
+        return cached
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        facts = FileFacts(name, [])
+        facts.diagnostics.append(Diagnostic(Span(name, line, 1, line, 2), "file is not UTF-8 text"))
+        return _Unit(digest, facts, None, parsed=False)
+    text = text.removeprefix("\ufeff")
+    lines = text.splitlines() or [""]
+    tree, problems = _parse_cached(text, name, digest, cache_dir)
+    facts = FileFacts(name, lines)
+    facts.diagnostics.extend(problems)
+    compiled: CompiledFile | None = None
+    if tree is not None:
+        try:
+            checked = check_file(tree, lines)
+            checked.diagnostics[:0] = problems
+            facts = checked
+            if not any(d.severity == "error" for d in facts.diagnostics):
+                compiled = compile_file(tree, lines)
+        except RecursionError:
+            facts.diagnostics.append(
+                Diagnostic(Span(name, 1, 1, 1, 2), "expressions are nested too deeply to compile")
+            )
+            compiled = None
+    unit = _Unit(digest, facts, compiled, parsed=tree is not None)
+    with _lock:
+        _memory[name] = unit
+    return unit
+
+
+def load_ruleset(
+    path: str | os.PathLike[str],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Ruleset:
+    """Load, check and compile the ruleset at ``path`` (a folder of ``.rules`` files or one
+    file). Raises :class:`~engine.errors.RuleError` with every diagnostic when anything is
+    wrong. ``environ`` (default ``os.environ``) is what ``env()`` reads."""
+    files = rule_files(path)
+    sources: list[tuple[str, bytes]] = []
+    problems: list[Diagnostic] = []
+    for file in files:
+        try:
+            sources.append((str(file), file.read_bytes()))
+        except OSError as error:
+            problems.append(_file_error(str(file), f"cannot read file: {error.strerror or error}"))
+    return build_ruleset(sources, cache_dir=cache_dir, environ=environ, problems=problems)
+
+
+def build_ruleset(
+    sources: Iterable[tuple[str, bytes]],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    problems: Iterable[Diagnostic] = (),
+) -> Ruleset:
+    """:func:`load_ruleset` over in-memory sources: ``(file name, content)`` pairs."""
+    disk = Path(cache_dir) if cache_dir is not None else None
+    units = [_unit(name, data, disk) for name, data in sources]
+    diagnostics = list(problems)
+    for unit in units:
+        diagnostics.extend(unit.facts.diagnostics)
+    facts = [unit.facts for unit in units]
+    cross = check_ruleset(facts)
+    if not all(unit.parsed for unit in units):
+        # Names defined in a file that did not parse are unknown; do not report their uses.
+        cross = [d for d in cross if not d.message.startswith(("unknown element", "unknown token", "unknown rule", "send "))]
+    diagnostics.extend(cross)
+    by_file = {f.path: f for f in facts}
+
+    def line_of(span: Span) -> str | None:
+        lines = by_file[span.file].lines if span.file in by_file else []
+        return lines[span.line - 1] if 0 < span.line <= len(lines) else None
+
+    blocks = [s for f in facts for s in f.settings if not _has_error_in(s, f)]
+    settings, setting_problems = compile_settings(blocks, line_of, environ)
+    diagnostics.extend(setting_problems)
+    if any(d.severity == "error" for d in diagnostics):
+        diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
+        raise RuleError(diagnostics)
+    edge, sitecore, datalayer = settings
+    compiled = [unit.compiled for unit in units if unit.compiled is not None]
+    version = hashlib.blake2b(
+        "\0".join(f"{unit.facts.path}:{unit.digest}" for unit in units).encode(), digest_size=16
+    ).hexdigest()
+    return Ruleset(
+        [rule for c in compiled for rule in c.rules],
+        {e.name: e for c in compiled for e in c.elements},
+        [t for c in compiled for t in c.tests],
+        edge=edge,
+        sitecore=sitecore,
+        datalayer=datalayer,
+        files=tuple(unit.facts.path for unit in units),
+        version=version,
+    )
+
+
+def _has_error_in(block: ast.Settings, facts: FileFacts) -> bool:
+    """Whether the checker already reported a problem inside ``block`` (then it is not
+    validated again, which would only repeat the message)."""
+    span = block.span
+    return any(
+        d.span.file == span.file and span.line <= d.span.line <= span.end_line
+        for d in facts.diagnostics
+    )

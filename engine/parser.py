@@ -1,0 +1,655 @@
+"""Rule source → syntax tree (:mod:`engine.ast`).
+
+The grammar lives in ``grammar.lark``. lark's LALR parser runs with this module's
+:class:`Builder` as its inline transformer, so the parse produces AST nodes directly, with no
+intermediate parse tree. Syntax errors become :class:`~engine.diagnostics.Diagnostic` objects;
+nothing lark raises escapes :func:`parse`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn, cast
+
+import lark
+from lark import Token
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from engine import ast
+from engine.diagnostics import Diagnostic, Span
+
+__all__ = ["GRAMMAR", "ParseResult", "parse", "parse_template"]
+
+GRAMMAR = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
+
+# Tokens after which a newline cannot end a clause: the expression or list goes on.
+_CONTINUES_AFTER = frozenset(
+    {
+        "COMMA", "LBRACE", "LSQB", "LPAR", "COLON", "EQUAL", "VBAR", "COMPARE", "CONTAINS",
+        "WITH", "IN", "NOT", "AND", "OR", "PLUS", "MINUS", "STAR", "SLASH", "MODULO", "MATCHES",
+        "DOT",
+    }
+)
+# A line starting with one of these continues the previous one.
+_CONTINUATION = re.compile(r"(?:and|or)\b|[|}\])]")
+_OPENERS = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
+_CLOSERS = frozenset({"RPAR", "RSQB", "RBRACE"})
+
+
+class Newlines:
+    """lark post-lexer: drops the newlines that cannot separate anything (see grammar.lark)."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        text = self.text
+        previous: str | None = None
+        brackets: list[str] = []
+        for token in stream:
+            kind = token.type
+            if kind == "_NL":
+                if (
+                    previous is None
+                    or previous in _CONTINUES_AFTER
+                    or (brackets and brackets[-1] == "(")
+                    or _CONTINUATION.match(text, cast(int, token.end_pos))
+                ):
+                    continue
+            elif kind in _OPENERS:
+                brackets.append(_OPENERS[kind])
+            elif kind in _CLOSERS and brackets:
+                brackets.pop()
+            previous = kind
+            yield token
+
+
+# ------------------------------------------------------------------ strings
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)")
+_TOKEN = re.compile(r"%%|%([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+|\[-?\d+\])*)%")
+_PATH_STEP = re.compile(r"\.([A-Za-z0-9_]+)|\[(-?\d+)\]")
+
+
+def _unescape(raw: str, span: Span, errors: list[Diagnostic], lines: list[str]) -> str:
+    """Decode the escapes of a string literal's inside (quotes already removed)."""
+    if "\\" not in raw:
+        return raw
+
+    def replace(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code in _ESCAPES:
+            return _ESCAPES[code]
+        if len(code) == 5:
+            return chr(int(code[1:], 16))
+        column = span.column + 1 + match.start()
+        where = Span(span.file, span.line, column, span.line, column + 2)
+        errors.append(_diag(where, f"unknown escape '\\{code}' in string", lines))
+        return code
+
+    return _ESCAPE.sub(replace, raw)
+
+
+def parse_template(
+    raw: str, span: Span, errors: list[Diagnostic], lines: list[str]
+) -> tuple[str, tuple[str | ast.TemplatePart, ...] | None]:
+    """Decode a string literal's inside and split out its ``%tokens%``.
+
+    Returns the decoded text and, when it holds at least one token, its parts: text and
+    :class:`ast.TemplatePart` in order, ``%%`` already turned into ``%``.
+    """
+    if "%" not in raw:
+        return _unescape(raw, span, errors, lines), None
+    parts: list[str | ast.TemplatePart] = []
+    text: list[str] = []
+    last = 0
+    has_token = False
+    for match in _TOKEN.finditer(raw):
+        text.append(_unescape(raw[last : match.start()], span, errors, lines))
+        last = match.end()
+        if match.group(1) is None:
+            text.append("%")
+            continue
+        has_token = True
+        if text:
+            parts.append("".join(text))
+            text = []
+        column = span.column + 1 + match.start()
+        where = Span(span.file, span.line, column, span.line, column + len(match.group(0)))
+        parts.append(ast.TemplatePart(_token_ref(match.group(1), where), where))
+    text.append(_unescape(raw[last:], span, errors, lines))
+    joined = "".join(text)
+    if joined:
+        parts.append(joined)
+    value = "".join(p if isinstance(p, str) else "%" + _token_text(p.ref) + "%" for p in parts)
+    return value, (tuple(parts) if has_token else None)
+
+
+def _token_ref(text: str, span: Span) -> ast.Ref:
+    head = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    assert head is not None
+    steps: list[ast.Step] = []
+    for match in _PATH_STEP.finditer(text, head.end()):
+        steps.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+    return _make_ref(head.group(0), span, tuple(steps), span)
+
+
+def _token_text(ref: ast.Ref) -> str:
+    head = ref.name if ref.root == "element" else ref.root
+    return str(head) + "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in ref.path)
+
+
+def _make_ref(name: str, span: Span, path: ast.Path, name_span: Span) -> ast.Ref:
+    if name == "state" or name == "event":
+        return ast.Ref(span, name, path)
+    return ast.Ref(span, "element", path, name, name_span)
+
+
+def _diag(span: Span, message: str, lines: list[str]) -> Diagnostic:
+    line = lines[span.line - 1] if 0 < span.line <= len(lines) else None
+    return Diagnostic(span, message, source_line=line)
+
+
+# ------------------------------------------------------------------ the transformer
+class _On:
+    __slots__ = ("span", "triggers")
+
+    def __init__(self, span: Span, triggers: tuple[ast.Trigger, ...]) -> None:
+        self.span = span
+        self.triggers = triggers
+
+
+class _Named:
+    """A small result: a name (or number) with its span, e.g. ``order 10`` or ``keep visitor``."""
+
+    __slots__ = ("span", "value")
+
+    def __init__(self, span: Span, value: Any) -> None:
+        self.span = span
+        self.value = value
+
+
+class Builder(lark.Transformer[Token, Any]):
+    """Builds AST nodes while lark parses. One instance per parse (it holds the file's text)."""
+
+    def __init__(self, file: str, text: str) -> None:
+        super().__init__(visit_tokens=False)
+        self.file = file
+        self.lines = text.splitlines() or [""]
+        self.errors: list[Diagnostic] = []
+
+    # -- helpers
+    def span(self, token: Token) -> Span:
+        return Span(
+            self.file,
+            cast(int, token.line),
+            cast(int, token.column),
+            cast(int, token.end_line),
+            cast(int, token.end_column),
+        )
+
+    def string(self, token: Token) -> str:
+        value, _ = parse_template(token.value[1:-1], self.span(token), self.errors, self.lines)
+        return value
+
+    def source(self, span: Span) -> str:
+        if span.line == span.end_line:
+            return self.lines[span.line - 1][span.column - 1 : span.end_column - 1]
+        first = self.lines[span.line - 1][span.column - 1 :]
+        middle = self.lines[span.line : span.end_line - 1]
+        last = self.lines[span.end_line - 1][: span.end_column - 1]
+        return " ".join(part.strip() for part in [first, *middle, last])
+
+    def number(self, token: Token) -> int | float:
+        text = token.value
+        if any(c in text for c in ".eE"):
+            value = float(text)
+            if not math.isfinite(value):
+                self.errors.append(_diag(self.span(token), f"number {text} is out of range", self.lines))
+                return 0
+            return value
+        return int(text)
+
+    def integer(self, token: Token, what: str) -> int:
+        value = self.number(token)
+        if isinstance(value, float):
+            if value.is_integer() and "e" not in token.value.lower():
+                return int(value)
+            self.errors.append(_diag(self.span(token), f"{what} must be a whole number, not {token.value}", self.lines))
+            return int(value)
+        return value
+
+    # -- top level
+    def start(self, children: list[Any]) -> tuple[ast.Statement, ...]:
+        return tuple(c for c in children if c is not None)
+
+    def settings(self, c: list[Any]) -> ast.Settings:
+        kind, fields = c
+        kind_span = self.span(kind)
+        return ast.Settings(kind_span.to(fields.span), str(kind), kind_span, fields)
+
+    def element(self, c: list[Any]) -> ast.Element:
+        keyword, name, expr, keep = c
+        end = keep.span if keep is not None else expr.span
+        return ast.Element(
+            self.span(keyword).to(end),
+            str(name),
+            self.span(name),
+            expr,
+            keep.value if keep is not None else None,
+            keep.span if keep is not None else None,
+        )
+
+    def keep(self, c: list[Any]) -> _Named:
+        return _Named(self.span(c[1]), str(c[1]))
+
+    def order(self, c: list[Any]) -> _Named:
+        return _Named(self.span(c[1]), self.integer(c[1], "a rule's order"))
+
+    def rule(self, c: list[Any]) -> ast.Rule:
+        keyword, name, order, *clauses, close = c
+        triggers: list[ast.Trigger] = []
+        conditions: list[ast.Condition] = []
+        samples: list[ast.Sample] = []
+        limits: list[ast.Limit] = []
+        actions: list[ast.Action] = []
+        for clause in clauses:
+            if clause is None:
+                continue
+            if isinstance(clause, _On):
+                triggers.extend(clause.triggers)
+            elif isinstance(clause, ast.Condition):
+                conditions.append(clause)
+            elif isinstance(clause, ast.Sample):
+                samples.append(clause)
+            elif isinstance(clause, ast.Limit):
+                limits.append(clause)
+            else:
+                actions.append(clause)
+        return ast.Rule(
+            self.span(keyword).to(self.span(close)),
+            self.string(name),
+            self.span(name),
+            order.value if order is not None else None,
+            order.span if order is not None else None,
+            tuple(triggers),
+            tuple(conditions),
+            tuple(samples),
+            tuple(limits),
+            tuple(actions),
+        )
+
+    def on(self, c: list[Any]) -> _On:
+        keyword, *triggers = c
+        return _On(self.span(keyword).to(triggers[-1].span), tuple(triggers))
+
+    def event_trigger(self, c: list[Any]) -> ast.EventTrigger:
+        return ast.EventTrigger(self.span(c[0]), self.string(c[0]))
+
+    def change_trigger(self, c: list[Any]) -> ast.ChangeTrigger:
+        path, span = c[1]
+        if path and path[0] == "state":  # `change state.cart` reads as `change cart`
+            path = path[1:]
+        return ast.ChangeTrigger(self.span(c[0]).to(span), path)
+
+    def _condition(self, c: list[Any], negated: bool) -> ast.Condition:
+        keyword, expr = c
+        return ast.Condition(self.span(keyword).to(expr.span), expr, negated, self.source(expr.span))
+
+    def when(self, c: list[Any]) -> ast.Condition:
+        return self._condition(c, False)
+
+    def unless(self, c: list[Any]) -> ast.Condition:
+        return self._condition(c, True)
+
+    def sample(self, c: list[Any]) -> ast.Sample:
+        keyword, percent = c
+        return ast.Sample(self.span(keyword).to(self.span(percent)), float(percent.value[:-1]))
+
+    def limit(self, c: list[Any]) -> ast.Limit:
+        keyword, count, unit = c
+        return ast.Limit(
+            self.span(keyword).to(self.span(unit)),
+            self.integer(count, "a limit"),
+            self.span(count),
+            str(unit),
+            self.span(unit),
+        )
+
+    def send(self, c: list[Any]) -> ast.Send:
+        keyword, destination, fields = c
+        return ast.Send(self.span(keyword).to(fields.span), str(destination), self.span(destination), fields)
+
+    def push(self, c: list[Any]) -> ast.Push:
+        keyword, value = c
+        return ast.Push(self.span(keyword).to(value.span), value)
+
+    # -- tests
+    def test(self, c: list[Any]) -> ast.Test:
+        keyword, name, *steps, close = c
+        steps = [s for s in steps if s is not None]
+        span = self.span(keyword).to(self.span(close))
+        return ast.Test(span, self.string(name), self.span(name), tuple(steps))
+
+    def test_session(self, c: list[Any]) -> ast.TestSession:
+        return ast.TestSession(self.span(c[0]).to(self.span(c[1])), self.string(c[1]))
+
+    def from_rule(self, c: list[Any]) -> _Named:
+        return _Named(self.span(c[0]), self.string(c[0]))
+
+    def expect_send(self, c: list[Any]) -> ast.ExpectSend:
+        keyword, destination, source, fields = c
+        fields_span, items = fields
+        return ast.ExpectSend(
+            self.span(keyword).to(fields_span),
+            str(destination),
+            self.span(destination),
+            source.value if source else None,
+            source.span if source else None,
+            items,
+        )
+
+    def _count(self, keyword: Token, count: int, count_span: Span, rest: list[Any]) -> ast.ExpectCount:
+        destination = next((t for t in rest if isinstance(t, Token) and t.type == "NAME"), None)
+        source = next((t for t in rest if isinstance(t, _Named)), None)
+        end = source.span if source else self.span(destination) if destination else count_span
+        return ast.ExpectCount(
+            self.span(keyword).to(end),
+            count,
+            count_span,
+            str(destination) if destination is not None else None,
+            self.span(destination) if destination is not None else None,
+            source.value if source else None,
+            source.span if source else None,
+        )
+
+    def expect_count(self, c: list[Any]) -> ast.ExpectCount:
+        keyword, count, *rest = c
+        return self._count(keyword, self.integer(count, "an expected count"), self.span(count), rest)
+
+    def expect_none(self, c: list[Any]) -> ast.ExpectCount:
+        keyword, no, *rest = c
+        return self._count(keyword, 0, self.span(no), rest)
+
+    def expect_rule(self, c: list[Any]) -> ast.ExpectRule:
+        keyword, name, status = c
+        return ast.ExpectRule(
+            self.span(keyword).to(self.span(status)),
+            self.string(name),
+            self.span(name),
+            str(status),
+            self.span(status),
+        )
+
+    def expect_fields(self, c: list[Any]) -> tuple[Span, tuple[ast.ExpectField, ...]]:
+        fields = tuple(f for f in c if isinstance(f, ast.ExpectField))
+        tokens = [t for t in c if isinstance(t, Token)]
+        span = self.span(tokens[0]).to(self.span(tokens[-1]))
+        return span, fields
+
+    def expect_field(self, c: list[Any]) -> ast.ExpectField:
+        (path, path_span), value = c
+        return ast.ExpectField(path_span.to(value.span), path, path_span, value)
+
+    def data_path(self, c: list[Token]) -> tuple[ast.Path, Span]:
+        steps: list[ast.Step] = []
+        for token in c:
+            if token.type == "NAME":
+                steps.append(str(token))
+            elif token.type == "STRING":
+                steps.append(self.string(token))
+            else:
+                steps.append(self.integer(token, "a list index"))
+        return tuple(steps), self.span(c[0]).to(self.span(c[-1]))
+
+    # -- expressions
+    def _logical(self, op: Any, c: list[Any]) -> ast.Logical:
+        left, right = c
+        operands = left.operands if isinstance(left, ast.Logical) and left.op == op else (left,)
+        return ast.Logical(left.span.to(right.span), op, (*operands, right))
+
+    def or_(self, c: list[Any]) -> ast.Logical:
+        return self._logical("or", c)
+
+    def and_(self, c: list[Any]) -> ast.Logical:
+        return self._logical("and", c)
+
+    def not_(self, c: list[Any]) -> ast.Unary:
+        keyword, operand = c
+        return ast.Unary(self.span(keyword).to(operand.span), "not", operand)
+
+    _OPS = {"CONTAINS": "contains", "STARTS": "starts with", "ENDS": "ends with", "IN": "in"}
+
+    def compare(self, c: list[Any]) -> ast.Binary:
+        left, op, *rest = c
+        right = rest[-1]
+        name = op.value if op.type == "COMPARE" else self._OPS[op.type]
+        op_span = self.span(op)
+        if len(rest) == 2:  # `starts with` / `ends with`
+            op_span = op_span.to(self.span(rest[0]))
+        return ast.Binary(left.span.to(right.span), name, left, right, op_span)
+
+    def not_in(self, c: list[Any]) -> ast.Binary:
+        left, not_, in_, right = c
+        return ast.Binary(left.span.to(right.span), "not in", left, right, self.span(not_).to(self.span(in_)))
+
+    def matches(self, c: list[Any]) -> ast.Matches:
+        left, pattern = c
+        span = self.span(pattern)
+        return ast.Matches(left.span.to(span), left, self.string(pattern), span)
+
+    def exists(self, c: list[Any]) -> ast.Unary:
+        operand, keyword = c
+        return ast.Unary(operand.span.to(self.span(keyword)), "exists", operand)
+
+    def arith(self, c: list[Any]) -> ast.Binary:
+        left, op, right = c
+        return ast.Binary(left.span.to(right.span), op.value, left, right, self.span(op))
+
+    def neg(self, c: list[Any]) -> ast.Unary:
+        op, operand = c
+        return ast.Unary(self.span(op).to(operand.span), "-", operand)
+
+    def filter(self, c: list[Any]) -> ast.Filter:
+        operand, name, arg = c
+        name_span = self.span(name)
+        end = arg.span if arg is not None else name_span
+        return ast.Filter(operand.span.to(end), operand, str(name), name_span, arg)
+
+    def _extend(self, operand: Any, step: ast.Step, span: Span) -> ast.Expr:
+        if isinstance(operand, ast.Ref):
+            return ast.Ref(
+                operand.span.to(span), operand.root, (*operand.path, step), operand.name, operand.name_span
+            )
+        if isinstance(operand, ast.GetPath):
+            return ast.GetPath(operand.span.to(span), operand.operand, (*operand.path, step))
+        return ast.GetPath(operand.span.to(span), operand, (step,))
+
+    def attr(self, c: list[Any]) -> ast.Expr:
+        operand, name = c
+        return self._extend(operand, str(name), self.span(name))
+
+    def item(self, c: list[Any]) -> ast.Expr:
+        operand, key, close = c
+        step: ast.Step = self.string(key) if key.type == "STRING" else self.integer(key, "a list index")
+        return self._extend(operand, step, self.span(close))
+
+    def string_(self, c: list[Token]) -> ast.Literal:
+        token = c[0]
+        span = self.span(token)
+        value, parts = parse_template(token.value[1:-1], span, self.errors, self.lines)
+        return ast.Literal(span, value, parts)
+
+    def number_(self, c: list[Token]) -> ast.Literal:
+        return ast.Literal(self.span(c[0]), self.number(c[0]))
+
+    def true(self, c: list[Token]) -> ast.Literal:
+        return ast.Literal(self.span(c[0]), True)
+
+    def false(self, c: list[Token]) -> ast.Literal:
+        return ast.Literal(self.span(c[0]), False)
+
+    def null(self, c: list[Token]) -> ast.Literal:
+        return ast.Literal(self.span(c[0]), None)
+
+    def name(self, c: list[Token]) -> ast.Ref:
+        span = self.span(c[0])
+        return _make_ref(str(c[0]), span, (), span)
+
+    def call(self, c: list[Any]) -> ast.Call:
+        name, *args, close = c
+        args = [a for a in args if a is not None]
+        return ast.Call(self.span(name).to(self.span(close)), str(name), tuple(args))
+
+    def list(self, c: list[Any]) -> ast.ListExpr:
+        items = tuple(i for i in c if not isinstance(i, Token) and i is not None)
+        return ast.ListExpr(self.span(c[0]).to(self.span(c[-1])), items)
+
+    def object(self, c: list[Any]) -> ast.ObjectExpr:
+        pairs = tuple(p for p in c if isinstance(p, ast.Pair))
+        return ast.ObjectExpr(self.span(c[0]).to(self.span(c[-1])), pairs)
+
+    def pair(self, c: list[Any]) -> ast.Pair:
+        (key, key_span), value = c
+        return ast.Pair(key_span.to(value.span), key, key_span, value)
+
+    def key(self, c: list[Token]) -> tuple[tuple[str, ...], Span]:
+        parts = tuple(self.string(t) if t.type == "STRING" else str(t) for t in c)
+        return parts, self.span(c[0]).to(self.span(c[-1]))
+
+
+# ------------------------------------------------------------------ parsing
+class ParseResult:
+    """The syntax tree of one file (``None`` when it does not parse) and the problems found."""
+
+    __slots__ = ("diagnostics", "file")
+
+    def __init__(self, file: ast.File | None, diagnostics: list[Diagnostic]) -> None:
+        self.file = file
+        self.diagnostics = diagnostics
+
+
+_READABLE = {
+    "_NL": "end of line", "$END": "end of file", "NAME": "a name", "STRING": "a string",
+    "NUMBER": "a number", "PERCENT": "a percentage", "COMPARE": "a comparison",
+    "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('", "RPAR": "')'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "DOT": "'.'", "VBAR": "'|'", "PLUS": "'+'",
+    "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "MODULO": "'%'",
+}
+
+
+def _readable(kind: str) -> str:
+    return _READABLE.get(kind, f"'{kind.lower()}'")
+
+
+def _expected(names: set[str] | frozenset[str]) -> str:
+    shown = sorted({_readable(n) for n in names if not n.startswith("__")})
+    if len(shown) > 8:
+        shown = [*shown[:8], "…"]
+    return ", ".join(shown)
+
+
+class _Parser:
+    """The compiled grammar plus its transformer. lark's inline transformer is bound at
+    construction, so parses take turns through a lock (they hold the GIL anyway)."""
+
+    def __init__(self) -> None:
+        self.builder = Builder("<rules>", "")
+        self.newlines = Newlines()
+        self.lark = lark.Lark(
+            GRAMMAR,
+            parser="lalr",
+            lexer="contextual",
+            postlex=self.newlines,
+            transformer=self.builder,
+            maybe_placeholders=True,
+        )
+        self.keywords = {
+            t.name: t.pattern.value for t in self.lark.terminals if t.pattern.type == "str"
+        }
+        self.lock = threading.Lock()
+
+    def parse(self, text: str, filename: str) -> ParseResult:
+        with self.lock:
+            builder = self.builder
+            builder.file = filename
+            builder.lines = text.splitlines() or [""]
+            builder.errors = []
+            self.newlines.text = text
+            try:
+                statements = self.lark.parse(text)
+            except UnexpectedInput as error:
+                return ParseResult(None, [*builder.errors, self.syntax_error(error, filename, text)])
+            finally:
+                self.newlines.text = ""
+            return ParseResult(ast.File(filename, statements), builder.errors)
+
+    def syntax_error(self, error: UnexpectedInput, filename: str, text: str) -> Diagnostic:
+        lines = text.splitlines() or [""]
+        line = max(1, min(getattr(error, "line", 1) or 1, len(lines)))
+        column = max(1, getattr(error, "column", 1) or 1)
+        end = column + 1
+        if isinstance(error, UnexpectedCharacters):
+            char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+            if char == '"':
+                message = "unterminated string (a string ends with '\"' on the same line)"
+                end = len(lines[line - 1]) + 1
+            else:
+                message = f"unexpected character {char!r}"
+                if error.allowed:
+                    message += f"; expected {_expected(error.allowed)}"
+        elif isinstance(error, UnexpectedToken):
+            token = error.token
+            if token.type == "$END":
+                line = len(lines)
+                column = len(lines[-1]) + 1
+                end = column + 1
+                message = f"unexpected end of file; expected {_expected(error.expected)}"
+                if "RBRACE" in error.expected:
+                    message += " (is a '}' missing?)"
+            else:
+                end = (token.end_column or column + 1) if token.end_line == token.line else column + 1
+                shown = "end of line" if token.type == "_NL" else repr(str(token))
+                message = f"unexpected {shown}; expected {_expected(error.expected)}"
+                if token.type == "NAME":
+                    keywords = [self.keywords[n] for n in error.expected if n in self.keywords]
+                    from engine.diagnostics import did_you_mean
+
+                    message += did_you_mean(str(token), keywords)
+        elif isinstance(error, UnexpectedEOF):
+            line = len(lines)
+            column = len(lines[-1]) + 1
+            end = column + 1
+            message = f"unexpected end of file; expected {_expected(set(error.expected))}"
+        else:  # pragma: no cover - lark has no other kind
+            message = str(error)
+        span = Span(filename, line, column, line, max(end, column + 1))
+        return Diagnostic(span, message, source_line=lines[line - 1])
+
+
+_parser: _Parser | None = None
+_parser_lock = threading.Lock()
+
+
+def _get_parser() -> _Parser:
+    global _parser
+    if _parser is None:
+        with _parser_lock:
+            if _parser is None:
+                _parser = _Parser()
+    return _parser
+
+
+def parse(text: str, filename: str = "<rules>") -> ParseResult:
+    """Parse one rule file's text. Never raises for bad input: problems are diagnostics."""
+    return _get_parser().parse(text, filename)
+
+
+def _never(message: str) -> NoReturn:  # pragma: no cover
+    raise AssertionError(message)

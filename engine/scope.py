@@ -1,0 +1,53 @@
+"""What a compiled expression reads while it runs: the snapshot, the pushed event, elements."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.ruleset import CompiledElement
+
+__all__ = ["Fn", "Scope"]
+
+Fn = Callable[["Scope"], Any]
+
+
+class Scope:
+    """The inputs of one push: ``state`` (the event-time snapshot), ``event`` (the pushed
+    object) and the ruleset's elements, each evaluated at most once per push.
+
+    ``kept`` maps a keep scope (``pageview``, ``session``, ``visitor``) to the stored values of
+    elements declared with ``keep``; the runtime owns those mappings.
+    """
+
+    __slots__ = ("elements", "event", "kept", "memo", "state")
+
+    def __init__(
+        self,
+        state: dict[str, Any],
+        event: dict[str, Any],
+        elements: Mapping[str, CompiledElement],
+        kept: Mapping[str, MutableMapping[str, Any]] | None = None,
+    ) -> None:
+        self.state = state
+        self.event = event
+        self.elements = elements
+        self.kept = kept
+        self.memo: dict[str, Any] = {}
+
+    def element(self, name: str) -> Any:
+        memo = self.memo
+        if name in memo:
+            return memo[name]
+        element = self.elements[name]
+        value = element.fn(self)
+        if element.keep is not None and self.kept is not None:
+            store = self.kept.get(element.keep)
+            if store is not None:
+                if value is None:
+                    value = store.get(name)
+                else:
+                    store[name] = value
+        memo[name] = value
+        return value

@@ -1,0 +1,340 @@
+"""The value semantics of the rules language: path lookup, comparisons, truthiness, filters.
+
+Every function here is total: on values of the wrong kind it returns ``None``/``False`` as
+the language reference documents, never raises. Compiled rules (:mod:`engine.compiler`) call
+these at run time; the checker calls them to fold constants.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+Step = str | int
+
+
+# ------------------------------------------------------------------ lookup
+def lookup(value: Any, path: tuple[Step, ...]) -> Any:
+    """Follow ``path`` into ``value``; a missing step yields ``None``."""
+    for step in path:
+        if type(step) is str:
+            if type(value) is dict:
+                value = value.get(step)
+            else:
+                return None
+        elif type(value) is list:
+            try:
+                value = value[step]
+            except IndexError:
+                return None
+        else:
+            return None
+    return value
+
+
+# ------------------------------------------------------------------ numbers and strings
+def as_number(value: Any) -> int | float | None:
+    """The number a value stands for: numbers (not bools), and trimmed number-like strings."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is str:
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                result = float(text)
+            except ValueError:
+                return None
+            return result if math.isfinite(result) else None
+        return number
+    return None
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if type(value) is not str or len(value) < 10 or value[4:5] != "-":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed
+
+
+def stringify(value: Any) -> str:
+    """Text for a value inside a string: ``null`` → ``""``, objects and lists → compact JSON."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return ""
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def truthy(value: Any) -> bool:
+    """``null``, ``false``, ``0``, ``""``, ``[]`` and ``{}`` are false; everything else true."""
+    return bool(value)
+
+
+# ------------------------------------------------------------------ comparisons
+def equals(a: Any, b: Any) -> bool:
+    """Deep equality; a number and a number-like string compare numerically (``1 == "1"``),
+    ``""`` never equals ``0``, ``null`` equals only ``null``, ``true`` only ``true``."""
+    ta, tb = type(a), type(b)
+    if ta is tb:
+        if ta is dict:
+            return a.keys() == b.keys() and all(equals(a[k], b[k]) for k in a)
+        if ta is list:
+            return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b, strict=True))
+        return bool(a == b)
+    if a is None or b is None or ta is bool or tb is bool:
+        return False
+    na, nb = as_number(a), as_number(b)
+    if na is None or nb is None:
+        return False
+    return na == nb
+
+
+def order(a: Any, b: Any) -> int | None:
+    """-1, 0 or 1 when ``a`` and ``b`` are comparable (numbers or number-like strings, or
+    ISO-8601 date-times on both sides), else ``None``."""
+    if type(a) is not bool and type(b) is not bool:
+        na, nb = as_number(a), as_number(b)
+        if na is not None and nb is not None:
+            return (na > nb) - (na < nb)
+    da, db = _as_datetime(a), _as_datetime(b)
+    if da is not None and db is not None:
+        try:
+            return (da > db) - (da < db)
+        except TypeError:  # one naive, one aware: read the naive one as UTC
+            from datetime import timezone
+
+            da = da if da.tzinfo else da.replace(tzinfo=timezone.utc)
+            db = db if db.tzinfo else db.replace(tzinfo=timezone.utc)
+            return (da > db) - (da < db)
+    return None
+
+
+def less(a: Any, b: Any) -> bool:
+    o = order(a, b)
+    return o is not None and o < 0
+
+
+def less_equal(a: Any, b: Any) -> bool:
+    o = order(a, b)
+    return o is not None and o <= 0
+
+
+def greater(a: Any, b: Any) -> bool:
+    o = order(a, b)
+    return o is not None and o > 0
+
+
+def greater_equal(a: Any, b: Any) -> bool:
+    o = order(a, b)
+    return o is not None and o >= 0
+
+
+def contains(a: Any, b: Any) -> bool:
+    """Substring on strings, membership on lists, key presence on objects; else false."""
+    kind = type(a)
+    if kind is str:
+        return type(b) is str and b in a or (type(b) in (int, float) and stringify(b) in a)
+    if kind is list:
+        return any(equals(item, b) for item in a)
+    if kind is dict:
+        return type(b) is str and b in a
+    return False
+
+
+def starts_with(a: Any, b: Any) -> bool:
+    return type(a) is str and type(b) is str and a.startswith(b)
+
+
+def ends_with(a: Any, b: Any) -> bool:
+    return type(a) is str and type(b) is str and a.endswith(b)
+
+
+def member(a: Any, b: Any) -> bool:
+    """``a in b``: membership in a list (deep, number-like equality), else false."""
+    return type(b) is list and any(equals(a, item) for item in b)
+
+
+def not_member(a: Any, b: Any) -> bool:
+    return not member(a, b)
+
+
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": equals,
+    "!=": lambda a, b: not equals(a, b),
+    "<": less,
+    "<=": less_equal,
+    ">": greater,
+    ">=": greater_equal,
+    "contains": contains,
+    "starts with": starts_with,
+    "ends with": ends_with,
+    "in": member,
+    "not in": not_member,
+}
+
+
+# ------------------------------------------------------------------ arithmetic
+def _number_result(value: float | int) -> int | float | None:
+    if type(value) is float:
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    return value
+
+
+def add(a: Any, b: Any) -> Any:
+    """Numbers (and number-like strings) add; two strings otherwise concatenate; else null."""
+    na, nb = as_number(a), as_number(b)
+    if na is not None and nb is not None and type(a) is not bool and type(b) is not bool:
+        return _number_result(na + nb)
+    if type(a) is str and type(b) is str:
+        return a + b
+    return None
+
+
+def _numeric(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def apply(a: Any, b: Any) -> Any:
+        if type(a) is bool or type(b) is bool:
+            return None
+        na, nb = as_number(a), as_number(b)
+        if na is None or nb is None:
+            return None
+        try:
+            return _number_result(op(na, nb))
+        except (ZeroDivisionError, OverflowError):
+            return None
+
+    return apply
+
+
+ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
+    "+": add,
+    "-": _numeric(lambda a, b: a - b),
+    "*": _numeric(lambda a, b: a * b),
+    "/": _numeric(lambda a, b: a / b),
+    "%": _numeric(lambda a, b: math.fmod(a, b) if b else a % b),
+}
+
+
+def negate(value: Any) -> Any:
+    number = as_number(value) if type(value) is not bool else None
+    return None if number is None else -number
+
+
+# ------------------------------------------------------------------ filters
+def f_lower(v: Any) -> Any:
+    return v.lower() if type(v) is str else v
+
+
+def f_upper(v: Any) -> Any:
+    return v.upper() if type(v) is str else v
+
+
+def f_trim(v: Any) -> Any:
+    return v.strip() if type(v) is str else v
+
+
+def f_clean(v: Any) -> Any:
+    return " ".join(v.split()) if type(v) is str else v
+
+
+def f_number(v: Any) -> Any:
+    if type(v) is bool:
+        return int(v)
+    return as_number(v)
+
+
+def f_string(v: Any) -> Any:
+    return None if v is None else stringify(v)
+
+
+def f_bool(v: Any) -> Any:
+    if v is None:
+        return None
+    if type(v) is str and v.strip().lower() in ("false", "no", "off", "0"):
+        return False
+    return bool(v)
+
+
+def f_round(v: Any, digits: Any = 0) -> Any:
+    number = as_number(v) if type(v) is not bool else None
+    if number is None:
+        return v if type(v) is not str else None
+    places = int(digits) if type(digits) in (int, float) else 0
+    quantum = Decimal(1).scaleb(-places)
+    rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
+    return int(rounded) if places <= 0 else float(rounded)
+
+
+def f_length(v: Any) -> Any:
+    if v is None:
+        return 0
+    if type(v) in (str, list, dict):
+        return len(v)
+    return None
+
+
+def f_join(v: Any, separator: Any = ",") -> Any:
+    if type(v) is not list:
+        return v
+    return stringify(separator).join(stringify(item) for item in v)
+
+
+def f_first(v: Any) -> Any:
+    return (v[0] if v else None) if type(v) is list else v
+
+
+def f_last(v: Any) -> Any:
+    return (v[-1] if v else None) if type(v) is list else v
+
+
+def f_default(v: Any, fallback: Any = None) -> Any:
+    return fallback if v is None else v
+
+
+# name → (function, argument: "none" | "optional" | "required")
+FILTERS: dict[str, tuple[Callable[..., Any], str]] = {
+    "lower": (f_lower, "none"),
+    "upper": (f_upper, "none"),
+    "trim": (f_trim, "none"),
+    "clean": (f_clean, "none"),
+    "default": (f_default, "required"),
+    "number": (f_number, "none"),
+    "string": (f_string, "none"),
+    "bool": (f_bool, "none"),
+    "round": (f_round, "optional"),
+    "length": (f_length, "none"),
+    "join": (f_join, "optional"),
+    "first": (f_first, "none"),
+    "last": (f_last, "none"),
+}
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON-like value (much faster than ``copy.deepcopy``)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: copy_json(v) for k, v in value.items()}
+    if kind is list:
+        return [copy_json(v) for v in value]
+    return value
