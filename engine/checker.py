@@ -375,25 +375,25 @@ class _FileChecker:
     def object(self, node: ast.ObjectExpr) -> None:
         self.expr(node)
 
-    def expr(self, node: ast.Expr) -> str | None:  # noqa: C901 - one branch per node type
+    def expr(self, node: ast.Expr) -> None:  # noqa: C901 - one branch per node type
         if isinstance(node, ast.Literal):
             if node.parts is not None and self.allow_refs:
                 for part in node.parts:
                     if isinstance(part, ast.TemplatePart):
                         self.ref(part.ref, token=True)
-            return _kind(node)
+            return None
         if isinstance(node, ast.Ref):
             self.ref(node)
             return None
         if isinstance(node, ast.ListExpr):
             for item in node.items:
                 self.expr(item)
-            return "list"
+            return None
         if isinstance(node, ast.ObjectExpr):
             self.check_keys(node)
             for pair in node.pairs:
                 self.expr(pair.value)
-            return "object"
+            return None
         if isinstance(node, ast.Call):
             self.call(node)
             return None
@@ -402,14 +402,16 @@ class _FileChecker:
             return None
         if isinstance(node, ast.Filter):
             self.filter(node)
-            return _kind(node)
+            return None
         if isinstance(node, ast.Unary):
-            kind = self.expr(node.operand)
+            self.expr(node.operand)
+            kind = _kind(node.operand)
             if node.op == "-" and kind is not None and kind not in ("number", "number-like string"):
                 self.diag(node.span, f"cannot negate {_describe(node.operand, kind)}")
             return None
         if isinstance(node, ast.Matches):
-            kind = self.expr(node.operand)
+            self.expr(node.operand)
+            kind = _kind(node.operand)
             if kind in ("boolean", "null", "list", "object"):
                 self.diag(
                     node.span,
@@ -420,15 +422,18 @@ class _FileChecker:
                 compile_pattern(node.pattern)
             except PatternError as error:
                 self.diag(node.pattern_span, f"bad regular expression: {error}")
-            return "boolean"
+            return None
         if isinstance(node, ast.Binary):
-            return self.binary(node)
+            self.binary(node)
+            return None
         for operand in node.operands:
             self.expr(operand)
         return None
 
-    def binary(self, node: ast.Binary) -> str | None:
-        left, right = self.expr(node.left), self.expr(node.right)
+    def binary(self, node: ast.Binary) -> None:
+        self.expr(node.left)
+        self.expr(node.right)
+        left, right = _kind(node.left), _kind(node.right)
         op = node.op
         if op in ("<", "<=", ">", ">="):
             for side, kind in ((node.left, left), (node.right, right)):
@@ -438,7 +443,7 @@ class _FileChecker:
                         f"'{op}' compares numbers and dates; with {_describe(side, kind)} it is "
                         "always false",
                     )
-                    return "boolean"
+                    return
             if left in _ORDERABLE and right in _ORDERABLE:
                 assert isinstance(node.left, ast.Literal) and isinstance(node.right, ast.Literal)
                 if values.order(node.left.value, node.right.value) is None:
@@ -447,7 +452,7 @@ class _FileChecker:
                         f"{_describe(node.left, left)} and {_describe(node.right, right)} cannot "
                         f"be compared with '{op}': it is always false",
                     )
-            return "boolean"
+            return
         if op in ("starts with", "ends with"):
             for side, kind in ((node.left, left), (node.right, right)):
                 if kind is not None and kind not in ("string", "number-like string", "date string"):
@@ -456,7 +461,7 @@ class _FileChecker:
                         f"'{op}' tests strings; with {_describe(side, kind)} it is always false",
                     )
                     break
-            return "boolean"
+            return
         if op == "contains":
             if left in ("number", "boolean", "null"):
                 self.diag(
@@ -464,16 +469,16 @@ class _FileChecker:
                     f"'contains' looks inside strings, lists and objects; on "
                     f"{_describe(node.left, left)} it is always false",
                 )
-            return "boolean"
+            return
         if op in ("in", "not in"):
             if right is not None and right != "list":
                 self.diag(
                     node.op_span,
                     f"'{op}' needs a list on its right, not {_describe(node.right, right)}",
                 )
-            return "boolean"
+            return
         if op in ("==", "!="):
-            return "boolean"
+            return
         # arithmetic
         numeric = ("number", "number-like string")
         for side, kind in ((node.left, left), (node.right, right)):
@@ -484,7 +489,7 @@ class _FileChecker:
                 continue
             self.diag(node.op_span, f"'{op}' needs numbers, not {_describe(side, kind)}")
             break
-        return None
+        return
 
     def filter(self, node: ast.Filter) -> None:
         self.expr(node.operand)

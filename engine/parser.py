@@ -59,7 +59,7 @@ class Newlines:
                     previous is None
                     or previous in _CONTINUES_AFTER
                     or (brackets and brackets[-1] == "(")
-                    or _CONTINUATION.match(text, cast(int, token.end_pos))
+                    or _CONTINUATION.match(text, token.end_pos)  # type: ignore[arg-type]
                 ):
                     continue
             elif kind in _OPENERS:
@@ -186,13 +186,7 @@ class Builder(lark.Transformer[Token, Any]):
 
     # -- helpers
     def span(self, token: Token) -> Span:
-        return Span(
-            self.file,
-            cast(int, token.line),
-            cast(int, token.column),
-            cast(int, token.end_line),
-            cast(int, token.end_column),
-        )
+        return Span(self.file, token.line, token.column, token.end_line, token.end_column)  # type: ignore[arg-type]
 
     def string(self, token: Token) -> str:
         value, _ = parse_template(token.value[1:-1], self.span(token), self.errors, self.lines)
