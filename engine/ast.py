@@ -130,7 +130,19 @@ class Logical:
     operands: tuple[Expr, ...]
 
 
-Expr = Literal | Ref | ListExpr | ObjectExpr | Call | GetPath | Filter | Unary | Binary | Matches | Logical
+Expr = (
+    Literal
+    | Ref
+    | ListExpr
+    | ObjectExpr
+    | Call
+    | GetPath
+    | Filter
+    | Unary
+    | Binary
+    | Matches
+    | Logical
+)
 
 
 # ------------------------------------------------------------------ rules

@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import ast
+from engine import ast, values
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.patterns import PatternError, compile_pattern
 from engine.settings import SETTINGS_MODELS
+from engine.values import FILTERS
 from engine.vocabulary import (
     DESTINATIONS,
     EDGE_FIELDS,
@@ -36,8 +37,6 @@ from engine.vocabulary import (
     SITECORE_STANDARD_TYPES,
     TEST_STATUSES,
 )
-from engine import values
-from engine.values import FILTERS
 
 __all__ = ["FileFacts", "check_file", "check_ruleset", "flatten_ext"]
 
@@ -183,12 +182,14 @@ class _FileChecker:
 
     def rule(self, node: ast.Rule) -> None:
         if not node.triggers:
-            self.diag(node.name_span, f"rule '{node.name}' has no trigger: add an 'on \"event\"' line")
+            self.diag(
+                node.name_span, f"rule '{node.name}' has no trigger: add an 'on \"event\"' line"
+            )
         if not node.actions:
             self.diag(node.name_span, f"rule '{node.name}' has no action: add a 'send' or 'push'")
         for trigger in node.triggers:
             if isinstance(trigger, ast.EventTrigger) and not trigger.pattern:
-                self.diag(trigger.span, "an event trigger cannot be empty: use \"*\" for every event")
+                self.diag(trigger.span, 'an event trigger cannot be empty: use "*" for every event')
             if isinstance(trigger, ast.ChangeTrigger) and not trigger.path:
                 self.diag(trigger.span, "a change trigger needs a path, e.g. 'change cart.total'")
         for condition in node.conditions:
@@ -197,7 +198,9 @@ class _FileChecker:
             self.diag(extra.span, "a rule takes one 'sample' line")
         for sample in node.samples:
             if not 0 <= sample.percent <= 100:
-                self.diag(sample.span, f"sample must be between 0% and 100%, not {sample.percent:g}%")
+                self.diag(
+                    sample.span, f"sample must be between 0% and 100%, not {sample.percent:g}%"
+                )
         units: dict[str, Span] = {}
         for limit in node.limits:
             if limit.count < 1:
@@ -239,7 +242,10 @@ class _FileChecker:
         for pair in node.fields.pairs:
             name = pair.key[0]
             if name not in EDGE_FIELDS:
-                self.diag(pair.key_span, f"unknown send event field '{name}'{did_you_mean(name, EDGE_FIELDS)}")
+                self.diag(
+                    pair.key_span,
+                    f"unknown send event field '{name}'{did_you_mean(name, EDGE_FIELDS)}",
+                )
             elif name == "personalization":
                 self.personalization(pair)
         if "type" in fields and self.sets_event_type(node.fields):
@@ -259,7 +265,9 @@ class _FileChecker:
             for inner in pair.value.pairs:
                 if inner.key[0] not in PERSONALIZATION_FIELDS:
                     hint = did_you_mean(inner.key[0], PERSONALIZATION_FIELDS)
-                    self.diag(inner.key_span, f"unknown personalization field '{inner.key[0]}'{hint}")
+                    self.diag(
+                        inner.key_span, f"unknown personalization field '{inner.key[0]}'{hint}"
+                    )
 
     @staticmethod
     def sets_event_type(fields: ast.ObjectExpr) -> bool:
@@ -268,9 +276,12 @@ class _FileChecker:
                 continue
             if pair.key[1:2] == ("eventType",):
                 return True
-            if len(pair.key) == 1 and isinstance(pair.value, ast.ObjectExpr):
-                if any(inner.key[0] == "eventType" for inner in pair.value.pairs):
-                    return True
+            if (
+                len(pair.key) == 1
+                and isinstance(pair.value, ast.ObjectExpr)
+                and any(inner.key[0] == "eventType" for inner in pair.value.pairs)
+            ):
+                return True
         return False
 
     def sitecore_fields(self, node: ast.Send, fields: dict[str, ast.Pair]) -> None:
@@ -293,7 +304,7 @@ class _FileChecker:
     def sitecore_type(self, literal: ast.Literal) -> None:
         value = literal.value
         if not isinstance(value, str) or not value:
-            self.diag(literal.span, "a sitecore type is an upper-case name such as \"VIEW\"")
+            self.diag(literal.span, 'a sitecore type is an upper-case name such as "VIEW"')
             return
         if value in SITECORE_STANDARD_TYPES:
             return
@@ -306,7 +317,10 @@ class _FileChecker:
             )
             return
         if value.startswith(SITECORE_INTERNAL_PREFIXES):
-            self.diag(literal.span, f"sitecore type '{value}' is reserved by Sitecore; choose another name")
+            self.diag(
+                literal.span,
+                f"sitecore type '{value}' is reserved by Sitecore; choose another name",
+            )
 
     def sitecore_ext(self, pair: ast.Pair) -> None:
         if len(pair.key) > 1:
@@ -324,7 +338,9 @@ class _FileChecker:
         seen: set[str] = set()
         for name in names:
             if name in seen:
-                self.diag(pair.key_span, f"sitecore ext attribute '{name}' is given twice once flattened")
+                self.diag(
+                    pair.key_span, f"sitecore ext attribute '{name}' is given twice once flattened"
+                )
             seen.add(name)
 
     # -- tests
@@ -375,7 +391,7 @@ class _FileChecker:
     def object(self, node: ast.ObjectExpr) -> None:
         self.expr(node)
 
-    def expr(self, node: ast.Expr) -> None:  # noqa: C901 - one branch per node type
+    def expr(self, node: ast.Expr) -> None:
         if isinstance(node, ast.Literal):
             if node.parts is not None and self.allow_refs:
                 for part in node.parts:
@@ -484,8 +500,12 @@ class _FileChecker:
         for side, kind in ((node.left, left), (node.right, right)):
             if kind is None or kind in numeric:
                 continue
-            if op == "+" and kind in ("string", "date string") and left in (None, "string", "date string") \
-                    and right in (None, "string", "date string"):
+            if (
+                op == "+"
+                and kind in ("string", "date string")
+                and left in (None, "string", "date string")
+                and right in (None, "string", "date string")
+            ):
                 continue
             self.diag(node.op_span, f"'{op}' needs numbers, not {_describe(side, kind)}")
             break
@@ -502,35 +522,53 @@ class _FileChecker:
             if arity == "none" and node.arg is not None:
                 self.diag(node.arg.span, f"filter '{node.name}' takes no argument")
             elif arity == "required" and node.arg is None:
-                self.diag(node.name_span, f"filter '{node.name}' needs a value, e.g. '| {node.name} 0'")
-            if node.name == "round" and node.arg is not None:
-                if not (isinstance(node.arg, ast.Literal) and isinstance(node.arg.value, int)
-                        and not isinstance(node.arg.value, bool) and 0 <= node.arg.value <= 15):
-                    self.diag(node.arg.span, "round takes a number of decimals from 0 to 15")
+                self.diag(
+                    node.name_span, f"filter '{node.name}' needs a value, e.g. '| {node.name} 0'"
+                )
+            if (
+                node.name == "round"
+                and node.arg is not None
+                and not (
+                    isinstance(node.arg, ast.Literal)
+                    and isinstance(node.arg.value, int)
+                    and not isinstance(node.arg.value, bool)
+                    and 0 <= node.arg.value <= 15
+                )
+            ):
+                self.diag(node.arg.span, "round takes a number of decimals from 0 to 15")
         if node.arg is not None:
             self.expr(node.arg)
 
     def call(self, node: ast.Call) -> None:
         if node.name != "env":
-            self.diag(node.span, f"unknown function '{node.name}'{did_you_mean(node.name, ['env'])}")
+            self.diag(
+                node.span, f"unknown function '{node.name}'{did_you_mean(node.name, ['env'])}"
+            )
         elif not self.allow_env:
             self.diag(node.span, "env() reads the environment in settings blocks only")
         elif not 1 <= len(node.args) <= 2 or not all(
             isinstance(a, ast.Literal) and isinstance(a.value, str) and a.parts is None
             for a in node.args
         ):
-            self.diag(node.span, 'env() takes a variable name and an optional default: env("NAME", "default")')
+            self.diag(
+                node.span,
+                'env() takes a variable name and an optional default: env("NAME", "default")',
+            )
         for arg in node.args:
             if not isinstance(arg, ast.Literal):
                 self.expr(arg)
 
     def ref(self, node: ast.Ref, token: bool = False) -> None:
         if not self.allow_refs:
-            text = "state" if node.root == "state" else "event" if node.root == "event" else node.name
+            text = (
+                "state" if node.root == "state" else "event" if node.root == "event" else node.name
+            )
             self.diag(node.span, f"'{text}' cannot be used {self.where}: only constant values")
             return
         if node.root == "element" and node.name is not None:
-            self.facts.element_refs.append((node.name, node.name_span or node.span, token, self.owner))
+            self.facts.element_refs.append(
+                (node.name, node.name_span or node.span, token, self.owner)
+            )
 
     def check_keys(self, node: ast.ObjectExpr) -> None:
         """Dotted keys expand into nested objects; two keys that land on the same place clash."""
@@ -542,9 +580,13 @@ class _FileChecker:
                 if key[:shorter] != other_key[:shorter]:
                     continue
                 if len(key) == len(other_key) and not (
-                    isinstance(pair.value, ast.ObjectExpr) and isinstance(other.value, ast.ObjectExpr)
+                    isinstance(pair.value, ast.ObjectExpr)
+                    and isinstance(other.value, ast.ObjectExpr)
                 ):
-                    self.diag(pair.key_span, f"key '{'.'.join(key)}' is given twice (line {other.key_span.line})")
+                    self.diag(
+                        pair.key_span,
+                        f"key '{'.'.join(key)}' is given twice (line {other.key_span.line})",
+                    )
                     break
                 if len(key) != len(other_key):
                     short, long_ = (pair, other) if len(key) < len(other_key) else (other, pair)
@@ -556,10 +598,13 @@ class _FileChecker:
                             "a value and an object",
                         )
                         break
-                    nested = long_.key[len(short.key):]
+                    nested = long_.key[len(short.key) :]
                     clash = self.nested_clash(short.value, nested)
                     if clash:
-                        self.diag(pair.key_span, f"key '{'.'.join(long_.key)}' is also set at line {clash}")
+                        self.diag(
+                            pair.key_span,
+                            f"key '{'.'.join(long_.key)}' is also set at line {clash}",
+                        )
                         break
             leaves[key] = pair
 
@@ -575,7 +620,7 @@ class _FileChecker:
                 continue
             if len(pair.key) >= len(key):
                 return pair.key_span.line
-            found = _FileChecker.nested_clash(pair.value, key[len(pair.key):])
+            found = _FileChecker.nested_clash(pair.value, key[len(pair.key) :])
             if found or not isinstance(pair.value, ast.ObjectExpr):
                 return found or pair.key_span.line
         return None
@@ -625,14 +670,21 @@ def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
         for name, span, token, owner in facts.element_refs:
             if name not in elements:
                 hint = did_you_mean(name, elements)
-                what = f"unknown token '%{name}%': no element '{name}'" if token else f"unknown element '{name}'"
+                what = (
+                    f"unknown token '%{name}%': no element '{name}'"
+                    if token
+                    else f"unknown element '{name}'"
+                )
                 diag(span, what + hint)
             elif owner is not None and owner in deps:
                 deps[owner].append((name, span))
         for block, span in facts.sends:
             if block not in blocks:
                 dest = "event" if block == "edge" else "sitecore"
-                diag(span, f"send {dest} needs a '{block} {{ … }}' settings block; this ruleset has none")
+                diag(
+                    span,
+                    f"send {dest} needs a '{block} {{ … }}' settings block; this ruleset has none",
+                )
         for name, span in facts.rule_refs:
             if name not in rules:
                 diag(span, f"unknown rule '{name}'{did_you_mean(name, rules)}")

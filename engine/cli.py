@@ -26,7 +26,10 @@ def _styled(diagnostic: Diagnostic) -> Text:
     head, *rest = diagnostic.render().split("\n")
     location, _, message = head.partition(f": {diagnostic.severity}: ")
     text.append(location + ": ", style="bold")
-    text.append(f"{diagnostic.severity}: ", style="bold red" if diagnostic.severity == "error" else "bold yellow")
+    text.append(
+        f"{diagnostic.severity}: ",
+        style="bold red" if diagnostic.severity == "error" else "bold yellow",
+    )
     text.append(message, style="bold")
     for index, line in enumerate(rest):
         text.append("\n")
@@ -46,7 +49,9 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("path", default="rules/", type=click.Path(path_type=Path))
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="Keep parsed files here between runs.")
+@click.option(
+    "--cache-dir", type=click.Path(path_type=Path), help="Keep parsed files here between runs."
+)
 def check(path: Path, cache_dir: Path | None) -> None:
     """Parse, check and compile the rules in PATH (default: rules/) and report every problem."""
     console = _console()

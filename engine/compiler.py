@@ -102,7 +102,7 @@ def _ref(node: ast.Ref) -> Fn:
             key = node.path[0]
             return lambda s: s.state.get(key)
         if len(node.path) == 2 and type(node.path[0]) is str and type(node.path[1]) is str:
-            a, b = node.path
+            a, b = cast(tuple[str, str], node.path)
 
             def state2(s: Scope) -> Any:
                 v = s.state.get(a)
@@ -127,7 +127,7 @@ def _template(parts: tuple[str | ast.TemplatePart, ...]) -> Fn:
 
 
 # ------------------------------------------------------------------ expressions
-def compile_expr(node: ast.Expr) -> Compiled:  # noqa: C901 - one branch per node type
+def compile_expr(node: ast.Expr) -> Compiled:
     """A closure for ``node`` (or a :class:`_Const` when it has no references)."""
     if isinstance(node, ast.Literal):
         return _template(node.parts) if node.parts is not None else _Const(node.value)
@@ -197,7 +197,7 @@ def _filter(node: ast.Filter) -> Compiled:
     function, _ = values.FILTERS[node.name]
     arg = compile_expr(node.arg) if node.arg is not None else None
     if isinstance(operand, _Const) and (arg is None or isinstance(arg, _Const)):
-        args = () if arg is None else (cast(_Const, arg).value,)
+        args = () if arg is None else (arg.value,)
         return _Const(function(operand.value, *args))
     op = _fn(operand)
     if node.name == "default":
@@ -254,7 +254,7 @@ def _matches(node: ast.Matches) -> Compiled:
     return lambda s: test(op(s))
 
 
-_FAST_NUMERIC = {
+_FAST_NUMERIC: dict[str, tuple[Callable[[Any, Any], bool], Callable[[Any, Any], bool]]] = {
     ">": (lambda a, b: a > b, values.greater),
     ">=": (lambda a, b: a >= b, values.greater_equal),
     "<": (lambda a, b: a < b, values.less),
@@ -320,8 +320,10 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
             return bool(fast(v, c)) if t is int or t is float else slow(v, c)
 
         return ordered
-    if op in ("in", "not in") and type(c) is list and all(
-        type(x) is str and values.as_number(x) is None for x in c
+    if (
+        op in ("in", "not in")
+        and type(c) is list
+        and all(type(x) is str and values.as_number(x) is None for x in c)
     ):
         members = frozenset(c)
 
@@ -391,7 +393,11 @@ def _source(lines: Sequence[str], span: Span) -> str:
 
 def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
     fn = _fn(compile_expr(node.expr))
-    test = (lambda s: bool(fn(s))) if not isinstance(node.expr, ast.Binary | ast.Logical | ast.Unary | ast.Matches) else fn
+    test = (
+        (lambda s: bool(fn(s)))
+        if not isinstance(node.expr, ast.Binary | ast.Logical | ast.Unary | ast.Matches)
+        else fn
+    )
     operands: tuple[tuple[str, Fn], ...] = ()
     expr = node.expr
     if isinstance(expr, ast.Binary):
@@ -448,7 +454,11 @@ def _test(node: ast.Test) -> CompiledTest:
             steps.append(PushStep(_constant(step.value), step.span))
         elif isinstance(step, ast.ExpectSend):
             fields = tuple((f.path, _constant(f.value), f.span) for f in step.fields)
-            steps.append(ExpectSendStep(cast(Any, DESTINATIONS[step.destination]), step.rule, fields, step.span))
+            steps.append(
+                ExpectSendStep(
+                    cast(Any, DESTINATIONS[step.destination]), step.rule, fields, step.span
+                )
+            )
         elif isinstance(step, ast.ExpectCount):
             dest = cast(Any, DESTINATIONS[step.destination]) if step.destination else None
             steps.append(ExpectCountStep(step.count, dest, step.rule, step.span))
@@ -527,14 +537,16 @@ def compile_settings(
                     f"environment variable '{missing.name}' is not set and has no default "
                     f'(set it, or write env("{missing.name}", "default"))'
                 )
-                problems.append(Diagnostic(missing.span, message, source_line=lines_of(missing.span)))
+                problems.append(
+                    Diagnostic(missing.span, message, source_line=lines_of(missing.span))
+                )
         try:
             found[block.kind] = model.model_validate(data)
         except ValidationError as error:
             for item in error.errors(include_input=False, include_url=False):
                 key = str(item["loc"][0]) if item["loc"] else ""
-                pair = spans.get(key)
-                span = pair.value.span if pair is not None else block.kind_span
+                where = spans.get(key)
+                span = where.value.span if where is not None else block.kind_span
                 message = f"{block.kind} setting '{key}': {item['msg'].lower()}"
                 problems.append(Diagnostic(span, message, source_line=lines_of(span)))
     settings: Settings = (

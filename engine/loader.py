@@ -63,7 +63,9 @@ def rule_files(path: str | os.PathLike[str]) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise RuleError([_file_error(str(root), f"no such file or folder: {root}")])
-    return sorted((p for p in root.iterdir() if p.suffix == ".rules" and p.is_file()), key=lambda p: p.name)
+    return sorted(
+        (p for p in root.iterdir() if p.suffix == ".rules" and p.is_file()), key=lambda p: p.name
+    )
 
 
 def _file_error(name: str, message: str) -> Diagnostic:
@@ -79,7 +81,9 @@ def _disk_path(cache_dir: Path, name: str, digest: str) -> Path:
     return cache_dir / f"{key}.ast"
 
 
-def _parse_cached(text: str, name: str, digest: str, cache_dir: Path | None) -> tuple[ast.File | None, list[Diagnostic]]:
+def _parse_cached(
+    text: str, name: str, digest: str, cache_dir: Path | None
+) -> tuple[ast.File | None, list[Diagnostic]]:
     if cache_dir is not None:
         target = _disk_path(cache_dir, name, digest)
         try:
@@ -193,7 +197,13 @@ def _build(
     cross = check_ruleset(facts)
     if not all(unit.parsed for unit in units):
         # Names defined in a file that did not parse are unknown; do not report their uses.
-        cross = [d for d in cross if not d.message.startswith(("unknown element", "unknown token", "unknown rule", "send "))]
+        cross = [
+            d
+            for d in cross
+            if not d.message.startswith(
+                ("unknown element", "unknown token", "unknown rule", "send ")
+            )
+        ]
     diagnostics.extend(cross)
     by_file = {f.path: f for f in facts}
 

@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, ClassVar, NoReturn, cast
 
 import lark
 from lark import Token
@@ -29,8 +29,26 @@ GRAMMAR = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
 # Tokens after which a newline cannot end a clause: the expression or list goes on.
 _CONTINUES_AFTER = frozenset(
     {
-        "COMMA", "LBRACE", "LSQB", "LPAR", "COLON", "EQUAL", "VBAR", "COMPARE", "CONTAINS",
-        "WITH", "IN", "NOT", "AND", "OR", "PLUS", "MINUS", "STAR", "SLASH", "MODULO", "MATCHES",
+        "COMMA",
+        "LBRACE",
+        "LSQB",
+        "LPAR",
+        "COLON",
+        "EQUAL",
+        "VBAR",
+        "COMPARE",
+        "CONTAINS",
+        "WITH",
+        "IN",
+        "NOT",
+        "AND",
+        "OR",
+        "PLUS",
+        "MINUS",
+        "STAR",
+        "SLASH",
+        "MODULO",
+        "MATCHES",
         "DOT",
     }
 )
@@ -47,11 +65,13 @@ class Newlines:
 
     def __init__(self) -> None:
         self.text = ""
+        self.open: list[Token] = []  # unclosed brackets, for "is a '}' missing?"
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
         text = self.text
         previous: str | None = None
         brackets: list[str] = []
+        self.open = opened = []
         for token in stream:
             kind = token.type
             if kind == "_NL":
@@ -64,8 +84,10 @@ class Newlines:
                     continue
             elif kind in _OPENERS:
                 brackets.append(_OPENERS[kind])
+                opened.append(token)
             elif kind in _CLOSERS and brackets:
                 brackets.pop()
+                opened.pop()
             previous = kind
             yield token
 
@@ -117,9 +139,10 @@ def parse_template(
             text.append("%")
             continue
         has_token = True
-        if text:
-            parts.append("".join(text))
-            text = []
+        before = "".join(text)
+        if before:
+            parts.append(before)
+        text = []
         column = span.column + 1 + match.start()
         where = Span(span.file, span.line, column, span.line, column + len(match.group(0)))
         parts.append(ast.TemplatePart(_token_ref(match.group(1), where), where))
@@ -146,8 +169,10 @@ def _token_text(ref: ast.Ref) -> str:
 
 
 def _make_ref(name: str, span: Span, path: ast.Path, name_span: Span) -> ast.Ref:
-    if name == "state" or name == "event":
-        return ast.Ref(span, name, path)
+    if name == "state":
+        return ast.Ref(span, "state", path)
+    if name == "event":
+        return ast.Ref(span, "event", path)
     return ast.Ref(span, "element", path, name, name_span)
 
 
@@ -205,7 +230,9 @@ class Builder(lark.Transformer[Token, Any]):
         if any(c in text for c in ".eE"):
             value = float(text)
             if not math.isfinite(value):
-                self.errors.append(_diag(self.span(token), f"number {text} is out of range", self.lines))
+                self.errors.append(
+                    _diag(self.span(token), f"number {text} is out of range", self.lines)
+                )
                 return 0
             return value
         return int(text)
@@ -215,7 +242,13 @@ class Builder(lark.Transformer[Token, Any]):
         if isinstance(value, float):
             if value.is_integer() and "e" not in token.value.lower():
                 return int(value)
-            self.errors.append(_diag(self.span(token), f"{what} must be a whole number, not {token.value}", self.lines))
+            self.errors.append(
+                _diag(
+                    self.span(token),
+                    f"{what} must be a whole number, not {token.value}",
+                    self.lines,
+                )
+            )
             return int(value)
         return value
 
@@ -294,7 +327,9 @@ class Builder(lark.Transformer[Token, Any]):
 
     def _condition(self, c: list[Any], negated: bool) -> ast.Condition:
         keyword, expr = c
-        return ast.Condition(self.span(keyword).to(expr.span), expr, negated, self.source(expr.span))
+        return ast.Condition(
+            self.span(keyword).to(expr.span), expr, negated, self.source(expr.span)
+        )
 
     def when(self, c: list[Any]) -> ast.Condition:
         return self._condition(c, False)
@@ -318,7 +353,9 @@ class Builder(lark.Transformer[Token, Any]):
 
     def send(self, c: list[Any]) -> ast.Send:
         keyword, destination, fields = c
-        return ast.Send(self.span(keyword).to(fields.span), str(destination), self.span(destination), fields)
+        return ast.Send(
+            self.span(keyword).to(fields.span), str(destination), self.span(destination), fields
+        )
 
     def push(self, c: list[Any]) -> ast.Push:
         keyword, value = c
@@ -349,7 +386,9 @@ class Builder(lark.Transformer[Token, Any]):
             items,
         )
 
-    def _count(self, keyword: Token, count: int, count_span: Span, rest: list[Any]) -> ast.ExpectCount:
+    def _count(
+        self, keyword: Token, count: int, count_span: Span, rest: list[Any]
+    ) -> ast.ExpectCount:
         destination = next((t for t in rest if isinstance(t, Token) and t.type == "NAME"), None)
         source = next((t for t in rest if isinstance(t, _Named)), None)
         end = source.span if source else self.span(destination) if destination else count_span
@@ -365,7 +404,9 @@ class Builder(lark.Transformer[Token, Any]):
 
     def expect_count(self, c: list[Any]) -> ast.ExpectCount:
         keyword, count, *rest = c
-        return self._count(keyword, self.integer(count, "an expected count"), self.span(count), rest)
+        return self._count(
+            keyword, self.integer(count, "an expected count"), self.span(count), rest
+        )
 
     def expect_none(self, c: list[Any]) -> ast.ExpectCount:
         keyword, no, *rest = c
@@ -418,7 +459,12 @@ class Builder(lark.Transformer[Token, Any]):
         keyword, operand = c
         return ast.Unary(self.span(keyword).to(operand.span), "not", operand)
 
-    _OPS = {"CONTAINS": "contains", "STARTS": "starts with", "ENDS": "ends with", "IN": "in"}
+    _OPS: ClassVar[dict[str, str]] = {
+        "CONTAINS": "contains",
+        "STARTS": "starts with",
+        "ENDS": "ends with",
+        "IN": "in",
+    }
 
     def compare(self, c: list[Any]) -> ast.Binary:
         left, op, *rest = c
@@ -431,7 +477,9 @@ class Builder(lark.Transformer[Token, Any]):
 
     def not_in(self, c: list[Any]) -> ast.Binary:
         left, not_, in_, right = c
-        return ast.Binary(left.span.to(right.span), "not in", left, right, self.span(not_).to(self.span(in_)))
+        return ast.Binary(
+            left.span.to(right.span), "not in", left, right, self.span(not_).to(self.span(in_))
+        )
 
     def matches(self, c: list[Any]) -> ast.Matches:
         left, pattern = c
@@ -459,7 +507,11 @@ class Builder(lark.Transformer[Token, Any]):
     def _extend(self, operand: Any, step: ast.Step, span: Span) -> ast.Expr:
         if isinstance(operand, ast.Ref):
             return ast.Ref(
-                operand.span.to(span), operand.root, (*operand.path, step), operand.name, operand.name_span
+                operand.span.to(span),
+                operand.root,
+                (*operand.path, step),
+                operand.name,
+                operand.name_span,
             )
         if isinstance(operand, ast.GetPath):
             return ast.GetPath(operand.span.to(span), operand.operand, (*operand.path, step))
@@ -471,7 +523,9 @@ class Builder(lark.Transformer[Token, Any]):
 
     def item(self, c: list[Any]) -> ast.Expr:
         operand, key, close = c
-        step: ast.Step = self.string(key) if key.type == "STRING" else self.integer(key, "a list index")
+        step: ast.Step = (
+            self.string(key) if key.type == "STRING" else self.integer(key, "a list index")
+        )
         return self._extend(operand, step, self.span(close))
 
     def string_(self, c: list[Token]) -> ast.Literal:
@@ -501,11 +555,11 @@ class Builder(lark.Transformer[Token, Any]):
         args = [a for a in args if a is not None]
         return ast.Call(self.span(name).to(self.span(close)), str(name), tuple(args))
 
-    def list(self, c: list[Any]) -> ast.ListExpr:
+    def list_value(self, c: list[Any]) -> ast.ListExpr:
         items = tuple(i for i in c if not isinstance(i, Token) and i is not None)
         return ast.ListExpr(self.span(c[0]).to(self.span(c[-1])), items)
 
-    def object(self, c: list[Any]) -> ast.ObjectExpr:
+    def object_value(self, c: list[Any]) -> ast.ObjectExpr:
         pairs = tuple(p for p in c if isinstance(p, ast.Pair))
         return ast.ObjectExpr(self.span(c[0]).to(self.span(c[-1])), pairs)
 
@@ -530,11 +584,29 @@ class ParseResult:
 
 
 _READABLE = {
-    "_NL": "end of line", "$END": "end of file", "NAME": "a name", "STRING": "a string",
-    "NUMBER": "a number", "PERCENT": "a percentage", "COMPARE": "a comparison",
-    "LBRACE": "'{'", "RBRACE": "'}'", "LSQB": "'['", "RSQB": "']'", "LPAR": "'('", "RPAR": "')'",
-    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "DOT": "'.'", "VBAR": "'|'", "PLUS": "'+'",
-    "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "MODULO": "'%'",
+    "_NL": "end of line",
+    "$END": "end of file",
+    "NAME": "a name",
+    "STRING": "a string",
+    "NUMBER": "a number",
+    "PERCENT": "a percentage",
+    "COMPARE": "a comparison",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "DOT": "'.'",
+    "VBAR": "'|'",
+    "PLUS": "'+'",
+    "MINUS": "'-'",
+    "STAR": "'*'",
+    "SLASH": "'/'",
+    "MODULO": "'%'",
 }
 
 
@@ -577,9 +649,11 @@ class _Parser:
             builder.errors = []
             self.newlines.text = text
             try:
-                statements = self.lark.parse(text)
+                statements = cast(tuple[ast.Statement, ...], self.lark.parse(text))
             except UnexpectedInput as error:
-                return ParseResult(None, [*builder.errors, self.syntax_error(error, filename, text)])
+                return ParseResult(
+                    None, [*builder.errors, self.syntax_error(error, filename, text)]
+                )
             finally:
                 self.newlines.text = ""
             return ParseResult(ast.File(filename, statements), builder.errors)
@@ -590,7 +664,8 @@ class _Parser:
         column = max(1, getattr(error, "column", 1) or 1)
         end = column + 1
         if isinstance(error, UnexpectedCharacters):
-            char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else ""
+            position = error.pos_in_stream or 0
+            char = text[position] if position < len(text) else ""
             if char == '"':
                 message = "unterminated string (a string ends with '\"' on the same line)"
                 end = len(lines[line - 1]) + 1
@@ -605,10 +680,11 @@ class _Parser:
                 column = len(lines[-1]) + 1
                 end = column + 1
                 message = f"unexpected end of file; expected {_expected(error.expected)}"
-                if "RBRACE" in error.expected:
-                    message += " (is a '}' missing?)"
+                message += self.unclosed()
             else:
-                end = (token.end_column or column + 1) if token.end_line == token.line else column + 1
+                end = (
+                    (token.end_column or column + 1) if token.end_line == token.line else column + 1
+                )
                 shown = "end of line" if token.type == "_NL" else repr(str(token))
                 message = f"unexpected {shown}; expected {_expected(error.expected)}"
                 if token.type == "NAME":
@@ -621,10 +697,18 @@ class _Parser:
             column = len(lines[-1]) + 1
             end = column + 1
             message = f"unexpected end of file; expected {_expected(set(error.expected))}"
+            message += self.unclosed()
         else:  # pragma: no cover - lark has no other kind
             message = str(error)
         span = Span(filename, line, column, line, max(end, column + 1))
         return Diagnostic(span, message, source_line=lines[line - 1])
+
+    def unclosed(self) -> str:
+        if not self.newlines.open:
+            return ""
+        token = self.newlines.open[-1]
+        closer = {"{": "}", "[": "]", "(": ")"}[str(token)]
+        return f" (the '{token}' at line {token.line}, column {token.column} is never closed by '{closer}')"
 
 
 _parser: _Parser | None = None

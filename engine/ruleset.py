@@ -198,9 +198,7 @@ class Ruleset:
     def rule(self, name: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.name == name), None)
 
-    def match(
-        self, event: str | None, changed: Iterable[Path] = ()
-    ) -> list[CompiledRule]:
+    def match(self, event: str | None, changed: Iterable[Path] = ()) -> list[CompiledRule]:
         """The rules a push triggers, in evaluation order, each once.
 
         ``event`` is the pushed event name (``None`` for a data push); ``changed`` are the data

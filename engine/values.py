@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -28,7 +28,7 @@ def lookup(value: Any, path: tuple[Step, ...]) -> Any:
                 return None
         elif type(value) is list:
             try:
-                value = value[step]
+                value = value[step]  # type: ignore[index]
             except IndexError:
                 return None
         else:
@@ -120,10 +120,8 @@ def order(a: Any, b: Any) -> int | None:
         try:
             return (da > db) - (da < db)
         except TypeError:  # one naive, one aware: read the naive one as UTC
-            from datetime import timezone
-
-            da = da if da.tzinfo else da.replace(tzinfo=timezone.utc)
-            db = db if db.tzinfo else db.replace(tzinfo=timezone.utc)
+            da = da if da.tzinfo else da.replace(tzinfo=UTC)
+            db = db if db.tzinfo else db.replace(tzinfo=UTC)
             return (da > db) - (da < db)
     return None
 
@@ -152,7 +150,7 @@ def contains(a: Any, b: Any) -> bool:
     """Substring on strings, membership on lists, key presence on objects; else false."""
     kind = type(a)
     if kind is str:
-        return type(b) is str and b in a or (type(b) in (int, float) and stringify(b) in a)
+        return (type(b) is str and b in a) or (type(b) in (int, float) and stringify(b) in a)
     if kind is list:
         return any(equals(item, b) for item in a)
     if kind is dict:

@@ -1,0 +1,30 @@
+"""Shared helpers for the test suite."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from engine import RuleError, Ruleset
+from engine.loader import build_ruleset
+
+SETTINGS = 'edge { datastream: "ds-1" }\nsitecore { client_key: "k", pos: "shop" }\n'
+
+
+def load_text(files: Mapping[str, str] | str, environ: Mapping[str, str] | None = None) -> Ruleset:
+    """A ruleset from in-memory files (``{"name.rules": text}``, or one text as t.rules)."""
+    sources = {"t.rules": files} if isinstance(files, str) else dict(files)
+    return build_ruleset(
+        [(name, text.encode()) for name, text in sources.items()],
+        environ={} if environ is None else environ,
+    )
+
+
+def rendered_errors(
+    files: Mapping[str, str] | str, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Every diagnostic of a ruleset that must fail to load, rendered."""
+    with pytest.raises(RuleError) as caught:
+        load_text(files, environ)
+    return [d.render() for d in caught.value.diagnostics]
