@@ -460,14 +460,18 @@ class _FileChecker:
                         "always false",
                     )
                     return
-            if left in _ORDERABLE and right in _ORDERABLE:
-                assert isinstance(node.left, ast.Literal) and isinstance(node.right, ast.Literal)
-                if values.order(node.left.value, node.right.value) is None:
-                    self.diag(
-                        node.op_span,
-                        f"{_describe(node.left, left)} and {_describe(node.right, right)} cannot "
-                        f"be compared with '{op}': it is always false",
-                    )
+            if (
+                isinstance(node.left, ast.Literal)
+                and isinstance(node.right, ast.Literal)
+                and left in _ORDERABLE
+                and right in _ORDERABLE
+                and values.order(node.left.value, node.right.value) is None
+            ):
+                self.diag(
+                    node.op_span,
+                    f"{_describe(node.left, left)} and {_describe(node.right, right)} cannot "
+                    f"be compared with '{op}': it is always false",
+                )
             return
         if op in ("starts with", "ends with"):
             for side, kind in ((node.left, left), (node.right, right)):
@@ -698,21 +702,28 @@ def _cycles(deps: dict[str, list[tuple[str, Span]]]) -> list[tuple[list[str], Sp
     closes it."""
     found: list[tuple[list[str], Span]] = []
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(name: str) -> None:
-        state[name] = 1
-        path.append(name)
-        for target, span in deps.get(name, ()):
+    for root in deps:
+        if root in state:
+            continue
+        # Iterative depth-first search: element chains can be longer than Python's stack.
+        path: list[str] = [root]
+        position: dict[str, int] = {root: 0}
+        edges = [iter(deps.get(root, ()))]
+        state[root] = 1
+        while edges:
+            step = next(edges[-1], None)
+            if step is None:
+                edges.pop()
+                done = path.pop()
+                del position[done]
+                state[done] = 2
+                continue
+            target, span = step
             if state.get(target) == 1:
-                start = path.index(target)
-                found.append(([*path[start:], target], span))
+                found.append(([*path[position[target] :], target], span))
             elif target not in state and target in deps:
-                visit(target)
-        path.pop()
-        state[name] = 2
-
-    for name in deps:
-        if name not in state:
-            visit(name)
+                state[target] = 1
+                position[target] = len(path)
+                path.append(target)
+                edges.append(iter(deps.get(target, ())))
     return found

@@ -25,7 +25,7 @@ from engine.checker import FileFacts, check_file, check_ruleset
 from engine.compiler import CompiledFile, compile_file, compile_settings
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import RuleError
-from engine.parser import GRAMMAR, parse
+from engine.parser import GRAMMAR, parse, source_lines
 from engine.ruleset import Ruleset
 
 __all__ = ["clear_cache", "load_ruleset", "rule_files"]
@@ -120,7 +120,7 @@ def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
         facts.diagnostics.append(Diagnostic(Span(name, line, 1, line, 2), "file is not UTF-8 text"))
         return _Unit(digest, facts, None, parsed=False)
     text = text.removeprefix("\ufeff")
-    lines = text.splitlines() or [""]
+    lines = source_lines(text)
     tree, problems = _parse_cached(text, name, digest, cache_dir)
     facts = FileFacts(name, lines)
     facts.diagnostics.extend(problems)

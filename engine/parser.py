@@ -109,13 +109,23 @@ def _unescape(raw: str, span: Span, errors: list[Diagnostic], lines: list[str]) 
         if code in _ESCAPES:
             return _ESCAPES[code]
         if len(code) == 5:
-            return chr(int(code[1:], 16))
+            return chr(int(code[1:], 16))  # surrogates are paired (or refused) below
         column = span.column + 1 + match.start()
         where = Span(span.file, span.line, column, span.line, column + 2)
         errors.append(_diag(where, f"unknown escape '\\{code}' in string", lines))
         return code
 
-    return _ESCAPE.sub(replace, raw)
+    decoded = _ESCAPE.sub(replace, raw)
+    if _SURROGATE.search(decoded):
+        try:  # a \uD83D\uDE00 pair is one character, as in JSON
+            decoded = decoded.encode("utf-16", "surrogatepass").decode("utf-16")
+        except UnicodeDecodeError:
+            errors.append(_diag(span, "string has an unpaired \\u surrogate escape", lines))
+            decoded = _SURROGATE.sub("\ufffd", decoded)
+    return decoded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_template(
@@ -176,6 +186,20 @@ def _make_ref(name: str, span: Span, path: ast.Path, name_span: Span) -> ast.Ref
     return ast.Ref(span, "element", path, name, name_span)
 
 
+def source_lines(text: str) -> list[str]:
+    """The file's lines as lark numbers them: split at ``\n`` only (``str.splitlines`` also
+    splits at form feeds and other separators, which would misquote later lines)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _last_line(lines: list[str]) -> int:
+    """The number of the last line with text: where an unexpected end of file is shown."""
+    last = len(lines)
+    while last > 1 and not lines[last - 1].strip():
+        last -= 1
+    return last
+
+
 def _diag(span: Span, message: str, lines: list[str]) -> Diagnostic:
     line = lines[span.line - 1] if 0 < span.line <= len(lines) else None
     return Diagnostic(span, message, source_line=line)
@@ -206,7 +230,7 @@ class Builder(lark.Transformer[Token, Any]):
     def __init__(self, file: str, text: str) -> None:
         super().__init__(visit_tokens=False)
         self.file = file
-        self.lines = text.splitlines() or [""]
+        self.lines = source_lines(text)
         self.errors: list[Diagnostic] = []
 
     # -- helpers
@@ -235,7 +259,11 @@ class Builder(lark.Transformer[Token, Any]):
                 )
                 return 0
             return value
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts
+            self.errors.append(_diag(self.span(token), "number is too large", self.lines))
+            return 0
 
     def integer(self, token: Token, what: str) -> int:
         value = self.number(token)
@@ -645,7 +673,7 @@ class _Parser:
         with self.lock:
             builder = self.builder
             builder.file = filename
-            builder.lines = text.splitlines() or [""]
+            builder.lines = source_lines(text)
             builder.errors = []
             self.newlines.text = text
             try:
@@ -659,7 +687,7 @@ class _Parser:
             return ParseResult(ast.File(filename, statements), builder.errors)
 
     def syntax_error(self, error: UnexpectedInput, filename: str, text: str) -> Diagnostic:
-        lines = text.splitlines() or [""]
+        lines = source_lines(text)
         line = max(1, min(getattr(error, "line", 1) or 1, len(lines)))
         column = max(1, getattr(error, "column", 1) or 1)
         end = column + 1
@@ -676,8 +704,8 @@ class _Parser:
         elif isinstance(error, UnexpectedToken):
             token = error.token
             if token.type == "$END":
-                line = len(lines)
-                column = len(lines[-1]) + 1
+                line = _last_line(lines)
+                column = len(lines[line - 1]) + 1
                 end = column + 1
                 message = f"unexpected end of file; expected {_expected(error.expected)}"
                 message += self.unclosed()
@@ -693,8 +721,8 @@ class _Parser:
 
                     message += did_you_mean(str(token), keywords)
         elif isinstance(error, UnexpectedEOF):
-            line = len(lines)
-            column = len(lines[-1]) + 1
+            line = _last_line(lines)
+            column = len(lines[line - 1]) + 1
             end = column + 1
             message = f"unexpected end of file; expected {_expected(set(error.expected))}"
             message += self.unclosed()

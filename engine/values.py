@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -43,19 +44,19 @@ def as_number(value: Any) -> int | float | None:
     if kind is int or kind is float:
         return value  # type: ignore[no-any-return]
     if kind is str:
-        text = value.strip()
-        if not text:
+        match = _NUMBER.fullmatch(value)
+        if match is None:
             return None
-        try:
-            number = int(text)
-        except ValueError:
-            try:
-                result = float(text)
-            except ValueError:
-                return None
-            return result if math.isfinite(result) else None
-        return number
+        text = match.group(1)
+        if text.lstrip("+-").isdigit() and len(text) < 300:
+            return int(text)
+        result = float(text)
+        return result if math.isfinite(result) else None
     return None
+
+
+# ASCII decimal numbers only: Python's int() would also take "1_000" and other scripts' digits.
+_NUMBER = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*", re.ASCII)
 
 
 def _as_datetime(value: Any) -> datetime | None:
@@ -204,7 +205,10 @@ def add(a: Any, b: Any) -> Any:
     """Numbers (and number-like strings) add; two strings otherwise concatenate; else null."""
     na, nb = as_number(a), as_number(b)
     if na is not None and nb is not None and type(a) is not bool and type(b) is not bool:
-        return _number_result(na + nb)
+        try:
+            return _number_result(na + nb)
+        except OverflowError:
+            return None
     if type(a) is str and type(b) is str:
         return a + b
     return None
@@ -279,6 +283,8 @@ def f_round(v: Any, digits: Any = 0) -> Any:
     if number is None:
         return v if type(v) is not str else None
     places = int(digits) if type(digits) in (int, float) else 0
+    if abs(number) >= 1e15:  # no decimals left to round at this size
+        return number
     quantum = Decimal(1).scaleb(-places)
     rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
     return int(rounded) if places <= 0 else float(rounded)

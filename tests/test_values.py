@@ -546,3 +546,26 @@ def test_copy_json_is_deep() -> None:
     copy["a"][1]["b"] = 3
     copy["a"].append(4)
     assert original == {"a": [1, {"b": 2}]}
+
+
+# ------------------------------------------------------------------ totality on extreme numbers
+# engine/values.py: "Every function here is total: on values of the wrong kind it returns
+# None/False ..., never raises."
+@pytest.mark.parametrize(
+    ("value", "digits"),
+    [(1e300, 0), (1e27, 2), ("1e30", 0), (10**40, 2)],
+    ids=["1e300", "1e27-2-places", "string-1e30", "10**40-2-places"],
+)
+def test_round_is_total_on_large_numbers(value: Any, digits: int) -> None:
+    assert apply("round", value, digits) == pytest.approx(float(value))
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/", "%"])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(10**400, 0.5), (0.5, 10**400), (str(10**400), 0.5)],
+    ids=["big-int-and-float", "float-and-big-int", "big-string-and-float"],
+)
+def test_arithmetic_is_total_on_large_numbers(op: str, a: Any, b: Any) -> None:
+    result = values.ARITHMETIC[op](a, b)
+    assert result is None or isinstance(result, int | float)
