@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: check the rules, run their tests, replay the example journeys (a dry run
+# until dispatch lands: every request is built and shown, none is sent).
 demo: $(STAMP)
 	$(BIN)/tagengine check rules/
+	$(BIN)/tagengine test rules/
+	$(BIN)/tagengine run --rules rules/ --dry-run examples/*.jsonl
 
 test: $(STAMP)
 	$(BIN)/ruff check engine tests benchmarks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,8 +11,12 @@ from rich.console import Console
 from rich.text import Text
 
 from engine.diagnostics import Diagnostic
-from engine.errors import RuleError
+from engine.engine import Engine
+from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
+from engine.ruleset import Ruleset
+from engine.testing import run_tests
+from engine.trace import render_summary, render_trace
 
 __all__ = ["main"]
 
@@ -19,6 +24,10 @@ __all__ = ["main"]
 def _console() -> Console:
     # Plain text when piped (CI logs, tests); colour only on a terminal.
     return Console(highlight=False, soft_wrap=True, file=sys.stdout)
+
+
+def _console_err() -> Console:
+    return Console(highlight=False, soft_wrap=True, stderr=True)
 
 
 def _styled(diagnostic: Diagnostic) -> Text:
@@ -38,7 +47,8 @@ def _styled(diagnostic: Diagnostic) -> Text:
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    plural = word + ("es" if word.endswith(("sh", "ch", "s")) else "s")
+    return f"{count} {word if count == 1 else plural}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,6 +78,129 @@ def check(path: Path, cache_dir: Path | None) -> None:
         f"{_plural(len(ruleset.rules), 'rule')}, {_plural(len(ruleset.elements), 'element')}, "
         f"{_plural(len(ruleset.tests), 'test')} in {_plural(len(ruleset.files), 'file')}"
     )
+
+
+def _load(path: Path, cache_dir: Path | None = None) -> Ruleset:
+    try:
+        return load_ruleset(path, cache_dir=cache_dir)
+    except RuleError as error:
+        console = _console()
+        for diagnostic in error.diagnostics:
+            console.print(_styled(diagnostic))
+        sys.exit(1)
+
+
+def _envelope(line: str) -> tuple[str, object]:
+    """A JSONL line: a push object (session ``default``) or ``{"session": …, "push": {…}}``."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON: {error.msg} at column {error.colno}") from None
+    if isinstance(value, dict) and "push" in value and set(value) <= {"session", "push"}:
+        session = value.get("session", "default")
+        if not isinstance(session, str) or not session:
+            raise ValueError("an envelope's session must be a non-empty string")
+        return session, value["push"]
+    return "default", value
+
+
+@cli.command()
+@click.argument(
+    "events", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--rules",
+    "rules_path",
+    default="rules/",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The ruleset folder.",
+)
+@click.option("--dry-run", is_flag=True, help="Build every send, deliver none.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line on stdout.")
+@click.option(
+    "--trace", is_flag=True, help="The full trace of each push: every rule, why, and the bodies."
+)
+def run(
+    events: tuple[Path, ...], rules_path: Path, dry_run: bool, as_json: bool, trace: bool
+) -> None:
+    """Replay JSONL files of pushes (EVENTS) through the rules."""
+    ruleset = _load(rules_path)
+    console = _console()
+    errors = _console_err()
+    engine = Engine(ruleset, dry_run=dry_run)
+    bad = pushes = fired = sent = 0
+    for path in events:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    session, item = _envelope(line)
+                    result = engine.session(session).push(item)
+                except (ValueError, EngineError) as error:
+                    bad += 1
+                    errors.print(f"{path}:{number}: error: {error}", style="red", markup=False)
+                    if as_json:
+                        click.echo(
+                            json.dumps({"line": number, "file": str(path), "error": str(error)})
+                        )
+                    continue
+                pushes += 1
+                for each in (result, *result.followups):
+                    fired += len(each.fired)
+                    sent += len(each.sends)
+                    if as_json:
+                        click.echo(json.dumps(each.to_json(), ensure_ascii=False))
+                    elif trace:
+                        render_trace(console, each, f"{path}:{number}")
+                    else:
+                        render_summary(console, each)
+    if not as_json:
+        mode = " (dry run: nothing delivered)" if dry_run else ""
+        console.print(
+            f"{_plural(pushes, 'push')}, {_plural(fired, 'rule')} fired, "
+            f"{_plural(sent, 'send')}{mode}"
+            + (f"; {_plural(bad, 'bad line')} skipped" if bad else ""),
+            style="bold",
+        )
+    engine.close()
+    if bad:
+        sys.exit(1)
+
+
+@cli.command("test")
+@click.argument("path", default="rules/", type=click.Path(path_type=Path))
+def test_command(path: Path) -> None:
+    """Run the test blocks of the rules in PATH (default: rules/)."""
+    ruleset = _load(path)
+    console = _console()
+    passed = failed = 0
+    for report in run_tests(ruleset):
+        where = f"{report.span.file}:{report.span.line}"
+        if report.passed:
+            passed += 1
+            console.print(
+                Text.assemble(("PASS ", "bold green"), report.name, (f"  {where}", "dim"))
+            )
+            continue
+        failed += 1
+        console.print(Text.assemble(("FAIL ", "bold red"), report.name, (f"  {where}", "dim")))
+        for failure in report.failures:
+            for index, line in enumerate(failure.split("\n")):
+                style = (
+                    "red"
+                    if line.lstrip().startswith("+ ")
+                    else "green"
+                    if line.lstrip().startswith("- ")
+                    else None
+                )
+                console.print(Text("    " + line if index else "  " + line, style=style or ""))
+    console.print(
+        f"{passed} passed, {failed} failed", style="bold green" if not failed else "bold red"
+    )
+    if failed:
+        sys.exit(1)
 
 
 def main() -> None:

@@ -398,17 +398,22 @@ def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
         if not isinstance(node.expr, ast.Binary | ast.Logical | ast.Unary | ast.Matches)
         else fn
     )
-    operands: tuple[tuple[str, Fn], ...] = ()
+    # The operands a trace shows when the clause decides: the values it compared, not constants.
     expr = node.expr
+    shown: list[ast.Expr] = []
     if isinstance(expr, ast.Binary):
-        operands = (
-            (_source(lines, expr.left.span), _fn(compile_expr(expr.left))),
-            (_source(lines, expr.right.span), _fn(compile_expr(expr.right))),
-        )
-    elif isinstance(expr, ast.Matches | ast.Unary) and not isinstance(expr.operand, ast.Literal):
-        operands = ((_source(lines, expr.operand.span), _fn(compile_expr(expr.operand))),)
+        shown = [expr.left, expr.right]
+    elif isinstance(expr, ast.Matches | ast.Unary):
+        shown = [expr.operand]
+    elif isinstance(expr, ast.Logical):
+        shown = list(expr.operands)
     elif isinstance(expr, ast.Ref | ast.Filter | ast.GetPath):
-        operands = ((node.source, fn),)
+        shown = [expr]
+    operands = tuple(
+        (_source(lines, part.span), _fn(compiled))
+        for part in shown
+        if not isinstance(compiled := compile_expr(part), _Const)
+    )
     return CompiledCondition(test, node.negated, node.source, node.span, operands)
 
 

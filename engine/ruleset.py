@@ -189,6 +189,11 @@ class Ruleset:
         self._globs = tuple((glob_regex(p).match, tuple(rs)) for p, rs in globs.items())
         self._change_rules = tuple(changes)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if hasattr(self, name):
+            raise AttributeError(f"a Ruleset is immutable: cannot set {name!r}")
+        object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         return (
             f"<Ruleset {self.version[:12]}: {len(self.rules)} rules, {len(self.elements)} "

@@ -9,12 +9,17 @@ def test_public_api_is_pinned() -> None:
     assert sorted(engine.__all__) == [
         "Diagnostic",
         "DispatchError",
+        "Engine",
         "EngineError",
+        "EngineSession",
         "EvaluationError",
         "PayloadTooLarge",
         "PushError",
+        "PushResult",
         "RuleError",
+        "RuleOutcome",
         "Ruleset",
+        "Send",
         "Span",
         "load_ruleset",
     ]

@@ -1,0 +1,250 @@
+"""The data layer: validating a pushed item, splitting it into event and data, and merging the
+data into the computed state (spec/semantics.md, "A push", steps 1-3).
+
+Everything here is pure. States are treated as immutable: a merge never changes the state it is
+given; it returns a new top-level dict that shares every subtree the push did not touch, so any
+state ever returned stays a valid snapshot for as long as nobody mutates it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from engine.errors import PushError
+from engine.values import copy_json
+
+__all__ = ["Path", "merge", "merge_acdl", "merge_gtm", "split", "validate"]
+
+Path = tuple[str | int, ...]
+
+_SCALARS = (str, int, float, bool, type(None))
+_NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+
+
+# ------------------------------------------------------------------ validate
+class _Invalid(Exception):
+    """Raised deep in a value; each level adds its step on the way out (no cost when valid)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.steps: list[str | int] = []
+
+
+def _type_name(value: object) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _render(root: str, steps: list[str | int]) -> str:
+    parts = [root]
+    for step in steps:
+        if isinstance(step, int):
+            parts.append(f"[{step}]")
+        elif _NAME.fullmatch(step):
+            parts.append(f".{step}")
+        else:
+            parts.append(f"[{json.dumps(step, ensure_ascii=False)}]")
+    return "".join(parts)
+
+
+def validate(
+    item: object, *, max_depth: int = 32, max_items: int = 10_000, label: str = "push"
+) -> dict[str, Any]:
+    """A deep copy of ``item`` if it is a JSON-like object within the limits, else
+    :class:`PushError` naming the offending place (``push.cart.items[2].price: …``).
+
+    JSON-like means exactly the types dict (str keys), list, str, int, float (finite), bool and
+    None; subclasses, tuples and sets are refused. ``max_depth`` bounds the nesting of
+    containers (the item itself is level 1); ``max_items`` bounds the number of values in it,
+    containers included. ``label`` names the root in messages.
+    """
+    if type(item) is not dict:
+        raise PushError(f"{label}: expected an object, got {_type_name(item)}")
+    budget = [max_items]
+
+    def copy(value: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Invalid(f"more than {max_items} values in one item")
+        kind = type(value)
+        if kind is dict:
+            if depth > max_depth:
+                raise _Invalid(f"nested deeper than {max_depth} levels")
+            result: dict[str, Any] = {}
+            for key, child in value.items():
+                if type(key) is not str:
+                    raise _Invalid(f"key {key!r} is not a string ({_type_name(key)})")
+                try:
+                    result[key] = copy(child, depth + 1)
+                except _Invalid as error:
+                    error.steps.append(key)
+                    raise
+            return result
+        if kind is list:
+            if depth > max_depth:
+                raise _Invalid(f"nested deeper than {max_depth} levels")
+            items: list[Any] = []
+            for index, child in enumerate(value):
+                try:
+                    items.append(copy(child, depth + 1))
+                except _Invalid as error:
+                    error.steps.append(index)
+                    raise
+            return items
+        if kind is float:
+            if not math.isfinite(value):
+                raise _Invalid(f"not a finite number ({value!r})")
+            return value
+        if kind in _SCALARS:
+            return value
+        raise _Invalid(
+            f"unsupported type {_type_name(value)} "
+            "(values must be dict, list, str, int, float, bool or None)"
+        )
+
+    try:
+        result: dict[str, Any] = copy(item, 1)
+    except _Invalid as error:
+        raise PushError(f"{_render(label, error.steps[::-1])}: {error.message}") from None
+    except RecursionError:
+        raise PushError(f"{label}: nested too deeply") from None
+    return result
+
+
+# ------------------------------------------------------------------ split
+def split(item: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """``(event name, data)`` of a validated item. The name is ``item["event"]`` when it is a
+    non-empty string, else ``None`` (a data push). ``event`` and ``eventInfo`` never enter the
+    data, whatever their values."""
+    name = item.get("event")
+    event = name if type(name) is str and name else None
+    data = {k: v for k, v in item.items() if k != "event" and k != "eventInfo"}
+    return event, data
+
+
+# ------------------------------------------------------------------ ACDL merge
+def _acdl(
+    old: dict[str, Any] | None, data: dict[str, Any], prefix: Path, changed: list[Path]
+) -> dict[str, Any]:
+    result = {} if old is None else dict(old)
+    for key, value in data.items():
+        path = (*prefix, key)
+        if value is None:
+            result.pop(key, None)
+            changed.append(path)
+        elif type(value) is dict:
+            current = result.get(key)
+            if value:
+                result[key] = _acdl(
+                    current if type(current) is dict else None, value, path, changed
+                )
+            else:
+                if type(current) is not dict:
+                    result[key] = {}
+                changed.append(path)
+        else:
+            result[key] = copy_json(value)
+            changed.append(path)
+    return result
+
+
+def merge_acdl(state: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+    """Merge ``data`` into ``state`` the ACDL v3 way: objects merge recursively; arrays and
+    scalars replace; ``null`` deletes the key; a change of type replaces.
+
+    Returns the new state and the leaf paths the push set (a leaf is anything but a non-empty
+    object). Neither argument is changed and the result shares nothing with ``data``; it
+    shares with ``state`` every subtree the push did not touch.
+    """
+    changed: list[Path] = []
+    return _acdl(state, data, (), changed), changed
+
+
+# ------------------------------------------------------------------ GTM merge
+def _js_truthy(value: Any) -> bool:
+    # data-layer-helper tests `!from['_clear']`: JavaScript truthiness, where [] and {} are true.
+    if type(value) is dict or type(value) is list:
+        return True
+    return bool(value)
+
+
+def _gtm_dict(
+    old: dict[str, Any] | None,
+    data: dict[str, Any],
+    prefix: Path,
+    changed: list[Path] | None,
+    expand: bool = False,
+) -> dict[str, Any]:
+    result = {} if old is None else dict(old)
+    clear = "_clear" in data and _js_truthy(data["_clear"])
+    for key, value in data.items():
+        if expand and "." in key:
+            # data-layer-helper expands dotted keys of the pushed object itself, not deeper ones
+            key, *rest = key.split(".")
+            for step in reversed(rest):
+                value = {step: value}
+        if key == "_clear":
+            continue
+        path = (*prefix, key)
+        if clear:
+            result[key] = _gtm_value(None, value, path, None)
+            if changed is not None:
+                changed.append(path)
+        else:
+            result[key] = _gtm_value(result.get(key), value, path, changed)
+    return result
+
+
+def _gtm_list(old: list[Any] | None, data: list[Any]) -> list[Any]:
+    result = [] if old is None else list(old)
+    size = len(result)
+    for index, value in enumerate(data):
+        current = result[index] if index < size else None
+        merged = _gtm_value(current, value, (), None)
+        if index < size:
+            result[index] = merged
+        else:
+            result.append(merged)
+    return result
+
+
+def _gtm_value(current: Any, value: Any, path: Path, changed: list[Path] | None) -> Any:
+    kind = type(value)
+    if kind is dict:
+        merged = _gtm_dict(current if type(current) is dict else None, value, path, changed)
+        if changed is not None and all(key == "_clear" for key in value):
+            changed.append(path)
+        return merged
+    if changed is not None:
+        changed.append(path)
+    if kind is list:
+        return _gtm_list(current if type(current) is list else None, value)
+    return value
+
+
+def merge_gtm(state: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+    """Merge ``data`` into ``state`` the way Google's data-layer-helper does: objects merge
+    recursively, arrays merge by index, ``null`` is a value, a truthy ``_clear`` at a level
+    assigns that level's values instead of merging them (``_clear`` itself never reaches the
+    state), and dotted top-level keys expand (``{"a.b": 1}`` sets ``a.b``).
+
+    Returns the new state and the leaf paths the push set; under ``_clear`` each replaced key
+    is one path. Neither argument is changed; the result shares nothing with ``data`` and
+    shares with ``state`` every subtree the push did not touch.
+    """
+    changed: list[Path] = []
+    return _gtm_dict(state, data, (), changed, expand=True), changed
+
+
+def merge(
+    mode: str, state: dict[str, Any], data: dict[str, Any]
+) -> tuple[dict[str, Any], list[Path]]:
+    """:func:`merge_acdl` for ``"acdl"``, :func:`merge_gtm` for ``"gtm"``."""
+    if mode == "acdl":
+        return merge_acdl(state, data)
+    if mode == "gtm":
+        return merge_gtm(state, data)
+    raise ValueError(f"unknown merge mode {mode!r} (expected 'acdl' or 'gtm')")

@@ -1,0 +1,182 @@
+"""What every destination builder returns: one immutable :class:`Request`, plus the size check
+and the small pure helpers the builders share (JSON serialization, null dropping, deep merge).
+
+Nothing here does I/O or reads a clock: ids and times are parameters of the builders.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Literal
+
+from engine.errors import EvaluationError, PayloadTooLarge
+
+__all__ = [
+    "EDGE_SIZE_LIMIT",
+    "ENGINE_VERSION",
+    "Request",
+    "check_size",
+    "deep_merge",
+    "drop_nulls",
+    "largest_fields",
+    "serialize",
+]
+
+EDGE_SIZE_LIMIT = 65536
+"""Edge's guardrail: 64 KB of JSON per request (``EXEG-0112-413`` above it)."""
+
+try:
+    ENGINE_VERSION: str = metadata.version("tagengine")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    ENGINE_VERSION = "0.0.0"
+
+Destination = Literal["edge", "sitecore"]
+Kind = Literal["interact", "collect", "event", "browser"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The exact HTTP request a destination receives for one send.
+
+    ``body`` is the JSON-like dict sent; for a Sitecore direct-mode GET it is the event object
+    that travels URL-encoded in the ``message`` parameter. ``body_bytes`` is the exact POST
+    body (compact JSON, UTF-8, non-ASCII kept); it is empty for a GET. ``headers`` never hold
+    credentials: authentication headers are added at dispatch time. For Edge, ``event_id`` is
+    the event's ``xdm._id`` and ``request_id`` the ``requestId`` query parameter.
+    """
+
+    destination: Destination
+    rule: str
+    method: Literal["POST", "GET"]
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: dict[str, Any]
+    body_bytes: bytes
+    kind: Kind
+    event_id: str | None = None
+    request_id: str | None = None
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The event as the destination sees it: Edge's ``event``/``events[0]`` object (where
+        ``xdm`` and ``data`` live), or the Sitecore event object itself."""
+        if self.destination == "edge":
+            if "event" in self.body:
+                event: dict[str, Any] = self.body["event"]
+                return event
+            first: dict[str, Any] = self.body["events"][0]
+            return first
+        return self.body
+
+    @property
+    def size(self) -> int:
+        """Bytes that count against a size limit: the body of a POST, the URL of a GET."""
+        return len(self.body_bytes) if self.method == "POST" else len(self.url.encode())
+
+
+def serialize(value: Any, *, rule: str) -> str:
+    """Compact JSON as sent on the wire; a value JSON cannot carry fails the rule."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(
+            f"rule {rule!r}: the send holds a value JSON cannot carry: {exc}"
+        ) from exc
+
+
+def drop_nulls(value: Any) -> Any:
+    """A deep copy of a JSON-like value without ``null``: keys whose value is ``None`` and
+    ``None`` list items are removed, and an object left empty by that removal is removed too
+    (an object that was written empty stays). Containers are always fresh copies."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if item is None:
+                continue
+            cleaned = drop_nulls(item)
+            if isinstance(item, Mapping) and item and not cleaned:
+                continue
+            out[key] = cleaned
+        return out
+    if isinstance(value, list | tuple):
+        return [drop_nulls(item) for item in value if item is not None]
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged onto ``base`` as the Web SDK does: objects merge recursively, arrays and
+    scalars from ``over`` replace. Neither input is changed."""
+    out = dict(base)
+    for key, value in over.items():
+        current = out.get(key)
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            out[key] = deep_merge(current, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _json_size(value: Any) -> int:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):  # pragma: no cover - serialize() already refused it
+        return 0
+    return len(text.encode())
+
+
+def _candidates(fields: Mapping[str, Any]) -> list[tuple[str, int]]:
+    found: list[tuple[str, int]] = []
+    for key, value in fields.items():
+        if isinstance(value, Mapping) and value:
+            found.extend((f"{key}.{inner}", _json_size(v)) for inner, v in value.items())
+        else:
+            found.append((key, _json_size(value)))
+    return found
+
+
+def largest_fields(request: Request, count: int = 3) -> list[tuple[str, int]]:
+    """The ``count`` biggest parts of a request, as ``(path, bytes)``, biggest first.
+
+    A part is a second-level path under an object-valued top-level field of the event
+    (``xdm.productListItems``, ``data.__adobe``, Sitecore ``ext.productSku``) or a top-level
+    field whose value is not a non-empty object (``page``, ``identifiers``). For Edge, the
+    request-level ``query`` and ``meta`` fields are candidates too (``meta.state``,
+    ``query.personalization``). A part's size is that of its compact JSON value, in UTF-8
+    bytes; ties are broken by path so the message is stable.
+    """
+    found = _candidates(request.event)
+    if request.destination == "edge":
+        found.extend(
+            _candidates({k: v for k, v in request.body.items() if k not in ("event", "events")})
+        )
+    found.sort(key=lambda item: (-item[1], item[0]))
+    return found[:count]
+
+
+def check_size(request: Request, limit: int = EDGE_SIZE_LIMIT) -> None:
+    """Refuse a request above ``limit`` bytes (:attr:`Request.size`) before any network call.
+
+    The :class:`~engine.errors.PayloadTooLarge` message names the rule, the size, the limit
+    and the three largest fields (see :func:`largest_fields`), e.g. ``rule 'Purchase':
+    request is 70,213 bytes, above the 65,536-byte limit; largest fields:
+    xdm.productListItems (61,002 bytes), data.__adobe (4,100 bytes), xdm.web (300 bytes)``.
+    """
+    size = request.size
+    if size <= limit:
+        return
+    parts = ", ".join(f"{path} ({n:,} bytes)" for path, n in largest_fields(request))
+    message = f"rule {request.rule!r}: request is {size:,} bytes, above the {limit:,}-byte limit"
+    if parts:
+        message += f"; largest fields: {parts}"
+    raise PayloadTooLarge(message, destination=request.destination, request_id=request.request_id)
+
+
+def is_finite_scalar(value: Any) -> bool:
+    """A string, boolean, integer or finite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | bool | int)

@@ -1,0 +1,372 @@
+"""Adobe Experience Platform Edge Network: the HTTP request for one ``send event``
+(spec/destinations.md, "Adobe Experience Platform Edge Network").
+
+:func:`build_edge_request` is pure: ids, the timestamp and the session's identity are
+parameters. It reads these keys of the session-owned ``identity`` mapping (all optional,
+unknown keys ignored):
+
+``ecid`` (``str | None``)
+    The visitor's ECID from an earlier ``identity:result``. Added to ``xdm.identityMap.ECID``
+    as ``{id, authenticatedState: "ambiguous", primary}``, ``primary`` true unless another
+    namespace already has a primary identity, and the rule's own ``ECID`` list replaces it.
+``entries`` (``list`` of ``{"key", "value", "maxAge"?, "expires"?, "attrs"?}``)
+    Stored ``state:store`` entries. Those whose ``expires`` (epoch seconds) is at or before
+    ``now`` are left out; the others go to ``meta.state.entries`` as ``{key, value}`` (a later
+    entry replaces an earlier one with the same key). ``maxAge`` alone cannot expire anything
+    here: the store turns it into ``expires`` when it keeps the entry.
+``location_hint`` (``str | None``)
+    The Edge cluster (``or2``, ``va6``…), put in the path as ``/ee/{hint}/…``. A value that is
+    not 1–64 letters, digits, ``-`` or ``_`` is ignored, and so is any hint on the
+    authenticated host ``server.adobedc.net``, whose Server API answers 404 to a hinted path.
+``identity_map`` (``{namespace: [identity, …]}``)
+    Identities the application supplies for the session (an ``FPID``, a ``CRM_ID``…), merged
+    under the rule's ``identityMap``.
+
+Whether the session "already has an identity" (collect vs interact when unloading) is
+``has_identity`` when given, else: an ``ecid``, or an entry whose key ends in ``_identity``.
+
+Nulls: keys whose value is ``null`` (and ``null`` list items) are dropped from ``xdm``,
+``data`` and ``identityMap`` before merging, and objects left empty by that are dropped too
+(:func:`~engine.destinations.base.drop_nulls`): Edge and XDM reject nulls, and an analyst's
+``state.x`` that is missing must neither send ``"x": null`` nor erase an automatic field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote, urlencode, urlsplit
+
+from engine.destinations.base import (
+    ENGINE_VERSION,
+    Request,
+    deep_merge,
+    drop_nulls,
+    serialize,
+)
+from engine.errors import DispatchError, EvaluationError
+from engine.settings import EdgeSettings
+
+__all__ = [
+    "IMPLEMENTATION_NAME",
+    "PAGE_WIDE_SCOPE",
+    "PERSONALIZATION_SCHEMAS",
+    "build_edge_request",
+]
+
+IMPLEMENTATION_NAME = "https://ns.adobe.com/experience/tagengine"
+PAGE_WIDE_SCOPE = "__view__"
+VIEW_START = "viewStart"
+PAGE_VIEW = "web.webpagedetails.pageViews"
+_SCHEMA = "https://ns.adobe.com/personalization/"
+PERSONALIZATION_SCHEMAS = tuple(
+    _SCHEMA + name
+    for name in (
+        "default-content-item",
+        "html-content-item",
+        "json-content-item",
+        "redirect-item",
+        "ruleset-item",
+        "message/in-app",
+        "message/content-card",
+    )
+)
+DOM_ACTION_SCHEMA = _SCHEMA + "dom-action"
+AUTHENTICATED_HOST = "server.adobedc.net"
+_HINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HEADERS = (("Content-Type", "application/json"),)
+
+
+def build_edge_request(
+    fields: Mapping[str, Any],
+    settings: EdgeSettings,
+    *,
+    rule: str,
+    identity: Mapping[str, Any],
+    timestamp: str,
+    event_id: str,
+    request_id: str,
+    version: str = ENGINE_VERSION,
+    has_identity: bool | None = None,
+    now: float | None = None,
+) -> Request:
+    """The Edge request for a ``send event`` whose fields are ``fields`` (as built by the rule).
+
+    ``timestamp`` (ISO-8601 UTC) becomes ``xdm.timestamp``, ``event_id`` ``xdm._id``,
+    ``request_id`` the ``requestId`` parameter. ``now`` (epoch seconds) expires state
+    entries; it defaults to ``timestamp``. Raises :class:`~engine.errors.EvaluationError` when
+    a field has the wrong shape and :class:`~engine.errors.DispatchError` when no datastream
+    id is configured.
+    """
+    event_type = _text(fields, "type", rule)
+    view_start = event_type == VIEW_START
+    xdm_in = _object(fields.get("xdm"), "xdm", rule)
+    data = _object(fields.get("data"), "data", rule)
+    shortcut = _object(fields.get("identityMap"), "identityMap", rule)
+    merge_id = _text(fields, "mergeId", rule)
+    dataset_id = _text(fields, "datasetId", rule)
+
+    # -- xdm: automatic fields first, the rule's xdm merged over them
+    auto: dict[str, Any] = {}
+    if view_start:
+        auto["eventType"] = PAGE_VIEW
+    elif event_type is not None:
+        auto["eventType"] = event_type
+    auto["timestamp"] = timestamp
+    auto["_id"] = event_id
+    auto["implementationDetails"] = {
+        "name": IMPLEMENTATION_NAME,
+        "version": version,
+        "environment": "server",
+    }
+    identity_map = _session_identity_map(identity, (xdm_in.get("identityMap"), shortcut))
+    if identity_map:
+        auto["identityMap"] = identity_map
+    if merge_id is not None:
+        auto["eventMergeId"] = merge_id
+    xdm = deep_merge(auto, xdm_in)
+    if shortcut:
+        current = xdm.get("identityMap")
+        xdm["identityMap"] = deep_merge(current if isinstance(current, Mapping) else {}, shortcut)
+    if xdm.get("identityMap") == {}:
+        del xdm["identityMap"]
+
+    event: dict[str, Any] = {"xdm": xdm}
+    if data:
+        event["data"] = data
+
+    # -- personalization query (interact only)
+    personalization = _object(fields.get("personalization"), "personalization", rule)
+    scopes = _dedupe(
+        [
+            *_strings(fields.get("decisionScopes"), "decisionScopes", rule),
+            *_strings(
+                personalization.get("decisionScopes"), "personalization.decisionScopes", rule
+            ),
+        ]
+    )
+    if view_start and PAGE_WIDE_SCOPE not in scopes:
+        scopes.append(PAGE_WIDE_SCOPE)
+    surfaces = _dedupe(_strings(personalization.get("surfaces"), "personalization.surfaces", rule))
+    query_personalization: dict[str, Any] | None = None
+    if scopes or surfaces:
+        schemas = list(PERSONALIZATION_SCHEMAS)
+        if PAGE_WIDE_SCOPE in scopes:
+            schemas.append(DOM_ACTION_SCHEMA)
+        query_personalization = {"schemas": schemas, "decisionScopes": scopes, "surfaces": surfaces}
+
+    # -- datastream and overrides
+    overrides = fields.get("edgeConfigOverrides")
+    if overrides is None:
+        overrides = {}
+    elif not isinstance(overrides, Mapping):
+        raise _shape(rule, "edgeConfigOverrides", "an object", overrides)
+    override_id = overrides.get("datastreamId")
+    if override_id is not None and not isinstance(override_id, str):
+        raise _shape(rule, "edgeConfigOverrides.datastreamId", "a string", override_id)
+    rest: dict[str, Any] = {k: v for k, v in overrides.items() if k != "datastreamId"}
+    if dataset_id is not None:
+        rest = deep_merge(
+            rest,
+            {"com_adobe_experience_platform": {"datasets": {"event": {"datasetId": dataset_id}}}},
+        )
+    config_overrides = _filter_overrides(rest)
+    configured = settings.datastream or None
+    datastream = override_id or configured
+    if not datastream:
+        raise DispatchError(
+            f"rule {rule!r}: no Edge datastream id: set 'datastream' in the edge settings",
+            destination="edge",
+        )
+
+    # -- meta
+    state: dict[str, Any] = {"domain": settings.domain or "", "cookiesEnabled": True}
+    entries = _state_entries(identity.get("entries"), now, timestamp)
+    if entries:
+        state["entries"] = entries
+    meta: dict[str, Any] = {"state": state}
+    if config_overrides:
+        meta["configOverrides"] = config_overrides
+    if override_id and configured and override_id != configured:
+        meta["sdkConfig"] = {"datastream": {"original": configured}}
+
+    # -- route and body
+    if has_identity is None:
+        has_identity = _has_identity(identity)
+    collect = fields.get("documentUnloading") is True and has_identity and not view_start
+    v2 = settings.api == "v2"
+    body: dict[str, Any]
+    if collect:
+        body = {"events": [event], "meta": meta}
+    elif v2:
+        query: dict[str, Any] = {"identity": {"fetch": ["ECID"]}}
+        if query_personalization is not None:
+            query["personalization"] = query_personalization
+        body = {"event": event, "query": query, "meta": meta}
+    else:
+        if query_personalization is not None:
+            event["query"] = {"personalization": query_personalization}
+        body = {"events": [event], "query": {"identity": {"fetch": ["ECID"]}}, "meta": meta}
+
+    action: Literal["collect", "interact"] = "collect" if collect else "interact"
+    params = [("datastreamId" if v2 else "configId", datastream), ("requestId", request_id)]
+    if collect and v2:
+        params.append(("silent", "true"))
+    hint = _location_hint(identity.get("location_hint"), settings.url)
+    path = f"{settings.url.rstrip('/')}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
+    url = f"{path}?{urlencode(params, quote_via=quote)}"
+    final_id = xdm.get("_id")
+    return Request(
+        destination="edge",
+        rule=rule,
+        method="POST",
+        url=url,
+        headers=_HEADERS,
+        body=body,
+        body_bytes=serialize(body, rule=rule).encode(),
+        kind=action,
+        event_id=final_id if isinstance(final_id, str) else event_id,
+        request_id=request_id,
+    )
+
+
+# ------------------------------------------------------------------ field shapes
+def _shape(rule: str, name: str, expected: str, value: Any) -> EvaluationError:
+    return EvaluationError(
+        f"rule {rule!r}: send event '{name}' must be {expected}, not {type(value).__name__}"
+    )
+
+
+def _text(fields: Mapping[str, Any], name: str, rule: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _shape(rule, name, "a string", value)
+    return value
+
+
+def _object(value: Any, name: str, rule: str) -> dict[str, Any]:
+    """A field that must be an object, without its nulls; ``{}`` when absent."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _shape(rule, name, "an object", value)
+    cleaned: dict[str, Any] = drop_nulls(value)
+    return cleaned
+
+
+def _strings(value: Any, name: str, rule: str) -> list[str]:
+    """A list of strings (a lone string counts as one); nulls skipped."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value] if value else []
+    if not isinstance(value, list | tuple):
+        raise _shape(rule, name, "a list of strings", value)
+    out: list[str] = []
+    for item in value:
+        if item is None or item == "":
+            continue
+        if not isinstance(item, str):
+            raise _shape(rule, name, "a list of strings", item)
+        out.append(item)
+    return out
+
+
+def _dedupe(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+# ------------------------------------------------------------------ overrides
+def _filter_overrides(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The Web SDK's filter: drop ``null``, ``""``, ``[]`` and ``enabled: true`` leaves, then
+    objects left empty; keep other booleans, numbers, non-empty strings and lists. A digit
+    string ``idSyncContainerId`` is sent as the number Edge requires."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping):
+            inner = _filter_overrides(item)
+            if inner:
+                out[key] = inner
+        elif isinstance(item, bool):
+            if not (key == "enabled" and item):
+                out[key] = item
+        elif isinstance(item, int | float):
+            out[key] = item
+        elif isinstance(item, str) and item:
+            out[key] = int(item) if key == "idSyncContainerId" and item.isdigit() else item
+        elif isinstance(item, list | tuple) and item:
+            out[key] = list(item)
+    return out
+
+
+# ------------------------------------------------------------------ identity
+def _has_identity(identity: Mapping[str, Any]) -> bool:
+    if identity.get("ecid"):
+        return True
+    entries = identity.get("entries") or ()
+    return any(
+        isinstance(e, Mapping) and str(e.get("key", "")).endswith("_identity") for e in entries
+    )
+
+
+def _has_primary(maps: Iterable[Any]) -> bool:
+    """Whether a namespace other than ECID has an identity marked ``primary: true``."""
+    for identity_map in maps:
+        if not isinstance(identity_map, Mapping):
+            continue
+        for namespace, ids in identity_map.items():
+            if namespace == "ECID" or not isinstance(ids, list):
+                continue
+            if any(isinstance(i, Mapping) and i.get("primary") is True for i in ids):
+                return True
+    return False
+
+
+def _session_identity_map(
+    identity: Mapping[str, Any], rule_maps: tuple[Any, ...]
+) -> dict[str, Any]:
+    session_map = identity.get("identity_map")
+    out: dict[str, Any] = drop_nulls(session_map) if isinstance(session_map, Mapping) else {}
+    ecid = identity.get("ecid")
+    if isinstance(ecid, str) and ecid and "ECID" not in out:
+        primary = not _has_primary((out, *rule_maps))
+        out["ECID"] = [{"id": ecid, "authenticatedState": "ambiguous", "primary": primary}]
+    return out
+
+
+def _epoch(timestamp: str) -> float:
+    moment = datetime.fromisoformat(timestamp)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _state_entries(entries: Any, now: float | None, timestamp: str) -> list[dict[str, str]]:
+    kept: dict[str, str] = {}
+    for entry in entries or ():
+        if not isinstance(entry, Mapping):
+            continue
+        key, value = entry.get("key"), entry.get("value")
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            continue
+        expires = entry.get("expires")
+        if isinstance(expires, int | float) and not isinstance(expires, bool):
+            if now is None:
+                now = _epoch(timestamp)
+            if expires <= now:
+                continue
+        kept.pop(key, None)
+        kept[key] = value
+    return [{"key": k, "value": v} for k, v in kept.items()]
+
+
+def _location_hint(hint: Any, url: str) -> str | None:
+    if not isinstance(hint, str) or not _HINT.fullmatch(hint):
+        return None
+    if urlsplit(url).hostname == AUTHENTICATED_HOST:
+        return None
+    return hint

@@ -1,0 +1,276 @@
+"""Sitecore CDP / Personalize Stream API: the HTTP requests for one ``send sitecore`` and for
+minting a browser id (spec/destinations.md, "Sitecore CDP / Personalize Stream API").
+
+Direct mode (default) sends ``GET {url}/v1.2/event/create.json?client_key=…&message=…`` with
+the event object as compact, URL-encoded JSON; proxy mode (the Cloud SDK's Edge proxy) sends
+``POST {url}/v1/events/v1.2/events?sitecoreContextId=…&siteId=…`` with it as the JSON body.
+
+The event object always has the seven base fields first (``channel``, ``type``, ``language``,
+``currency``, ``page``, ``pos``, ``browser_id``), then the rule's other fields in the order
+written, without nulls. ``ext`` is flattened by :func:`flatten_ext`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from engine.destinations.base import Request, drop_nulls, is_finite_scalar, serialize
+from engine.errors import DispatchError, EvaluationError
+from engine.settings import SitecoreSettings
+
+__all__ = ["EXT_LIMIT", "build_browser_request", "build_sitecore_request", "flatten_ext"]
+
+EXT_LIMIT = 50
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+_RENAMED = {"first_name": "firstname", "last_name": "lastname"}
+_BASE = ("channel", "type", "language", "currency", "page", "pos", "browser_id")
+_SPECIAL = frozenset({*_BASE, "client_key", "ext", "session_data", "identifiers", *_RENAMED})
+_JSON = (("Content-Type", "application/json"),)
+
+
+def build_sitecore_request(
+    fields: Mapping[str, Any],
+    settings: SitecoreSettings,
+    *,
+    rule: str,
+    browser_id: str,
+    requested_at: str | None = None,
+) -> Request:
+    """The Stream API request for a ``send sitecore`` whose fields are ``fields``.
+
+    Defaults: ``channel``, ``language``, ``currency`` and ``pos`` from ``settings``, ``page``
+    ``""``; ``channel``, ``language`` and ``currency`` are upper-cased. ``first_name`` and
+    ``last_name`` go on the wire as ``firstname``/``lastname`` (the wire names win when both
+    are given). In proxy mode ``client_key`` (``""`` when unset) and ``requested_at`` (when
+    given and the rule sets none) are added, as the Cloud SDK does. Raises
+    :class:`~engine.errors.EvaluationError` for a field of the wrong shape and
+    :class:`~engine.errors.DispatchError` for missing settings.
+    """
+    proxy = settings.mode == "proxy"
+    if not browser_id:
+        raise DispatchError(f"rule {rule!r}: no Sitecore browser id yet", destination="sitecore")
+    event_type = _base_text(fields, "type", None, rule)
+    if not event_type:
+        raise EvaluationError(f"rule {rule!r}: send sitecore needs a 'type' (e.g. \"VIEW\")")
+    pos = _base_text(fields, "pos", settings.pos, rule)
+    if not pos and not proxy:
+        raise DispatchError(
+            f"rule {rule!r}: no Sitecore point of sale: set 'pos' in the sitecore settings "
+            "or in the rule",
+            destination="sitecore",
+        )
+    event: dict[str, Any] = {
+        "channel": (_base_text(fields, "channel", settings.channel, rule) or "").upper(),
+        "type": event_type,
+        "language": (_base_text(fields, "language", settings.language, rule) or "").upper(),
+        "currency": (_base_text(fields, "currency", settings.currency, rule) or "").upper(),
+        "page": _base_text(fields, "page", "", rule) or "",
+        "pos": pos or "",
+        "browser_id": browser_id,
+    }
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name in _RENAMED:
+            wire = _RENAMED[name]
+            if fields.get(wire) is None:
+                event[wire] = drop_nulls(value)
+        elif name == "identifiers":
+            identifiers = _identifiers(value, rule)
+            if identifiers:
+                event["identifiers"] = identifiers
+        elif name == "session_data":
+            session_data = _session_data(value, rule)
+            if session_data:
+                event["session_data"] = session_data
+        elif name == "ext":
+            if not isinstance(value, Mapping):
+                raise _shape(rule, "ext", "an object", value)
+            ext = flatten_ext(value, rule=rule)
+            if ext:
+                event["ext"] = ext
+        elif name not in _SPECIAL:
+            event[name] = drop_nulls(value)
+    if event_type == "IDENTITY" and not event.get("identifiers"):
+        raise EvaluationError(
+            f"rule {rule!r}: an IDENTITY event needs 'identifiers' "
+            '(e.g. [{provider: "email", id: …}])'
+        )
+
+    base = settings.url.rstrip("/")
+    if not proxy:
+        message = serialize(event, rule=rule)
+        url = f"{base}/v1.2/event/create.json?" + _query(
+            [("client_key", _client_key(settings, rule)), ("message", message)]
+        )
+        return Request("sitecore", rule, "GET", url, (), event, b"", "event")
+
+    event["client_key"] = settings.client_key or ""
+    if requested_at is not None and "requested_at" not in event:
+        event["requested_at"] = requested_at
+    params = [("sitecoreContextId", _context_id(settings, rule))]
+    if settings.site_id:
+        params.append(("siteId", settings.site_id))
+    url = f"{base}/v1/events/v1.2/events?" + _query(params)
+    body_bytes = serialize(event, rule=rule).encode()
+    return Request("sitecore", rule, "POST", url, _JSON, event, body_bytes, "event")
+
+
+def build_browser_request(settings: SitecoreSettings, *, rule: str = "") -> Request:
+    """The request that mints a browser id, once per session: direct mode
+    ``GET {url}/v1.2/browser/create.json?client_key=…&message={}``, proxy mode
+    ``GET {url}/v1/events/v1.2/browser/create.json?sitecoreContextId=…&client_key=``.
+    The answer's ``ref`` is the browser id. ``rule`` names the send that needed it."""
+    base = settings.url.rstrip("/")
+    if settings.mode == "proxy":
+        params = [
+            ("sitecoreContextId", _context_id(settings, rule)),
+            ("client_key", settings.client_key or ""),
+        ]
+        url = f"{base}/v1/events/v1.2/browser/create.json?" + _query(params)
+    else:
+        params = [("client_key", _client_key(settings, rule)), ("message", "{}")]
+        url = f"{base}/v1.2/browser/create.json?" + _query(params)
+    return Request("sitecore", rule, "GET", url, (), {}, b"", "browser")
+
+
+# ------------------------------------------------------------------ ext
+def camel(key: str) -> str:
+    """An ``ext`` name part: runs of characters other than ``[A-Za-z0-9]`` are dropped and
+    the letter after each is upper-cased (``page_type`` → ``pageType``, ``a.b`` → ``aB``);
+    the same result as :func:`engine.checker.camel` for the keys a rule can write."""
+    parts = _NOT_ALNUM.split(key)
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+
+
+def flatten_ext(ext: Mapping[str, Any], *, rule: str) -> dict[str, str | bool | int | float]:
+    """``ext`` as Sitecore takes it: at most 50 flat attributes with camelCase alphanumeric
+    names and string/boolean/integer/float values.
+
+    Nested objects are joined in camelCase (``{product: {sku: 1}}`` → ``productSku``), as the
+    checker counts them at load time; ``null`` values are dropped; a list becomes its compact
+    JSON text (a string, so the attribute keeps one type across events). A name that comes
+    out empty or twice, a value JSON cannot carry, or more than 50 attributes raise
+    :class:`~engine.errors.EvaluationError`.
+    """
+    out: dict[str, str | bool | int | float] = {}
+
+    def walk(prefix: str, value: Mapping[str, Any]) -> None:
+        for key, item in value.items():
+            part = camel(str(key))
+            if not part:
+                raise EvaluationError(
+                    f"rule {rule!r}: sitecore ext key {key!r} has no letters or digits"
+                )
+            name = prefix + part[:1].upper() + part[1:] if prefix else part
+            if item is None:
+                continue
+            if isinstance(item, Mapping):
+                walk(name, item)
+                continue
+            if isinstance(item, list | tuple):
+                item = serialize(item, rule=rule)
+            elif not is_finite_scalar(item):
+                raise EvaluationError(
+                    f"rule {rule!r}: sitecore ext attribute '{name}' has a value Sitecore "
+                    f"cannot take: {item!r}"
+                )
+            if name in out:
+                raise EvaluationError(
+                    f"rule {rule!r}: sitecore ext attribute '{name}' is given twice once flattened"
+                )
+            out[name] = item
+
+    walk("", ext)
+    if len(out) > EXT_LIMIT:
+        raise EvaluationError(
+            f"rule {rule!r}: sitecore ext has {len(out)} attributes once flattened; the limit "
+            f"is {EXT_LIMIT}"
+        )
+    return out
+
+
+# ------------------------------------------------------------------ other fields
+def _shape(rule: str, name: str, expected: str, value: Any) -> EvaluationError:
+    return EvaluationError(
+        f"rule {rule!r}: send sitecore '{name}' must be {expected}, not {type(value).__name__}"
+    )
+
+
+def _base_text(fields: Mapping[str, Any], name: str, default: str | None, rule: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _shape(rule, name, "a string", value)
+    return str(value)
+
+
+def _identifiers(value: Any, rule: str) -> list[dict[str, Any]]:
+    """``[{provider, id, expiry_date?}]``; a lone object counts as one, ``expiryDate`` is
+    renamed, a number ``id`` becomes text; ``provider`` and ``id`` are required."""
+    items = [value] if isinstance(value, Mapping) else value
+    if not isinstance(items, list | tuple):
+        raise _shape(rule, "identifiers", "a list of {provider, id}", value)
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, Mapping):
+            raise _shape(rule, "identifiers", "a list of {provider, id}", item)
+        entry: dict[str, Any] = {}
+        for key, inner in item.items():
+            if inner is not None:
+                entry["expiry_date" if key == "expiryDate" else key] = drop_nulls(inner)
+        ident = entry.get("id")
+        if isinstance(ident, int | float) and not isinstance(ident, bool):
+            entry["id"] = ident = str(ident)
+        provider = entry.get("provider")
+        if not (isinstance(provider, str) and provider and isinstance(ident, str) and ident):
+            raise EvaluationError(
+                f"rule {rule!r}: each sitecore identifier needs a 'provider' and an 'id' "
+                f"(got {dict(item)!r})"
+            )
+        out.append(entry)
+    return out
+
+
+def _session_data(value: Any, rule: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _shape(rule, "session_data", "an object", value)
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        if not is_finite_scalar(item):
+            raise EvaluationError(
+                f"rule {rule!r}: sitecore session_data '{key}' must be a string, boolean or "
+                f"number, not {type(item).__name__}"
+            )
+        out[str(key)] = item
+    return out
+
+
+def _query(params: list[tuple[str, str]]) -> str:
+    return urlencode(params, quote_via=quote)
+
+
+def _client_key(settings: SitecoreSettings, rule: str) -> str:
+    if not settings.client_key:
+        raise DispatchError(
+            f"rule {rule!r}: no Sitecore client key: set 'client_key' in the sitecore settings",
+            destination="sitecore",
+        )
+    return settings.client_key
+
+
+def _context_id(settings: SitecoreSettings, rule: str) -> str:
+    if not settings.context_id:
+        raise DispatchError(
+            f"rule {rule!r}: sitecore proxy mode needs 'context_id' in the sitecore settings",
+            destination="sitecore",
+        )
+    return settings.context_id

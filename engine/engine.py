@@ -1,0 +1,206 @@
+"""The :class:`Engine`: a ruleset, its sessions, and delivery of what the rules send.
+
+::
+
+    with Engine.from_path("rules/", dry_run=True) as engine:
+        result = engine.session("visitor-1").push({"event": "commerce.purchase"})
+        result.fired, result.rules, result.sends[0].body
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+from engine.errors import EngineError
+from engine.loader import load_ruleset
+from engine.results import PushResult
+from engine.ruleset import Ruleset
+from engine.runtime import Ids, process_push
+from engine.sessions import Session, SessionStore
+from engine.transports import RecordingTransport, Transport
+
+__all__ = ["Engine", "EngineSession"]
+
+MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
+
+
+class EngineSession:
+    """One visitor's session in an engine: push to it, export it."""
+
+    __slots__ = ("_engine", "_session")
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self._engine = engine
+        self._session = session
+
+    @property
+    def id(self) -> str:
+        return self._session.id
+
+    @property
+    def visitor(self) -> str:
+        return self._session.visitor_id
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """A copy of the session's current data-layer state."""
+        return self._session.get_state()
+
+    def push(self, item: object) -> PushResult:
+        """Process one data-layer push; raises :class:`~engine.errors.PushError` for bad input."""
+        return self._engine._push(self._session, item)
+
+    async def apush(self, item: object) -> PushResult:
+        """:meth:`push` for asyncio code. Evaluation is CPU-bound and takes microseconds, so it
+        runs inline rather than in a thread."""
+        return self._engine._push(self._session, item)
+
+    def export(self) -> dict[str, Any]:
+        """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
+        with self._session.lock:
+            return self._session.export()
+
+    def __repr__(self) -> str:
+        return f"<EngineSession {self.id!r}>"
+
+
+class Engine:
+    """Evaluates pushes against a ruleset and delivers the sends.
+
+    ``dry_run`` builds every send and stops there. Otherwise each send goes to ``transport``
+    (in this version a :class:`~engine.transports.RecordingTransport` unless one is given).
+    ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
+    """
+
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        *,
+        dry_run: bool = False,
+        transport: Transport | None = None,
+        sessions: SessionStore | None = None,
+        clock: Callable[[], float] = time.time,
+        ids: Ids | None = None,
+    ) -> None:
+        self._ruleset = ruleset
+        self.dry_run = dry_run
+        self.transport: Transport = transport if transport is not None else RecordingTransport()
+        self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
+        self._clock = clock
+        self._ids = ids or Ids()
+        self._closed = False
+
+    @classmethod
+    def from_path(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Engine:
+        """An engine on the ruleset at ``path``; raises :class:`~engine.errors.RuleError`."""
+        return cls(load_ruleset(path, cache_dir=cache_dir, environ=environ), **options)
+
+    @property
+    def ruleset(self) -> Ruleset:
+        return self._ruleset
+
+    @ruleset.setter
+    def ruleset(self, ruleset: Ruleset) -> None:
+        # One reference swap: a push reads it once, so it runs on exactly one version.
+        self._ruleset = ruleset
+
+    def session(self, session_id: str, *, visitor: str | None = None) -> EngineSession:
+        """The session ``session_id`` (created on first use). Sessions of the same ``visitor``
+        (default: the session id) share ``keep visitor`` values and ``per visitor`` limits."""
+        if not isinstance(session_id, str) or not session_id:
+            raise EngineError("a session id is a non-empty string")
+        return EngineSession(self, self.sessions.get(session_id, visitor))
+
+    def restore(self, data: Mapping[str, Any]) -> EngineSession:
+        """Put back a session from :meth:`EngineSession.export` (raises PushError if malformed)."""
+        return EngineSession(self, self.sessions.restore(dict(data)))
+
+    def push(self, item: object, *, session: str = "default") -> PushResult:
+        return self.session(session).push(item)
+
+    async def apush(self, item: object, *, session: str = "default") -> PushResult:
+        return await self.session(session).apush(item)
+
+    # ------------------------------------------------------------------ internals
+    def _push(self, session: Session, item: object) -> PushResult:
+        if self._closed:
+            raise EngineError("the engine is closed")
+        ruleset = self._ruleset
+        with session.lock:
+            result = process_push(ruleset, session, item, now=self._clock(), ids=self._ids)
+            self._follow(ruleset, session, result)
+        if not self.dry_run:
+            self._deliver(result)
+        return result
+
+    def _follow(self, ruleset: Ruleset, session: Session, result: PushResult) -> None:
+        """Process the pushes made by `push` actions, after the push that made them, in order."""
+        queue = deque(result.pushes)
+        done = 0
+        while queue:
+            if done >= MAX_QUEUED_PUSHES:
+                raise EngineError(
+                    f"rules queued more than {MAX_QUEUED_PUSHES} pushes from one push "
+                    "(a rule probably pushes the event that triggers it)"
+                )
+            follow = process_push(
+                ruleset, session, queue.popleft(), now=self._clock(), ids=self._ids
+            )
+            done += 1
+            queue.extend(follow.pushes)
+            result.followups.append(follow)
+
+    def _deliver(self, result: PushResult) -> None:
+        for outcome in (result, *result.followups):
+            for send in outcome.sends:
+                started = time.perf_counter()
+                try:
+                    response = self.transport.send(send.request)
+                except Exception as error:
+                    send.error = f"{type(error).__name__}: {error}"
+                else:
+                    send.status = response.status
+                    send.response = response.body
+                send.attempts += 1
+                send.duration = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        self._closed = True
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,112 @@
+"""What a push returns: every rule considered with its status, the element values, the sends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from engine.destinations.base import Request
+from engine.diagnostics import Span
+from engine.values import copy_json
+
+__all__ = ["PushResult", "RuleOutcome", "Send", "Status"]
+
+Status = Literal["fired", "condition_not_met", "blocked", "sampled_out", "limited", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOutcome:
+    """One rule's fate on one push.
+
+    ``reason`` says why it did not fire (``None`` when it fired); ``clause`` is the source text of
+    the deciding ``when``/``unless`` and ``values`` what its operands evaluated to, for traces.
+    """
+
+    rule: str
+    status: Status
+    reason: str | None = None
+    clause: str | None = None
+    values: tuple[tuple[str, Any], ...] = ()
+    span: Span | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rule": self.rule, "status": self.status, "reason": self.reason}
+
+
+@dataclass(slots=True)
+class Send:
+    """One request built by a ``send`` action: what goes on the wire, and once dispatched, what
+    came back (``status``, ``response``, ``duration``, ``attempts``; ``None`` in a dry run)."""
+
+    rule: str
+    destination: Literal["edge", "sitecore"]
+    request: Request
+    status: int | None = None
+    response: Any = None
+    duration: float | None = None
+    attempts: int = 0
+    error: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def url(self) -> str:
+        return self.request.url
+
+    @property
+    def body(self) -> Any:
+        return self.request.body
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "destination": self.destination,
+            "method": self.method,
+            "url": self.url,
+            "body": self.body,
+        }
+
+
+@dataclass(slots=True)
+class PushResult:
+    """The outcome of one push.
+
+    ``snapshot`` is the event-time state every rule of this push read; it is shared with the
+    session's history, so read it, or take :meth:`state` for a copy of your own.
+    """
+
+    session: str
+    event: str | None
+    version: str
+    snapshot: dict[str, Any]
+    rules: list[RuleOutcome] = field(default_factory=list)
+    elements: dict[str, Any] = field(default_factory=dict)
+    sends: list[Send] = field(default_factory=list)
+    pushes: list[dict[str, Any]] = field(default_factory=list)  # queued by `push` actions
+    followups: list[PushResult] = field(default_factory=list)  # their results, in order
+
+    @property
+    def fired(self) -> list[str]:
+        return [o.rule for o in self.rules if o.status == "fired"]
+
+    def outcome(self, rule: str) -> RuleOutcome | None:
+        return next((o for o in self.rules if o.rule == rule), None)
+
+    def state(self) -> dict[str, Any]:
+        return copy_json(self.snapshot)  # type: ignore[no-any-return]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``tagengine run --json`` line for this push."""
+        return {
+            "session": self.session,
+            "event": self.event,
+            "version": self.version,
+            "rules": [o.to_json() for o in self.rules],
+            "sends": [s.to_json() for s in self.sends],
+        }
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False)

@@ -1,0 +1,204 @@
+"""One push, step by step (semantics.md, "A push"): validate, split, merge, snapshot, match,
+evaluate, build the sends. Decisions only: nothing here does I/O; the caller dispatches.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine import datalayer
+from engine.destinations.base import Request, check_size
+from engine.destinations.edge import build_edge_request
+from engine.destinations.sitecore import build_sitecore_request
+from engine.errors import EngineError
+from engine.results import PushResult, RuleOutcome, Send, Status
+from engine.ruleset import CompiledCondition, CompiledRule, Ruleset
+from engine.scope import Scope
+from engine.sessions import Session
+
+__all__ = ["Ids", "process_push"]
+
+PAGE_VIEW_EVENTS = frozenset({"page.view", "viewStart"})
+_MAX_SHOWN = 120  # characters of a value shown in a reason
+
+
+@dataclass(frozen=True, slots=True)
+class Ids:
+    """Where per-event identifiers come from; tests inject deterministic ones."""
+
+    event_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    request_id: Callable[[], str] = lambda: str(uuid.uuid4())
+
+
+def _timestamp(now: float) -> str:
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _show(value: Any) -> str:
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
+def _operands(condition: CompiledCondition, scope: Scope) -> tuple[tuple[str, Any], ...]:
+    seen: list[tuple[str, Any]] = []
+    for source, fn in condition.operands:
+        try:
+            seen.append((source, fn(scope)))
+        except Exception as error:
+            seen.append((source, f"<error: {error}>"))
+    return tuple(seen)
+
+
+def _explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) -> str:
+    verdict = "true" if condition.negated else "false"
+    word = "unless" if condition.negated else "when"
+    shown = ", ".join(f"{source} = {_show(value)}" for source, value in seen)
+    return f"{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
+
+
+class _Context:
+    """Per-push inputs shared by every rule of the push."""
+
+    __slots__ = ("ids", "now", "ruleset", "scope", "session", "timestamp")
+
+    def __init__(self, ruleset: Ruleset, session: Session, scope: Scope, now: float, ids: Ids):
+        self.ruleset = ruleset
+        self.session = session
+        self.scope = scope
+        self.now = now
+        self.ids = ids
+        self.timestamp = _timestamp(now)
+
+
+def _request(
+    ctx: _Context, rule: CompiledRule, destination: str, fields: dict[str, Any]
+) -> Request:
+    ruleset, session = ctx.ruleset, ctx.session
+    if destination == "edge":
+        assert ruleset.edge is not None  # the checker guarantees a settings block
+        request = build_edge_request(
+            fields,
+            ruleset.edge,
+            rule=rule.name,
+            identity=session.identity,
+            timestamp=ctx.timestamp,
+            event_id=ctx.ids.event_id(),
+            request_id=ctx.ids.request_id(),
+            now=ctx.now,
+        )
+        check_size(request)  # refused here, before any network call, even in a dry run
+        return request
+    assert ruleset.sitecore is not None
+    browser_id = session.identity.get("sitecore_browser_id")
+    if not isinstance(browser_id, str):
+        # The Stream API's browser id is created once per session (the dispatcher replaces
+        # this one with the server's); until then the session keeps a local one.
+        browser_id = str(uuid.uuid4())
+        session.identity["sitecore_browser_id"] = browser_id
+    return build_sitecore_request(
+        fields, ruleset.sitecore, rule=rule.name, browser_id=browser_id, requested_at=ctx.timestamp
+    )
+
+
+def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
+    scope, session = ctx.scope, ctx.session
+    for condition in rule.conditions:
+        try:
+            value = condition.fn(scope)
+        except Exception as error:
+            where = condition.span
+            result.rules.append(
+                RuleOutcome(
+                    rule.name,
+                    "failed",
+                    f"{where}: {type(error).__name__}: {error}",
+                    condition.source,
+                    span=where,
+                )
+            )
+            return
+        if bool(value) == condition.negated:
+            seen = _operands(condition, scope)
+            status: Status = "blocked" if condition.negated else "condition_not_met"
+            result.rules.append(
+                RuleOutcome(
+                    rule.name,
+                    status,
+                    _explain(condition, seen),
+                    condition.source,
+                    seen,
+                    condition.span,
+                )
+            )
+            return
+    if rule.sample is not None:
+        bucket = session.sample_bucket(rule.name)
+        if bucket >= rule.sample:
+            reason = f"sampled out: this session is outside the rule's {rule.sample:g}% sample"
+            result.rules.append(RuleOutcome(rule.name, "sampled_out", reason, span=rule.span))
+            return
+    for count, unit in rule.limits:
+        if session.limit_reached(rule.name, count, unit, ctx.now):
+            reason = f"limited: already fired {count} time{'s' if count != 1 else ''} per {unit}"
+            result.rules.append(RuleOutcome(rule.name, "limited", reason, span=rule.span))
+            return
+    sends: list[Send] = []
+    failure: str | None = None
+    failed_span = None
+    for action in rule.actions:
+        try:
+            fields = action.build(scope)
+            if action.kind == "push":
+                result.pushes.append(fields)
+                continue
+            assert action.destination is not None
+            request = _request(ctx, rule, action.destination, fields)
+            sends.append(Send(rule.name, action.destination, request))
+        except EngineError as error:
+            failure, failed_span = f"{action.span}: {error}", action.span
+            break
+        except Exception as error:
+            failure, failed_span = f"{action.span}: {type(error).__name__}: {error}", action.span
+            break
+    result.sends.extend(sends)  # actions before a failing one have run, as in Adobe Tags
+    if failure is not None:
+        result.rules.append(RuleOutcome(rule.name, "failed", failure, span=failed_span))
+        return
+    if rule.limits:
+        session.record_firing(rule.name, [unit for _, unit in rule.limits], ctx.now)
+    result.rules.append(RuleOutcome(rule.name, "fired", span=rule.span))
+
+
+def process_push(
+    ruleset: Ruleset, session: Session, item: object, *, now: float, ids: Ids | None = None
+) -> PushResult:
+    """Process one push completely against ``ruleset``; the caller holds ``session.lock``.
+
+    Raises :class:`~engine.errors.PushError` for input that is not a valid push, leaving the
+    session untouched.
+    """
+    pushed = datalayer.validate(item)
+    event, data = datalayer.split(pushed)
+    state, changed = datalayer.merge(ruleset.datalayer.merge, session.state, data)
+    session.state = state  # the merge copied what it changed: `state` is the snapshot
+    session.last_seen = now
+    session.pushes += 1
+    if event in PAGE_VIEW_EVENTS:
+        session.new_pageview()
+    scope = Scope(state, pushed, ruleset.elements, session.kept)
+    result = PushResult(session.id, event, ruleset.version, state)
+    ctx = _Context(ruleset, session, scope, now, ids or Ids())
+    for rule in ruleset.match(event, changed):
+        _evaluate(ctx, rule, result)
+    result.elements = dict(scope.memo)
+    return result

@@ -1,0 +1,184 @@
+"""Running the rule files' ``test`` blocks (language spec, "Tests").
+
+Each test runs in a fresh engine with its own session store and a recording transport, so tests
+never touch the network and never see each other's sessions. Steps run in order; an ``expect``
+sees every send and rule outcome of the pushes before it:
+
+* ``expect send DEST [from "RULE"] { path: value, … }`` passes when one such send matches every
+  path (compared with the language's ``==``). Edge paths are read in the event object
+  (``xdm.…``, ``data.…``) and then in the whole body (``query.…``, ``meta.…``); Sitecore paths
+  in the event object.
+* ``expect N send[s] [DEST] [from "RULE"]`` counts them; ``expect no send`` is ``expect 0``.
+* ``expect rule "RULE" STATUS`` checks the rule's status on the latest push that considered it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.diagnostics import Span
+from engine.engine import Engine
+from engine.errors import EngineError
+from engine.results import PushResult, RuleOutcome, Send
+from engine.ruleset import (
+    CompiledTest,
+    ExpectCountStep,
+    ExpectRuleStep,
+    ExpectSendStep,
+    PushStep,
+    Ruleset,
+)
+from engine.sessions import SessionStore
+from engine.transports import RecordingTransport
+from engine.values import equals, lookup
+
+__all__ = ["TestReport", "run_test", "run_tests"]
+
+_DESTINATION_WORD = {"edge": "event", "sitecore": "sitecore"}
+_counter = itertools.count(1)
+
+
+@dataclass(slots=True)
+class TestReport:
+    name: str
+    span: Span
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif out and "." not in step:
+            out += f".{step}"
+        elif out:
+            out += f'["{step}"]'
+        else:
+            out = step
+    return out
+
+
+def read_path(send: Send, path: tuple[str | int, ...]) -> Any:
+    """The value at ``path`` in a send's body, as an ``expect`` addresses it."""
+    body = send.body
+    if send.destination == "edge" and isinstance(body, dict):
+        event = body.get("event")
+        if event is None and isinstance(body.get("events"), list) and body["events"]:
+            event = body["events"][0]
+        found = lookup(event, path)
+        if found is not None:
+            return found
+    return lookup(body, path)
+
+
+def _describe(step: ExpectSendStep | ExpectCountStep) -> str:
+    word = _DESTINATION_WORD[step.destination] if step.destination else ""
+    source = f' from "{step.rule}"' if step.rule else ""
+    return f"{word}{source}".strip()
+
+
+def _candidates(sends: Iterable[Send], step: ExpectSendStep | ExpectCountStep) -> list[Send]:
+    return [
+        s
+        for s in sends
+        if (step.destination is None or s.destination == step.destination)
+        and (step.rule is None or s.rule == step.rule)
+    ]
+
+
+def _check_send(step: ExpectSendStep, sends: list[Send]) -> str | None:
+    candidates = _candidates(sends, step)
+    what = f"expect send {_describe(step)}"
+    if not candidates:
+        total = len(sends)
+        return f"{what} (line {step.span.line}): no such send ({total} send{'s' if total != 1 else ''} in all)"
+    best: list[tuple[str, Any, Any]] = []
+    for send in candidates:
+        misses = []
+        for path, expected, _ in step.fields:
+            actual = read_path(send, path)
+            if not equals(actual, expected):
+                misses.append((_path_text(path), expected, actual))
+        if not misses:
+            return None
+        if not best or len(misses) < len(best):
+            best = misses
+    lines = [f"{what} (line {step.span.line}): no send matches; the closest differs in:"]
+    for path_text, expected, actual in best:
+        lines.append(f"    - {path_text}: {_show(expected)}")
+        lines.append(f"    + {path_text}: {_show(actual)}")
+    return "\n".join(lines)
+
+
+def _check_count(step: ExpectCountStep, sends: list[Send]) -> str | None:
+    found = len(_candidates(sends, step))
+    if found == step.count:
+        return None
+    noun = "send" if step.count == 1 else "sends"
+    scope = _describe(step)
+    return (
+        f"expect {step.count} {noun}{' ' + scope if scope else ''} (line {step.span.line}): "
+        f"got {found}"
+    )
+
+
+def _check_rule(step: ExpectRuleStep, latest: dict[str, RuleOutcome]) -> str | None:
+    outcome = latest.get(step.rule)
+    head = f'expect rule "{step.rule}" {step.status} (line {step.span.line})'
+    if outcome is None:
+        return f"{head}: the rule was not triggered by any push"
+    if outcome.status == step.status:
+        return None
+    reason = f": {outcome.reason}" if outcome.reason else ""
+    return f"{head}: it was {outcome.status}{reason}"
+
+
+def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
+    """Run one test block against ``ruleset``."""
+    report = TestReport(test.name, test.span)
+    engine = Engine(ruleset, dry_run=True, transport=RecordingTransport(), sessions=SessionStore())
+    session = engine.session(test.session or f"test-{next(_counter)}")
+    sends: list[Send] = []
+    latest: dict[str, RuleOutcome] = {}
+    for step in test.steps:
+        if isinstance(step, PushStep):
+            try:
+                result = session.push(step.value)
+            except EngineError as error:
+                report.failures.append(f"push (line {step.span.line}) was rejected: {error}")
+                continue
+            for pushed in (result, *result.followups):
+                _absorb(pushed, sends, latest)
+            continue
+        if isinstance(step, ExpectSendStep):
+            failure = _check_send(step, sends)
+        elif isinstance(step, ExpectCountStep):
+            failure = _check_count(step, sends)
+        else:
+            failure = _check_rule(step, latest)
+        if failure:
+            report.failures.append(failure)
+    return report
+
+
+def _absorb(result: PushResult, sends: list[Send], latest: dict[str, RuleOutcome]) -> None:
+    sends.extend(result.sends)
+    for outcome in result.rules:
+        latest[outcome.rule] = outcome
+
+
+def run_tests(ruleset: Ruleset) -> list[TestReport]:
+    return [run_test(ruleset, test) for test in ruleset.tests]

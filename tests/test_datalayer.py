@@ -1,0 +1,500 @@
+"""The data layer (spec/semantics.md, "A push", steps 1-3; research checklist items 1-11):
+validation, the event/data split, and both merge modes, including structural sharing and the
+changed paths that feed `change PATH` triggers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections import OrderedDict
+from enum import IntEnum
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.datalayer import Path, merge, merge_acdl, merge_gtm, split, validate
+from engine.errors import PushError
+from engine.values import lookup
+
+MODES = ("acdl", "gtm")
+
+
+def push_all(mode: str, *items: Any) -> dict[str, Any]:
+    """The state after pushing ``items`` in order onto an empty state, the way a push does."""
+    state: dict[str, Any] = {}
+    for item in items:
+        _, data = split(validate(item))
+        state, _ = merge(mode, state, data)
+    return state
+
+
+def changed(mode: str, state: dict[str, Any], data: dict[str, Any]) -> list[Path]:
+    return merge(mode, state, data)[1]
+
+
+# ------------------------------------------------------------------ checklist 1-5, 9: merging
+@pytest.mark.parametrize("mode", MODES)
+def test_objects_merge_recursively(mode: str) -> None:  # checklist 1
+    state = push_all(mode, {"page": {"title": "A", "lang": "en"}}, {"page": {"title": "B"}})
+    assert state == {"page": {"title": "B", "lang": "en"}}
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("acdl", [4]), ("gtm", [4, 2, 3])])
+def test_arrays_replace_in_acdl_and_merge_by_index_in_gtm(mode: str, expected: list[int]) -> None:
+    assert push_all(mode, {"a": [1, 2, 3]}, {"a": [4]}) == {"a": expected}  # checklist 2
+
+
+def test_gtm_array_merge_extends_and_recurses_into_items() -> None:
+    state = push_all("gtm", {"a": [{"x": 1, "y": 1}]}, {"a": [{"x": 2}, 5, None]})
+    assert state == {"a": [{"x": 2, "y": 1}, 5, None]}
+    assert push_all("gtm", {"a": [1, 2]}, {"a": []}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("acdl", {"a": {"c": 2}}), ("gtm", {"a": {"b": None, "c": 2}})]
+)
+def test_null_deletes_in_acdl_and_is_a_value_in_gtm(mode: str, expected: Any) -> None:
+    assert push_all(mode, {"a": {"b": 1, "c": 2}}, {"a": {"b": None}}) == expected  # checklist 3
+
+
+def test_acdl_null_on_last_key_leaves_an_empty_object_and_null_on_missing_is_harmless() -> None:
+    assert push_all("acdl", {"a": {"b": 1}}, {"a": {"b": None}}) == {"a": {}}
+    assert push_all("acdl", {"a": 1}, {"zz": None}) == {"a": 1}
+    assert push_all("acdl", {"a": {"b": 1}}, {"a": None}) == {}
+    # nulls inside a fresh object are deletions too, never stored
+    assert push_all("acdl", {"n": {"x": None, "y": {"z": None}}}) == {"n": {"y": {}}}
+
+
+def test_gtm_clear_replaces_at_its_level_and_never_reaches_state() -> None:  # checklist 4
+    state = push_all(
+        "gtm",
+        {"one": {"two": {"three": 3}}, "five": [1, 2]},
+        {"one": {"two": {"four": 4}}, "five": [3], "_clear": True},
+    )
+    assert state == {"one": {"two": {"four": 4}}, "five": [3]}
+
+
+def test_gtm_clear_nested_keeps_siblings_and_strips_every_clear_key() -> None:
+    state = push_all(
+        "gtm",
+        {"a": {"b": [1, 2, 3], "c": 1}, "d": 1},
+        {"a": {"_clear": True, "b": [9], "e": {"f": 1, "_clear": True}}},
+        {"g": {"_clear": False, "h": 1}},
+    )
+    assert state == {"a": {"b": [9], "c": 1, "e": {"f": 1}}, "d": 1, "g": {"h": 1}}
+    assert "_clear" not in json.dumps(state)
+
+
+def test_gtm_clear_uses_javascript_truthiness() -> None:
+    base = {"a": [1, 2, 3]}
+    assert push_all("gtm", base, {"a": [9], "_clear": 1}) == {"a": [9]}
+    assert push_all("gtm", base, {"a": [9], "_clear": []}) == {"a": [9]}
+    assert push_all("gtm", base, {"a": [9], "_clear": 0}) == {"a": [9, 2, 3]}
+    assert push_all("gtm", base, {"a": [9], "_clear": ""}) == {"a": [9, 2, 3]}
+
+
+def test_acdl_treats_clear_and_dotted_keys_literally() -> None:
+    state = push_all("acdl", {"a": [1, 2]}, {"a": [3], "_clear": True, "x.y": 1})
+    assert state == {"a": [3], "_clear": True, "x.y": 1}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ({"x": "s"}, {"x": {"y": 1}}, {"x": {"y": 1}}),
+        ({"x": [1]}, {"x": {"y": 1}}, {"x": {"y": 1}}),
+        ({"x": {"y": 1}}, {"x": [1]}, {"x": [1]}),
+        ({"x": {"y": 1}}, {"x": "s"}, {"x": "s"}),
+        ({"x": 1}, {"x": [2]}, {"x": [2]}),
+        ({"x": 1}, {"x": {}}, {"x": {}}),
+    ],
+)
+def test_a_change_of_type_replaces(mode: str, first: Any, second: Any, expected: Any) -> None:
+    assert push_all(mode, first, second) == expected  # checklist 5
+
+
+def test_gtm_dotted_keys_expand_at_the_top_level_only() -> None:  # checklist 9
+    assert push_all("gtm", {"a.b": 1}, {"a.c": 2}) == {"a": {"b": 1, "c": 2}}
+    assert push_all("gtm", {"x": {"a.b": 1}}) == {"x": {"a.b": 1}}
+    assert push_all("gtm", {"a": {"z": 0}}, {"a.b.c": None}) == {"a": {"z": 0, "b": {"c": None}}}
+
+
+def test_acdl_keeps_dotted_keys_reachable_by_a_key_step() -> None:  # checklist 9
+    state = push_all("acdl", {"a.b": 1}, {"a.c": 2})
+    assert state == {"a.b": 1, "a.c": 2}
+    assert lookup(state, ("a.b",)) == 1
+    assert lookup(state, ("a", "b")) is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_path_lookup_on_the_merged_state(mode: str) -> None:  # checklist 10
+    state = push_all(mode, {"cart": {"items": [{"sku": "S1"}, {"sku": "S2"}]}, "p": "text"})
+    assert lookup(state, ("cart", "items", 1, "sku")) == "S2"
+    assert lookup(state, ("x", "y", "z")) is None
+    assert lookup(state, ("p", "q")) is None
+    assert lookup(state, ("cart", "items", 7, "sku")) is None
+
+
+def test_merge_rejects_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown merge mode 'ga4'"):
+        merge("ga4", {}, {})
+
+
+# ------------------------------------------------------------------ checklist 6-7: split
+def test_event_info_goes_to_the_event_only() -> None:  # checklist 6
+    item = validate({"event": "click", "eventInfo": {"ref": "c1"}, "cart": {"n": 3}})
+    name, data = split(item)
+    assert name == "click"
+    assert data == {"cart": {"n": 3}}
+    assert item == {"event": "click", "eventInfo": {"ref": "c1"}, "cart": {"n": 3}}
+    for mode in MODES:
+        assert merge(mode, {}, data)[0] == {"cart": {"n": 3}}
+
+
+@pytest.mark.parametrize("event", ["", 5, None, True, ["click"], {"name": "click"}])
+def test_an_empty_or_non_string_event_makes_a_data_push(event: Any) -> None:  # checklist 7
+    name, data = split(validate({"event": event, "eventInfo": 1, "k": 1}))
+    assert name is None
+    assert data == {"k": 1}
+
+
+def test_a_bare_event_has_no_data() -> None:
+    assert split({"event": "page.view"}) == ("page.view", {})
+
+
+# ------------------------------------------------------------------ checklist 8, 11: validation
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("text", "push: expected an object, got str"),
+        (5, "push: expected an object, got int"),
+        (1.5, "push: expected an object, got float"),
+        ([{"a": 1}], "push: expected an object, got list"),
+        (None, "push: expected an object, got None"),
+        ((("a", 1),), "push: expected an object, got tuple"),
+        (OrderedDict(a=1), "push: expected an object, got OrderedDict"),
+        (
+            {"cart": {"items": [{}, {}, {"price": math.nan}]}},
+            "push.cart.items[2].price: not a finite number (nan)",
+        ),
+        ({"x": math.inf}, "push.x: not a finite number (inf)"),
+        ({"x": [-math.inf]}, "push.x[0]: not a finite number (-inf)"),
+        ({"a": {1: "one"}}, "push.a: key 1 is not a string (int)"),
+        ({("a",): 1}, "push: key ('a',) is not a string (tuple)"),
+        ({"a": (1, 2)}, "push.a: unsupported type tuple"),
+        ({"a": {1, 2}}, "push.a: unsupported type set"),
+        ({"a": [object()]}, "push.a[0]: unsupported type object"),
+        ({"a b": {"c.d": b"x"}}, 'push["a b"]["c.d"]: unsupported type bytes'),
+        ({"n": IntEnum("N", "ONE").ONE}, "push.n: unsupported type N"),
+        ({"d": OrderedDict()}, "push.d: unsupported type OrderedDict"),
+    ],
+)
+def test_invalid_items_are_refused_with_the_place_named(item: Any, message: str) -> None:
+    with pytest.raises(PushError) as caught:
+        validate(item)
+    assert str(caught.value).startswith(message)
+
+
+def test_the_unsupported_type_message_lists_what_is_accepted() -> None:
+    with pytest.raises(PushError, match=r"dict, list, str, int, float, bool or None"):
+        validate({"a": (1,)})
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """An object with ``depth`` levels of containers (the object itself is level 1)."""
+    value: dict[str, Any] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+def test_depth_limit_counts_containers_from_the_item() -> None:
+    assert validate(nested(32)) == nested(32)
+    with pytest.raises(PushError, match=r"^push(\.n){32}: nested deeper than 32 levels$"):
+        validate(nested(33))
+    assert validate(nested(3), max_depth=3) == nested(3)
+    with pytest.raises(PushError, match="nested deeper than 2 levels"):
+        validate({"a": [[1]]}, max_depth=2)
+
+
+def test_a_cyclic_value_is_refused_not_looped_on() -> None:
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = cyclic
+    with pytest.raises(PushError, match="nested deeper than 32 levels"):
+        validate(cyclic)
+
+
+def test_item_count_limit_includes_containers() -> None:
+    item = {"a": [1, 2, 3]}  # the item, the list and three numbers: 5 values
+    assert validate(item, max_items=5) == item
+    with pytest.raises(PushError, match=r"^push\.a\[2\]: more than 4 values in one item$"):
+        validate(item, max_items=4)
+
+
+def test_scalars_of_every_kind_are_accepted() -> None:
+    item = {"s": "x", "i": -3, "big": 2**70, "f": 0.5, "t": True, "f2": False, "n": None}
+    assert validate(item) == item
+
+
+def test_validate_returns_a_deep_copy() -> None:  # checklist 11
+    item: dict[str, Any] = {"cart": {"items": [{"sku": "a"}]}}
+    copied = validate(item)
+    assert copied == item
+    item["cart"]["items"][0]["sku"] = "changed"
+    item["cart"]["items"].append({})
+    assert copied == {"cart": {"items": [{"sku": "a"}]}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", ["x", 1, [1], None, {"a": math.nan}, {"a": {2: 1}}, nested(40)])
+def test_a_refused_push_leaves_state_untouched(mode: str, bad: Any) -> None:  # checklist 8
+    state = push_all(mode, {"page": {"title": "A"}})
+    before = copy.deepcopy(state)
+    with pytest.raises(PushError):
+        _, data = split(validate(bad))
+        state, _ = merge(mode, state, data)
+    assert state == before
+
+
+def test_a_label_names_the_root() -> None:
+    with pytest.raises(PushError, match=r"^session export: state\.x: not a finite number"):
+        validate({"x": math.nan}, label="session export: state")
+
+
+# ------------------------------------------------------------------ changed paths
+@pytest.mark.parametrize("mode", MODES)
+def test_changed_paths_are_the_leaves_the_push_set(mode: str) -> None:
+    data = {"cart": {"total": 5, "items": [{"sku": "a"}], "meta": {}}, "user": "u"}
+    assert changed(mode, {}, data) == [
+        ("cart", "total"),
+        ("cart", "items"),
+        ("cart", "meta"),
+        ("user",),
+    ]
+    assert changed(mode, {"cart": {"total": 1}}, {"cart": None}) == [("cart",)]
+    # an identical value is still a change (ACDL fires :change on every data push)
+    assert changed(mode, {"a": 1}, {"a": 1}) == [("a",)]
+    assert changed(mode, {"a": 1}, {}) == []
+
+
+def test_changed_paths_for_deletion_and_gtm_specials() -> None:
+    assert changed("acdl", {"a": {"b": 1}}, {"a": {"b": None, "c": None}}) == [
+        ("a", "b"),
+        ("a", "c"),
+    ]
+    assert changed("gtm", {}, {"a.b": 1, "a.c": {"d": 2}}) == [("a", "b"), ("a", "c", "d")]
+    assert changed("gtm", {"a": [1, 2]}, {"a": [{"x": 1}]}) == [("a",)]
+    # under _clear a key is replaced whole, so its path is reported, not the leaves below it
+    assert changed("gtm", {}, {"one": {"two": {"three": 3}}, "five": [3], "_clear": True}) == [
+        ("one",),
+        ("five",),
+    ]
+    assert changed("gtm", {"a": {"b": 1}}, {"a": {"_clear": True}}) == [("a",)]
+
+
+def test_a_watched_path_below_a_replaced_object_is_covered() -> None:
+    # `change cart.total` must fire when cart becomes a string or null
+    for mode in MODES:
+        paths = changed(mode, {"cart": {"total": 5}}, {"cart": "gone"})
+        assert paths == [("cart",)]
+
+
+def watcher_fires(watched: Path, paths: list[Path]) -> bool:
+    """`change PATH` semantics: a changed path and the watched one are prefixes of each other."""
+    return any(p[: len(watched)] == watched[: len(p)] for p in paths)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("data", "fires"),
+    [
+        ({"page": {"title": "A"}}, True),
+        ({"page": None}, True),
+        ({"page": {"lang": "en"}}, False),
+        ({"other": 1}, False),
+        ({"page": {"title": {"main": "A"}}}, True),
+    ],
+)
+def test_a_path_watcher_on_page_title(mode: str, data: Any, fires: bool) -> None:  # checklist 16
+    state = push_all(mode, {"page": {"title": "T", "lang": "de"}})
+    assert watcher_fires(("page", "title"), changed(mode, state, data)) is fires
+
+
+# ------------------------------------------------------------------ structural sharing
+@pytest.mark.parametrize("mode", MODES)
+def test_merge_shares_untouched_subtrees_and_never_mutates(mode: str) -> None:
+    state = push_all(
+        mode,
+        {
+            "page": {"title": "A", "meta": {"k": [1, 2]}},
+            "user": {"id": "u1", "prefs": {"x": 1}},
+            "cart": {"items": [1]},
+        },
+    )
+    frozen = copy.deepcopy(state)
+    data = {"page": {"title": "B"}, "cart": {"items": [9]}}
+    data_before = copy.deepcopy(data)
+    new, _ = merge(mode, state, data)
+
+    assert state == frozen and data == data_before
+    assert new is not state
+    assert new["user"] is state["user"]
+    assert new["page"] is not state["page"]
+    assert new["page"]["meta"] is state["page"]["meta"]
+    assert new["page"]["title"] == "B"
+    assert new["cart"]["items"] is not data["cart"]["items"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_old_states_stay_valid_snapshots(mode: str) -> None:
+    snapshots: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    state: dict[str, Any] = {}
+    pushes = [
+        {"page": {"title": "A", "tags": [1, 2, 3]}},
+        {"page": {"title": None, "tags": [4]}},
+        {"page": "flat", "cart": {"n": 1}},
+        {"cart": {"n": 2, "items": [{"sku": "a"}]}},
+        {"cart": {"items": [{"sku": "b", "q": 2}]}},
+    ]
+    for data in pushes:
+        state, _ = merge(mode, state, data)
+        snapshots.append((state, copy.deepcopy(state)))
+    for snapshot, frozen in snapshots:
+        assert snapshot == frozen
+
+
+def test_merge_cost_does_not_copy_a_large_untouched_state() -> None:
+    big = {f"k{i}": {"v": i, "deep": {"x": [i]}} for i in range(2000)}
+    state: dict[str, Any] = {"big": big, "small": {"a": 1}}
+    for mode in MODES:
+        new, _ = merge(mode, state, {"small": {"a": 2}})
+        assert new["big"] is big
+        assert all(new["big"][k] is big[k] for k in ("k0", "k1999"))
+
+
+# ------------------------------------------------------------------ properties against a model
+def _reference_acdl(to: dict[str, Any], data: dict[str, Any]) -> None:
+    for key, value in data.items():
+        if value is None:
+            to.pop(key, None)
+        elif type(value) is dict:
+            if type(to.get(key)) is not dict:
+                to[key] = {}
+            _reference_acdl(to[key], value)
+        else:
+            to[key] = copy.deepcopy(value)
+
+
+def _strip_clear(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _strip_clear(v) for k, v in value.items() if k != "_clear"}
+    if type(value) is list:
+        return [_strip_clear(v) for v in value]
+    return value
+
+
+def _js_truthy(value: Any) -> bool:
+    return True if type(value) in (dict, list) else bool(value)
+
+
+def _reference_gtm_merge(source: Any, to: Any) -> None:
+    """data-layer-helper's `merge(from, to)`, in place, with `_clear` stripped everywhere."""
+    allow = not (type(source) is dict and _js_truthy(source.get("_clear")))
+    pairs = source.items() if type(source) is dict else enumerate(source)
+    for key, value in pairs:
+        if key == "_clear":
+            continue
+        current = to[key] if (key in to if type(to) is dict else key < len(to)) else None
+        if type(value) in (list, dict) and allow:
+            if type(current) is not type(value):
+                current = [] if type(value) is list else {}
+            _reference_gtm_merge(value, current)
+            new = current
+        else:
+            new = _strip_clear(copy.deepcopy(value))
+        if type(to) is list and key == len(to):
+            to.append(new)
+        else:
+            to[key] = new
+
+
+def _reference_gtm(state: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    model = copy.deepcopy(state)
+    clear = {"_clear": data["_clear"]} if "_clear" in data else {}
+    for key, value in data.items():
+        head, *rest = key.split(".")
+        for step in reversed(rest):
+            value = {step: value}
+        if head != "_clear":
+            _reference_gtm_merge({head: value, **clear}, model)
+    return model
+
+
+_keys = st.sampled_from(["a", "b", "c", "_clear"])
+_scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.sampled_from(["", "s"])
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_keys, inner, max_size=3),
+    max_leaves=12,
+)
+_top_keys = st.sampled_from(["a", "b", "c", "a.b", "b.a.c", "_clear"])
+_objects = st.dictionaries(_top_keys, _values, max_size=4)
+
+
+def _containers(value: Any) -> set[int]:
+    found: set[int] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) in (dict, list):
+            found.add(id(node))
+            stack.extend(node.values() if type(node) is dict else node)
+    return found
+
+
+def _differences(old: Any, new: Any, path: Path = ()) -> list[Path]:
+    if type(old) is dict and type(new) is dict:
+        out: list[Path] = []
+        for key in old.keys() | new.keys():
+            out += _differences(old.get(key, _MISSING), new.get(key, _MISSING), (*path, key))
+        return out
+    return [] if old == new and type(old) is type(new) else [path]
+
+
+_MISSING = object()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_objects, min_size=1, max_size=5))
+def test_acdl_merge_matches_an_in_place_model(pushes: list[dict[str, Any]]) -> None:
+    _check_against_model(merge_acdl, _reference_acdl_copy, pushes)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_objects, min_size=1, max_size=5))
+def test_gtm_merge_matches_data_layer_helper(pushes: list[dict[str, Any]]) -> None:
+    _check_against_model(merge_gtm, _reference_gtm, pushes)
+
+
+def _reference_acdl_copy(state: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    model = copy.deepcopy(state)
+    _reference_acdl(model, data)
+    return model
+
+
+def _check_against_model(fn: Any, model: Any, pushes: list[dict[str, Any]]) -> None:
+    state: dict[str, Any] = {}
+    for data in pushes:
+        state_before, data_before = copy.deepcopy(state), copy.deepcopy(data)
+        new, paths = fn(state, data)
+        assert new == model(state, data)
+        assert state == state_before and data == data_before
+        assert not _containers(new) & _containers(data)
+        # every difference is covered by a changed path (a change trigger on it fires)
+        for difference in _differences(state, new):
+            assert any(p[: len(difference)] == difference[: len(p)] for p in paths), difference
+        state = new
