@@ -96,6 +96,8 @@ def _envelope(line: str) -> tuple[str, object]:
         value = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"not valid JSON: {error.msg} at column {error.colno}") from None
+    except RecursionError:
+        raise ValueError("not a valid push: nested too deeply") from None
     if isinstance(value, dict) and "push" in value and set(value) <= {"session", "push"}:
         session = value.get("session", "default")
         if not isinstance(session, str) or not session:
@@ -131,11 +133,15 @@ def run(
     engine = Engine(ruleset, dry_run=dry_run)
     bad = pushes = fired = sent = 0
     for path in events:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if not raw.strip():
                     continue
                 try:
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        raise ValueError(f"not UTF-8 text (byte {error.start + 1})") from None
                     session, item = _envelope(line)
                     result = engine.session(session).push(item)
                 except (ValueError, EngineError) as error:
@@ -147,12 +153,18 @@ def run(
                         )
                     continue
                 pushes += 1
+                if as_json:
+                    # One object per input line: pushes queued by rules ride along inside it.
+                    line_json = result.to_json()
+                    if result.followups:
+                        line_json["followups"] = [f.to_json() for f in result.followups]
+                    click.echo(json.dumps(line_json, ensure_ascii=False))
                 for each in (result, *result.followups):
                     fired += len(each.fired)
                     sent += len(each.sends)
                     if as_json:
-                        click.echo(json.dumps(each.to_json(), ensure_ascii=False))
-                    elif trace:
+                        continue
+                    if trace:
                         render_trace(console, each, f"{path}:{number}")
                     else:
                         render_summary(console, each)

@@ -21,6 +21,8 @@ __all__ = ["Path", "merge", "merge_acdl", "merge_gtm", "split", "validate"]
 Path = tuple[str | int, ...]
 
 _SCALARS = (str, int, float, bool, type(None))
+# A lone surrogate cannot be encoded as UTF-8: it would fail every send that reads it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 
 
@@ -77,6 +79,8 @@ def validate(
             for key, child in value.items():
                 if type(key) is not str:
                     raise _Invalid(f"key {key!r} is not a string ({_type_name(key)})")
+                if _SURROGATE.search(key):
+                    raise _Invalid(f"key {key!r} is not valid Unicode (a lone surrogate)")
                 try:
                     result[key] = copy(child, depth + 1)
                 except _Invalid as error:
@@ -97,6 +101,10 @@ def validate(
         if kind is float:
             if not math.isfinite(value):
                 raise _Invalid(f"not a finite number ({value!r})")
+            return value
+        if kind is str:
+            if _SURROGATE.search(value):
+                raise _Invalid("text is not valid Unicode (a lone surrogate)")
             return value
         if kind in _SCALARS:
             return value

@@ -69,11 +69,12 @@ def render_summary(console: Console, result: PushResult) -> None:
 
 
 def render_trace(console: Console, result: PushResult, where: str = "") -> None:
-    console.rule(
+    console.print(
         Text.assemble(
-            (result.event or "(data push)", "bold"), f"  session {result.session}  {where}"
-        ),
-        align="left",
+            ("━━ ", "dim"),
+            (result.event or "(data push)", "bold"),
+            f"  session {result.session}  {where}",
+        )
     )
     console.print(Text(f"ruleset {result.version[:12]}", style="dim"))
     console.print(Text("state (event-time snapshot):", style="bold"))
