@@ -71,7 +71,6 @@ def render_summary(console: Console, result: PushResult) -> None:
 def render_trace(console: Console, result: PushResult, where: str = "") -> None:
     console.print(
         Text.assemble(
-            ("━━ ", "dim"),
             (result.event or "(data push)", "bold"),
             f"  session {result.session}  {where}",
         )
