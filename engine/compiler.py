@@ -391,6 +391,19 @@ def _source(lines: Sequence[str], span: Span) -> str:
     return " ".join(p.strip() for p in parts)
 
 
+def _shown(expr: ast.Expr) -> list[ast.Expr]:
+    """The values a trace shows for a clause: what its comparisons compared."""
+    if isinstance(expr, ast.Logical):
+        return [leaf for operand in expr.operands for leaf in _shown(operand)]
+    if isinstance(expr, ast.Binary):
+        return [expr.left, expr.right]
+    if isinstance(expr, ast.Unary):
+        return _shown(expr.operand) if expr.op == "not" else [expr.operand]
+    if isinstance(expr, ast.Matches):
+        return [expr.operand]
+    return [expr]
+
+
 def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
     fn = _fn(compile_expr(node.expr))
     test = (
@@ -399,21 +412,12 @@ def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
         else fn
     )
     # The operands a trace shows when the clause decides: the values it compared, not constants.
-    expr = node.expr
-    shown: list[ast.Expr] = []
-    if isinstance(expr, ast.Binary):
-        shown = [expr.left, expr.right]
-    elif isinstance(expr, ast.Matches | ast.Unary):
-        shown = [expr.operand]
-    elif isinstance(expr, ast.Logical):
-        shown = list(expr.operands)
-    elif isinstance(expr, ast.Ref | ast.Filter | ast.GetPath):
-        shown = [expr]
-    operands = tuple(
-        (_source(lines, part.span), _fn(compiled))
-        for part in shown
-        if not isinstance(compiled := compile_expr(part), _Const)
-    )
+    sources: dict[str, Fn] = {}
+    for part in _shown(node.expr):
+        compiled = compile_expr(part)
+        if not isinstance(compiled, _Const):
+            sources.setdefault(_source(lines, part.span), compiled)
+    operands = tuple(sources.items())
     return CompiledCondition(test, node.negated, node.source, node.span, operands)
 
 

@@ -90,8 +90,6 @@ def render_trace(console: Console, result: PushResult, where: str = "") -> None:
         console.print(line)
         if outcome.reason:
             console.print(Text(f"      {outcome.reason}"))
-        for source, value in outcome.values:
-            console.print(Text(f"      {source} = {_json(value)}", style="dim"))
     if result.elements:
         console.print(Text("elements:", style="bold"))
         for name, value in result.elements.items():
