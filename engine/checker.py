@@ -13,7 +13,7 @@ Every problem is collected; nothing stops at the first one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -392,59 +392,49 @@ class _FileChecker:
         self.expr(node)
 
     def expr(self, node: ast.Expr) -> None:
-        if isinstance(node, ast.Literal):
-            if node.parts is not None and self.allow_refs:
-                for part in node.parts:
-                    if isinstance(part, ast.TemplatePart):
-                        self.ref(part.ref, token=True)
-            return None
-        if isinstance(node, ast.Ref):
-            self.ref(node)
-            return None
-        if isinstance(node, ast.ListExpr):
-            for item in node.items:
-                self.expr(item)
-            return None
-        if isinstance(node, ast.ObjectExpr):
-            self.check_keys(node)
-            for pair in node.pairs:
-                self.expr(pair.value)
-            return None
-        if isinstance(node, ast.Call):
-            self.call(node)
-            return None
-        if isinstance(node, ast.GetPath):
-            self.expr(node.operand)
-            return None
-        if isinstance(node, ast.Filter):
-            self.filter(node)
-            return None
-        if isinstance(node, ast.Unary):
-            self.expr(node.operand)
-            kind = _kind(node.operand)
-            if node.op == "-" and kind is not None and kind not in ("number", "number-like string"):
-                self.diag(node.span, f"cannot negate {_describe(node.operand, kind)}")
-            return None
-        if isinstance(node, ast.Matches):
-            self.expr(node.operand)
-            kind = _kind(node.operand)
-            if kind in ("boolean", "null", "list", "object"):
-                self.diag(
-                    node.span,
-                    f"'matches' on {_describe(node.operand, kind)} is always false "
-                    "(it tests strings and numbers)",
-                )
-            try:
-                compile_pattern(node.pattern)
-            except PatternError as error:
-                self.diag(node.pattern_span, f"bad regular expression: {error}")
-            return None
-        if isinstance(node, ast.Binary):
-            self.binary(node)
-            return None
+        _EXPR_CHECKS[type(node)](self, node)
+
+    def literal(self, node: ast.Literal) -> None:
+        if node.parts is not None and self.allow_refs:
+            for part in node.parts:
+                if isinstance(part, ast.TemplatePart):
+                    self.ref(part.ref, token=True)
+
+    def list_expr(self, node: ast.ListExpr) -> None:
+        for item in node.items:
+            self.expr(item)
+
+    def object_expr(self, node: ast.ObjectExpr) -> None:
+        self.check_keys(node)
+        for pair in node.pairs:
+            self.expr(pair.value)
+
+    def get_path(self, node: ast.GetPath) -> None:
+        self.expr(node.operand)
+
+    def unary(self, node: ast.Unary) -> None:
+        self.expr(node.operand)
+        kind = _kind(node.operand)
+        if node.op == "-" and kind is not None and kind not in ("number", "number-like string"):
+            self.diag(node.span, f"cannot negate {_describe(node.operand, kind)}")
+
+    def matches(self, node: ast.Matches) -> None:
+        self.expr(node.operand)
+        kind = _kind(node.operand)
+        if kind in ("boolean", "null", "list", "object"):
+            self.diag(
+                node.span,
+                f"'matches' on {_describe(node.operand, kind)} is always false "
+                "(it tests strings and numbers)",
+            )
+        try:
+            compile_pattern(node.pattern)
+        except PatternError as error:
+            self.diag(node.pattern_span, f"bad regular expression: {error}")
+
+    def logical(self, node: ast.Logical) -> None:
         for operand in node.operands:
             self.expr(operand)
-        return None
 
     def binary(self, node: ast.Binary) -> None:
         self.expr(node.left)
@@ -628,6 +618,21 @@ class _FileChecker:
             if found or not isinstance(pair.value, ast.ObjectExpr):
                 return found or pair.key_span.line
         return None
+
+
+_EXPR_CHECKS: dict[type, Callable[[_FileChecker, Any], None]] = {
+    ast.Literal: _FileChecker.literal,
+    ast.Ref: _FileChecker.ref,
+    ast.ListExpr: _FileChecker.list_expr,
+    ast.ObjectExpr: _FileChecker.object_expr,
+    ast.Call: _FileChecker.call,
+    ast.GetPath: _FileChecker.get_path,
+    ast.Filter: _FileChecker.filter,
+    ast.Unary: _FileChecker.unary,
+    ast.Matches: _FileChecker.matches,
+    ast.Binary: _FileChecker.binary,
+    ast.Logical: _FileChecker.logical,
+}
 
 
 def check_file(file: ast.File, lines: list[str]) -> FileFacts:

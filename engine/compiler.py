@@ -129,34 +129,29 @@ def _template(parts: tuple[str | ast.TemplatePart, ...]) -> Fn:
 # ------------------------------------------------------------------ expressions
 def compile_expr(node: ast.Expr) -> Compiled:
     """A closure for ``node`` (or a :class:`_Const` when it has no references)."""
-    if isinstance(node, ast.Literal):
-        return _template(node.parts) if node.parts is not None else _Const(node.value)
-    if isinstance(node, ast.Ref):
-        return _ref(node)
-    if isinstance(node, ast.ListExpr):
-        items = [compile_expr(item) for item in node.items]
-        if all(isinstance(i, _Const) for i in items):
-            return _Const([cast(_Const, i).value for i in items])
-        fns = tuple(_fn(i) for i in items)
-        return lambda s: [f(s) for f in fns]
-    if isinstance(node, ast.ObjectExpr):
-        return _object(node)
-    if isinstance(node, ast.GetPath):
-        operand = compile_expr(node.operand)
-        if isinstance(operand, _Const):
-            return _Const(values.lookup(operand.value, node.path))
-        return _path_fn(operand, node.path)
-    if isinstance(node, ast.Filter):
-        return _filter(node)
-    if isinstance(node, ast.Unary):
-        return _unary(node)
-    if isinstance(node, ast.Matches):
-        return _matches(node)
-    if isinstance(node, ast.Binary):
-        return _binary(node)
-    if isinstance(node, ast.Logical):
-        return _logical(node)
-    raise TypeError(f"cannot compile {type(node).__name__} here")  # env() outside settings
+    compiler = _COMPILERS.get(type(node))
+    if compiler is None:  # env() outside settings: the checker reports it first
+        raise TypeError(f"cannot compile {type(node).__name__} here")
+    return compiler(node)
+
+
+def _literal(node: ast.Literal) -> Compiled:
+    return _template(node.parts) if node.parts is not None else _Const(node.value)
+
+
+def _list(node: ast.ListExpr) -> Compiled:
+    items = [compile_expr(item) for item in node.items]
+    if all(isinstance(i, _Const) for i in items):
+        return _Const([cast(_Const, i).value for i in items])
+    fns = tuple(_fn(i) for i in items)
+    return lambda s: [f(s) for f in fns]
+
+
+def _get_path(node: ast.GetPath) -> Compiled:
+    operand = compile_expr(node.operand)
+    if isinstance(operand, _Const):
+        return _Const(values.lookup(operand.value, node.path))
+    return _path_fn(operand, node.path)
 
 
 def _object(node: ast.ObjectExpr) -> Compiled:
@@ -363,6 +358,21 @@ def _logical(node: ast.Logical) -> Compiled:
     return lambda s: any(f(s) for f in fns)
 
 
+# One compiler per node type: a dict lookup rather than a chain of isinstance tests.
+_COMPILERS: dict[type, Callable[[Any], Compiled]] = {
+    ast.Literal: _literal,
+    ast.Ref: _ref,
+    ast.ListExpr: _list,
+    ast.ObjectExpr: lambda node: _object(node),
+    ast.GetPath: _get_path,
+    ast.Filter: lambda node: _filter(node),
+    ast.Unary: lambda node: _unary(node),
+    ast.Matches: lambda node: _matches(node),
+    ast.Binary: lambda node: _binary(node),
+    ast.Logical: lambda node: _logical(node),
+}
+
+
 # ------------------------------------------------------------------ statements
 class CompiledFile:
     """The compiled rules, elements and tests of one file."""
@@ -391,6 +401,39 @@ def _source(lines: Sequence[str], span: Span) -> str:
     return " ".join(p.strip() for p in parts)
 
 
+def _has_refs(expr: ast.Expr) -> bool:
+    """Whether ``expr`` reads anything (else it is a constant, not worth showing)."""
+    if isinstance(expr, ast.Ref):
+        return True
+    if isinstance(expr, ast.Literal):
+        return expr.parts is not None
+    if isinstance(expr, ast.ListExpr):
+        return any(_has_refs(i) for i in expr.items)
+    if isinstance(expr, ast.ObjectExpr):
+        return any(_has_refs(p.value) for p in expr.pairs)
+    if isinstance(expr, ast.Filter):
+        return _has_refs(expr.operand) or (expr.arg is not None and _has_refs(expr.arg))
+    if isinstance(expr, ast.Binary):
+        return _has_refs(expr.left) or _has_refs(expr.right)
+    if isinstance(expr, ast.Logical):
+        return any(_has_refs(o) for o in expr.operands)
+    if isinstance(expr, ast.Unary | ast.Matches | ast.GetPath):
+        return _has_refs(expr.operand)
+    return False
+
+
+def _lazy(expr: ast.Expr) -> Fn:
+    """A trace operand, compiled the first time a trace needs it (most never are)."""
+    compiled: list[Fn] = []
+
+    def evaluate(s: Scope) -> Any:
+        if not compiled:
+            compiled.append(_fn(compile_expr(expr)))
+        return compiled[0](s)
+
+    return evaluate
+
+
 def _shown(expr: ast.Expr) -> list[ast.Expr]:
     """The values a trace shows for a clause: what its comparisons compared."""
     if isinstance(expr, ast.Logical):
@@ -414,9 +457,8 @@ def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
     # The operands a trace shows when the clause decides: the values it compared, not constants.
     sources: dict[str, Fn] = {}
     for part in _shown(node.expr):
-        compiled = compile_expr(part)
-        if not isinstance(compiled, _Const):
-            sources.setdefault(_source(lines, part.span), compiled)
+        if _has_refs(part):
+            sources.setdefault(_source(lines, part.span), _lazy(part))
     operands = tuple(sources.items())
     return CompiledCondition(test, node.negated, node.source, node.span, operands)
 
