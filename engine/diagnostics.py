@@ -32,7 +32,8 @@ class Span(NamedTuple):
 
     def to(self, other: Span) -> Span:
         """The span from the start of this one to the end of ``other``."""
-        return Span(self.file, self.line, self.column, other.end_line, other.end_column)
+        # tuple.__new__ directly: this runs for most syntax-tree nodes.
+        return _new_tuple(Span, (self[0], self[1], self[2], other[3], other[4]))
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
@@ -65,6 +66,9 @@ class Diagnostic:
 
     def __str__(self) -> str:
         return self.render()
+
+
+_new_tuple = tuple.__new__
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:

@@ -56,6 +56,7 @@ _CONTINUES_AFTER = frozenset(
 _CONTINUATION = re.compile(r"(?:and|or)\b|[|}\])]")
 _OPENERS = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
 _CLOSERS = frozenset({"RPAR", "RSQB", "RBRACE"})
+_new_tuple = tuple.__new__
 
 
 class Newlines:
@@ -235,7 +236,10 @@ class Builder(lark.Transformer[Token, Any]):
 
     # -- helpers
     def span(self, token: Token) -> Span:
-        return Span(self.file, token.line, token.column, token.end_line, token.end_column)  # type: ignore[arg-type]
+        # tuple.__new__ directly: one Span per token, the hottest allocation of a load.
+        return _new_tuple(
+            Span, (self.file, token.line, token.column, token.end_line, token.end_column)
+        )
 
     def string(self, token: Token) -> str:
         value, _ = parse_template(token.value[1:-1], self.span(token), self.errors, self.lines)
@@ -532,29 +536,26 @@ class Builder(lark.Transformer[Token, Any]):
         end = arg.span if arg is not None else name_span
         return ast.Filter(operand.span.to(end), operand, str(name), name_span, arg)
 
-    def _extend(self, operand: Any, step: ast.Step, span: Span) -> ast.Expr:
+    def _extend(self, operand: Any, steps: ast.Path, end: Span) -> ast.Expr:
+        span = operand.span.to(end)
         if isinstance(operand, ast.Ref):
             return ast.Ref(
-                operand.span.to(span),
-                operand.root,
-                (*operand.path, step),
-                operand.name,
-                operand.name_span,
+                span, operand.root, operand.path + steps, operand.name, operand.name_span
             )
-        if isinstance(operand, ast.GetPath):
-            return ast.GetPath(operand.span.to(span), operand.operand, (*operand.path, step))
-        return ast.GetPath(operand.span.to(span), operand, (step,))
+        return ast.GetPath(span, operand, steps)
 
-    def attr(self, c: list[Any]) -> ast.Expr:
-        operand, name = c
-        return self._extend(operand, str(name), self.span(name))
-
-    def item(self, c: list[Any]) -> ast.Expr:
-        operand, key, close = c
-        step: ast.Step = (
-            self.string(key) if key.type == "STRING" else self.integer(key, "a list index")
-        )
-        return self._extend(operand, step, self.span(close))
+    def path(self, c: list[Any]) -> ast.Expr:
+        operand, *steps = c
+        path: list[ast.Step] = []
+        for token in steps:
+            kind = token.type
+            if kind == "NAME":
+                path.append(token.value)
+            elif kind == "STRING":
+                path.append(self.string(token))
+            elif kind == "NUMBER":
+                path.append(self.integer(token, "a list index"))
+        return self._extend(operand, tuple(path), self.span(steps[-1]))
 
     def string_(self, c: list[Token]) -> ast.Literal:
         token = c[0]
@@ -596,7 +597,9 @@ class Builder(lark.Transformer[Token, Any]):
         return ast.Pair(key_span.to(value.span), key, key_span, value)
 
     def key(self, c: list[Token]) -> tuple[tuple[str, ...], Span]:
-        parts = tuple(self.string(t) if t.type == "STRING" else str(t) for t in c)
+        if len(c) == 1 and c[0].type == "NAME":  # the common case: one plain name
+            return (c[0].value,), self.span(c[0])
+        parts = tuple(self.string(t) if t.type == "STRING" else t.value for t in c)
         return parts, self.span(c[0]).to(self.span(c[-1]))
 
 
