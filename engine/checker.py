@@ -392,7 +392,16 @@ class _FileChecker:
         self.expr(node)
 
     def expr(self, node: ast.Expr) -> None:
-        _EXPR_CHECKS[type(node)](self, node)
+        kind = type(node)
+        if self.allow_env and kind not in _ENV_CONTAINERS:
+            # env() is a whole setting value (or an item of one), never an operand.
+            self.allow_env = False
+            try:
+                _EXPR_CHECKS[kind](self, node)
+            finally:
+                self.allow_env = True
+            return
+        _EXPR_CHECKS[kind](self, node)
 
     def literal(self, node: ast.Literal) -> None:
         if node.parts is not None and self.allow_refs:
@@ -539,7 +548,12 @@ class _FileChecker:
                 node.span, f"unknown function '{node.name}'{did_you_mean(node.name, ['env'])}"
             )
         elif not self.allow_env:
-            self.diag(node.span, "env() reads the environment in settings blocks only")
+            message = (
+                "env() must be a setting's whole value, not part of an expression"
+                if self.where == "in settings"
+                else "env() reads the environment in settings blocks only"
+            )
+            self.diag(node.span, message)
         elif not 1 <= len(node.args) <= 2 or not all(
             isinstance(a, ast.Literal) and isinstance(a.value, str) and a.parts is None
             for a in node.args
@@ -620,6 +634,7 @@ class _FileChecker:
         return None
 
 
+_ENV_CONTAINERS = (ast.ObjectExpr, ast.ListExpr, ast.Call, ast.Literal)
 _EXPR_CHECKS: dict[type, Callable[[_FileChecker, Any], None]] = {
     ast.Literal: _FileChecker.literal,
     ast.Ref: _FileChecker.ref,

@@ -14,6 +14,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from engine import ast, values
+from engine.codegen import generate_condition
 from engine.diagnostics import Diagnostic, Span
 from engine.patterns import compile_pattern
 from engine.ruleset import (
@@ -460,7 +461,34 @@ def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
         if _has_refs(part):
             sources.setdefault(_source(lines, part.span), _lazy(part))
     operands = tuple(sources.items())
-    return CompiledCondition(test, node.negated, node.source, node.span, operands)
+    condition = CompiledCondition(test, node.negated, node.source, node.span, operands)
+    _upgrade_on_first_call(condition, node.expr)
+    return condition
+
+
+def _closure(expr: ast.Expr) -> Fn:
+    return _fn(compile_expr(expr))
+
+
+def _upgrade_on_first_call(condition: CompiledCondition, expr: ast.Expr) -> None:
+    """Swap the condition's closure for generated code the first time it runs (see
+    :mod:`engine.codegen`); a condition that never runs never pays for ``compile()``."""
+    closure = condition.fn
+    if isinstance(expr, ast.Literal):
+        return  # a constant: nothing to gain
+
+    def first_call(s: Scope) -> Any:
+        current = condition.fn
+        if current is first_call:
+            try:
+                current = generate_condition(expr, _closure, str(condition.span))
+            except (RecursionError, SyntaxError, MemoryError):  # a huge expression: keep closures
+                current = closure
+            # The snapshot stays immutable in meaning: the same function, only faster.
+            object.__setattr__(condition, "fn", current)
+        return current(s)
+
+    object.__setattr__(condition, "fn", first_call)
 
 
 def _action(node: ast.Action) -> CompiledAction:
