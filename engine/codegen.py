@@ -68,8 +68,10 @@ class _Source:
             return f"(not {self.truth(node.operand)})"
         if isinstance(node, ast.Unary) and node.op == "exists":
             return f"({self.expr(node.operand)} is not None)"
-        if isinstance(node, ast.Binary) and isinstance(node.right, ast.Literal):
-            return self.compare(node) or self.fallback(node)
+        if isinstance(node, ast.Binary):
+            constant = _constant(node.right)
+            if constant is not _NOT_CONSTANT:
+                return self.compare(node, constant) or self.fallback(node)
         return self.fallback(node)
 
     def ref(self, node: ast.Ref) -> str:
@@ -91,10 +93,7 @@ class _Source:
                 code = f"_lookup({code}, ({key},))"
         return code
 
-    def compare(self, node: ast.Binary) -> str | None:
-        right = node.right
-        assert isinstance(right, ast.Literal)
-        constant = right.value
+    def compare(self, node: ast.Binary, constant: Any) -> str | None:
         left = self.expr(node.left)
         value = self.name("v", bind=False)
         number = type(constant) is int or type(constant) is float
@@ -123,6 +122,19 @@ class _Source:
             test = f"(type({value} := {left}) is str and {value} in {members})"
             return test if node.op == "in" else f"(not {test})"
         return None
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant(node: ast.Expr) -> Any:
+    """The value of a literal or a list of literals, else ``_NOT_CONSTANT``."""
+    if isinstance(node, ast.Literal) and node.parts is None:
+        return node.value
+    if isinstance(node, ast.ListExpr):
+        items = [_constant(item) for item in node.items]
+        return _NOT_CONSTANT if any(i is _NOT_CONSTANT for i in items) else items
+    return _NOT_CONSTANT
 
 
 def generate_condition(expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], label: str) -> Fn:
