@@ -14,6 +14,7 @@ from engine import Engine, PushError
 from engine.runtime import Ids
 from engine.transports import RecordingTransport
 from tests.conftest import SETTINGS, load_text
+from tests.test_edge_bodies import SCHEMAS
 
 
 def make_engine(rules: str, *, settings: str = SETTINGS, **options: object) -> Engine:
@@ -427,17 +428,6 @@ def seed_engine(api: str) -> Engine:
         }
         """
     return make_engine(rules, settings=settings, clock=lambda: 1_700_000_000.25, ids=ids)
-
-
-SCHEMAS = [
-    "https://ns.adobe.com/personalization/default-content-item",
-    "https://ns.adobe.com/personalization/html-content-item",
-    "https://ns.adobe.com/personalization/json-content-item",
-    "https://ns.adobe.com/personalization/redirect-item",
-    "https://ns.adobe.com/personalization/ruleset-item",
-    "https://ns.adobe.com/personalization/message/in-app",
-    "https://ns.adobe.com/personalization/message/content-card",
-]
 
 
 def expected_xdm() -> dict[str, object]:
