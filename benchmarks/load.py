@@ -1,7 +1,8 @@
 """Load-time benchmark: how close is loading a ruleset to the limit of the parser?
 
-For generated rulesets of 10, 100, 1,000 and 10,000 rules (spread over up to 100 files, plus a
-settings file and a file of shared elements) it measures:
+For generated rulesets of 10, 100, 1,000 and 10,000 rules (about 100 rules a file, as in the
+reload folder, plus a settings file and a file of shared elements; and, for information, 100
+rules in 100 files) it measures:
 
 - **cold load**: ``engine.load_ruleset(folder)`` with the in-process cache cleared first
   (``engine.loader.clear_cache()``) and no disk cache: read, parse, check and compile every file;
@@ -42,6 +43,8 @@ DEFAULT_SIZES = (10, 100, 1_000, 10_000)
 QUICK_SIZES = (10, 100, 1_000)
 RELOAD_RULES = 10_000
 RELOAD_FILES = 100
+RULES_PER_FILE = 100
+SPREAD_RULES = 100  # the worst case, shown for information: one rule a file
 
 # Targets.
 RATIO_TARGET = 1.3  # cold load / bare parse
@@ -181,8 +184,9 @@ rule "Search {i}" {{
 
 
 def files_for(n_rules: int) -> int:
-    """How many rule files ``n_rules`` rules are spread over."""
-    return max(1, min(n_rules, RELOAD_FILES))
+    """How many rule files ``n_rules`` rules are spread over: about RULES_PER_FILE a file, the
+    density of the reload folder (10,000 rules in 100 files) and of a real property."""
+    return max(1, min(RELOAD_FILES, -(-n_rules // RULES_PER_FILE)))
 
 
 def rule_file_name(index: int) -> str:
@@ -196,10 +200,10 @@ def rule_file(index: int, first: int, count: int, variant: int = 0) -> str:
     return header + "\n".join(_rule(i, rng, variant) for i in range(first, first + count))
 
 
-def generate(n_rules: int) -> dict[str, str]:
+def generate(n_rules: int, n_files: int | None = None) -> dict[str, str]:
     """A ruleset of ``n_rules`` rules: file name → text, in file-name order."""
     sources = {SETTINGS_FILE: SETTINGS, ELEMENTS_FILE: ELEMENTS}
-    n_files = files_for(n_rules)
+    n_files = files_for(n_rules) if n_files is None else n_files
     base, extra = divmod(n_rules, n_files)
     first = 1
     for index in range(n_files):
@@ -383,11 +387,12 @@ def run_size(
     bare: BareParser,
     eng: tuple[ModuleType, ModuleType] | None,
     quick: bool,
+    n_files: int | None = None,
 ) -> SizeResult:
-    sources = generate(n_rules)
+    sources = generate(n_rules, n_files)
     texts = list(sources.values())
     n_lines = sum(text.count("\n") for text in texts)
-    folder = root / f"cold-{n_rules}"
+    folder = root / f"cold-{n_rules}-{len(sources)}"
     write_folder(folder, sources)
     budget = 0.5 if quick else 1.5
     min_runs = 1 if quick or n_rules >= 10_000 else 3
@@ -548,6 +553,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if engine_ready is None:
             print("\nLoad targets not measured: engine.load_ruleset is not usable (see above).")
             return 0
+
+        # For information: the same work spread one rule a file, where the per-file costs of a
+        # load (reading, digests, caches) weigh most.
+        spread = run_size(SPREAD_RULES, root, bare, engine_ready, args.quick, SPREAD_RULES)
+        if spread.cold is not None:
+            print(
+                f"{SPREAD_RULES:>7,} {spread.n_files:>5} {spread.n_lines:>7,} | "
+                f"{seconds(spread.bare.best):>11} {rate(SPREAD_RULES, spread.bare.best)} | "
+                f"{seconds(spread.cold.best):>11} {rate(SPREAD_RULES, spread.cold.best)} | "
+                f"{spread.cold.best / spread.bare.best:5.2f}  (one rule a file: for information)"
+            )
 
         for result in results:
             if result.n_rules == 1_000 and result.cold is not None:

@@ -492,12 +492,33 @@ def _upgrade_on_first_call(condition: CompiledCondition, expr: ast.Expr) -> None
 
 
 def _action(node: ast.Action) -> CompiledAction:
-    build = _fn(compile_expr(node.fields if isinstance(node, ast.Send) else node.value))
+    fields = node.fields if isinstance(node, ast.Send) else node.value
     if isinstance(node, ast.Send):
         destination = cast(Any, DESTINATIONS[node.destination])
         spans = {pair.key[0]: pair.key_span for pair in node.fields.pairs}
-        return CompiledAction("send", destination, build, node.span, spans)
-    return CompiledAction("push", None, build, node.span)
+        action = CompiledAction("send", destination, _unbuilt, node.span, spans)
+    else:
+        action = CompiledAction("push", None, _unbuilt, node.span)
+    _build_on_first_call(action, fields)
+    return action
+
+
+def _unbuilt(s: Scope) -> Any:  # pragma: no cover - replaced before any call
+    raise AssertionError("action builder not installed")
+
+
+def _build_on_first_call(action: CompiledAction, fields: ast.ObjectExpr) -> None:
+    """Compile the action's field builder when its rule first fires: most rules of a large
+    property fire rarely, and a load (or a hot reload) should not pay for all of them."""
+
+    def first_call(s: Scope) -> Any:
+        current = action.build
+        if current is first_call:
+            current = _fn(compile_expr(fields))
+            object.__setattr__(action, "build", current)  # the same builder, compiled
+        return current(s)
+
+    object.__setattr__(action, "build", first_call)
 
 
 def _rule(node: ast.Rule, position: int, lines: Sequence[str]) -> CompiledRule:

@@ -241,6 +241,18 @@ class Builder(lark.Transformer[Token, Any]):
             Span, (self.file, token.line, token.column, token.end_line, token.end_column)
         )
 
+    def between(self, first: Token, last: Token) -> Span:
+        """From the start of ``first`` to the end of ``last``, in one allocation."""
+        return _new_tuple(
+            Span, (self.file, first.line, first.column, last.end_line, last.end_column)
+        )
+
+    def upto(self, first: Token, end: Span) -> Span:
+        return _new_tuple(Span, (self.file, first.line, first.column, end[3], end[4]))
+
+    def reach(self, start: Span, last: Token) -> Span:
+        return _new_tuple(Span, (start[0], start[1], start[2], last.end_line, last.end_column))
+
     def string(self, token: Token) -> str:
         value, _ = parse_template(token.value[1:-1], self.span(token), self.errors, self.lines)
         return value
@@ -297,7 +309,7 @@ class Builder(lark.Transformer[Token, Any]):
         keyword, name, expr, keep = c
         end = keep.span if keep is not None else expr.span
         return ast.Element(
-            self.span(keyword).to(end),
+            self.upto(keyword, end),
             str(name),
             self.span(name),
             expr,
@@ -332,7 +344,7 @@ class Builder(lark.Transformer[Token, Any]):
             else:
                 actions.append(clause)
         return ast.Rule(
-            self.span(keyword).to(self.span(close)),
+            self.between(keyword, close),
             self.string(name),
             self.span(name),
             order.value if order is not None else None,
@@ -346,7 +358,7 @@ class Builder(lark.Transformer[Token, Any]):
 
     def on(self, c: list[Any]) -> _On:
         keyword, *triggers = c
-        return _On(self.span(keyword).to(triggers[-1].span), tuple(triggers))
+        return _On(self.upto(keyword, triggers[-1].span), tuple(triggers))
 
     def event_trigger(self, c: list[Any]) -> ast.EventTrigger:
         return ast.EventTrigger(self.span(c[0]), self.string(c[0]))
@@ -355,13 +367,11 @@ class Builder(lark.Transformer[Token, Any]):
         path, span = c[1]
         if path and path[0] == "state":  # `change state.cart` reads as `change cart`
             path = path[1:]
-        return ast.ChangeTrigger(self.span(c[0]).to(span), path)
+        return ast.ChangeTrigger(self.upto(c[0], span), path)
 
     def _condition(self, c: list[Any], negated: bool) -> ast.Condition:
         keyword, expr = c
-        return ast.Condition(
-            self.span(keyword).to(expr.span), expr, negated, self.source(expr.span)
-        )
+        return ast.Condition(self.upto(keyword, expr.span), expr, negated, self.source(expr.span))
 
     def when(self, c: list[Any]) -> ast.Condition:
         return self._condition(c, False)
@@ -371,12 +381,12 @@ class Builder(lark.Transformer[Token, Any]):
 
     def sample(self, c: list[Any]) -> ast.Sample:
         keyword, percent = c
-        return ast.Sample(self.span(keyword).to(self.span(percent)), float(percent.value[:-1]))
+        return ast.Sample(self.between(keyword, percent), float(percent.value[:-1]))
 
     def limit(self, c: list[Any]) -> ast.Limit:
         keyword, count, unit = c
         return ast.Limit(
-            self.span(keyword).to(self.span(unit)),
+            self.between(keyword, unit),
             self.integer(count, "a limit"),
             self.span(count),
             str(unit),
@@ -386,22 +396,22 @@ class Builder(lark.Transformer[Token, Any]):
     def send(self, c: list[Any]) -> ast.Send:
         keyword, destination, fields = c
         return ast.Send(
-            self.span(keyword).to(fields.span), str(destination), self.span(destination), fields
+            self.upto(keyword, fields.span), str(destination), self.span(destination), fields
         )
 
     def push(self, c: list[Any]) -> ast.Push:
         keyword, value = c
-        return ast.Push(self.span(keyword).to(value.span), value)
+        return ast.Push(self.upto(keyword, value.span), value)
 
     # -- tests
     def test(self, c: list[Any]) -> ast.Test:
         keyword, name, *steps, close = c
         steps = [s for s in steps if s is not None]
-        span = self.span(keyword).to(self.span(close))
+        span = self.between(keyword, close)
         return ast.Test(span, self.string(name), self.span(name), tuple(steps))
 
     def test_session(self, c: list[Any]) -> ast.TestSession:
-        return ast.TestSession(self.span(c[0]).to(self.span(c[1])), self.string(c[1]))
+        return ast.TestSession(self.between(c[0], c[1]), self.string(c[1]))
 
     def from_rule(self, c: list[Any]) -> _Named:
         return _Named(self.span(c[0]), self.string(c[0]))
@@ -410,7 +420,7 @@ class Builder(lark.Transformer[Token, Any]):
         keyword, destination, source, fields = c
         fields_span, items = fields
         return ast.ExpectSend(
-            self.span(keyword).to(fields_span),
+            self.upto(keyword, fields_span),
             str(destination),
             self.span(destination),
             source.value if source else None,
@@ -425,7 +435,7 @@ class Builder(lark.Transformer[Token, Any]):
         source = next((t for t in rest if isinstance(t, _Named)), None)
         end = source.span if source else self.span(destination) if destination else count_span
         return ast.ExpectCount(
-            self.span(keyword).to(end),
+            self.upto(keyword, end),
             count,
             count_span,
             str(destination) if destination is not None else None,
@@ -447,7 +457,7 @@ class Builder(lark.Transformer[Token, Any]):
     def expect_rule(self, c: list[Any]) -> ast.ExpectRule:
         keyword, name, status = c
         return ast.ExpectRule(
-            self.span(keyword).to(self.span(status)),
+            self.between(keyword, status),
             self.string(name),
             self.span(name),
             str(status),
@@ -457,7 +467,7 @@ class Builder(lark.Transformer[Token, Any]):
     def expect_fields(self, c: list[Any]) -> tuple[Span, tuple[ast.ExpectField, ...]]:
         fields = tuple(f for f in c if isinstance(f, ast.ExpectField))
         tokens = [t for t in c if isinstance(t, Token)]
-        span = self.span(tokens[0]).to(self.span(tokens[-1]))
+        span = self.between(tokens[0], tokens[-1])
         return span, fields
 
     def expect_field(self, c: list[Any]) -> ast.ExpectField:
@@ -473,7 +483,7 @@ class Builder(lark.Transformer[Token, Any]):
                 steps.append(self.string(token))
             else:
                 steps.append(self.integer(token, "a list index"))
-        return tuple(steps), self.span(c[0]).to(self.span(c[-1]))
+        return tuple(steps), self.between(c[0], c[-1])
 
     # -- expressions
     def _logical(self, op: Any, c: list[Any]) -> ast.Logical:
@@ -489,7 +499,7 @@ class Builder(lark.Transformer[Token, Any]):
 
     def not_(self, c: list[Any]) -> ast.Unary:
         keyword, operand = c
-        return ast.Unary(self.span(keyword).to(operand.span), "not", operand)
+        return ast.Unary(self.upto(keyword, operand.span), "not", operand)
 
     _OPS: ClassVar[dict[str, str]] = {
         "CONTAINS": "contains",
@@ -504,14 +514,12 @@ class Builder(lark.Transformer[Token, Any]):
         name = op.value if op.type == "COMPARE" else self._OPS[op.type]
         op_span = self.span(op)
         if len(rest) == 2:  # `starts with` / `ends with`
-            op_span = op_span.to(self.span(rest[0]))
+            op_span = self.reach(op_span, rest[0])
         return ast.Binary(left.span.to(right.span), name, left, right, op_span)
 
     def not_in(self, c: list[Any]) -> ast.Binary:
         left, not_, in_, right = c
-        return ast.Binary(
-            left.span.to(right.span), "not in", left, right, self.span(not_).to(self.span(in_))
-        )
+        return ast.Binary(left.span.to(right.span), "not in", left, right, self.between(not_, in_))
 
     def matches(self, c: list[Any]) -> ast.Matches:
         left, pattern = c
@@ -520,7 +528,7 @@ class Builder(lark.Transformer[Token, Any]):
 
     def exists(self, c: list[Any]) -> ast.Unary:
         operand, keyword = c
-        return ast.Unary(operand.span.to(self.span(keyword)), "exists", operand)
+        return ast.Unary(self.reach(operand.span, keyword), "exists", operand)
 
     def arith(self, c: list[Any]) -> ast.Binary:
         left, op, right = c
@@ -528,7 +536,7 @@ class Builder(lark.Transformer[Token, Any]):
 
     def neg(self, c: list[Any]) -> ast.Unary:
         op, operand = c
-        return ast.Unary(self.span(op).to(operand.span), "-", operand)
+        return ast.Unary(self.upto(op, operand.span), "-", operand)
 
     def filter(self, c: list[Any]) -> ast.Filter:
         operand, name, arg = c
@@ -582,15 +590,15 @@ class Builder(lark.Transformer[Token, Any]):
     def call(self, c: list[Any]) -> ast.Call:
         name, *args, close = c
         args = [a for a in args if a is not None]
-        return ast.Call(self.span(name).to(self.span(close)), str(name), tuple(args))
+        return ast.Call(self.between(name, close), str(name), tuple(args))
 
     def list_value(self, c: list[Any]) -> ast.ListExpr:
         items = tuple(i for i in c if not isinstance(i, Token) and i is not None)
-        return ast.ListExpr(self.span(c[0]).to(self.span(c[-1])), items)
+        return ast.ListExpr(self.between(c[0], c[-1]), items)
 
     def object_value(self, c: list[Any]) -> ast.ObjectExpr:
         pairs = tuple(p for p in c if isinstance(p, ast.Pair))
-        return ast.ObjectExpr(self.span(c[0]).to(self.span(c[-1])), pairs)
+        return ast.ObjectExpr(self.between(c[0], c[-1]), pairs)
 
     def pair(self, c: list[Any]) -> ast.Pair:
         (key, key_span), value = c
@@ -600,7 +608,7 @@ class Builder(lark.Transformer[Token, Any]):
         if len(c) == 1 and c[0].type == "NAME":  # the common case: one plain name
             return (c[0].value,), self.span(c[0])
         parts = tuple(self.string(t) if t.type == "STRING" else t.value for t in c)
-        return parts, self.span(c[0]).to(self.span(c[-1]))
+        return parts, self.between(c[0], c[-1])
 
 
 # ------------------------------------------------------------------ parsing
