@@ -20,7 +20,7 @@ from engine.errors import EngineError
 from engine.loader import load_ruleset
 from engine.results import PushResult
 from engine.ruleset import Ruleset
-from engine.runtime import Ids, process_push
+from engine.runtime import Ids, Targets, process_push
 from engine.sessions import Session, SessionStore
 from engine.transports import RecordingTransport, Transport
 
@@ -86,8 +86,12 @@ class Engine:
         sessions: SessionStore | None = None,
         clock: Callable[[], float] = time.time,
         ids: Ids | None = None,
+        edge_url: str | None = None,
+        sitecore_url: str | None = None,
     ) -> None:
-        self._ruleset = ruleset
+        self._urls = (edge_url, sitecore_url)
+        # The ruleset and the settings its requests are built with, swapped as one reference.
+        self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
         self.transport: Transport = transport if transport is not None else RecordingTransport()
         self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
@@ -109,12 +113,12 @@ class Engine:
 
     @property
     def ruleset(self) -> Ruleset:
-        return self._ruleset
+        return self._live[0]
 
     @ruleset.setter
     def ruleset(self, ruleset: Ruleset) -> None:
         # One reference swap: a push reads it once, so it runs on exactly one version.
-        self._ruleset = ruleset
+        self._live = (ruleset, Targets.of(ruleset, *self._urls))
 
     def session(self, session_id: str, *, visitor: str | None = None) -> EngineSession:
         """The session ``session_id`` (created on first use). Sessions of the same ``visitor``
@@ -137,15 +141,19 @@ class Engine:
     def _push(self, session: Session, item: object) -> PushResult:
         if self._closed:
             raise EngineError("the engine is closed")
-        ruleset = self._ruleset
+        ruleset, targets = self._live
         with session.lock:
-            result = process_push(ruleset, session, item, now=self._clock(), ids=self._ids)
-            self._follow(ruleset, session, result)
+            result = process_push(
+                ruleset, session, item, now=self._clock(), ids=self._ids, targets=targets
+            )
+            self._follow(ruleset, targets, session, result)
         if not self.dry_run:
             self._deliver(result)
         return result
 
-    def _follow(self, ruleset: Ruleset, session: Session, result: PushResult) -> None:
+    def _follow(
+        self, ruleset: Ruleset, targets: Targets, session: Session, result: PushResult
+    ) -> None:
         """Process the pushes made by `push` actions, after the push that made them, in order."""
         queue = deque(result.pushes)
         done = 0
@@ -156,7 +164,7 @@ class Engine:
                     "(a rule probably pushes the event that triggers it)"
                 )
             follow = process_push(
-                ruleset, session, queue.popleft(), now=self._clock(), ids=self._ids
+                ruleset, session, queue.popleft(), now=self._clock(), ids=self._ids, targets=targets
             )
             done += 1
             queue.extend(follow.pushes)

@@ -19,8 +19,9 @@ from engine.results import PushResult, RuleOutcome, Send, Status
 from engine.ruleset import CompiledCondition, CompiledRule, Ruleset
 from engine.scope import Scope
 from engine.sessions import Session
+from engine.settings import EdgeSettings, SitecoreSettings
 
-__all__ = ["Ids", "process_push"]
+__all__ = ["Ids", "Targets", "process_push"]
 
 PAGE_VIEW_EVENTS = frozenset({"page.view", "viewStart"})
 _MAX_SHOWN = 120  # characters of a value shown in a reason
@@ -66,13 +67,33 @@ def _explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) ->
     return f"{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
 
 
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """The destination settings requests are built with: the ruleset's, or the same with
+    another ``url`` (``tagengine run --edge URL``, the emulator)."""
+
+    edge: EdgeSettings | None
+    sitecore: SitecoreSettings | None
+
+    @classmethod
+    def of(
+        cls, ruleset: Ruleset, edge_url: str | None = None, sitecore_url: str | None = None
+    ) -> Targets:
+        edge, sitecore = ruleset.edge, ruleset.sitecore
+        if edge is not None and edge_url:
+            edge = edge.model_copy(update={"url": edge_url.rstrip("/")})
+        if sitecore is not None and sitecore_url:
+            sitecore = sitecore.model_copy(update={"url": sitecore_url.rstrip("/")})
+        return cls(edge, sitecore)
+
+
 class _Context:
     """Per-push inputs shared by every rule of the push."""
 
-    __slots__ = ("ids", "now", "ruleset", "scope", "session", "timestamp")
+    __slots__ = ("ids", "now", "scope", "session", "targets", "timestamp")
 
-    def __init__(self, ruleset: Ruleset, session: Session, scope: Scope, now: float, ids: Ids):
-        self.ruleset = ruleset
+    def __init__(self, targets: Targets, session: Session, scope: Scope, now: float, ids: Ids):
+        self.targets = targets
         self.session = session
         self.scope = scope
         self.now = now
@@ -83,12 +104,12 @@ class _Context:
 def _request(
     ctx: _Context, rule: CompiledRule, destination: str, fields: dict[str, Any]
 ) -> Request:
-    ruleset, session = ctx.ruleset, ctx.session
+    targets, session = ctx.targets, ctx.session
     if destination == "edge":
-        assert ruleset.edge is not None  # the checker guarantees a settings block
+        assert targets.edge is not None  # the checker guarantees a settings block
         request = build_edge_request(
             fields,
-            ruleset.edge,
+            targets.edge,
             rule=rule.name,
             identity=session.identity,
             timestamp=ctx.timestamp,
@@ -98,7 +119,7 @@ def _request(
         )
         check_size(request)  # refused here, before any network call, even in a dry run
         return request
-    assert ruleset.sitecore is not None
+    assert targets.sitecore is not None
     browser_id = session.identity.get("sitecore_browser_id")
     if not isinstance(browser_id, str):
         # The Stream API's browser id is created once per session (the dispatcher replaces
@@ -106,7 +127,7 @@ def _request(
         browser_id = str(uuid.uuid4())
         session.identity["sitecore_browser_id"] = browser_id
     return build_sitecore_request(
-        fields, ruleset.sitecore, rule=rule.name, browser_id=browser_id, requested_at=ctx.timestamp
+        fields, targets.sitecore, rule=rule.name, browser_id=browser_id, requested_at=ctx.timestamp
     )
 
 
@@ -180,7 +201,13 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
 
 
 def process_push(
-    ruleset: Ruleset, session: Session, item: object, *, now: float, ids: Ids | None = None
+    ruleset: Ruleset,
+    session: Session,
+    item: object,
+    *,
+    now: float,
+    ids: Ids | None = None,
+    targets: Targets | None = None,
 ) -> PushResult:
     """Process one push completely against ``ruleset``; the caller holds ``session.lock``.
 
@@ -197,7 +224,7 @@ def process_push(
         session.new_pageview()
     scope = Scope(state, pushed, ruleset.elements, session.kept)
     result = PushResult(session.id, event, ruleset.version, state)
-    ctx = _Context(ruleset, session, scope, now, ids or Ids())
+    ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids())
     for rule in ruleset.match(event, changed):
         _evaluate(ctx, rule, result)
     result.elements = dict(scope.memo)
