@@ -215,5 +215,32 @@ def test_command(path: Path) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=int,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--scopes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON file: decision scope → propositions.",
+)
+def emulator(host: str, port: int, scopes: Path | None) -> None:
+    """Serve a local Adobe Edge Network and Sitecore Stream API for development."""
+    from engine.emulator import serve
+
+    click.echo(f"tagengine emulator on http://{host}:{port}  (Ctrl+C stops it)")
+    try:
+        serve(host=host, port=port, scopes=scopes)
+    except OSError as error:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
 def main() -> None:
     cli(prog_name="tagengine")
