@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.text import Text
 
+from engine.cli_outbox import outbox
 from engine.diagnostics import Diagnostic
 from engine.engine import Engine
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
+from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.testing import run_tests
 from engine.trace import render_summary, render_trace
@@ -123,14 +127,49 @@ def _envelope(line: str) -> tuple[str, object]:
 @click.option(
     "--trace", is_flag=True, help="The full trace of each push: every rule, why, and the bodies."
 )
+@click.option(
+    "--emulator",
+    "use_emulator",
+    is_flag=True,
+    help="Start the local emulator on a free port and send there (no account needed).",
+)
+@click.option("--edge", "edge_url", help="Send Edge requests to this base URL instead.")
+@click.option("--sitecore", "sitecore_url", help="Send Sitecore requests to this base URL instead.")
 def run(
-    events: tuple[Path, ...], rules_path: Path, dry_run: bool, as_json: bool, trace: bool
+    events: tuple[Path, ...],
+    rules_path: Path,
+    dry_run: bool,
+    as_json: bool,
+    trace: bool,
+    use_emulator: bool,
+    edge_url: str | None,
+    sitecore_url: str | None,
 ) -> None:
-    """Replay JSONL files of pushes (EVENTS) through the rules."""
+    """Replay JSONL files of pushes (EVENTS) through the rules.
+
+    Without --dry-run the sends are delivered: to the local emulator with --emulator, to
+    --edge/--sitecore URLs, or else to the URLs of the ruleset's settings."""
     ruleset = _load(rules_path)
+    with ExitStack() as stack:
+        if use_emulator and not dry_run:
+            from engine.emulator import EmulatorServer
+
+            server = stack.enter_context(EmulatorServer())
+            edge_url = edge_url or server.url
+            sitecore_url = sitecore_url or server.url
+            if not as_json:
+                _console().print(f"emulator listening on {server.url}", style="dim")
+        engine = stack.enter_context(
+            Engine(ruleset, dry_run=dry_run, edge_url=edge_url, sitecore_url=sitecore_url)
+        )
+        _replay(engine, events, dry_run=dry_run, as_json=as_json, trace=trace)
+
+
+def _replay(
+    engine: Engine, events: tuple[Path, ...], *, dry_run: bool, as_json: bool, trace: bool
+) -> None:
     console = _console()
     errors = _console_err()
-    engine = Engine(ruleset, dry_run=dry_run)
     bad = pushes = fired = sent = 0
     for path in events:
         with path.open("rb") as handle:
@@ -155,9 +194,11 @@ def run(
                 pushes += 1
                 if as_json:
                     # One object per input line: pushes queued by rules ride along inside it.
-                    line_json = result.to_json()
+                    line_json = _json_line(result, delivered=not dry_run)
                     if result.followups:
-                        line_json["followups"] = [f.to_json() for f in result.followups]
+                        line_json["followups"] = [
+                            _json_line(f, delivered=not dry_run) for f in result.followups
+                        ]
                     click.echo(json.dumps(line_json, ensure_ascii=False))
                 for each in (result, *result.followups):
                     fired += len(each.fired)
@@ -176,9 +217,22 @@ def run(
             + (f"; {_plural(bad, 'bad line')} skipped" if bad else ""),
             style="bold",
         )
-    engine.close()
     if bad:
         sys.exit(1)
+
+
+def _json_line(result: PushResult, *, delivered: bool) -> dict[str, Any]:
+    """``run --json``'s object for one push; delivered sends add status, attempts, response."""
+    line = result.to_json()
+    if delivered:
+        for send, shown in zip(result.sends, line["sends"], strict=True):
+            shown.update(
+                status=send.status,
+                attempts=send.attempts,
+                response=send.response,
+                **({"error": send.error} if send.error else {}),
+            )
+    return line
 
 
 @cli.command("test")
@@ -240,6 +294,9 @@ def emulator(host: str, port: int, scopes: Path | None) -> None:
         serve(host=host, port=port, scopes=scopes)
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+cli.add_command(outbox)
 
 
 def main() -> None:

@@ -16,13 +16,17 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
+import httpx
+
+from engine.clients import RetryPolicy
+from engine.dispatch import Dispatcher
 from engine.errors import EngineError
 from engine.loader import load_ruleset
 from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, process_push
 from engine.sessions import Session, SessionStore
-from engine.transports import RecordingTransport, Transport
+from engine.transports import Transport
 
 __all__ = ["Engine", "EngineSession"]
 
@@ -72,8 +76,12 @@ class EngineSession:
 class Engine:
     """Evaluates pushes against a ruleset and delivers the sends.
 
-    ``dry_run`` builds every send and stops there. Otherwise each send goes to ``transport``
-    (in this version a :class:`~engine.transports.RecordingTransport` unless one is given).
+    ``dry_run`` builds every send and stops there. Otherwise each send is delivered by a
+    :class:`~engine.dispatch.Dispatcher` over one shared httpx client (``http`` injects one,
+    ``policy`` bounds retries), to the ruleset's URLs or to ``edge_url``/``sitecore_url``
+    (the local emulator, say); or, when a ``transport`` is given (a
+    :class:`~engine.transports.RecordingTransport` in tests), handed to it instead.
+    A push returns when its sends have answered; a session's sends go out in order.
     ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
     """
 
@@ -88,12 +96,16 @@ class Engine:
         ids: Ids | None = None,
         edge_url: str | None = None,
         sitecore_url: str | None = None,
+        http: httpx.Client | None = None,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self._urls = (edge_url, sitecore_url)
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
-        self.transport: Transport = transport if transport is not None else RecordingTransport()
+        self.transport = transport
+        self._http, self._policy = http, policy
+        self._dispatcher: Dispatcher | None = None  # made on the first delivery
         self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
         self._clock = clock
         self._ids = ids or Ids()
@@ -147,8 +159,10 @@ class Engine:
                 ruleset, session, item, now=self._clock(), ids=self._ids, targets=targets
             )
             self._follow(ruleset, targets, session, result)
-        if not self.dry_run:
-            self._deliver(result)
+            if not self.dry_run:
+                # Under the session's lock: its sends answer in order, and the identity the
+                # first one brings back is in the requests built after it.
+                self._deliver(result, session, targets)
         return result
 
     def _follow(
@@ -170,9 +184,12 @@ class Engine:
             queue.extend(follow.pushes)
             result.followups.append(follow)
 
-    def _deliver(self, result: PushResult) -> None:
+    def _deliver(self, result: PushResult, session: Session, targets: Targets) -> None:
         for outcome in (result, *result.followups):
             for send in outcome.sends:
+                if self.transport is None:
+                    self.dispatcher.deliver(send, session, targets)
+                    continue
                 started = time.perf_counter()
                 try:
                     response = self.transport.send(send.request)
@@ -184,9 +201,17 @@ class Engine:
                 send.attempts += 1
                 send.duration = time.perf_counter() - started
 
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            self._dispatcher = Dispatcher(http=self._http, policy=self._policy)
+        return self._dispatcher
+
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
         self._closed = True
+        if self._dispatcher is not None:
+            self._dispatcher.close()
 
     async def aclose(self) -> None:
         self.close()

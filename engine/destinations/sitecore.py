@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from engine.destinations.base import Request, drop_nulls, is_finite_scalar, serialize
 from engine.errors import DispatchError, EvaluationError
 from engine.settings import SitecoreSettings
 
-__all__ = ["EXT_LIMIT", "build_browser_request", "build_sitecore_request", "flatten_ext"]
+__all__ = [
+    "EXT_LIMIT",
+    "build_browser_request",
+    "build_sitecore_request",
+    "flatten_ext",
+    "with_browser_id",
+]
 
 EXT_LIMIT = 50
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
@@ -135,6 +142,26 @@ def build_browser_request(settings: SitecoreSettings, *, rule: str = "") -> Requ
         params = [("client_key", _client_key(settings, rule)), ("message", "{}")]
         url = f"{base}/v1.2/browser/create.json?" + _query(params)
     return Request("sitecore", rule, "GET", url, (), {}, b"", "browser")
+
+
+def with_browser_id(request: Request, browser_id: str) -> Request:
+    """The same Sitecore event request sent with another ``browser_id`` (the one a browser/create
+    call just issued): the direct-mode GET gets its ``message`` re-encoded, the proxy-mode POST
+    its body re-serialized; the field keeps its place in the event and nothing else changes."""
+    if request.destination != "sitecore" or request.kind != "event":
+        raise ValueError("with_browser_id takes a Sitecore event request")
+    if not browser_id:
+        raise ValueError("a browser id cannot be empty")
+    body = {**request.body, "browser_id": browser_id}
+    if request.method == "GET":
+        base, _, query = request.url.partition("?")
+        params = [
+            (key, serialize(body, rule=request.rule) if key == "message" else value)
+            for key, value in parse_qsl(query, keep_blank_values=True)
+        ]
+        return replace(request, url=f"{base}?{_query(params)}", body=body)
+    body_bytes = serialize(body, rule=request.rule).encode()
+    return replace(request, body=body, body_bytes=body_bytes)
 
 
 # ------------------------------------------------------------------ ext

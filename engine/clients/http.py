@@ -1,0 +1,74 @@
+"""The shared HTTP clients: one per engine, built with connect and read timeouts, a bounded
+connection pool and no redirects (a redirect would resend nothing we want to resend)."""
+
+from __future__ import annotations
+
+import httpx
+
+from engine.destinations.base import ENGINE_VERSION
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "USER_AGENT",
+    "make_async_http_client",
+    "make_http_client",
+    "request_timeout",
+]
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=5.0)
+DEFAULT_LIMITS = httpx.Limits(
+    max_connections=100, max_keepalive_connections=20, keepalive_expiry=30
+)
+USER_AGENT = f"tagengine/{ENGINE_VERSION}"
+
+
+def make_http_client(
+    *,
+    connect: float = 5.0,
+    read: float = 10.0,
+    write: float = 10.0,
+    pool: float = 5.0,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """An ``httpx.Client`` for the destination clients: every timeout set, pooled
+    connections, ``follow_redirects=False``; ``transport`` replaces the network in tests."""
+    return httpx.Client(
+        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
+        limits=limits,
+        follow_redirects=False,
+        transport=transport,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def make_async_http_client(
+    *,
+    connect: float = 5.0,
+    read: float = 10.0,
+    write: float = 10.0,
+    pool: float = 5.0,
+    limits: httpx.Limits = DEFAULT_LIMITS,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """:func:`make_http_client` for asyncio."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
+        limits=limits,
+        follow_redirects=False,
+        transport=transport,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def request_timeout(configured: httpx.Timeout) -> httpx.Timeout:
+    """The client's timeouts with any unset one filled from :data:`DEFAULT_TIMEOUT`, so a
+    request never waits forever to connect, read, write or get a pooled connection even on a
+    client built without timeouts."""
+    return httpx.Timeout(
+        connect=DEFAULT_TIMEOUT.connect if configured.connect is None else configured.connect,
+        read=DEFAULT_TIMEOUT.read if configured.read is None else configured.read,
+        write=DEFAULT_TIMEOUT.write if configured.write is None else configured.write,
+        pool=DEFAULT_TIMEOUT.pool if configured.pool is None else configured.pool,
+    )
