@@ -12,12 +12,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job: check the rules, run their tests, replay the example journeys (a dry run
-# until dispatch lands: every request is built and shown, none is sent).
+# The main job: check the rules, run their tests, replay the example journeys through them and
+# deliver every send to the local emulator (a fresh machine has no Adobe or Sitecore account).
 demo: $(STAMP)
 	$(BIN)/tagengine check rules/
 	$(BIN)/tagengine test rules/
-	$(BIN)/tagengine run --rules rules/ --dry-run examples/*.jsonl
+	$(BIN)/tagengine run --rules rules/ --emulator examples/*.jsonl
 
 test: $(STAMP)
 	$(BIN)/ruff check engine tests benchmarks

@@ -1,8 +1,6 @@
 """pytest fixtures that give a test the local emulator on a free loopback port.
 
-Use them from any test module (or a conftest) by importing them::
-
-    from tests.emulator_fixture import emulator  # noqa: F401
+tests/conftest.py registers this module as a plugin, so every test module can ask for them::
 
     def test_send(emulator: EmulatorServer) -> None:
         httpx.post(f"{emulator.url}/ee/v2/interact?datastreamId=ds", json={"event": {"xdm": {}}})

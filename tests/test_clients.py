@@ -43,9 +43,6 @@ from engine.destinations.sitecore import with_browser_id
 from engine.emulator import EmulatorServer
 from engine.errors import DispatchError, PayloadTooLarge
 from engine.settings import EdgeSettings, SitecoreSettings
-from tests.emulator_fixture import emulator, fresh_emulator
-
-__all__ = ["emulator", "fresh_emulator"]  # pytest fixtures, used by name
 
 ORG = "53A16ACB5CC1D3760A495C99@AdobeOrg"
 PREFIX = "kndctr_53A16ACB5CC1D3760A495C99_AdobeOrg_"

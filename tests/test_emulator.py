@@ -25,7 +25,6 @@ from engine.destinations import build_browser_request, build_edge_request, build
 from engine.emulator import EmulatorConfig, EmulatorServer, Fault, FaultError, load_scopes, serve
 from engine.emulator.identity import decode_identity, encode_identity, mint_ecid
 from engine.settings import EdgeSettings, SitecoreSettings
-from tests.emulator_fixture import emulator, fresh_emulator  # noqa: F401
 
 ORG = "53A16ACB5CC1D3760A495C99@AdobeOrg"
 # Adobe's documented identity entry (research/adobe-edge.md §3.4) and the ECID inside it.
@@ -40,7 +39,7 @@ NO_TLS = False
 
 
 @pytest.fixture
-def client(emulator: EmulatorServer) -> Iterator[httpx.Client]:  # noqa: F811
+def client(emulator: EmulatorServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=emulator.url, timeout=5, verify=NO_TLS) as c:
         yield c
 
@@ -122,7 +121,7 @@ def test_interact_answers_identity_state_store_and_cluster(client: httpx.Client)
 
 def test_a_visitor_keeps_its_ecid_and_a_new_visitor_gets_another(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     first = client.post(V2, json=event_body())
     again = client.post(V2, json=event_body(entries=entries_of(first)))
@@ -204,7 +203,7 @@ def test_v1_interact_takes_config_id_and_events(client: httpx.Client) -> None:
 
 def test_collect_answers_without_handles(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     events = {"events": [{"xdm": {"eventType": "x"}}, {"xdm": {"eventType": "y"}}]}
     silent = client.post("/ee/v2/collect?datastreamId=ds&requestId=c1&silent=true", json=events)
@@ -219,7 +218,7 @@ def test_collect_answers_without_handles(
 
 def test_the_engine_builders_requests_are_accepted(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     """The contract with engine/destinations: what the builders produce, the emulator takes."""
     fields = {"type": "commerce.purchases", "xdm": {"commerce": {"purchases": {"value": 1}}}}
@@ -314,7 +313,7 @@ def test_malformed_edge_bodies_get_documented_codes(
 
 def test_content_type_and_datastream_allow_list(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     xml = client.post(V2, content=b"<x/>", headers={"content-type": "application/xml"})
     assert_problem(xml, 415, "EXEG-0111-415")
@@ -344,7 +343,7 @@ def test_propositions_for_configured_scopes(client: httpx.Client) -> None:
 
 def test_an_unknown_scope_is_a_non_fatal_error(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     response = client.post(V2, json=event_body(scopes=["hero-banner", "nowhere"]))
     assert response.status_code == 207
@@ -416,7 +415,7 @@ def token(client: httpx.Client, client_id: str = "cid", secret: str = "s3cret") 
 
 def test_the_token_endpoint_issues_bearer_tokens_for_good_credentials(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     emulator.configure(credentials={"cid": "s3cret"}, token_ttl=3600)
     good = token(client)
@@ -432,7 +431,7 @@ def test_the_token_endpoint_issues_bearer_tokens_for_good_credentials(
 
 def test_bearer_tokens_are_validated_and_expire(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     access = token(client).json()["access_token"]
     auth = {"Authorization": f"Bearer {access}", "x-api-key": "cid", "x-gw-ims-org-id": ORG}
@@ -456,7 +455,7 @@ def test_bearer_tokens_are_validated_and_expire(
 
 def test_an_authenticated_only_datastream_needs_a_token(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     emulator.configure(require_auth=True)
     assert_problem(client.post(V2, json=event_body()), 401, "EXEG-0500-401")
@@ -466,7 +465,7 @@ def test_an_authenticated_only_datastream_needs_a_token(
 
 def test_short_lived_tokens_expire_by_themselves(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     emulator.configure(token_ttl=0.2)
     access = token(client).json()["access_token"]
@@ -508,7 +507,7 @@ def send_event(client: httpx.Client, event: Any, key: str = KEY) -> httpx.Respon
 
 def test_sitecore_browser_and_event_create(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     created = client.get("/v1.2/browser/create.json", params={"client_key": KEY, "message": "{}"})
     body = created.json()
@@ -523,7 +522,7 @@ def test_sitecore_browser_and_event_create(
 
 def test_the_engine_sitecore_builders_requests_are_accepted(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     for settings in (
         SitecoreSettings(url=emulator.url, client_key=KEY, pos="shop"),
@@ -572,7 +571,7 @@ def test_sitecore_refuses_invalid_events_with_400(
 
 def test_sitecore_refuses_bad_keys_unknown_browsers_and_bad_json(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     browser = new_browser(client)
     assert send_event(client, sitecore_event(browser), key="").status_code == 401
@@ -628,7 +627,7 @@ def test_a_fault_header_delays_the_answer(client: httpx.Client) -> None:
 
 def test_a_dropped_connection_raises_in_httpx(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.WARNING), pytest.raises(httpx.RemoteProtocolError):
@@ -668,7 +667,7 @@ def test_admin_faults_with_count_and_path(client: httpx.Client) -> None:
 
 def test_a_fault_rate_is_random_and_reproducible_with_a_seed(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     def run() -> list[int]:
         emulator.set_faults({"status": 503, "retry_after": 1, "rate": 0.5}, seed=42)
@@ -681,7 +680,7 @@ def test_a_fault_rate_is_random_and_reproducible_with_a_seed(
 
 def test_an_admin_delay_holds_a_request_past_the_read_timeout(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     emulator.set_faults(Fault(delay=0.6, count=1))
     with pytest.raises(httpx.ReadTimeout):
@@ -702,7 +701,7 @@ def test_fault_objects_validate() -> None:
 # ====================================================================== recording
 def test_every_request_is_recorded_without_secrets(
     client: httpx.Client,
-    emulator: EmulatorServer,  # noqa: F811
+    emulator: EmulatorServer,
 ) -> None:
     access = token(client).json()["access_token"]
     auth = {"Authorization": f"Bearer {access}", "x-api-key": "cid", "x-gw-ims-org-id": ORG}
@@ -741,7 +740,7 @@ def test_every_request_is_recorded_without_secrets(
     assert emulator.requests() == [] and client.get("/emulator/requests").json() == []
 
 
-def test_recording_is_thread_safe(emulator: EmulatorServer) -> None:  # noqa: F811
+def test_recording_is_thread_safe(emulator: EmulatorServer) -> None:
     def worker(n: int) -> None:
         with httpx.Client(base_url=emulator.url, timeout=5, verify=NO_TLS) as c:
             for i in range(15):
@@ -765,7 +764,7 @@ def test_recording_is_thread_safe(emulator: EmulatorServer) -> None:  # noqa: F8
 _left_behind: list[str] = []
 
 
-def test_fixture_leaves_state_behind(emulator: EmulatorServer) -> None:  # noqa: F811
+def test_fixture_leaves_state_behind(emulator: EmulatorServer) -> None:
     emulator.set_faults({"status": 500})
     emulator.configure(unknown_scope="ignore")
     with httpx.Client(base_url=emulator.url, verify=NO_TLS) as c:
@@ -774,7 +773,7 @@ def test_fixture_leaves_state_behind(emulator: EmulatorServer) -> None:  # noqa:
     emulator.stop()
 
 
-def test_fixture_starts_each_test_clean(emulator: EmulatorServer) -> None:  # noqa: F811
+def test_fixture_starts_each_test_clean(emulator: EmulatorServer) -> None:
     assert emulator.running and [emulator.url] == _left_behind
     assert emulator.requests() == [] and emulator.state.faults() == []
     assert emulator.state.config == EmulatorConfig()
@@ -823,7 +822,7 @@ def test_stop_is_clean_and_fast_even_with_open_and_held_connections() -> None:
         server.stop()
 
 
-def test_the_server_binds_loopback_and_free_ports(fresh_emulator: EmulatorServer) -> None:  # noqa: F811
+def test_the_server_binds_loopback_and_free_ports(fresh_emulator: EmulatorServer) -> None:
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", fresh_emulator.url)
     assert fresh_emulator.port != 0
     with EmulatorServer() as other:

@@ -1,0 +1,110 @@
+"""The engine delivering for real, to the local emulator over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from textwrap import dedent
+
+from engine import Engine
+from engine.clients import RetryPolicy
+from engine.emulator import EmulatorServer, Fault
+from tests.conftest import SETTINGS, load_text
+
+RULES = dedent(
+    """\
+    rule "Page view" {
+      on "page.view"
+      send event { type: "web.webpagedetails.pageViews", xdm: { web.webPageDetails.name: state.page.name } }
+      send sitecore { type: "VIEW", page: state.page.name }
+    }
+    """
+)
+FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, total_timeout=5.0)
+
+
+def engine_for(server: EmulatorServer, rules: str = RULES) -> Engine:
+    ruleset = load_text({"a_settings.rules": SETTINGS, "t.rules": rules})
+    return Engine(ruleset, edge_url=server.url, sitecore_url=server.url, policy=FAST)
+
+
+def test_sends_are_delivered_and_identity_is_kept(emulator: EmulatorServer) -> None:
+    with engine_for(emulator) as engine:
+        session = engine.session("visitor-1")
+        first = session.push({"event": "page.view", "page": {"name": "Home"}})
+        second = session.push({"event": "page.view", "page": {"name": "Shoes"}})
+        other = engine.session("visitor-2").push({"event": "page.view", "page": {"name": "Home"}})
+    assert [(s.destination, s.status, s.attempts, s.error) for s in first.sends] == [
+        ("edge", 200, 1, None),
+        ("sitecore", 201, 1, None),
+    ]
+    ecid = first.sends[0].response["ecid"]
+    assert ecid and second.sends[0].response["ecid"] == ecid
+    assert other.sends[0].response["ecid"] != ecid
+    # The second request of the visitor carried the state the first answer stored.
+    edge_calls = [r for r in emulator.requests("/ee/") if r.status == 200]
+    assert len(edge_calls) == 3
+    entries = edge_calls[1].body["meta"]["state"]["entries"]
+    assert any(entry["key"].endswith("_identity") for entry in entries)
+    # One Sitecore browser id per session, created once.
+    assert len(emulator.requests("/v1.2/browser/create.json")) == 2
+    assert first.sends[1].response["browser_id"] == second.sends[1].response["browser_id"]
+
+
+def test_retryable_failures_are_retried_with_the_same_event(emulator: EmulatorServer) -> None:
+    emulator.set_faults(Fault(status=503, retry_after="0", count=2, path="/ee/"))
+    with engine_for(emulator) as engine:
+        result = engine.session("v").push({"event": "page.view", "page": {"name": "Home"}})
+    edge = result.sends[0]
+    assert (edge.status, edge.attempts, edge.error) == (200, 3, None)
+    calls = emulator.requests("/ee/")
+    assert [c.status for c in calls] == [503, 503, 200]
+    assert len({c.body["event"]["xdm"]["_id"] for c in calls}) == 1  # Edge de-duplicates on it
+
+
+def test_a_refused_send_is_reported_on_the_send_not_raised(emulator: EmulatorServer) -> None:
+    emulator.set_faults(Fault(status=400, path="/ee/"))
+    with engine_for(emulator) as engine:
+        result = engine.session("v").push({"event": "page.view", "page": {"name": "Home"}})
+    edge = result.sends[0]
+    assert edge.status == 400 and edge.attempts == 1
+    assert edge.error and "400" in edge.error
+    assert result.rules[0].status == "fired"
+    assert result.sends[1].status == 201  # the other destination still got its event
+
+
+def test_cli_run_with_the_emulator(tmp_path: Path) -> None:
+    (tmp_path / "s.rules").write_text(SETTINGS)
+    (tmp_path / "r.rules").write_text(RULES)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"event": "page.view", "page": {"name": "Home"}}\n'
+        '{"session": "b", "push": {"event": "page.view", "page": {"name": "Cart"}}}\n'
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            "--rules",
+            str(tmp_path),
+            "--emulator",
+            "--json",
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["session"] for line in lines] == ["default", "b"]
+    for line in lines:
+        edge, sitecore = line["sends"]
+        assert edge["url"].startswith("http://127.0.0.1:") and "/ee/v2/interact?" in edge["url"]
+        assert (edge["status"], edge["attempts"]) == (200, 1)
+        assert edge["response"]["ecid"]
+        assert (sitecore["status"], sitecore["attempts"]) == (201, 1)
