@@ -7,8 +7,11 @@
     │                      Diagnostic (file:line:col, message, source line, caret)
     ├── PushError          bad input to a push (not a JSON-like mapping, too deep, too large)
     ├── EvaluationError    a rule failed at run time; carries the span in the rule file
+    ├── OutboxError        the durable outbox cannot be opened, read or written (engine.outbox)
     └── DispatchError      a destination refused or failed a send (status, vendor code, requestId)
-        └── PayloadTooLarge   a request body above the destination's limit, refused before sending
+        ├── PayloadTooLarge   a request body above the destination's limit, refused before sending
+        └── DeliveryError     a final error answer, or retries that ran out (engine.clients);
+                              adds attempts, last_error and retryable
 
 Foreign exceptions (lark, pydantic, httpx, OSError) are translated at the boundary where they
 occur; none of them escapes the public API.
