@@ -6,7 +6,6 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -15,9 +14,9 @@ from rich.text import Text
 from engine.cli_outbox import outbox
 from engine.diagnostics import Diagnostic
 from engine.engine import Engine
+from engine.envelopes import decode, parse_envelope
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
-from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.testing import run_tests
 from engine.trace import render_summary, render_trace
@@ -96,18 +95,8 @@ def _load(path: Path, cache_dir: Path | None = None) -> Ruleset:
 
 def _envelope(line: str) -> tuple[str, object]:
     """A JSONL line: a push object (session ``default``) or ``{"session": …, "push": {…}}``."""
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON: {error.msg} at column {error.colno}") from None
-    except RecursionError:
-        raise ValueError("not a valid push: nested too deeply") from None
-    if isinstance(value, dict) and "push" in value and set(value) <= {"session", "push"}:
-        session = value.get("session", "default")
-        if not isinstance(session, str) or not session:
-            raise ValueError("an envelope's session must be a non-empty string")
-        return session, value["push"]
-    return "default", value
+    session, item = parse_envelope(decode(line))
+    return session or "default", item
 
 
 @cli.command()
@@ -194,11 +183,7 @@ def _replay(
                 pushes += 1
                 if as_json:
                     # One object per input line: pushes queued by rules ride along inside it.
-                    line_json = _json_line(result, delivered=not dry_run)
-                    if result.followups:
-                        line_json["followups"] = [
-                            _json_line(f, delivered=not dry_run) for f in result.followups
-                        ]
+                    line_json = result.to_json(delivered=not dry_run)
                     click.echo(json.dumps(line_json, ensure_ascii=False))
                 for each in (result, *result.followups):
                     fired += len(each.fired)
@@ -219,20 +204,6 @@ def _replay(
         )
     if bad:
         sys.exit(1)
-
-
-def _json_line(result: PushResult, *, delivered: bool) -> dict[str, Any]:
-    """``run --json``'s object for one push; delivered sends add status, attempts, response."""
-    line = result.to_json()
-    if delivered:
-        for send, shown in zip(result.sends, line["sends"], strict=True):
-            shown.update(
-                status=send.status,
-                attempts=send.attempts,
-                response=send.response,
-                **({"error": send.error} if send.error else {}),
-            )
-    return line
 
 
 @cli.command("test")
@@ -292,6 +263,52 @@ def emulator(host: str, port: int, scopes: Path | None) -> None:
     click.echo(f"tagengine emulator on http://{host}:{port}  (Ctrl+C stops it)")
     try:
         serve(host=host, port=port, scopes=scopes)
+    except OSError as error:
+        raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
+
+
+@cli.command()
+@click.option(
+    "--rules",
+    "rules_path",
+    default="rules/",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="The ruleset folder, reloaded on every save.",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=int,
+    help="Port of the POST /push endpoint (0: any free port).",
+)
+@click.option(
+    "--replay",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A JSONL file of pushes (or envelopes) to replay first.",
+)
+@click.option("--summary", is_flag=True, help="One line per push instead of the full trace.")
+@click.option("--dry-run", is_flag=True, help="Build every send, deliver none (no emulator).")
+def dev(
+    rules_path: Path, host: str, port: int, replay: Path | None, summary: bool, dry_run: bool
+) -> None:
+    """Develop rules: watch them, start the emulator, and trace every push POSTed to /push."""
+    from engine.devserver import run_dev
+
+    try:
+        run_dev(
+            rules_path,
+            host=host,
+            port=port,
+            replay=replay,
+            console=_console(),
+            trace=not summary,
+            dry_run=dry_run,
+        )
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 

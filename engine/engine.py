@@ -14,19 +14,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from engine.clients import RetryPolicy
 from engine.dispatch import Dispatcher
-from engine.errors import EngineError
+from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
 from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, process_push
 from engine.sessions import Session, SessionStore
 from engine.transports import Transport
+
+if TYPE_CHECKING:
+    from engine.watch import RulesWatcher
 
 __all__ = ["Engine", "EngineSession"]
 
@@ -110,6 +113,12 @@ class Engine:
         self._clock = clock
         self._ids = ids or Ids()
         self._closed = False
+        # Where from_path loaded the rules (path, cache_dir, environ), for watch().
+        self._source: (
+            tuple[str | os.PathLike[str], str | os.PathLike[str] | None, Mapping[str, str] | None]
+            | None
+        ) = None
+        self._watcher: RulesWatcher | None = None
 
     @classmethod
     def from_path(
@@ -118,10 +127,71 @@ class Engine:
         *,
         cache_dir: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        watch: bool = False,
+        on_reload: Callable[[Ruleset], None] | None = None,
+        on_reload_error: Callable[[RuleError], None] | None = None,
         **options: Any,
     ) -> Engine:
-        """An engine on the ruleset at ``path``; raises :class:`~engine.errors.RuleError`."""
-        return cls(load_ruleset(path, cache_dir=cache_dir, environ=environ), **options)
+        """An engine on the ruleset at ``path``; raises :class:`~engine.errors.RuleError`.
+        ``watch=True`` reloads the rules when they change (see :meth:`watch`)."""
+        engine = cls(load_ruleset(path, cache_dir=cache_dir, environ=environ), **options)
+        engine._source = (path, cache_dir, environ)
+        if watch:
+            engine.watch(on_change=on_reload, on_error=on_reload_error)
+        return engine
+
+    # ------------------------------------------------------------------ hot reload
+    def watch(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        debounce: float = 0.2,
+        on_change: Callable[[Ruleset], None] | None = None,
+        on_error: Callable[[RuleError], None] | None = None,
+    ) -> RulesWatcher:
+        """Reload the rules at ``path`` (default: where :meth:`from_path` loaded them) when
+        their ``.rules`` files change: off the push path, swapped in atomically on success;
+        a failed rebuild keeps the old rules serving and is in :attr:`ruleset_error` (and
+        passed to ``on_error``). Returns the :class:`~engine.watch.RulesWatcher`; watching
+        again returns the same one."""
+        from engine.watch import watch_engine
+
+        if self._watcher is not None:
+            return self._watcher
+        if self._closed:
+            raise EngineError("the engine is closed")
+        cache_dir: str | os.PathLike[str] | None = None
+        environ: Mapping[str, str] | None = None
+        if path is None:
+            if self._source is None:
+                raise EngineError("watch() needs a path: this engine was not made by from_path")
+            path, cache_dir, environ = self._source
+        self._watcher = watch_engine(
+            self,
+            path,
+            debounce=debounce,
+            cache_dir=cache_dir,
+            environ=environ,
+            on_change=on_change,
+            on_error=on_error,
+        )
+        return self._watcher
+
+    def unwatch(self) -> None:
+        """Stop reloading the rules (the ruleset serving stays)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
+
+    @property
+    def watcher(self) -> RulesWatcher | None:
+        return self._watcher
+
+    @property
+    def ruleset_error(self) -> RuleError | None:
+        """Why the last reload failed (the old rules still serve); ``None`` when it succeeded
+        or nothing is watched."""
+        return self._watcher.last_error if self._watcher is not None else None
 
     @property
     def ruleset(self) -> Ruleset:
@@ -209,6 +279,7 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
+        self.unwatch()
         self._closed = True
         if self._dispatcher is not None:
             self._dispatcher.close()

@@ -60,14 +60,19 @@ class Send:
     def body(self) -> Any:
         return self.request.body
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, delivered: bool = False) -> dict[str, Any]:
+        shown: dict[str, Any] = {
             "rule": self.rule,
             "destination": self.destination,
             "method": self.method,
             "url": self.url,
             "body": self.body,
         }
+        if delivered:
+            shown.update(status=self.status, attempts=self.attempts, response=self.response)
+            if self.error:
+                shown["error"] = self.error
+        return shown
 
 
 @dataclass(slots=True)
@@ -98,15 +103,20 @@ class PushResult:
     def state(self) -> dict[str, Any]:
         return copy_json(self.snapshot)  # type: ignore[no-any-return]
 
-    def to_json(self) -> dict[str, Any]:
-        """The ``tagengine run --json`` line for this push."""
-        return {
+    def to_json(self, *, delivered: bool = False) -> dict[str, Any]:
+        """The ``tagengine run --json`` line for this push. With ``delivered``, each send adds
+        its ``status``, ``attempts`` and ``response`` (and ``error``), and the pushes its rules
+        queued ride along under ``followups``."""
+        line: dict[str, Any] = {
             "session": self.session,
             "event": self.event,
             "version": self.version,
             "rules": [o.to_json() for o in self.rules],
-            "sends": [s.to_json() for s in self.sends],
+            "sends": [s.to_json(delivered=delivered) for s in self.sends],
         }
+        if self.followups:
+            line["followups"] = [f.to_json(delivered=delivered) for f in self.followups]
+        return line
 
     def __str__(self) -> str:
         return json.dumps(self.to_json(), ensure_ascii=False)

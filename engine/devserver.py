@@ -1,0 +1,446 @@
+"""The development loop behind ``tagengine dev``: hot-reloaded rules, the local emulator, and a
+small HTTP endpoint that an app or ``curl`` posts pushes to.
+
+::
+
+    $ tagengine dev --rules rules/ --port 8000
+    loaded rules/ (version 3f9c0a1b2d4e…, 12 rules)
+    emulator on http://127.0.0.1:40313; POST pushes to http://127.0.0.1:8000/push (Ctrl+C stops)
+    $ curl -d '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/push
+
+Each push prints its trace (every rule considered and why, the sends and their answers); each
+save prints ``reloaded …`` or the diagnostics that kept the old rules serving.
+
+* :func:`run_dev`: the blocking command (Ctrl+C stops it).
+* :class:`DevServer`: the same on background threads, as a context manager (tests, notebooks).
+* :func:`create_dev_app`: the ASGI app alone: ``POST /push`` and ``GET /health``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import uvicorn
+from rich.console import Console
+from rich.text import Text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from engine.diagnostics import Diagnostic
+from engine.emulator import EmulatorServer
+from engine.emulator.server import _bind, _is_loopback
+from engine.engine import Engine
+from engine.envelopes import decode, parse_envelope
+from engine.errors import EngineError, PushError, RuleError
+from engine.loader import build_ruleset
+from engine.results import PushResult
+from engine.ruleset import Ruleset
+from engine.trace import render_summary, render_trace
+from engine.watch import RulesWatcher
+
+__all__ = [
+    "DevServer",
+    "ReplayReport",
+    "create_dev_app",
+    "replay_file",
+    "run_dev",
+]
+
+MAX_BODY = 10 * 1024 * 1024  # bytes of one POST /push; the engine bounds the push itself
+
+
+# ------------------------------------------------------------------ pushes in and out
+class _Output:
+    """The terminal, shared by request threads, the watcher and the replay: one push's trace
+    or one reload report is printed whole."""
+
+    def __init__(
+        self, console: Console, *, trace: bool, lock: threading.Lock | None = None
+    ) -> None:
+        self.console = console
+        self.trace = trace
+        self.lock = lock or threading.Lock()
+
+    def push(self, result: PushResult, where: str) -> None:
+        with self.lock:
+            for each in (result, *result.followups):
+                if self.trace:
+                    render_trace(self.console, each, where)
+                    self.console.print()
+                else:
+                    render_summary(self.console, each)
+
+    def error(self, message: str) -> None:
+        with self.lock:
+            self.console.print(Text(message, style="red"))
+
+    def note(self, message: str, style: str = "dim") -> None:
+        with self.lock:
+            self.console.print(Text(message, style=style))
+
+    def diagnostics(self, head: str, diagnostics: tuple[Diagnostic, ...]) -> None:
+        with self.lock:
+            self.console.print(Text(head, style="bold red"))
+            for diagnostic in diagnostics:
+                self.console.print(_styled(diagnostic))
+
+
+def _styled(diagnostic: Diagnostic) -> Text:
+    head, *rest = diagnostic.render().split("\n")
+    location, _, message = head.partition(f": {diagnostic.severity}: ")
+    text = Text.assemble(
+        (location + ": ", "bold"),
+        (
+            f"{diagnostic.severity}: ",
+            "bold red" if diagnostic.severity == "error" else "bold yellow",
+        ),
+        (message, "bold"),
+    )
+    for index, line in enumerate(rest):
+        text.append("\n" + line, style="green" if index == 1 else "")
+    return text
+
+
+def _plural(count: int, word: str) -> str:
+    plural = word + ("es" if word.endswith(("sh", "ch", "s")) else "s")
+    return f"{count} {word if count == 1 else plural}"
+
+
+# ------------------------------------------------------------------ the ASGI app
+def create_dev_app(
+    engine: Engine,
+    console: Console,
+    *,
+    trace: bool = True,
+    watcher: RulesWatcher | None = None,
+    lock: threading.Lock | None = None,
+) -> Starlette:
+    """``POST /push`` (a push or an envelope; ``?session=ID`` names the session of a bare
+    push, default ``default``) → 200 with the ``--json`` line, and its trace printed on
+    ``console`` (the full trace, or with ``trace=False`` a summary); 400 ``{"error": …}`` for
+    a bad push. ``GET /health`` → the ruleset serving and ``watcher``'s last error, if any.
+    ``lock`` is held while a trace prints, so other output sharing it is not interleaved."""
+    output = _Output(console, trace=trace, lock=lock)
+
+    async def push(request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": f"a push is at most {MAX_BODY:,} bytes"}, 413)
+        try:
+            session, item = parse_envelope(decode(body))
+            session = session or request.query_params.get("session") or "default"
+            result = await run_in_threadpool(lambda: engine.session(session).push(item))
+        except (ValueError, PushError) as error:
+            output.error(f"POST /push: bad push: {error}")
+            return JSONResponse({"error": str(error)}, 400)
+        except EngineError as error:
+            output.error(f"POST /push: {error}")
+            return JSONResponse({"error": str(error)}, 500)
+        output.push(result, "POST /push")
+        return JSONResponse(result.to_json(delivered=not engine.dry_run))
+
+    async def health(request: Request) -> JSONResponse:
+        ruleset = engine.ruleset
+        error = watcher.last_error if watcher is not None else None
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": ruleset.version,
+                "rules": len(ruleset.rules),
+                "files": list(ruleset.files),
+                "ruleset_error": error.render() if error is not None else None,
+            }
+        )
+
+    return Starlette(
+        routes=[Route("/push", push, methods=["POST"]), Route("/health", health, methods=["GET"])]
+    )
+
+
+# ------------------------------------------------------------------ replay
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What :func:`replay_file` did: pushes processed and lines skipped as bad."""
+
+    pushes: int
+    bad: int
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if raw.strip():
+                yield number, raw
+
+
+def replay_file(
+    engine: Engine, path: Path, console: Console, *, trace: bool = True
+) -> ReplayReport:
+    """Push every line of a JSONL file (push objects or envelopes; session ``default`` unless
+    an envelope names one), printing each push's trace and each bad line's error."""
+    return _replay(engine, path, _Output(console, trace=trace))
+
+
+def _replay(engine: Engine, path: Path, output: _Output) -> ReplayReport:
+    pushes = bad = 0
+    for number, raw in _lines(path):
+        where = f"{path}:{number}"
+        try:
+            session, item = parse_envelope(decode(raw))
+            result = engine.session(session or "default").push(item)
+        except (ValueError, EngineError) as error:
+            bad += 1
+            output.error(f"{where}: error: {error}")
+            continue
+        pushes += 1
+        output.push(result, where)
+    skipped = f"; {_plural(bad, 'bad line')} skipped" if bad else ""
+    output.note(f"replayed {_plural(pushes, 'push')} from {path}{skipped}", "bold")
+    return ReplayReport(pushes, bad)
+
+
+# ------------------------------------------------------------------ the server
+class DevServer:
+    """``tagengine dev`` on background threads, as a context manager::
+
+        with DevServer(Path("rules/"), console=console) as dev:
+            httpx.post(f"{dev.url}/push", json={"event": "page.view"})
+
+    :meth:`start` loads the rules (broken ones are reported, and no rules serve until a good
+    save), starts the emulator and an :class:`~engine.engine.Engine` delivering to it (with
+    ``dry_run``, neither emulator nor delivery), watches the rules, replays ``replay`` and then
+    serves on ``host:port`` (``port=0``: a free port; see :attr:`url`). ``replayed`` holds the
+    replay's :class:`ReplayReport`.
+    """
+
+    def __init__(
+        self,
+        rules: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        replay: str | os.PathLike[str] | None = None,
+        console: Console | None = None,
+        trace: bool = True,
+        dry_run: bool = False,
+        debounce: float = 0.2,
+        cache_dir: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        startup_timeout: float = 5.0,
+    ) -> None:
+        self.rules = Path(rules)
+        # How reports name the rules: "rules/" for a folder, as the user would type it.
+        self._shown = f"{self.rules}{os.sep}" if self.rules.is_dir() else str(self.rules)
+        self.host = host
+        self.port = port
+        self.replay = Path(replay) if replay is not None else None
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.dry_run = dry_run
+        self.replayed: ReplayReport | None = None
+        self._output = _Output(self.console, trace=trace)
+        self._debounce = debounce
+        self._cache_dir = cache_dir
+        self._environ = environ
+        self._startup_timeout = startup_timeout
+        self._loaded = False
+        self._stack: ExitStack | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.emulator: EmulatorServer | None = None
+        self.engine: Engine | None = None
+        self.watcher: RulesWatcher | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Self:
+        """Start everything and return once the endpoint accepts connections. Raises
+        :class:`OSError` when the address cannot be bound, :class:`RuntimeError` when the server
+        does not start in time; whatever started is stopped again."""
+        if self._stack is not None:
+            return self
+        with ExitStack() as stack:
+            url: str | None = None
+            if not self.dry_run:
+                self.emulator = stack.enter_context(EmulatorServer())
+                url = self.emulator.url
+            # No rules serve until the watcher's first load swaps them in (or reports why not).
+            empty = build_ruleset([], environ={})
+            engine = stack.enter_context(
+                Engine(empty, dry_run=self.dry_run, edge_url=url, sitecore_url=url)
+            )
+            self.engine = engine
+            self.watcher = stack.enter_context(
+                RulesWatcher(
+                    self.rules,
+                    on_change=self._changed,
+                    on_error=self._failed,
+                    debounce=self._debounce,
+                    cache_dir=self._cache_dir,
+                    environ=self._environ,
+                )
+            )
+            if self.replay is not None:
+                self.replayed = _replay(engine, self.replay, self._output)
+            app = create_dev_app(
+                engine,
+                self.console,
+                trace=self._output.trace,
+                watcher=self.watcher,
+                lock=self._output.lock,
+            )
+            self._serve(app)
+            stack.callback(self._shutdown)
+            self._stack = stack.pop_all()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, watching and the emulator (each within a few seconds)."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stops or ``timeout`` passes; ``True`` if it has stopped."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.running
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ internals
+    def _changed(self, ruleset: Ruleset) -> None:
+        assert self.engine is not None
+        self.engine.ruleset = ruleset
+        verb = "reloaded" if self._loaded else "loaded"
+        self._loaded = True
+        self._output.note(
+            f"{verb} {self._shown} (version {ruleset.version[:12]}…, "
+            f"{_plural(len(ruleset.rules), 'rule')})",
+            "bold green",
+        )
+
+    def _failed(self, error: RuleError) -> None:
+        errors = sum(1 for d in error.diagnostics if d.severity == "error")
+        if self._loaded:
+            assert self.engine is not None
+            serving = self.engine.ruleset
+            head = (
+                f"reload of {self._shown} failed: {_plural(errors, 'error')}; still serving "
+                f"version {serving.version[:12]}… ({_plural(len(serving.rules), 'rule')})"
+            )
+        else:
+            head = (
+                f"cannot load {self._shown}: {_plural(errors, 'error')}; "
+                "no rules serve until a good save"
+            )
+        self._output.diagnostics(head, error.diagnostics)
+
+    def _serve(self, app: Starlette) -> None:
+        sock = _bind(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            http="h11",
+            loop="asyncio",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            proxy_headers=False,
+            server_header=False,
+            access_log=False,
+            timeout_graceful_shutdown=1,
+            log_config=None,  # an in-process server must not reconfigure the host's logging
+            log_level=None,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run,
+            kwargs={"sockets": [sock]},
+            name=f"tagengine-dev-{self.port}",
+            daemon=True,
+        )
+        self._server, self._thread = server, thread
+        thread.start()
+        deadline = time.monotonic() + self._startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                thread.join(1)
+                sock.close()
+                self._server = self._thread = None
+                raise RuntimeError(f"the dev server did not start on {self.url}")
+            time.sleep(0.005)
+        with socket.create_connection((self.host, self.port), timeout=self._startup_timeout):
+            pass
+
+    def _shutdown(self, timeout: float = 2.0) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout / 2)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout / 2)
+        self._server = self._thread = None
+
+
+def run_dev(
+    rules: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replay: Path | None = None,
+    console: Console,
+    trace: bool = True,
+    dry_run: bool = False,
+) -> None:
+    """``tagengine dev``: serve until Ctrl+C (then return normally). :class:`OSError` when
+    ``host:port`` cannot be bound."""
+    if not _is_loopback(host):
+        console.print(
+            Text(
+                f"warning: {host} is reachable from other machines; anyone there can push", "yellow"
+            )
+        )
+    with DevServer(
+        rules, host=host, port=port, replay=replay, console=console, trace=trace, dry_run=dry_run
+    ) as dev:
+        target = f"emulator on {dev.emulator.url}; " if dev.emulator is not None else "dry run; "
+        console.print(
+            Text(f"{target}POST pushes to {dev.url}/push (Ctrl+C stops)", style="bold"),
+        )
+        try:
+            while not dev.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            console.print(Text("stopping", style="dim"))
