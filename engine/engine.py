@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from engine.background import BackgroundDelivery, OnResult
 from engine.clients import RetryPolicy
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
+from engine.outbox import Outbox
 from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, process_push
@@ -101,15 +103,44 @@ class Engine:
         sitecore_url: str | None = None,
         http: httpx.Client | None = None,
         policy: RetryPolicy | None = None,
+        background: bool = False,
+        outbox: str | os.PathLike[str] | Outbox | None = None,
+        workers: int = 2,
+        flush_timeout: float = 10.0,
+        on_result: OnResult | None = None,
     ) -> None:
         self._urls = (edge_url, sitecore_url)
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
+        self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
         self.transport = transport
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery
-        self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
+        self._background: BackgroundDelivery | None = None
+        self._outbox: Outbox | None = None
+        self._owns_outbox = False
+        if background and not dry_run:
+            if transport is not None:
+                raise EngineError(
+                    "background delivery uses the destination clients, not a transport"
+                )
+            self._owns_outbox = not isinstance(outbox, Outbox)
+            self._outbox = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
+            parent = os.getpid()
+
+            def make_dispatcher() -> Dispatcher:  # again in a forked child: a client of its own
+                return Dispatcher(http=http if os.getpid() == parent else None, policy=policy)
+
+            self._background = BackgroundDelivery(
+                self._outbox,
+                make_dispatcher,
+                sessions=self.sessions,
+                targets=lambda: self._live[1],  # read at each delivery: follows a reload
+                workers=workers,
+                flush_timeout=flush_timeout,
+                on_result=on_result,
+            )
         self._clock = clock
         self._ids = ids or Ids()
         self._closed = False
@@ -229,7 +260,11 @@ class Engine:
                 ruleset, session, item, now=self._clock(), ids=self._ids, targets=targets
             )
             self._follow(ruleset, targets, session, result)
-            if not self.dry_run:
+            if self._background is not None:
+                # Durable in the outbox when this returns; under the lock, so the outbox
+                # order is the push order.
+                self._background.submit(result, session.id)
+            elif not self.dry_run:
                 # Under the session's lock: its sends answer in order, and the identity the
                 # first one brings back is in the requests built after it.
                 self._deliver(result, session, targets)
@@ -278,9 +313,19 @@ class Engine:
         return self._dispatcher
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (bounded) until background sends are delivered; true when none is left."""
+        return self._background.flush(timeout) if self._background is not None else True
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop watching, deliver what is queued within ``timeout`` (background mode: what is
+        not delivered by then stays in the outbox for the next start), release the client."""
         self.unwatch()
         self._closed = True
+        if self._background is not None:
+            self._background.close(timeout)
+        if self._outbox is not None and self._owns_outbox:
+            self._outbox.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
 

@@ -108,3 +108,33 @@ def test_cli_run_with_the_emulator(tmp_path: Path) -> None:
         assert (edge["status"], edge["attempts"]) == (200, 1)
         assert edge["response"]["ecid"]
         assert (sitecore["status"], sitecore["attempts"]) == (201, 1)
+
+
+def test_background_mode_returns_once_the_sends_are_durable(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    ruleset = load_text({"a_settings.rules": SETTINGS, "t.rules": RULES})
+    outbox = tmp_path / "outbox.db"
+    engine = Engine(
+        ruleset,
+        edge_url=emulator.url,
+        sitecore_url=emulator.url,
+        policy=FAST,
+        background=True,
+        outbox=outbox,
+    )
+    with engine:
+        for index in range(10):
+            result = engine.session(f"v{index % 3}").push(
+                {"event": "page.view", "page": {"name": f"Page {index}"}}
+            )
+            assert result.sends and all(send.status is None for send in result.sends)
+        assert engine.flush(timeout=15)
+    names = [
+        r.body["event"]["xdm"]["web"]["webPageDetails"]["name"] for r in emulator.requests("/ee/")
+    ]
+    assert sorted(names) == sorted(f"Page {i}" for i in range(10))
+    for session in range(3):  # each session's events arrive in push order
+        mine = [n for n in names if int(n.split()[1]) % 3 == session]
+        assert mine == sorted(mine, key=lambda n: int(n.split()[1]))
+    assert len(emulator.requests("/v1.2/event/create.json")) == 10

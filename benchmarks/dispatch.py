@@ -1,0 +1,584 @@
+"""Dispatch benchmark: how close is delivery to a bare httpx loop, and what does a background
+push cost the caller?
+
+20,000 Edge interact events of ~1.4 KB (100 sessions) go to a minimal loopback sink: an
+asyncio server in a process of its own, TCP_NODELAY on every connection, a fixed 200 answer,
+so that the server is not the bottleneck. One event a request, the limit for interact.
+Measured in one run, against the same sink:
+
+- **bare httpx**: ``httpx.Client.post`` in a loop with the engine's bodies (the limit), and
+- **engine, sync**: :meth:`engine.dispatch.Dispatcher.deliver` for each send (the wait
+  mode's path: Edge client, retries armed, the answer parsed into an ``EdgeResult``), in
+  alternating slices of the same requests; the ratio sync / bare;
+- **engine, background, delivery only**: the pushes submitted with the workers stopped
+  (the caller's cost, split into evaluating the rules and :meth:`BackgroundDelivery.submit`),
+  then the workers deliver everything: their events/s, for an outbox file with
+  ``synchronous="NORMAL"`` (survives the process being killed), ``"FULL"`` (survives power
+  loss too) and an in-memory outbox;
+- **engine, background**: pushes back to back while the workers deliver (caller and
+  workers share the GIL), and paced at 200 pushes/s: the caller-side cost of a whole push
+  (rules evaluated, sends committed to the outbox) and the events/s until
+  :meth:`BackgroundDelivery.flush` returns;
+- **segment-analytics-python** (when installed; the project does not depend on it):
+  ``track()`` back to back with the same payload in ``properties``. It batches 100 events a
+  request, so its events/s is not one event a request; what matters is what it drops.
+
+Events lost are counted at the sink (distinct ``_id`` values received); events/s counts
+delivered events. Targets are printed with PASS/FAIL; the exit status is 0 whatever they say.
+Run it from the project root::
+
+    .venv/bin/python -m benchmarks.dispatch           # 20,000 events (~3 minutes)
+    .venv/bin/python -m benchmarks.dispatch --quick   # 2,000 events
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import importlib
+import json
+import logging
+import re
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from textwrap import dedent
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from engine import Engine
+from engine.background import BackgroundDelivery
+from engine.dispatch import Dispatcher
+from engine.loader import build_ruleset
+from engine.outbox import Outbox
+from engine.results import PushResult, Send
+from engine.runtime import Targets
+from engine.sessions import Session
+
+EVENTS = 20_000
+QUICK_EVENTS = 2_000
+SESSIONS = 100
+WORKERS = 2
+WARM_UP = 300  # requests before the first measurement (connections, caches)
+ROUNDS = 4  # alternating slices of the bare and sync loops
+PACED_EVENTS = 2_000
+PACED_RATE = 200.0  # pushes/s: a busy web app process, well within delivery capacity
+
+# Targets.
+SYNC_RATIO_TARGET = 0.8  # engine sync events/s / bare httpx events/s
+PUSH_TARGET_US = 100.0  # mean caller-side cost of a background push
+
+SETTINGS = 'edge { datastream: "0dada9f4-fa94-4c9c-8aaf-fdbac6c56287" }\n'
+RULES = dedent(
+    """\
+    rule "Product view" {
+      on "commerce.productView"
+      send event {
+        type: "commerce.productViews"
+        xdm: {
+          commerce.productViews.value: 1
+          web.webPageDetails.name: state.page.name
+          web.webPageDetails.URL: state.page.url
+          productListItems: state.products
+        }
+        data: { campaign: state.campaign }
+      }
+    }
+    """
+)
+
+_ID = re.compile(rb'"_id":\s*"([^"]+)"')
+
+
+# ---------------------------------------------------------------------- the sink
+class _SinkState:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.ids: set[bytes] = set()
+        self.events = 0
+
+    def handle(self, method: str, target: str, body: bytes) -> bytes:
+        if target == "/stats":
+            payload = json.dumps(
+                {"requests": self.requests, "events": self.events, "distinct": len(self.ids)}
+            ).encode()
+        elif target == "/reset":
+            self.__init__()  # type: ignore[misc]
+            payload = b"{}"
+        else:
+            self.requests += 1
+            for match in _ID.finditer(body):
+                self.ids.add(match.group(1))
+                self.events += 1
+            query = parse_qs(urlsplit(target).query)
+            request_id = query.get("requestId", ["sink"])[0]
+            payload = b'{"requestId":"%s","handle":[]}' % request_id.encode()
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+
+
+class _SinkProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, Content-Length bodies only: all the clients here send."""
+
+    def __init__(self, state: _SinkState) -> None:
+        self.state = state
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            body = bytes(self.buffer[end + 4 : total])
+            del self.buffer[:total]
+            method, target, _ = head[0].split(" ", 2)
+            assert self.transport is not None
+            self.transport.write(self.state.handle(method, target, body))
+
+
+def serve_sink() -> None:
+    """Run the sink until standard input closes; print its port first."""
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (the accepted
+    # ones inherit it); without it Nagle holds each answer back behind the client's ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    sock.setblocking(False)
+    state = _SinkState()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _SinkProtocol(state), sock=sock)
+        print(sock.getsockname()[1], flush=True)
+        stop = asyncio.Event()
+        loop.add_reader(sys.stdin.fileno(), stop.set)  # the parent closed our stdin
+        async with server:
+            await stop.wait()
+
+    asyncio.run(main())
+
+
+class Sink:
+    """The sink in a process of its own, so that it does not share the GIL with the clients."""
+
+    def __init__(self) -> None:
+        root = Path(__file__).resolve().parents[1]
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", "from benchmarks.dispatch import serve_sink; serve_sink()"],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], 30)
+        line = self._process.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            self._process.kill()
+            raise RuntimeError("the sink did not start")
+        self.url = f"http://127.0.0.1:{int(line)}"
+        self._admin = httpx.Client(timeout=10)
+
+    def stats(self) -> dict[str, int]:
+        data: dict[str, int] = self._admin.get(f"{self.url}/stats").json()
+        return data
+
+    def reset(self) -> None:
+        self._admin.post(f"{self.url}/reset")
+
+    def close(self) -> None:
+        self._admin.close()
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.close()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(5)
+        self._process.stdout.close()
+
+
+# ---------------------------------------------------------------------- workload
+def _item(index: int) -> dict[str, Any]:
+    return {
+        "event": "commerce.productView",
+        "page": {
+            "name": f"Trail Runner X — size {index % 13}",
+            "url": f"https://www.spinair.example/p/sp-tr-{index:06d}?utm_source=newsletter",
+        },
+        "campaign": {"id": f"cmp-{index % 97}", "medium": "email", "source": "newsletter"},
+        "products": [
+            {
+                "SKU": f"SP-TR-{index * 7 + k:06d}",
+                "name": f"Trail Runner X, colour {k}",
+                "quantity": 1 + k,
+                "priceTotal": 129.9 + k,
+                "currencyCode": "EUR",
+                "productCategories": [{"categoryName": "Running"}, {"categoryName": "Trail"}],
+            }
+            for k in range(4)
+        ],
+    }
+
+
+def _engine(url: str) -> Engine:
+    ruleset = build_ruleset(
+        [("a_settings.rules", SETTINGS.encode()), ("p.rules", RULES.encode())], environ={}
+    )
+    return Engine(ruleset, dry_run=True, edge_url=url)
+
+
+def _sends(url: str, count: int) -> tuple[Engine, list[tuple[Session, Send]]]:
+    engine = _engine(url)
+    built: list[tuple[Session, Send]] = []
+    for index in range(count):
+        session_id = f"s{index % SESSIONS}"
+        result = engine.session(session_id).push(_item(index))
+        session = engine.sessions.peek(session_id)
+        assert session is not None
+        built.extend((session, send) for send in result.sends)
+    return engine, built
+
+
+@dataclass
+class Row:
+    name: str
+    events: int
+    seconds: float
+    delivered: int
+    push_us: float | None = None
+    p99_us: float | None = None
+    note: str = ""
+    rated: bool = True  # events/s means something (not when the pushes were paced)
+
+    @property
+    def rate(self) -> float:
+        """Events delivered per second."""
+        return self.delivered / self.seconds if self.seconds else 0.0
+
+    @property
+    def lost(self) -> int:
+        return self.events - self.delivered
+
+
+def _check(sink: Sink, count: int) -> int:
+    stats = sink.stats()
+    sink.reset()
+    return min(stats["distinct"], count)
+
+
+def warm_up(sink: Sink, sends: Sequence[tuple[Session, Send]]) -> None:
+    with httpx.Client(timeout=10) as client:
+        for _, send in sends:
+            request = send.request
+            client.post(request.url, content=request.body_bytes, headers=list(request.headers))
+    sink.reset()
+
+
+def bare_and_sync(
+    sink: Sink, engine: Engine, sends: Sequence[tuple[Session, Send]]
+) -> tuple[Row, Row]:
+    """The bare httpx loop and the engine's sync path, in alternating slices of the same
+    requests (so that a drift of the machine's speed weighs on both alike)."""
+    targets = Targets.of(engine.ruleset, sink.url)
+    fresh = [(session, Send(s.rule, s.destination, s.request)) for session, s in sends]
+    bare_seconds = sync_seconds = 0.0
+    size = -(-len(sends) // ROUNDS)
+    with httpx.Client(timeout=10) as client:
+        dispatcher = Dispatcher()
+        try:
+            for first in range(0, len(sends), size):
+                started = time.perf_counter()
+                for _, send in sends[first : first + size]:
+                    request = send.request
+                    client.post(
+                        request.url, content=request.body_bytes, headers=list(request.headers)
+                    ).raise_for_status()
+                bare_seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                for session, fresh_send in fresh[first : first + size]:
+                    dispatcher.deliver(fresh_send, session, targets)
+                sync_seconds += time.perf_counter() - started
+        finally:
+            dispatcher.close()
+    # Both loops sent the same events: every bare post was answered 200 (raise_for_status),
+    # the sync sends that failed say so, and the sink must have counted both.
+    failed = sum(1 for _, send in fresh if send.error is not None)
+    stats = sink.stats()
+    sink.reset()
+    note = f"{failed} failed" if failed else ""
+    if stats["requests"] != 2 * len(sends) - failed:
+        note += f" the sink counted {stats['requests']} requests"
+    return (
+        Row("bare httpx (the limit)", len(sends), bare_seconds, len(sends)),
+        Row("engine, sync Dispatcher", len(fresh), sync_seconds, len(fresh) - failed, note=note),
+    )
+
+
+def _background(
+    sink: Sink, outbox: Literal["NORMAL", "FULL", "memory"], directory: Path, *, start: bool = True
+) -> tuple[Engine, Outbox, BackgroundDelivery, list[Any]]:
+    engine = _engine(sink.url)
+    targets = Targets.of(engine.ruleset, sink.url)
+    path = None if outbox == "memory" else directory / f"outbox-{outbox}-{time.monotonic_ns()}.db"
+    store = Outbox(path, synchronous="FULL" if outbox == "FULL" else "NORMAL")
+    background = BackgroundDelivery(
+        store,
+        Dispatcher,
+        sessions=engine.sessions,
+        targets=lambda: targets,
+        workers=WORKERS,
+        start=start,
+    )
+    sessions = [engine.session(f"s{index}") for index in range(SESSIONS)]
+    return engine, store, background, sessions
+
+
+_LABELS = {"NORMAL": "file, NORMAL", "FULL": "file, FULL", "memory": "in memory"}
+
+
+def engine_background(
+    sink: Sink,
+    count: int,
+    outbox: Literal["NORMAL", "FULL", "memory"],
+    directory: Path,
+    rate: float | None = None,
+) -> Row:
+    """Pushes as fast as possible (``rate`` None: the workers deliver meanwhile, sharing the
+    GIL with the caller) or paced at ``rate`` pushes/s; the caller's cost of each push."""
+    engine, store, background, sessions = _background(sink, outbox, directory)
+    items = [_item(index) for index in range(count)]
+    costs: list[float] = []
+    gc.collect()
+    started = time.perf_counter()
+    for index, item in enumerate(items):
+        if rate is not None:
+            pause = started + index / rate - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+        session = sessions[index % SESSIONS]
+        began = time.perf_counter()
+        # What Engine.push does in background mode: evaluate the rules, queue the sends.
+        result: PushResult = session.push(item)
+        background.submit(result, session.id)
+        costs.append(time.perf_counter() - began)
+    flushed = background.flush(timeout=600)
+    seconds = time.perf_counter() - started
+    background.close(timeout=5)
+    dead = store.counts()["dead"]
+    store.close()
+    engine.close()
+    costs.sort()
+    how = f"paced at {rate:.0f}/s" if rate is not None else "back to back"
+    note = "" if flushed else "flush timed out"
+    if dead:
+        note += f" {dead} dead letters"
+    return Row(
+        f"engine, background ({_LABELS[outbox]}, {how})",
+        count,
+        seconds,
+        _check(sink, count),
+        push_us=statistics.mean(costs) * 1e6,
+        p99_us=costs[int(len(costs) * 0.99)] * 1e6,
+        note=note.strip(),
+        rated=rate is None,
+    )
+
+
+def delivery_only(
+    sink: Sink, count: int, outbox: Literal["NORMAL", "FULL", "memory"], directory: Path
+) -> tuple[Row, float, float]:
+    """Pushes with the workers idle (not started): the mean µs of evaluating the rules and of
+    submitting; then the workers deliver everything: their events/s."""
+    engine, store, background, sessions = _background(sink, outbox, directory, start=False)
+    evaluate = submit = 0.0
+    gc.collect()
+    for index in range(count):
+        session = sessions[index % SESSIONS]
+        began = time.perf_counter()
+        result = session.push(_item(index))
+        middle = time.perf_counter()
+        background.submit(result, session.id)
+        ended = time.perf_counter()
+        evaluate += middle - began
+        submit += ended - middle
+    started = time.perf_counter()
+    background.start()
+    flushed = background.flush(timeout=600)
+    seconds = time.perf_counter() - started
+    background.close(timeout=5)
+    dead = store.counts()["dead"]
+    store.close()
+    engine.close()
+    note = ("" if flushed else "flush timed out") + (f" {dead} dead letters" if dead else "")
+    row = Row(
+        f"engine, background, delivery only ({_LABELS[outbox]})",
+        count,
+        seconds,
+        _check(sink, count),
+        note=note.strip(),
+    )
+    return row, evaluate / count * 1e6, submit / count * 1e6
+
+
+def segment(sink: Sink, count: int) -> Row | str:
+    try:
+        client_class: Any = importlib.import_module("segment.analytics").Client
+    except ImportError:
+        return (
+            "segment-analytics-python is not installed; for the comparison: "
+            ".venv/bin/pip install segment-analytics-python (the project does not depend on it)"
+        )
+    logging.getLogger("segment").setLevel(logging.CRITICAL)  # one warning per dropped event
+    engine, built = _sends(sink.url, count)
+    engine.close()
+    payloads = [send.request.body["event"]["xdm"] for _, send in built]
+    client = client_class("bench-write-key", host=sink.url, max_retries=3)
+    costs: list[float] = []
+    refused = 0
+    started = time.perf_counter()
+    for index, payload in enumerate(payloads):
+        began = time.perf_counter()
+        ok, _ = client.track(
+            user_id=f"s{index % SESSIONS}", event="Product Viewed", properties=payload
+        )
+        costs.append(time.perf_counter() - began)
+        refused += not ok
+    done = threading.Event()
+
+    def shutdown() -> None:
+        client.flush()  # queue.join(), no timeout: bounded from here instead
+        client.join()
+        done.set()
+
+    threading.Thread(target=shutdown, daemon=True).start()
+    done.wait(120)
+    seconds = time.perf_counter() - started
+    costs.sort()
+    return Row(
+        "segment-analytics-python (batches of 100)",
+        count,
+        seconds,
+        _check(sink, count),
+        push_us=statistics.mean(costs) * 1e6,
+        p99_us=costs[int(len(costs) * 0.99)] * 1e6,
+        note=f"track() refused {refused} (queue full)" if refused else "",
+    )
+
+
+# ---------------------------------------------------------------------- report
+def _print(rows: Sequence[Row], bare: Row) -> None:
+    print(f"{'':56} {'events/s':>8} {'ratio':>6} {'lost':>5} {'push mean':>10} {'p99':>8}")
+    for row in rows:
+        rate = f"{row.rate:8.0f}" if row.rated else f"{'-':>8}"
+        ratio = f"{row.rate / bare.rate:.2f}x" if row.rated and bare.rate else "-"
+        mean = f"{row.push_us:.0f} µs" if row.push_us is not None else ""
+        p99 = f"{row.p99_us:.0f} µs" if row.p99_us is not None else ""
+        line = f"{row.name:56} {rate} {ratio:>6} {row.lost:5d} {mean:>10} {p99:>8}"
+        print(line + (f"  ({row.note})" if row.note else ""))
+
+
+def _target(label: str, ok: bool, detail: str) -> None:
+    print(f"  {'PASS' if ok else 'FAIL'}  {label}: {detail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_EVENTS:,} events")
+    parser.add_argument("--events", type=int, help=f"how many events (default {EVENTS:,})")
+    options = parser.parse_args(argv)
+    count = options.events or (QUICK_EVENTS if options.quick else EVENTS)
+    paced = min(count, PACED_EVENTS)
+    sink = Sink()
+    try:
+        engine, sends = _sends(sink.url, count)
+        size = statistics.mean(len(s.request.body_bytes) for _, s in sends)
+        print(
+            f"{count:,} Edge interact events of {size:,.0f} bytes on average, one a request, "
+            f"{SESSIONS} sessions, to a loopback sink; {WORKERS} delivery workers; Python "
+            f"{sys.version.split()[0]}, httpx {httpx.__version__}\n"
+        )
+        warm_up(sink, sends[:WARM_UP])
+        rows: dict[str, Row] = {}
+        notes: list[str] = []
+        breakdown: list[tuple[str, float]] = []
+        rows["bare"], rows["sync"] = bare_and_sync(sink, engine, sends)
+        engine.close()
+        with tempfile.TemporaryDirectory(prefix="tagengine-bench-") as tmp:
+            directory = Path(tmp)
+            for outbox in ("NORMAL", "FULL", "memory"):
+                row, evaluate, submit = delivery_only(sink, count, outbox, directory)
+                rows[f"bg-only-{outbox}"] = row
+                if not breakdown:
+                    breakdown.append(("rules evaluated (a push, dry run)", evaluate))
+                breakdown.append((f"submit, outbox {_LABELS[outbox]}", submit))
+            rows["bg-NORMAL"] = engine_background(sink, count, "NORMAL", directory)
+            rows["bg-memory"] = engine_background(sink, count, "memory", directory)
+            rows["bg-paced"] = engine_background(sink, paced, "NORMAL", directory, PACED_RATE)
+        outcome = segment(sink, count)
+        if isinstance(outcome, Row):
+            rows["segment"] = outcome
+        else:
+            notes.append(outcome)
+        bare, sync = rows["bare"], rows["sync"]
+        _print(list(rows.values()), bare)
+        print("\nA background push, its parts, with the workers idle:")
+        for label, micros in breakdown:
+            print(f"  {label:40} {micros:6.0f} µs")
+        for note in notes:
+            print(f"\nnote: {note}")
+        print("\nTargets:")
+        _target(
+            "engine sync / bare httpx",
+            sync.rate >= SYNC_RATIO_TARGET * bare.rate,
+            f"{sync.rate / bare.rate:.2f}x (target >= {SYNC_RATIO_TARGET}x)",
+        )
+        background = [row for key, row in rows.items() if key.startswith("bg-")]
+        lost = sum(row.lost for row in (sync, *background))
+        _target("engine events lost", lost == 0, f"{lost} (target 0)")
+        for row in background:
+            if row.push_us is None:
+                continue
+            _target(
+                f"background push mean, {row.name.split('(', 1)[1].rstrip(')')}",
+                row.push_us < PUSH_TARGET_US,
+                f"{row.push_us:.0f} µs (target < {PUSH_TARGET_US:.0f} µs)",
+            )
+    finally:
+        sink.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

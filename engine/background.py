@@ -1,0 +1,708 @@
+"""Background delivery: a push returns once its sends are in the durable outbox, and worker
+threads deliver them (spec/semantics.md, "Dispatch modes").
+
+::
+
+    background = BackgroundDelivery(
+        Outbox("sends.db"), Dispatcher, sessions=engine.sessions, targets=lambda: targets
+    )
+    background.submit(result, session.id)  # committed to the outbox when it returns
+    ...
+    background.close(timeout=10)  # flush within the bound, then stop the workers
+
+What the Python analytics SDKs lose (research notes: Segment, RudderStack, PostHog, Snowplow)
+and what happens here instead:
+
+- **No in-memory queue, no capacity.** :meth:`BackgroundDelivery.submit` writes every send of a
+  push to the outbox in one transaction before it returns; a write that cannot be made (disk
+  full) raises :class:`~engine.outbox.OutboxError` to the caller. Nothing is dropped.
+- **Crash.** A send leaves the outbox only when delivered (``ack``) or, with its last error,
+  into the dead-letter table (``bury``). :meth:`BackgroundDelivery.start` puts what a killed
+  process left in flight back to pending: at-least-once; Edge de-duplicates on ``xdm._id``.
+- **Exit.** :meth:`BackgroundDelivery.close` (and an ``atexit`` hook, for instances nobody
+  closed) flushes within a bounded time, interrupts retry waits, and stops the workers; what is
+  not delivered stays in the outbox for the next start.
+- **Fork.** An ``os.register_at_fork`` hook gives the child new locks, new worker threads and a
+  new dispatcher (so a new HTTP client: the parent's connections are never used in the child).
+- **Failures.** A retryable failure (the dispatcher's own retries ran out on a 429/5xx or a
+  connection error) is rescheduled in the outbox with backoff (:class:`Redelivery`); a final
+  refusal (a 400, say) or an exhausted budget goes to the dead letters with the last error.
+
+Per-session order: the outbox's ordering key is the session id, so at most one send of a
+session is in flight, and its sends (Edge and Sitecore alike) go out in push order, as in wait
+mode. One key per session rather than per (session, destination), because both destinations'
+clients read and write the one ``Session.identity`` (Edge's state entries, Sitecore's browser
+id) and Edge wants one request in flight until the visitor has an identity.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import random as _random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from engine.clients import DeliveryError, EdgeClient, SitecoreClient
+from engine.dispatch import Dispatcher
+from engine.errors import DispatchError, EngineError
+from engine.outbox import Entry, Outbox, OutboxError
+from engine.results import PushResult, Send
+from engine.runtime import Targets
+from engine.sessions import Session, SessionStore
+from engine.settings import EdgeSettings, SitecoreSettings
+from engine.values import copy_json
+
+__all__ = ["BackgroundDelivery", "OnResult", "Redelivery"]
+
+log = logging.getLogger("engine.background")
+
+_FLUSH_CHECK = 0.005  # seconds between two looks at the outbox while flushing
+_ACK_LINGER = 0.02  # seconds a delivered send may wait to be acknowledged with others
+
+OnResult = Callable[[str, Send], None]
+"""Called with ``(session_id, send)`` once per send, when it is delivered or buried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """When a send whose in-process retries ran out on a retryable failure is tried again.
+
+    Each delivery is one round (the dispatcher's :class:`~engine.clients.RetryPolicy` bounds the
+    attempts inside it). After round ``n`` fails the send waits
+    ``uniform(c / 2, c)`` with ``c = min(max_delay, base_delay * 2**(n - 1))``; it is buried,
+    with its last error, after ``max_rounds`` rounds or once ``max_age`` seconds have passed
+    since it was submitted.
+    """
+
+    max_rounds: int = 10
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+    max_age: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0 or self.max_age < 0:
+            raise ValueError("delays and max_age cannot be negative")
+
+    def delay(self, rounds: int, uniform: Callable[[float, float], float]) -> float:
+        """The wait after ``rounds`` failed rounds (1 for the first)."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(max(rounds - 1, 0), 64))
+        return float(uniform(ceiling / 2, ceiling))
+
+
+class _Halted(Exception):
+    """Raised from a retry wait when delivery is stopping (never leaves this module)."""
+
+
+class _Clients:
+    """The destination clients of one dispatcher (its HTTP client and retry policy), with
+    retry waits that :meth:`BackgroundDelivery.close` can interrupt."""
+
+    def __init__(self, dispatcher: Dispatcher, sleep: Callable[[float], None]) -> None:
+        self.dispatcher = dispatcher
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        # One client per settings object (a new ruleset brings new ones, and its token cache).
+        self._made: dict[int, tuple[object, EdgeClient | SitecoreClient]] = {}
+
+    def edge(self, settings: EdgeSettings) -> EdgeClient:
+        client = self._client(settings)
+        assert isinstance(client, EdgeClient)
+        return client
+
+    def sitecore(self, settings: SitecoreSettings) -> SitecoreClient:
+        client = self._client(settings)
+        assert isinstance(client, SitecoreClient)
+        return client
+
+    def _client(self, settings: EdgeSettings | SitecoreSettings) -> EdgeClient | SitecoreClient:
+        with self._lock:
+            known = self._made.get(id(settings))
+            if known is not None and known[0] is settings:
+                return known[1]
+            http, policy = self.dispatcher.http, self.dispatcher.policy
+            client: EdgeClient | SitecoreClient
+            if isinstance(settings, EdgeSettings):
+                client = EdgeClient(http, settings, policy=policy, sleep=self._sleep)
+            else:
+                client = SitecoreClient(http, settings, policy=policy, sleep=self._sleep)
+            self._made[id(settings)] = (settings, client)
+            return client
+
+
+def _retryable(failure: BaseException) -> bool:
+    if isinstance(failure, DeliveryError):
+        return failure.retryable
+    # A refusal before sending (too large, no settings for the destination, a bad request):
+    # the same bytes will be refused again.
+    return not isinstance(failure, DispatchError | EngineError | ValueError)
+
+
+def _merge(target: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> None:
+    """Apply to ``target`` what a delivery changed from ``base`` to ``result``, keeping what
+    a push wrote to ``target`` meanwhile (a local Sitecore browser id, say)."""
+    for key, value in result.items():
+        if key not in base or base[key] != value:
+            target[key] = value
+    for key in base:
+        if key not in result:
+            target.pop(key, None)
+
+
+class BackgroundDelivery:
+    """Delivers the sends of pushes from ``outbox`` on ``workers`` threads.
+
+    ``dispatcher_factory`` makes the :class:`~engine.dispatch.Dispatcher` whose HTTP client and
+    retry policy are used; it is called once per process (again in a forked child), so it must
+    make a new HTTP client each time. ``sessions`` and ``targets`` are the engine's session
+    store and current destination settings. ``redelivery`` reschedules retryable failures.
+    ``on_result(session_id, send)`` is called once per send when it is delivered or buried,
+    on a worker thread (exceptions are logged). ``clock`` (epoch seconds) dates outbox entries.
+    Up to ``batch`` due entries (each of a different session) are claimed in one transaction
+    and shared by the workers; the delivered ones are acknowledged together, at the latest
+    when the batch is done (a killed process may thus have delivered up to ``batch +
+    workers`` sends it had not acknowledged: they are delivered again, as at-least-once
+    allows). ``stale_after`` seconds after a claim, an entry still in flight is taken to
+    belong to a process that died (a forked child killed, say) and is put back to pending;
+    ``poll_interval`` bounds how long an idle worker waits before looking at the outbox again
+    (other processes may write to it).
+
+    ``workers`` bounds the deliveries in flight: on loopback more workers only share the GIL,
+    but against a real destination each one waits for a round trip, so size it to about the
+    events per second times the round-trip time.
+
+    One outbox file per application (its forked children included): :meth:`start` puts
+    everything left in flight back to pending.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        dispatcher_factory: Callable[[], Dispatcher],
+        *,
+        sessions: SessionStore,
+        targets: Callable[[], Targets],
+        workers: int = 2,
+        flush_timeout: float = 10.0,
+        redelivery: Redelivery | None = None,
+        on_result: OnResult | None = None,
+        clock: Callable[[], float] = time.time,
+        batch: int = 8,
+        stale_after: float | None = 600.0,
+        poll_interval: float = 1.0,
+        random: Callable[[float, float], float] = _random.uniform,
+        start: bool = True,
+    ) -> None:
+        if workers < 1 or batch < 1:
+            raise ValueError("workers and batch must be at least 1")
+        if flush_timeout < 0 or poll_interval <= 0:
+            raise ValueError("flush_timeout cannot be negative and poll_interval must be positive")
+        if stale_after is not None and stale_after <= 0:
+            raise ValueError("stale_after must be positive")
+        self.outbox = outbox
+        self.flush_timeout = flush_timeout
+        self.redelivery = redelivery if redelivery is not None else Redelivery()
+        self._factory = dispatcher_factory
+        self._sessions = sessions
+        self._targets = targets
+        self._workers = workers
+        self._batch = batch
+        self._on_result = on_result
+        self._clock = clock
+        self._stale_after = stale_after
+        self._poll = poll_interval
+        self._random = random
+        self._started = False
+        self._closing = False  # no new work
+        self._stopping = False  # workers stop
+        self._closed = False
+        self._reset_threading()
+        _INSTANCES.add(self)
+        if start:
+            self.start()
+
+    def _reset_threading(self) -> None:
+        """Fresh locks, no threads, no dispatcher (at construction and in a forked child)."""
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._guard = threading.Lock()  # held around every session-lock section (fork safety)
+        self._guard_held = False
+        self._halt = threading.Event()  # interrupts retry waits at shutdown
+        self._clients_lock = threading.Lock()
+        self._clients: _Clients | None = None
+        self._threads: list[threading.Thread] = []
+        self._claimed: deque[Entry] = deque()  # claimed, not started yet
+        self._claiming = False  # one worker claims at a time, for all
+        self._acks: list[int] = []  # delivered, acknowledged together (_commit_acks)
+        self._acks_since = 0.0
+        self._running = 0
+        self._work = 0  # bumped when sends are submitted or a session's head is acknowledged
+        self._progress = 0  # bumped when an entry leaves "in flight"
+        self._idle = 0
+        self._flushers = 0
+        self._next_sweep = time.monotonic() + (self._stale_after or 0.0) / 2
+        self._spawn_pending = False  # a forked child starts its workers on first use
+
+    # ------------------------------------------------------------------ public API
+    def start(self) -> None:
+        """Recover what a stopped process left in flight, then start the workers (idempotent)."""
+        with self._cond:
+            if self._closing:
+                raise EngineError("background delivery is closed")
+            started, self._started = self._started, True
+        if started:
+            self._ensure_workers()
+            return
+        recovered = self.outbox.recover(now=self._clock())
+        if recovered:
+            log.info("outbox %s: %d send(s) left in flight redelivered", self.outbox, recovered)
+        self._spawn()
+
+    def submit(self, result: PushResult, session_id: str) -> None:
+        """Store every send of ``result`` and of its follow-ups, in order, in one transaction
+        (durable when this returns), behind the earlier sends of ``session_id``.
+
+        Call it under the session's lock, so that pushes of one session enter in push order.
+        Raises :class:`~engine.outbox.OutboxError` when the outbox cannot be written.
+        """
+        if self._closing:
+            raise EngineError("background delivery is closed")
+        self._ensure_workers()
+        items = [
+            (send.request, session_id)
+            for outcome in (result, *result.followups)
+            for send in outcome.sends
+        ]
+        if not items:
+            return
+        self.outbox.put_many(items, now=self._clock())
+        with self._cond:
+            self._work += 1
+            if self._idle:
+                self._cond.notify()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the outbox holds nothing pending or in flight (dead letters aside), at
+        most ``timeout`` seconds (default ``flush_timeout``); whether it got there.
+
+        Do not call it from ``on_result``: it would wait for its own worker.
+        """
+        if not self._closing:
+            self._ensure_workers()
+        return self._wait_flushed(self.flush_timeout if timeout is None else timeout)
+
+    def _wait_flushed(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                seen = self._progress
+            checked = time.monotonic()
+            # Cheap: the lowest id, through the primary key (counts() scans every row).
+            if not self.outbox.pending(limit=1):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0 or self._running == 0 or self._stopping:
+                return False
+            with self._cond:
+                if self._progress == seen:
+                    self._flushers += 1
+                    try:
+                        self._cond.wait(min(left, self._poll))
+                    finally:
+                        self._flushers -= 1
+            # At most one look every _FLUSH_CHECK seconds: a look takes the outbox's lock.
+            pause = _FLUSH_CHECK - (time.monotonic() - checked)
+            if pause > 0:
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking new work, flush for at most ``timeout`` seconds (default
+        ``flush_timeout``), then stop the workers and close the dispatcher; whether everything
+        was delivered and every worker stopped in time. Undelivered sends stay in the outbox.
+
+        A retry wait is interrupted; an HTTP request in flight at the deadline is left to its
+        timeouts on a daemon thread, and its send stays in flight until the next start.
+        Idempotent. The outbox itself is not closed: it belongs to the caller.
+        """
+        deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
+        with self._cond:
+            if self._closed:
+                return False
+            self._closing = True
+        flushed = self._wait_flushed(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._halt.set()
+        with self._cond:
+            unstarted, self._claimed = list(self._claimed), deque()
+        self._release(unstarted)
+        for thread in self._threads:
+            thread.join(max(0.05, deadline - time.monotonic()))
+        self._commit_acks(force=True)
+        with self._cond:
+            self._closed = True
+            busy = self._running
+        if busy:
+            log.warning(
+                "background delivery: %d worker(s) still delivering at the deadline; their "
+                "sends stay in the outbox",
+                busy,
+            )
+        else:
+            self._close_clients()
+        _INSTANCES.discard(self)
+        return flushed and not busy
+
+    @property
+    def alive(self) -> int:
+        """How many worker threads of this process are running."""
+        return sum(thread.is_alive() for thread in self._threads)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"<BackgroundDelivery {self.outbox!r} workers={self._workers}>"
+
+    # ------------------------------------------------------------------ workers
+    def _ensure_workers(self) -> None:
+        """In a forked child, start this process's workers on first use."""
+        if os.getpid() != self._pid:  # forked by code that skipped the at-fork hooks
+            self._after_fork_in_child()
+        if self._spawn_pending:
+            with self._cond:
+                spawn, self._spawn_pending = self._spawn_pending, False
+            if spawn:
+                self._spawn()
+
+    def _spawn(self) -> None:
+        with self._cond:
+            threads = [
+                threading.Thread(target=self._run, name=f"tagengine-delivery-{index}", daemon=True)
+                for index in range(self._workers)
+            ]
+            self._threads = threads
+            self._running = len(threads)
+        for thread in threads:
+            thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    if not self._cycle():
+                        return
+                except Exception:
+                    log.exception("background delivery: worker error (retrying)")
+                    with self._cond:
+                        if not self._stopping:
+                            self._cond.wait(self._poll)
+        finally:
+            self._commit_acks(force=True)  # what it delivered after close() committed
+            with self._cond:
+                self._running -= 1
+                last = self._running == 0 and self._closed
+            if last:
+                self._close_clients()
+
+    def _cycle(self) -> bool:
+        """Deliver one claimed entry, or claim a batch, or wait; False when the worker must
+        stop."""
+        with self._cond:
+            if self._stopping:
+                return False
+            entry = self._claimed.popleft() if self._claimed else None
+        if entry is not None:
+            self._deliver(entry)
+            self._commit_acks(force=False)
+            return True
+        # Nothing claimed is waiting: commit the acks, so that the next sends of the sessions
+        # just delivered can be claimed (by this worker or the one claiming now).
+        self._commit_acks(force=True)
+        with self._cond:
+            if self._stopping or self._claimed:
+                return not self._stopping
+            if self._claiming:  # another worker is claiming, for all
+                self._idle += 1
+                try:
+                    self._cond.wait(self._poll)
+                finally:
+                    self._idle -= 1
+                return True
+            self._claiming = True
+            seen = self._work
+        entries: list[Entry] = []
+        try:
+            self._sweep()
+            entries = self.outbox.claim(now=self._clock(), limit=self._batch)
+            due = None if entries else self.outbox.next_due()
+        finally:
+            with self._cond:
+                self._claiming = False
+                self._claimed.extend(entries)
+                if entries and self._idle:
+                    self._cond.notify(len(entries))
+        if entries:
+            return True
+        with self._cond:
+            if self._stopping:
+                return False
+            if self._work == seen and not self._claimed:
+                wait = self._poll
+                if due is not None:
+                    wait = min(wait, max(due - self._clock(), 0.001))
+                self._idle += 1
+                try:
+                    self._cond.wait(wait)
+                finally:
+                    self._idle -= 1
+        return True
+
+    def _commit_acks(self, *, force: bool) -> None:
+        """Acknowledge the delivered entries in one transaction: when asked, else once there
+        is a batch of them or the oldest has waited ``_ACK_LINGER`` seconds."""
+        with self._cond:
+            if not self._acks:
+                return
+            due = len(self._acks) >= self._batch
+            if not (force or due or time.monotonic() - self._acks_since >= _ACK_LINGER):
+                return
+            acks, self._acks = self._acks, []
+        try:
+            self.outbox.ack_many(acks)
+        except OutboxError as problem:
+            # They stay in flight: the next start (or a sweep) delivers them again.
+            log.error(
+                "outbox %s: %d delivered send(s) not acknowledged: %s",
+                self.outbox,
+                len(acks),
+                problem,
+            )
+        self._progressed(len(acks))
+
+    def _sweep(self) -> None:
+        """Put back to pending what a dead process (a killed child) left in flight."""
+        if self._stale_after is None or time.monotonic() < self._next_sweep:
+            return
+        with self._cond:
+            now = time.monotonic()
+            if now < self._next_sweep:
+                return
+            self._next_sweep = now + self._stale_after / 2
+        recovered = self.outbox.recover(older_than=self._stale_after, now=self._clock())
+        if recovered:
+            log.warning(
+                "outbox %s: %d send(s) in flight for over %gs put back to pending",
+                self.outbox,
+                recovered,
+                self._stale_after,
+            )
+
+    def _release(self, entries: list[Entry]) -> None:
+        """Put claimed entries nobody will start back to pending (delivery is stopping)."""
+        if not entries:
+            return
+        for entry in entries:
+            with contextlib.suppress(OutboxError):
+                self.outbox.retry_later(
+                    entry.id, "released unsent: delivery stopped", self._clock()
+                )
+        self._progressed(len(entries))
+
+    def _deliver(self, entry: Entry) -> None:
+        send = Send(rule=entry.rule, destination=entry.destination, request=entry.request)
+        with self._guard:
+            session = self._sessions.peek(entry.session)
+        base = self._identity(session)
+        identity: dict[str, Any] = copy_json(base)
+        failure = self._attempt(send, identity)
+        if session is not None:
+            with self._guard, session.lock:
+                _merge(session.identity, base, identity)
+        if failure is None:
+            with self._cond:
+                if not self._acks:
+                    self._acks_since = time.monotonic()
+                self._acks.append(entry.id)
+            final = True
+        else:
+            final = self._settle(entry, send, failure)
+            self._progressed(1)  # buried: the session's next send is claimable; or rescheduled
+        if final and self._on_result is not None:
+            try:
+                self._on_result(entry.session, send)
+            except Exception:
+                log.exception("background delivery: on_result raised")
+
+    def _identity(self, session: Session | None) -> dict[str, Any]:
+        """A copy of the session's identity: delivery works on it outside the session's lock
+        (a push of that session never waits for the network) and merges it back."""
+        if session is None:  # expired, or submitted by a process that stopped
+            return {}
+        with self._guard, session.lock:
+            copied: dict[str, Any] = copy_json(session.identity)
+        return copied
+
+    def _attempt(self, send: Send, identity: dict[str, Any]) -> BaseException | None:
+        """Deliver ``send`` with ``identity``; record the answer on it; the failure, if any."""
+        started = time.perf_counter()
+        try:
+            clients, targets = self._client_set(), self._targets()
+            if send.destination == "edge":
+                if targets.edge is None:
+                    raise DispatchError(
+                        "edge: the ruleset has no edge settings", destination="edge"
+                    )
+                edge = clients.edge(targets.edge).send(send.request, identity)
+                send.status, send.attempts, send.response = (
+                    edge.status,
+                    edge.attempts,
+                    edge.to_json(),
+                )
+            else:
+                if targets.sitecore is None:
+                    raise DispatchError(
+                        "sitecore: the ruleset has no sitecore settings", destination="sitecore"
+                    )
+                result = clients.sitecore(targets.sitecore).send(send.request, identity)
+                send.status, send.attempts = result.status, result.attempts
+                send.response = result.to_json()
+            return None
+        except DeliveryError as error:
+            send.status, send.attempts, send.error = error.status, error.attempts, str(error)
+            return error
+        except _Halted as error:
+            send.error = "interrupted: delivery stopped during a retry wait"
+            return error
+        except (DispatchError, EngineError, ValueError) as error:
+            send.error = str(error)
+            return error
+        except Exception as error:  # not a known failure: logged, and retried like one
+            log.exception("background delivery: rule %r: unexpected error", send.rule)
+            send.error = f"{type(error).__name__}: {error}"
+            return error
+        finally:
+            send.duration = time.perf_counter() - started
+
+    def _settle(self, entry: Entry, send: Send, failure: BaseException) -> bool:
+        """Reschedule or bury ``entry`` after ``failure``; True when its fate is final."""
+        now = self._clock()
+        error = send.error or "delivery failed"
+        try:
+            if isinstance(failure, _Halted):
+                self.outbox.retry_later(entry.id, error, now)
+                return False
+            if not _retryable(failure):
+                self.outbox.bury(entry.id, error, now=now)
+                log.warning("outbox %s: send %d buried: %s", self.outbox, entry.id, error)
+                return True
+            rounds = entry.attempts + 1
+            policy = self.redelivery
+            if rounds >= policy.max_rounds or now - entry.created >= policy.max_age:
+                error = f"{error} (gave up after {rounds} delivery round{'s' * (rounds != 1)})"
+                self.outbox.bury(entry.id, error, now=now)
+                log.warning("outbox %s: send %d buried: %s", self.outbox, entry.id, error)
+                return True
+            self.outbox.retry_later(entry.id, error, now + policy.delay(rounds, self._random))
+            return False
+        except OutboxError as problem:
+            # Stays in flight: the next start (or another process's sweep) redelivers it.
+            log.error("outbox %s: send %d could not be settled: %s", self.outbox, entry.id, problem)
+            return False
+
+    def _progressed(self, count: int) -> None:
+        """Entries left "in flight": wake a flush, and an idle worker (a session's next send
+        may be claimable now, or a retry due sooner than it was waiting for)."""
+        with self._cond:
+            self._progress += count
+            self._work += 1
+            if self._flushers:
+                self._cond.notify_all()
+            elif self._idle:
+                self._cond.notify()
+
+    # ------------------------------------------------------------------ clients
+    def _sleep(self, seconds: float) -> None:
+        if self._halt.wait(seconds):
+            raise _Halted
+
+    def _client_set(self) -> _Clients:
+        with self._clients_lock:
+            if self._clients is None:
+                self._clients = _Clients(self._factory(), self._sleep)
+            return self._clients
+
+    def _close_clients(self) -> None:
+        with self._clients_lock:
+            clients, self._clients = self._clients, None
+        if clients is not None:
+            clients.dispatcher.close()
+
+    # ------------------------------------------------------------------ fork
+    def _before_fork(self) -> None:
+        # No worker inside a session's lock at the fork: the child must not inherit one held.
+        self._guard_held = self._guard.acquire(timeout=5.0)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._guard_held:
+            self._guard_held = False
+            self._guard.release()
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive a fork and the inherited locks may be held by them: start
+        # over. The parent's HTTP client is kept, never used nor closed (closing would shut
+        # the parent's connections); the child's first delivery makes its own dispatcher.
+        # The workers start at the child's first submit or flush, not here: a child that
+        # never uses the engine (a process pool's worker) claims nothing it could abandon.
+        if self._clients is not None:
+            _ABANDONED.append(self._clients.dispatcher)
+        self._reset_threading()
+        self._spawn_pending = self._started and not self._closing
+
+
+# -- process-wide hooks (one set for every instance) -----------------------------------------
+
+_INSTANCES: weakref.WeakSet[BackgroundDelivery] = weakref.WeakSet()
+_ABANDONED: list[Dispatcher] = []  # the parent's dispatchers, kept unused in a forked child
+
+
+def _before_fork() -> None:
+    for background in list(_INSTANCES):
+        background._before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for background in list(_INSTANCES):
+        background._after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for background in list(_INSTANCES):
+        background._after_fork_in_child()
+
+
+def _at_exit() -> None:
+    """Flush (bounded) what nobody closed, before the daemon workers die with the process."""
+    for background in list(_INSTANCES):
+        if background._running and background._pid == os.getpid():
+            background.close()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
+atexit.register(_at_exit)
