@@ -19,9 +19,7 @@ save prints ``reloaded …`` or the diagnostics that kept the old rules serving.
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from starlette.routing import Route
 
 from engine.diagnostics import Diagnostic
 from engine.emulator import EmulatorServer
-from engine.emulator.server import _bind, _is_loopback
+from engine.emulator.server import _bind, _is_loopback, serve_in_thread, stop_thread
 from engine.engine import Engine
 from engine.envelopes import decode, parse_envelope
 from engine.errors import EngineError, PushError, RuleError
@@ -382,35 +380,20 @@ class DevServer:
             log_level=None,
         )
         server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"tagengine-dev-{self.port}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        deadline = time.monotonic() + self._startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(1)
-                sock.close()
-                self._server = self._thread = None
-                raise RuntimeError(f"the dev server did not start on {self.url}")
-            time.sleep(0.005)
-        with socket.create_connection((self.host, self.port), timeout=self._startup_timeout):
-            pass
+        self._server = server
+        try:
+            self._thread = serve_in_thread(
+                server, sock, f"tagengine-dev-{self.port}", self._startup_timeout, "the dev server"
+            )
+        except RuntimeError:
+            self._server = None
+            raise
 
     def _shutdown(self, timeout: float = 2.0) -> None:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        server.should_exit = True
-        thread.join(timeout / 2)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout / 2)
+        stop_thread(server, thread, timeout)
         self._server = self._thread = None
 
 

@@ -66,6 +66,38 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def serve_in_thread(
+    server: uvicorn.Server, sock: socket.socket, name: str, timeout: float, what: str
+) -> threading.Thread:
+    """Run ``server`` on ``sock`` in a daemon thread; return once it accepts connections.
+    :class:`RuntimeError` naming ``what`` when it does not start within ``timeout``."""
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
+    thread.start()
+    host, port = sock.getsockname()[:2]
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(1)
+            sock.close()
+            raise RuntimeError(f"{what} did not start on {host}:{port}")
+        time.sleep(0.005)
+    # The loop is listening; one real connection confirms it end to end.
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
+    return thread
+
+
+def stop_thread(server: uvicorn.Server, thread: threading.Thread, timeout: float) -> bool:
+    """Ask ``server`` to exit, then force it; true when its thread ended within ``timeout``."""
+    server.should_exit = True
+    thread.join(timeout / 2)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(timeout / 2)
+    return not thread.is_alive()
+
+
 class EmulatorServer:
     """The emulator on a background thread, as a context manager::
 
@@ -121,26 +153,18 @@ class EmulatorServer:
         # log_config=None: an in-process server must not reconfigure the host's logging;
         # uvicorn's records still reach the root logger (errors show, as any library's do).
         server = uvicorn.Server(_uvicorn_config(self.app, log_config=None, log_level=None))
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"tagengine-emulator-{self.port}",
-            daemon=True,
-        )
-        self._server, self._thread = server, thread
-        thread.start()
-        deadline = time.monotonic() + self._startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(1)
-                sock.close()
-                self._server = self._thread = None
-                raise RuntimeError(f"the emulator did not start on {self.url}")
-            time.sleep(0.005)
-        # The loop is listening; one real connection confirms it end to end.
-        with socket.create_connection((self.host, self.port), timeout=self._startup_timeout):
-            pass
+        self._server = server
+        try:
+            self._thread = serve_in_thread(
+                server,
+                sock,
+                f"tagengine-emulator-{self.port}",
+                self._startup_timeout,
+                "the emulator",
+            )
+        except RuntimeError:
+            self._server = None
+            raise
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
@@ -151,14 +175,10 @@ class EmulatorServer:
         if server is None or thread is None:
             return
         self.app.interrupt()
-        server.should_exit = True
-        thread.join(timeout / 2)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout / 2)
-        if thread.is_alive():
-            raise RuntimeError(f"the emulator on {self.url} did not stop within {timeout} s")
+        stopped = stop_thread(server, thread, timeout)
         self._server = self._thread = None
+        if not stopped:
+            raise RuntimeError(f"the emulator on {self.url} did not stop within {timeout} s")
 
     def __enter__(self) -> Self:
         return self.start()
