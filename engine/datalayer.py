@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from engine.errors import PushError
@@ -24,6 +25,7 @@ _SCALARS = (str, int, float, bool, type(None))
 # A lone surrogate cannot be encoded as UTF-8: it would fail every send that reads it.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_isfinite = math.isfinite
 
 
 # ------------------------------------------------------------------ validate
@@ -65,6 +67,17 @@ def validate(
     """
     if type(item) is not dict:
         raise PushError(f"{label}: expected an object, got {_type_name(item)}")
+    try:
+        return _quick_dict(item, 1, [max_items - 1, max_depth])
+    except (_Refused, RecursionError):
+        # The checking copy says what is wrong and where.
+        return _checked_copy(item, max_depth=max_depth, max_items=max_items, label=label)
+
+
+def _checked_copy(
+    item: dict[Any, Any], *, max_depth: int, max_items: int, label: str
+) -> dict[str, Any]:
+    """What :func:`validate` returns or raises, naming the place of the first problem."""
     budget = [max_items]
 
     def copy(value: Any, depth: int) -> Any:
@@ -122,6 +135,61 @@ def validate(
     return result
 
 
+class _Refused(Exception):
+    """Raised by the quick copy on anything :func:`validate` refuses."""
+
+
+# The quick copy: what validate's checking copy does, without the bookkeeping that names the
+# place of an error (a push is valid far more often than not). Scalars are checked inline and
+# values are counted a container at a time; ``limits`` is [values left, maximum depth].
+def _quick_dict(value: dict[Any, Any], depth: int, limits: list[int]) -> dict[str, Any]:
+    limits[0] -= len(value)
+    if depth > limits[1] or limits[0] < 0:
+        raise _Refused
+    out: dict[str, Any] = {}
+    for key, child in value.items():
+        if type(key) is not str or (not key.isascii() and _SURROGATE.search(key)):
+            raise _Refused
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() and _SURROGATE.search(child):
+                raise _Refused
+        elif kind is dict:
+            child = _quick_dict(child, depth + 1, limits)
+        elif kind is list:
+            child = _quick_list(child, depth + 1, limits)
+        elif kind is float:
+            if not _isfinite(child):
+                raise _Refused
+        elif kind is not int and kind is not bool and child is not None:
+            raise _Refused
+        out[key] = child
+    return out
+
+
+def _quick_list(value: list[Any], depth: int, limits: list[int]) -> list[Any]:
+    limits[0] -= len(value)
+    if depth > limits[1] or limits[0] < 0:
+        raise _Refused
+    out: list[Any] = []
+    for child in value:
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() and _SURROGATE.search(child):
+                raise _Refused
+        elif kind is dict:
+            child = _quick_dict(child, depth + 1, limits)
+        elif kind is list:
+            child = _quick_list(child, depth + 1, limits)
+        elif kind is float:
+            if not _isfinite(child):
+                raise _Refused
+        elif kind is not int and kind is not bool and child is not None:
+            raise _Refused
+        out.append(child)
+    return out
+
+
 # ------------------------------------------------------------------ split
 def split(item: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """``(event name, data)`` of a validated item. The name is ``item["event"]`` when it is a
@@ -135,7 +203,11 @@ def split(item: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
 
 # ------------------------------------------------------------------ ACDL merge
 def _acdl(
-    old: dict[str, Any] | None, data: dict[str, Any], prefix: Path, changed: list[Path]
+    old: dict[str, Any] | None,
+    data: dict[str, Any],
+    prefix: Path,
+    changed: list[Path],
+    copy: Callable[[Any], Any],
 ) -> dict[str, Any]:
     result = {} if old is None else dict(old)
     for key, value in data.items():
@@ -147,28 +219,35 @@ def _acdl(
             current = result.get(key)
             if value:
                 result[key] = _acdl(
-                    current if type(current) is dict else None, value, path, changed
+                    current if type(current) is dict else None, value, path, changed, copy
                 )
             else:
                 if type(current) is not dict:
                     result[key] = {}
                 changed.append(path)
         else:
-            result[key] = copy_json(value)
+            result[key] = copy(value)
             changed.append(path)
     return result
 
 
-def merge_acdl(state: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+def merge_acdl(
+    state: dict[str, Any], data: dict[str, Any], *, copy: bool = True
+) -> tuple[dict[str, Any], list[Path]]:
     """Merge ``data`` into ``state`` the ACDL v3 way: objects merge recursively; arrays and
     scalars replace; ``null`` deletes the key; a change of type replaces.
 
     Returns the new state and the leaf paths the push set (a leaf is anything but a non-empty
-    object). Neither argument is changed and the result shares nothing with ``data``; it
-    shares with ``state`` every subtree the push did not touch.
+    object). Neither argument is changed and the result shares nothing with ``data`` (unless
+    ``copy`` is false: for data nobody else holds, as :func:`validate` returns it); it shares
+    with ``state`` every subtree the push did not touch.
     """
     changed: list[Path] = []
-    return _acdl(state, data, (), changed), changed
+    return _acdl(state, data, (), changed, copy_json if copy else _same), changed
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # ------------------------------------------------------------------ GTM merge
@@ -248,11 +327,12 @@ def merge_gtm(state: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, An
 
 
 def merge(
-    mode: str, state: dict[str, Any], data: dict[str, Any]
+    mode: str, state: dict[str, Any], data: dict[str, Any], *, copy: bool = True
 ) -> tuple[dict[str, Any], list[Path]]:
-    """:func:`merge_acdl` for ``"acdl"``, :func:`merge_gtm` for ``"gtm"``."""
+    """:func:`merge_acdl` for ``"acdl"``, :func:`merge_gtm` for ``"gtm"`` (which builds new
+    containers for what it merges, so ``copy`` only matters for ACDL)."""
     if mode == "acdl":
-        return merge_acdl(state, data)
+        return merge_acdl(state, data, copy=copy)
     if mode == "gtm":
         return merge_gtm(state, data)
     raise ValueError(f"unknown merge mode {mode!r} (expected 'acdl' or 'gtm')")

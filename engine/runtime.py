@@ -216,7 +216,8 @@ def process_push(
     """
     pushed = datalayer.validate(item)
     event, data = datalayer.split(pushed)
-    state, changed = datalayer.merge(ruleset.datalayer.merge, session.state, data)
+    # `pushed` is validate's private copy: the state may keep its values without copying.
+    state, changed = datalayer.merge(ruleset.datalayer.merge, session.state, data, copy=False)
     session.state = state  # the merge copied what it changed: `state` is the snapshot
     session.last_seen = now
     session.pushes += 1

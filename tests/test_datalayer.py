@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.datalayer import Path, merge, merge_acdl, merge_gtm, split, validate
+from engine.datalayer import Path, _checked_copy, merge, merge_acdl, merge_gtm, split, validate
 from engine.errors import PushError
 from engine.values import lookup
 
@@ -247,6 +247,80 @@ def test_validate_returns_a_deep_copy() -> None:  # checklist 11
     item["cart"]["items"][0]["sku"] = "changed"
     item["cart"]["items"].append({})
     assert copied == {"cart": {"items": [{"sku": "a"}]}}
+
+
+# Values validate must take and values it must refuse, mixed: tuples, sets, non-string keys,
+# non-finite floats, lone surrogates, dict and str subclasses.
+_ODD = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    "\ud800",
+    (1,),
+    {1},
+    b"x",
+    OrderedDict(),
+    IntEnum("E", "a").a,
+]
+_odd_scalars = st.sampled_from(_ODD)
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)
+)
+# Odd values are rare (about one leaf in 20), so that a tree often holds exactly one of them:
+# with many, the first refusal hides whether the others would have been refused.
+_any_value = st.recursive(
+    st.integers(0, 19).flatmap(lambda n: _odd_scalars if n == 0 else _json_scalars),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=4), st.integers()), children, max_size=4),
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=4), _any_value, max_size=5),
+    st.integers(1, 6),
+    st.integers(1, 40),
+)
+def test_the_quick_copy_agrees_with_the_checking_copy(
+    item: dict[str, Any], depth: int, count: int
+) -> None:
+    """validate's fast path accepts and refuses exactly what the checking copy does."""
+    try:
+        expected: Any = _checked_copy(item, max_depth=depth, max_items=count, label="push")
+    except PushError as error:
+        expected = str(error)
+    try:
+        got: Any = validate(item, max_depth=depth, max_items=count)
+    except PushError as error:
+        got = str(error)
+    assert type(got) is type(expected)
+    if isinstance(got, str):
+        assert got == expected
+    else:  # as JSON text: both refuse NaN, and == would not see a tuple kept as a tuple
+        assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("odd", [*_ODD, "caf\u00e9 \U0001f600"])
+@pytest.mark.parametrize("where", ["value", "list item", "nested", "key"])
+def test_the_quick_copy_decides_each_odd_value_wherever_it_is(odd: Any, where: str) -> None:
+    if where == "key":
+        item: Any = {"ok": 1, odd if isinstance(odd, str) else 3: 1}
+    else:
+        wrapped = {"value": odd, "list item": [1, odd], "nested": {"a": [{"b": odd}]}}[where]
+        item = {"ok": [1, {"x": "y"}], "here": wrapped}
+    try:
+        expected: Any = _checked_copy(item, max_depth=32, max_items=100, label="push")
+    except PushError as error:
+        expected = str(error)
+    try:
+        got: Any = validate(item)
+    except PushError as error:
+        got = str(error)
+    assert type(got) is type(expected)
+    assert got == expected
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -92,19 +92,40 @@ def drop_nulls(value: Any) -> Any:
     """A deep copy of a JSON-like value without ``null``: keys whose value is ``None`` and
     ``None`` list items are removed, and an object left empty by that removal is removed too
     (an object that was written empty stays). Containers are always fresh copies."""
+    kind = type(value)
+    if kind is dict:
+        return _drop_in_dict(value)
+    if kind is list or kind is tuple:
+        return _drop_in_list(value)
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if item is None:
-                continue
-            cleaned = drop_nulls(item)
-            if isinstance(item, Mapping) and item and not cleaned:
-                continue
-            out[key] = cleaned
-        return out
-    if isinstance(value, list | tuple):
-        return [drop_nulls(item) for item in value if item is not None]
+        return _drop_in_dict(value)
     return value
+
+
+# Exact types first: bodies are plain dicts and lists, and an isinstance check against an ABC
+# costs more than the copy itself.
+_PLAIN = frozenset((str, int, float, bool))
+
+
+def _drop_in_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if item is None:
+            continue
+        if type(item) in _PLAIN:
+            out[key] = item
+            continue
+        cleaned = drop_nulls(item)
+        if item and not cleaned and (type(item) is dict or isinstance(item, Mapping)):
+            continue
+        out[key] = cleaned
+    return out
+
+
+def _drop_in_list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    return [
+        item if type(item) in _PLAIN else drop_nulls(item) for item in value if item is not None
+    ]
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
