@@ -284,7 +284,7 @@ class BackgroundDelivery:
         ]
         if not items:
             return
-        self.outbox.put_many(items, now=self._clock())
+        self.outbox.append_many(items, now=self._clock())
         with self._cond:
             self._work += 1
             if self._idle:

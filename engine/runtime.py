@@ -4,10 +4,11 @@ evaluate, build the sends. Decisions only: nothing here does I/O; the caller dis
 
 from __future__ import annotations
 
-import uuid
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from random import getrandbits as _random_bits
 from typing import Any
 
 from engine import datalayer
@@ -27,17 +28,46 @@ PAGE_VIEW_EVENTS = frozenset({"page.view", "viewStart"})
 _MAX_SHOWN = 120  # characters of a value shown in a reason
 
 
+_VERSION_4 = (0xF000 << 64) | (0xC000 << 48), (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())``.
+
+    From :mod:`random` rather than ``os.urandom``: ids must be unique, not secret, and
+    ``os.urandom`` is a system call that lets the delivery threads take the GIL in the middle
+    of a push. :mod:`random` reseeds itself in a forked child.
+    """
+    clear, put = _VERSION_4
+    text = f"{_random_bits(128) & ~clear | put:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Ids:
     """Where per-event identifiers come from; tests inject deterministic ones."""
 
-    event_id: Callable[[], str] = lambda: str(uuid.uuid4())
-    request_id: Callable[[], str] = lambda: str(uuid.uuid4())
+    event_id: Callable[[], str] = new_id
+    request_id: Callable[[], str] = new_id
 
 
 def _timestamp(now: float) -> str:
-    moment = datetime.fromtimestamp(now, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO-8601 UTC with milliseconds, as ``datetime.fromtimestamp`` rounds; the part up to
+    the second is formatted once a second."""
+    global _last_second
+    fraction, second = math.modf(now)
+    micros = round(fraction * 1e6)  # half to even, as datetime does
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    elif micros < 0:  # before 1970
+        second, micros = second - 1, micros + 1_000_000
+    if _last_second[0] != second:
+        moment = datetime.fromtimestamp(second, tz=UTC)
+        _last_second = (second, moment.strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{_last_second[1]}{micros // 1000:03d}Z"
+
+
+_last_second: tuple[float, str] = (math.nan, "")
 
 
 def _show(value: Any) -> str:
@@ -124,7 +154,7 @@ def _request(
     if not isinstance(browser_id, str):
         # The Stream API's browser id is created once per session (the dispatcher replaces
         # this one with the server's); until then the session keeps a local one.
-        browser_id = str(uuid.uuid4())
+        browser_id = new_id()
         session.identity["sitecore_browser_id"] = browser_id
     return build_sitecore_request(
         fields, targets.sitecore, rule=rule.name, browser_id=browser_id, requested_at=ctx.timestamp

@@ -107,16 +107,16 @@ def test_in_memory_outbox_has_the_same_api() -> None:
         assert box.counts() == {"pending": 0, "inflight": 0, "dead": 0}
 
 
-def test_file_uses_wal_and_full_sync(tmp_path: Path) -> None:
+def test_file_uses_wal_and_normal_sync_unless_full_is_asked(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as box:
         conn = box._conn
         assert conn is not None
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    with Outbox(tmp_path / "n.db", synchronous="NORMAL") as box:
+    with Outbox(tmp_path / "n.db", synchronous="FULL") as box:
         assert box._conn is not None
-        assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert box._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     with pytest.raises(ValueError):
         Outbox(tmp_path / "x.db", synchronous="OFF")  # type: ignore[arg-type]
 

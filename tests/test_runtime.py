@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
+from datetime import UTC, datetime
 from itertools import count
 from pathlib import Path
 from textwrap import dedent
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine import Engine, PushError
-from engine.runtime import Ids
+from engine.runtime import Ids, _timestamp, new_id
 from engine.transports import RecordingTransport
 from tests.conftest import SETTINGS, load_text
 from tests.test_edge_bodies import SCHEMAS
@@ -517,3 +522,33 @@ def test_golden_seed_example_collect_once_identified() -> None:
     event = send.body["events"][0]
     assert event["xdm"]["identityMap"]["ECID"][0]["id"] == "12345678901234567890123456789012345678"
     assert "query" not in send.body
+
+
+def test_new_ids_are_version_4_uuids_and_distinct() -> None:
+    ids = [new_id() for _ in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:500]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode()
+    assert uuid.UUID(child).version == 4
+    assert child != new_id()
+
+
+@given(st.floats(min_value=-2e9, max_value=4e9) | st.floats(1.7e9, 1.7e9 + 5))
+def test_timestamps_are_formatted_as_datetime_rounds_them(now: float) -> None:
+    moment = datetime.fromtimestamp(now, tz=UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    assert _timestamp(now) == expected

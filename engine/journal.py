@@ -1,0 +1,160 @@
+"""The outbox's intake journal: an append-only file a push writes its sends to in one system
+call, read back into the SQLite outbox off the caller's path (:mod:`engine.outbox`).
+
+Why: a SQLite transaction costs a push several system calls and, with delivery threads
+sharing the GIL, a wait for the GIL after each. One ``write(2)`` of a few KB to a file opened
+with ``O_APPEND`` is in the kernel when it returns, so it survives the process being killed
+(``SIGKILL``, OOM) just as a commit does with ``synchronous=NORMAL``; with ``sync=True`` an
+``fdatasync`` makes it survive power loss too.
+
+A file holds records, each ``magic, crc32, header length, body length`` (little endian),
+then the header (compact JSON) and the body bytes. A reader stops at the first record that is
+incomplete or fails its checksum: the tail a killed process was writing, never acknowledged.
+
+Each process appends to files of its own, holding an exclusive ``flock`` on each for as long
+as it lives, so another process can tell a live journal from an orphan (:func:`claim_orphan`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "JournalWriter",
+    "Record",
+    "claim_orphan",
+    "encode",
+    "journal_files",
+    "parse",
+    "read",
+]
+
+_MAGIC = b"TGJ1"
+_HEAD = struct.Struct("<4sIII")  # magic, crc32(header + body), header length, body length
+_MAX_RECORD = 1 << 30  # a longer length is a corrupt header, not a record
+
+Record = tuple[list[Any], bytes]
+"""A record read back: its header fields and its body."""
+
+
+def encode(header: list[Any], body: bytes) -> bytes:
+    """One record: ``header`` (JSON-able) and ``body``."""
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    crc = zlib.crc32(body, zlib.crc32(head))
+    return _HEAD.pack(_MAGIC, crc, len(head), len(body)) + head + body
+
+
+def read(
+    path: str | os.PathLike[str], offset: int, end: int | None = None
+) -> tuple[list[Record], int]:
+    """The whole records from ``offset`` (up to ``end`` when given), and the offset after the
+    last of them. A missing file has none."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read(-1 if end is None else max(0, end - offset))
+    except FileNotFoundError:
+        return [], offset
+    records, used = parse(data)
+    return records, offset + used
+
+
+def parse(data: bytes) -> tuple[list[Record], int]:
+    """The whole records at the start of ``data``, and how many bytes they take."""
+    records: list[Record] = []
+    position = 0
+    size = len(data)
+    while position + _HEAD.size <= size:
+        magic, crc, head_len, body_len = _HEAD.unpack_from(data, position)
+        start = position + _HEAD.size
+        stop = start + head_len + body_len
+        if magic != _MAGIC or head_len + body_len > _MAX_RECORD or stop > size:
+            break
+        head = data[start : start + head_len]
+        body = data[start + head_len : stop]
+        if zlib.crc32(body, zlib.crc32(head)) != crc:
+            break
+        try:
+            header = json.loads(head)
+        except ValueError:
+            break
+        if not isinstance(header, list):
+            break
+        records.append((header, bytes(body)))
+        position = stop
+    return records, position
+
+
+class JournalWriter:
+    """Appends to one journal file, created with mode 0600 and locked for this process."""
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: bool = False) -> None:
+        self.path = os.fspath(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.path, flags, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if sync:  # the new name itself must survive power loss
+                folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+        except OSError:
+            os.close(self._fd)
+            raise
+        self.end = os.fstat(self._fd).st_size  # bytes of whole records written
+
+    def append(self, data: bytes, *, sync: bool = False) -> None:
+        """Write ``data`` (whole records) in one call; with ``sync``, to stable storage."""
+        written = os.write(self._fd, data)
+        while written < len(data):  # a regular file writes everything unless the disk is full
+            written += os.write(self._fd, data[written:])
+        if sync:
+            os.fdatasync(self._fd)
+        self.end += len(data)
+
+    def close(self) -> None:
+        """Close the file (its lock goes with it). Idempotent."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def abandon(self) -> None:
+        """In a forked child: drop the inherited descriptor. The parent's lock stays, since
+        the parent still holds the file open."""
+        self.close()
+
+
+def journal_files(database: str) -> list[Path]:
+    """The journal files of the outbox at ``database``, by name."""
+    base = Path(database)
+    return sorted(base.parent.glob(f"{base.name}-intake-*"))
+
+
+@contextlib.contextmanager
+def claim_orphan(path: Path) -> Iterator[bool]:
+    """Whether the journal at ``path`` is an orphan (no live process holds it); while the
+    block runs, this process holds it so no one else reads it too."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

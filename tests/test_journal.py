@@ -1,0 +1,268 @@
+"""The outbox's intake journal: the record format, torn tails, orphans of dead processes
+(real SIGKILLed children), rotation, fork, and the outbox reading it back in order."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from engine import journal, outbox
+from engine.outbox import Outbox, OutboxError
+from tests.test_outbox import make_request, run_child
+
+
+def test_records_round_trip_and_a_torn_or_corrupt_tail_is_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    writer = journal.JournalWriter(path)
+    first = journal.encode(["a", 1, None, [["k", "v"]]], b"body one \xff")
+    second = journal.encode(["b", "\u00e9\u2713"], b"")
+    writer.append(first + second)
+    assert writer.end == len(first) + len(second) == path.stat().st_size
+    records, end = journal.read(path, 0)
+    assert records == [
+        (["a", 1, None, [["k", "v"]]], b"body one \xff"),
+        (["b", "\u00e9\u2713"], b""),
+    ]
+    assert end == writer.end
+    assert journal.read(path, len(first)) == ([(["b", "\u00e9\u2713"], b"")], end)
+    assert journal.read(path, 0, len(first)) == ([records[0]], len(first))
+    # A write the kill interrupted: half a record after the whole ones.
+    third = journal.encode(["c"], b"x" * 100)
+    with open(path, "ab") as file:
+        file.write(third[:40])
+    assert journal.read(path, 0) == (records, end)
+    # A flipped byte fails the checksum: that record and everything after it are not read.
+    data = bytearray(path.read_bytes())
+    data[len(first) - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert journal.read(path, 0) == ([], 0)
+    writer.close()
+    assert journal.read(tmp_path / "missing", 0) == ([], 0)
+
+
+def test_a_journal_is_locked_while_its_writer_lives(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    writer = journal.JournalWriter(path)
+    with journal.claim_orphan(path) as orphan:
+        assert not orphan
+    with pytest.raises(OSError):
+        journal.JournalWriter(path)  # a second writer would interleave records
+    writer.close()
+    with journal.claim_orphan(path) as orphan:
+        assert orphan
+    with journal.claim_orphan(tmp_path / "gone") as orphan:
+        assert not orphan
+
+
+def journals(path: Path) -> list[Path]:
+    return journal.journal_files(str(path))
+
+
+def test_appended_sends_are_read_in_order_behind_put_ones(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, synchronous="NORMAL") as box:
+        box.put(make_request(0), "s1")
+        box.append_many([(make_request(1), "s1"), (make_request(2), "s2")], now=5.0)
+        box.put(make_request(3), "s1")  # after the appended ones of its session
+        box.append_many([(make_request(4), "s1")])
+        assert len(journals(path)) == 1
+        pending = box.pending()
+        assert [(e.session, e.seq, e.event_id) for e in pending] == [
+            ("s1", 1, "evt-0"),
+            ("s1", 2, "evt-1"),
+            ("s2", 1, "evt-2"),
+            ("s1", 3, "evt-3"),
+            ("s1", 4, "evt-4"),
+        ]
+        assert all(e.request == make_request(int(e.event_id[4:])) for e in pending)  # type: ignore[index]
+        assert pending[1].created == 5.0
+        box.append_many([])  # nothing: no write
+    assert journals(path) == []  # read to the end and removed at close
+    with Outbox(path) as box:
+        assert box.counts()["pending"] == 5
+
+
+def test_an_in_memory_outbox_takes_appends_too() -> None:
+    with Outbox() as box:
+        box.append_many([(make_request(n), f"s{n % 2}") for n in range(4)])
+        claimed = box.claim(limit=10)
+        assert [(e.session, e.seq) for e in claimed] == [("s0", 1), ("s1", 1)]
+        assert box.counts() == {"pending": 2, "inflight": 2, "dead": 0}
+
+
+def test_a_closed_outbox_refuses_appends(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    box.close()
+    with pytest.raises(OutboxError, match="closed"):
+        box.append_many([(make_request(1), "s")])
+
+
+APPEND_CHILD = """
+import os, sys
+from engine.outbox import Outbox
+from tests.test_outbox import make_request
+
+box = Outbox(sys.argv[1], synchronous="NORMAL")
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+for n in range(100_000):
+    box.append_many([(make_request(n), f"s{n % 7}")])
+    os.write(fd, f"{n}\\n".encode())
+"""
+
+
+def test_sigkill_while_appending_keeps_every_append_that_returned(tmp_path: Path) -> None:
+    path, log = tmp_path / "o.db", tmp_path / "appended.log"
+    with Outbox(path) as watcher:  # a live outbox in another process: not an orphan-taker
+        child = run_child(APPEND_CHILD, str(path), str(log))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text().count("\n") >= 2000:
+                break
+            time.sleep(0.01)
+        assert watcher.counts()["pending"] == 0  # the child's journal is its own while it lives
+        child.send_signal(signal.SIGKILL)
+        _, err = child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL, err.decode()
+        assert len(journals(path)) == 1
+        logged = [int(line) for line in log.read_text().split()]
+        recovered_before = watcher.recover()
+        assert recovered_before == 0  # nothing was in flight; the journal was adopted though
+        entries = watcher.pending()
+    assert journals(path) == []
+    numbers = [int(e.event_id[4:]) for e in entries]  # type: ignore[index]
+    assert set(logged) <= set(numbers)  # every append that returned survived
+    assert len(numbers) - len(logged) <= 1  # at most the one written as the kill came
+    assert len(set(numbers)) == len(numbers)
+    by_session: dict[str, list[int]] = defaultdict(list)
+    for entry in entries:
+        by_session[entry.session].append(int(entry.event_id[4:]))  # type: ignore[index]
+        assert entry.request == make_request(int(entry.event_id[4:]))  # type: ignore[index]
+    assert all(ns == sorted(ns) for ns in by_session.values())
+
+
+def test_opening_adopts_an_orphan_once_with_its_offset(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, synchronous="NORMAL")
+    box.append_many([(make_request(n), "s") for n in range(3)])
+    assert box.counts()["pending"] == 3  # read in: the offset moved past them
+    box.append_many([(make_request(n), "s") for n in range(3, 5)])
+    # The process "dies": its journal is unlocked and left behind, two records unread.
+    assert box._journal is not None
+    box._journal.close()
+    box._closed = True
+    assert len(journals(path)) == 1
+    with Outbox(path) as first, Outbox(path) as second:
+        assert [e.event_id for e in first.pending()] == [f"evt-{n}" for n in range(5)]
+        assert second.counts()["pending"] == 5  # not adopted twice
+    assert journals(path) == []
+
+
+def test_journals_rotate_without_losing_or_reordering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "_ROTATE_AT", 2000)  # a record is ~500 bytes
+    path = tmp_path / "o.db"
+    seen: set[str] = set()
+    delivered: list[int] = []
+    with Outbox(path, synchronous="NORMAL") as box:
+        for n in range(40):
+            box.append_many([(make_request(n), "s")])
+            for entry in box.claim(limit=5):
+                delivered.append(int(entry.event_id[4:]))  # type: ignore[index]
+                box.ack(entry.id)
+            seen.update(p.name for p in journals(path))
+            assert len(journals(path)) == 1
+        while entries := box.claim(limit=5):
+            for entry in entries:
+                delivered.append(int(entry.event_id[4:]))  # type: ignore[index]
+                box.ack(entry.id)
+        assert box._conn is not None
+        rows = box._conn.execute("SELECT name FROM intake").fetchall()
+        assert rows == [(journals(path)[0].name,)]
+    assert delivered == list(range(40))
+    assert len(seen) >= 5  # it did rotate
+
+
+def test_appends_from_threads_while_a_worker_claims(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path, synchronous="NORMAL") as box:
+        delivered: dict[str, list[int]] = defaultdict(list)
+        done = threading.Event()
+
+        def worker() -> None:
+            while True:
+                entries = box.claim(limit=8)
+                for entry in entries:
+                    delivered[entry.session].append(int(entry.event_id[4:]))  # type: ignore[index]
+                    box.ack(entry.id)
+                if not entries and done.is_set() and not box.pending(limit=1):
+                    return
+
+        def appender(k: int) -> None:
+            for n in range(k * 1000, k * 1000 + 300):
+                box.append_many([(make_request(n), f"t{k}")])
+
+        claimer = threading.Thread(target=worker)
+        claimer.start()
+        threads = [threading.Thread(target=appender, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        done.set()
+        claimer.join(60)
+        assert not claimer.is_alive()
+    assert {s: len(ns) for s, ns in delivered.items()} == {f"t{k}": 300 for k in range(4)}
+    assert all(ns == sorted(ns) for ns in delivered.values())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_appends_to_a_journal_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, synchronous="NORMAL")
+    box.append_many([(make_request(1), "parent")])
+    assert box._journal is not None
+    parent_journal = box._journal.path
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            box.append_many([(make_request(2), "child")])
+            assert box._journal is not None and box._journal.path != parent_journal
+            box.close()  # reads its own journal in and removes it
+            code = 0
+        finally:
+            os.write(write, b"%d" % code)
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        assert pipe.read() == b"0"
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert Path(parent_journal).exists()
+    # Ids (and so the order across sessions) are given when a journal is read in.
+    assert sorted(e.session for e in box.pending()) == ["child", "parent"]
+    box.close()
+    assert journals(path) == []
+
+
+def test_a_version_1_file_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        box.put(make_request(1), "s")
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE intake")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with Outbox(path) as box:
+        box.append_many([(make_request(2), "s")])
+        assert [e.event_id for e in box.pending()] == ["evt-1", "evt-2"]
