@@ -10,6 +10,12 @@ Measured in one run, against the same sink:
 - **engine, sync**: :meth:`engine.dispatch.Dispatcher.deliver` for each send (the wait
   mode's path: Edge client, retries armed, the answer parsed into an ``EdgeResult``), in
   alternating slices of the same requests; the ratio sync / bare;
+- **collect batches of 100**: Edge collect events of ~630 bytes, so that 100 fit Edge's
+  64 KB (a rule with ``documentUnloading: true``, sessions that already have an identity),
+  100 a session, at least 10,000 of them: ``httpx.Client.post`` of the merged requests
+  (:func:`engine.destinations.edge.batch_collect`, made before the clock starts: the limit)
+  and :meth:`Dispatcher.deliver_many` on the same sends (the merging included), in
+  alternating slices; the ratio engine / bare;
 - **engine, background, delivery only**: the pushes submitted with the workers stopped
   (the caller's cost, split into evaluating the rules and :meth:`BackgroundDelivery.submit`),
   then the workers deliver everything: their events/s, for an outbox file with
@@ -24,11 +30,12 @@ Measured in one run, against the same sink:
   request, so its events/s is not one event a request; what matters is what it drops.
 
 Events lost are counted at the sink (distinct ``_id`` values received); events/s counts
-delivered events. Targets are printed with PASS/FAIL; the exit status is 0 whatever they say.
+delivered events; a ratio compares a row with the bare httpx row of its kind. Targets are
+printed with PASS/FAIL; the exit status is 0 whatever they say.
 Run it from the project root::
 
     .venv/bin/python -m benchmarks.dispatch           # 20,000 events (~3 minutes)
-    .venv/bin/python -m benchmarks.dispatch --quick   # 2,000 events
+    .venv/bin/python -m benchmarks.dispatch --quick   # 2,000 events (10,000 collect)
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +67,7 @@ import httpx
 
 from engine import Engine
 from engine.background import BackgroundDelivery
+from engine.destinations.edge import batch_collect
 from engine.dispatch import Dispatcher
 from engine.loader import build_ruleset
 from engine.outbox import Outbox
@@ -74,9 +83,12 @@ WARM_UP = 300  # requests before the first measurement (connections, caches)
 ROUNDS = 4  # alternating slices of the bare and sync loops
 PACED_EVENTS = 2_000
 PACED_RATE = 200.0  # pushes/s: a busy web app process, well within delivery capacity
+BATCH = 100  # collect events a session sends at once, one request
+COLLECT_EVENTS = 10_000  # at least: a batch is delivered ~10 times faster than an event
 
 # Targets.
 SYNC_RATIO_TARGET = 0.8  # engine sync events/s / bare httpx events/s
+BATCH_RATIO_TARGET = 0.8  # engine collect batches events/s / bare httpx batches events/s
 PUSH_TARGET_US = 100.0  # mean caller-side cost of a background push
 
 SETTINGS = 'edge { datastream: "0dada9f4-fa94-4c9c-8aaf-fdbac6c56287" }\n'
@@ -97,6 +109,25 @@ RULES = dedent(
     }
     """
 )
+
+COLLECT_RULES = dedent(
+    """\
+    rule "Exit link" {
+      on "navigation.exit"
+      send event {
+        type: "web.webinteraction.linkClicks"
+        documentUnloading: true
+        xdm: {
+          web.webInteraction: { name: state.link.name, type: "exit", URL: state.link.url, linkClicks.value: 1 }
+          web.webPageDetails.name: state.page.name
+        }
+        data: { campaign: state.campaign }
+      }
+    }
+    """
+)
+ORG = "53A16ACB5CC1D3760A495C99@AdobeOrg"
+ECID = "05907638112924484241029082405297151763"
 
 _ID = re.compile(rb'"_id":\s*"([^"]+)"')
 
@@ -252,9 +283,9 @@ def _item(index: int) -> dict[str, Any]:
     }
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, rules: str = RULES) -> Engine:
     ruleset = build_ruleset(
-        [("a_settings.rules", SETTINGS.encode()), ("p.rules", RULES.encode())], environ={}
+        [("a_settings.rules", SETTINGS.encode()), ("p.rules", rules.encode())], environ={}
     )
     return Engine(ruleset, dry_run=True, edge_url=url)
 
@@ -271,6 +302,65 @@ def _sends(url: str, count: int) -> tuple[Engine, list[tuple[Session, Send]]]:
     return engine, built
 
 
+def _exit(index: int) -> dict[str, Any]:
+    return {
+        "event": "navigation.exit",
+        "page": {"name": f"Trail Runner X — size {index % 13}"},
+        "link": {
+            "name": f"Partner store {index % 17}",
+            "url": f"https://partner.example/store/{index:06d}?ref=spinair",
+        },
+        "campaign": {"id": f"cmp-{index % 97}", "medium": "email"},
+    }
+
+
+def _identity(now: float) -> dict[str, Any]:
+    """A session identity as the Edge client stores it from a first interact answer
+    (:func:`engine.clients.identity.apply_edge_response`): unloading events go to collect."""
+    prefix = f"kndctr_{ORG.replace('@', '_')}_"
+    return {
+        "ecid": ECID,
+        "has_identity": True,
+        "entries": [
+            {
+                "key": prefix + "identity",
+                "value": "CiYwNTkwNzYzODExMjkyNDQ4NDI0MTAyOTA4MjQwNTI5NzE1MTc2M1IQCL",
+                "maxAge": 34128000,
+                "expires": now + 34128000,
+                "attrs": {"SameSite": "None"},
+            },
+            {
+                "key": prefix + "cluster",
+                "value": "or2",
+                "maxAge": 1800,
+                "expires": now + 1800,
+                "attrs": {"SameSite": "None"},
+            },
+        ],
+        "location_hint": "or2",
+        "location_hint_expires": now + 1800,
+    }
+
+
+def _collect_sends(url: str, count: int) -> tuple[Engine, list[tuple[Session, list[Send]]]]:
+    """``count`` collect sends, ``BATCH`` a session, each session's in push order."""
+    engine = _engine(url, COLLECT_RULES)
+    runs: list[tuple[Session, list[Send]]] = []
+    for first in range(0, count, BATCH):
+        handle = engine.session(f"c{first // BATCH}")
+        session = engine.sessions.peek(handle.id)
+        assert session is not None
+        session.identity.update(_identity(time.time()))
+        sends = [
+            send
+            for index in range(first, min(first + BATCH, count))
+            for send in handle.push(_exit(index)).sends
+        ]
+        assert all(send.request.kind == "collect" for send in sends)
+        runs.append((session, sends))
+    return engine, runs
+
+
 @dataclass
 class Row:
     name: str
@@ -281,6 +371,7 @@ class Row:
     p99_us: float | None = None
     note: str = ""
     rated: bool = True  # events/s means something (not when the pushes were paced)
+    versus: Row | None = None  # the bare row its ratio is against (None: the first one)
 
     @property
     def rate(self) -> float:
@@ -343,6 +434,83 @@ def bare_and_sync(
     return (
         Row("bare httpx (the limit)", len(sends), bare_seconds, len(sends)),
         Row("engine, sync Dispatcher", len(fresh), sync_seconds, len(fresh) - failed, note=note),
+    )
+
+
+def _uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def _counted(sink: Sink) -> tuple[int, int]:
+    """(distinct ``_id`` values, ``_id`` occurrences) the sink received since its last reset."""
+    stats = sink.stats()
+    sink.reset()
+    return stats["distinct"], stats["events"]
+
+
+def collect_batches(
+    sink: Sink, engine: Engine, runs: Sequence[tuple[Session, Sequence[Send]]]
+) -> tuple[Row, Row]:
+    """Collect batches: the bare httpx loop posting the merged requests, and
+    :meth:`Dispatcher.deliver_many` merging and sending the same sends, in alternating slices
+    of the sessions; the sink counts each slice's events."""
+    targets = Targets.of(engine.ruleset, sink.url)
+    merged = [
+        [batch.request for batch in batch_collect([s.request for s in sends], request_id=_uuid)]
+        for _, sends in runs
+    ]
+    fresh = [
+        (session, [Send(s.rule, s.destination, s.request) for s in sends])
+        for session, sends in runs
+    ]
+    events = sum(len(sends) for _, sends in runs)
+    bare_seconds = engine_seconds = 0.0
+    bare_delivered = engine_delivered = duplicates = 0
+    size = -(-len(runs) // ROUNDS)
+    gc.collect()
+    with httpx.Client(timeout=10) as client:
+        dispatcher = Dispatcher()
+        try:
+            for first in range(0, len(runs), size):
+                started = time.perf_counter()
+                for requests in merged[first : first + size]:
+                    for request in requests:
+                        client.post(
+                            request.url, content=request.body_bytes, headers=list(request.headers)
+                        ).raise_for_status()
+                bare_seconds += time.perf_counter() - started
+                distinct, received = _counted(sink)
+                bare_delivered += distinct
+                duplicates += received - distinct
+                started = time.perf_counter()
+                for session, sends in fresh[first : first + size]:
+                    dispatcher.deliver_many(sends, session, targets)
+                engine_seconds += time.perf_counter() - started
+                distinct, received = _counted(sink)
+                engine_delivered += distinct
+                duplicates += received - distinct
+        finally:
+            dispatcher.close()
+    failed = sum(1 for _, sends in fresh for send in sends if send.error is not None)
+    requests = sum(len(r) for r in merged)
+    note = f"{failed} failed" if failed else ""
+    if duplicates:
+        note += f" {duplicates} events received twice"
+    bare = Row(
+        f"bare httpx, collect batches of {BATCH}",
+        events,
+        bare_seconds,
+        bare_delivered,
+        note=f"{requests} requests of {events / requests:.0f} events",
+    )
+    bare.versus = bare  # the limit for batches
+    return bare, Row(
+        f"engine, collect batches of {BATCH}",
+        events,
+        engine_seconds,
+        engine_delivered,
+        note=note.strip(),
+        versus=bare,
     )
 
 
@@ -501,8 +669,9 @@ def segment(sink: Sink, count: int) -> Row | str:
 def _print(rows: Sequence[Row], bare: Row) -> None:
     print(f"{'':56} {'events/s':>8} {'ratio':>6} {'lost':>5} {'push mean':>10} {'p99':>8}")
     for row in rows:
+        versus = row.versus or bare
         rate = f"{row.rate:8.0f}" if row.rated else f"{'-':>8}"
-        ratio = f"{row.rate / bare.rate:.2f}x" if row.rated and bare.rate else "-"
+        ratio = f"{row.rate / versus.rate:.2f}x" if row.rated and versus.rate else "-"
         mean = f"{row.push_us:.0f} µs" if row.push_us is not None else ""
         p99 = f"{row.p99_us:.0f} µs" if row.p99_us is not None else ""
         line = f"{row.name:56} {rate} {ratio:>6} {row.lost:5d} {mean:>10} {p99:>8}"
@@ -529,12 +698,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{SESSIONS} sessions, to a loopback sink; {WORKERS} delivery workers; Python "
             f"{sys.version.split()[0]}, httpx {httpx.__version__}\n"
         )
+        collect_engine, runs = _collect_sends(sink.url, max(count, COLLECT_EVENTS))
+        collect_size = statistics.mean(
+            len(json.dumps(send.request.event, separators=(",", ":"), ensure_ascii=False).encode())
+            for _, collect_sends in runs
+            for send in collect_sends
+        )
+        print(
+            f"{sum(len(s) for _, s in runs):,} Edge collect events of {collect_size:,.0f} bytes "
+            f"on average, {BATCH} a session (one request), to the same sink\n"
+        )
         warm_up(sink, sends[:WARM_UP])
         rows: dict[str, Row] = {}
         notes: list[str] = []
         breakdown: list[tuple[str, float]] = []
         rows["bare"], rows["sync"] = bare_and_sync(sink, engine, sends)
         engine.close()
+        rows["bare-collect"], rows["collect"] = collect_batches(sink, collect_engine, runs)
+        collect_engine.close()
+        del runs
         with tempfile.TemporaryDirectory(prefix="tagengine-bench-") as tmp:
             directory = Path(tmp)
             for outbox in ("NORMAL", "FULL", "memory"):
@@ -552,6 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             notes.append(outcome)
         bare, sync = rows["bare"], rows["sync"]
+        bare_collect, collect = rows["bare-collect"], rows["collect"]
         _print(list(rows.values()), bare)
         print("\nA background push, its parts, with the workers idle:")
         for label, micros in breakdown:
@@ -564,8 +747,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sync.rate >= SYNC_RATIO_TARGET * bare.rate,
             f"{sync.rate / bare.rate:.2f}x (target >= {SYNC_RATIO_TARGET}x)",
         )
+        _target(
+            "engine collect batches / bare httpx",
+            collect.rate >= BATCH_RATIO_TARGET * bare_collect.rate,
+            f"{collect.rate / bare_collect.rate:.2f}x (target >= {BATCH_RATIO_TARGET}x)",
+        )
         background = [row for key, row in rows.items() if key.startswith("bg-")]
-        lost = sum(row.lost for row in (sync, *background))
+        lost = sum(row.lost for row in (sync, collect, *background))
         _target("engine events lost", lost == 0, f"{lost} (target 0)")
         for row in background:
             if row.push_us is None:

@@ -4,13 +4,17 @@ The runtime builds requests (pure); :class:`Dispatcher` sends them with the dest
 (:mod:`engine.clients`: retries, Edge authentication, identity, Sitecore browser ids) and writes
 what came back onto each :class:`~engine.results.Send`. A session's sends go out one at a time,
 in order, under the session's lock (the engine holds it), so its identity — the ECID and state
-entries of the first answer — is in every later request.
+entries of the first answer — is in every later request. :meth:`Dispatcher.deliver_many`
+sends a run of consecutive Edge collect sends as one request
+(:func:`~engine.destinations.edge.batch_collect`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -22,6 +26,8 @@ from engine.clients import (
     SitecoreClient,
     make_http_client,
 )
+from engine.destinations.base import Request
+from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.errors import DispatchError, EngineError
 from engine.results import Send
 from engine.runtime import Targets
@@ -35,15 +41,21 @@ class Dispatcher:
     """Sends built requests over one shared ``httpx.Client`` (pooled, timeouts always set).
 
     ``http`` may be injected (an ``httpx.Client`` with a custom transport, in tests);
-    ``policy`` bounds retries (see :class:`~engine.clients.RetryPolicy`).
+    ``policy`` bounds retries (see :class:`~engine.clients.RetryPolicy`); ``request_id``
+    makes the ``requestId`` of each merged collect request (a UUID v4 by default).
     """
 
     def __init__(
-        self, *, http: httpx.Client | None = None, policy: RetryPolicy | None = None
+        self,
+        *,
+        http: httpx.Client | None = None,
+        policy: RetryPolicy | None = None,
+        request_id: Callable[[], str] | None = None,
     ) -> None:
         self._owns_http = http is None
         self.http = http if http is not None else make_http_client()
         self.policy = policy
+        self._request_id = request_id if request_id is not None else _uuid4
         self._clients: dict[int, tuple[Any, EdgeClient | SitecoreClient]] = {}
         self._lock = threading.Lock()
 
@@ -75,18 +87,15 @@ class Dispatcher:
     def deliver(self, send: Send, session: Session, targets: Targets) -> None:
         """Send one request and record the answer on ``send``; never raises for a delivery
         problem (it is on ``send.error``, with the status and attempts)."""
+        if send.destination == "edge":
+            self._send_edge(send.request, (send,), session, targets)
+            return
         started = time.perf_counter()
         try:
-            if send.destination == "edge":
-                assert targets.edge is not None
-                edge = self._edge(targets.edge).send(send.request, session.identity)
-                send.status, send.attempts = edge.status, edge.attempts
-                send.response = edge.to_json()
-            else:
-                assert targets.sitecore is not None
-                result = self._sitecore(targets.sitecore).send(send.request, session.identity)
-                send.status, send.attempts = result.status, result.attempts
-                send.response = result.to_json()
+            assert targets.sitecore is not None
+            result = self._sitecore(targets.sitecore).send(send.request, session.identity)
+            send.status, send.attempts = result.status, result.attempts
+            send.response = result.to_json()
         except DeliveryError as error:
             send.status, send.attempts = error.status, error.attempts
             send.error = str(error)
@@ -94,6 +103,69 @@ class Dispatcher:
             send.error = str(error)
         send.duration = time.perf_counter() - started
 
+    def deliver_many(
+        self,
+        sends: Sequence[Send],
+        session: Session,
+        targets: Targets,
+        *,
+        max_events: int = MAX_BATCH_EVENTS,
+    ) -> None:
+        """Deliver one session's ``sends`` in order, as :meth:`deliver` would one by one,
+        except that each run of consecutive Edge collect sends that can share a request goes
+        as one (at most ``max_events`` events and 64 KB: see
+        :func:`~engine.destinations.edge.batch_collect`), through the same Edge client path
+        (size check, state refresh, retries, authentication, identity).
+
+        Every send of a batch gets the batch's ``status``, ``attempts`` and ``duration``, and
+        either its ``error`` or its ``response``: the batch's answer, with the send's own
+        ``event_id``; ``request_id`` and ``request_body`` are the batch's. ``send.request``
+        stays the request built for the send. Never raises for a delivery problem.
+        """
+        batches = batch_collect(
+            [send.request for send in sends], request_id=self._request_id, max_events=max_events
+        )
+        for batch in batches:
+            members = [sends[index] for index in batch.members]
+            if len(members) == 1:
+                self.deliver(members[0], session, targets)
+            else:
+                self._send_edge(batch.request, members, session, targets)
+
+    def _send_edge(
+        self, request: Request, sends: Sequence[Send], session: Session, targets: Targets
+    ) -> None:
+        """Send ``request``, which carries the events of ``sends``, and record the answer on
+        each of them."""
+        started = time.perf_counter()
+        status: int | None = None
+        attempts: int | None = None
+        response: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            assert targets.edge is not None
+            result = self._edge(targets.edge).send(request, session.identity)
+            status, attempts, response = result.status, result.attempts, result.to_json()
+        except DeliveryError as failure:
+            status, attempts, error = failure.status, failure.attempts, str(failure)
+        except (DispatchError, EngineError) as failure:
+            error = str(failure)
+        duration = time.perf_counter() - started
+        for send in sends:
+            if attempts is not None:  # a refusal before any attempt leaves them as they were
+                send.status, send.attempts = status, attempts
+            if response is not None:
+                send.response = (
+                    response if len(sends) == 1 else {**response, "event_id": send.request.event_id}
+                )
+            else:
+                send.error = error
+            send.duration = duration
+
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
+
+
+def _uuid4() -> str:
+    return str(uuid.uuid4())

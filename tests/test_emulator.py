@@ -289,6 +289,8 @@ def test_a_missing_datastream_id_is_refused_with_an_rfc_7807_body(client: httpx.
         (V2, {"event": {"xdm": {"identityMap": {"ECID": "x"}}}}, 400, "EXEG-0102-400"),
         (V2, {"event": {"xdm": {}}, "meta": {"state": {"entries": [1]}}}, 400, "EXEG-0102-400"),
         ("/ee/v2/collect?datastreamId=d", {"event": {"xdm": {}}}, 400, "EXEG-0103-400"),
+        # a batch is checked event by event
+        ("/ee/v2/collect?datastreamId=d", {"events": [{"xdm": {}}, {}]}, 400, "EXEG-0103-400"),
         ("/ee/v1/interact?configId=d", {"events": []}, 400, "EXEG-0103-400"),
         (V2, b"{not json", 400, "EXEG-0101-400"),
         (V2, b"", 408, "EXEG-0109-408"),

@@ -29,17 +29,21 @@ Nulls: keys whose value is ``null`` (and ``null`` list items) are dropped from `
 ``data`` and ``identityMap`` before merging, and objects left empty by that are dropped too
 (:func:`~engine.destinations.base.drop_nulls`): Edge and XDM reject nulls, and an analyst's
 ``state.x`` that is missing must neither send ``"x": null`` nor erase an automatic field.
+
+:func:`batch_collect`, pure too, merges consecutive ``collect`` requests of one session into
+batches (``{"events": [...], "meta": {...}}`` takes several events; interact takes one).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from engine.destinations.base import (
+    EDGE_SIZE_LIMIT,
     ENGINE_VERSION,
     Request,
     deep_merge,
@@ -51,8 +55,11 @@ from engine.settings import EdgeSettings
 
 __all__ = [
     "IMPLEMENTATION_NAME",
+    "MAX_BATCH_EVENTS",
     "PAGE_WIDE_SCOPE",
     "PERSONALIZATION_SCHEMAS",
+    "Batch",
+    "batch_collect",
     "build_edge_request",
 ]
 
@@ -77,6 +84,8 @@ DOM_ACTION_SCHEMA = _SCHEMA + "dom-action"
 AUTHENTICATED_HOST = "server.adobedc.net"
 _HINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _HEADERS = (("Content-Type", "application/json"),)
+MAX_BATCH_EVENTS = 100
+"""At most this many events in one merged collect request, by default."""
 
 
 def build_edge_request(
@@ -230,6 +239,184 @@ def build_edge_request(
         event_id=final_id if isinstance(final_id, str) else event_id,
         request_id=request_id,
     )
+
+
+# ------------------------------------------------------------------ collect batches
+class Batch(NamedTuple):
+    """One request of :func:`batch_collect`'s answer: what to send, and the positions in the
+    input of the requests whose events it carries, in order (one position when it is an input
+    request left as it was)."""
+
+    request: Request
+    members: tuple[int, ...]
+
+
+# A collect body is {"events": [...], "meta": {...}} in that order (build_edge_request), so its
+# compact JSON is these bytes around the events and the meta.
+_EVENTS_OPEN = b'{"events":['
+_META_OPEN = b'],"meta":'
+
+
+class _Group:
+    """Consecutive collect requests that go as one: what they share, taken from the first,
+    and each one's events, already serialized."""
+
+    __slots__ = ("encoded", "events", "headers", "members", "meta", "route", "size", "tail")
+
+    def __init__(self, index: int, request: Request, route: str) -> None:
+        self.route = route
+        self.headers = request.headers
+        self.meta: dict[str, Any] = request.body["meta"]
+        self.tail = _META_OPEN + serialize(self.meta, rule=request.rule).encode() + b"}"
+        encoded = self._events_of(request)
+        assert encoded is not None  # the tail is this request's own meta
+        self.members = [(index, request)]
+        self.events = len(request.body["events"])
+        self.encoded = [encoded]
+        self.size = len(_EVENTS_OPEN) + len(encoded) + len(self.tail)
+
+    def take(self, index: int, request: Request, route: str, max_events: int, limit: int) -> bool:
+        """Add ``request`` when it shares the route, headers and meta and fits; else
+        ``False``."""
+        if (
+            route != self.route
+            or request.headers != self.headers
+            or request.body["meta"] != self.meta
+        ):
+            return False
+        encoded = self._events_of(request)
+        count = len(request.body["events"])
+        if (
+            encoded is None
+            or self.events + count > max_events
+            or self.size + 1 + len(encoded) > limit
+        ):
+            return False
+        self.members.append((index, request))
+        self.events += count
+        self.encoded.append(encoded)
+        self.size += 1 + len(encoded)
+        return True
+
+    def _events_of(self, request: Request) -> bytes | None:
+        """``request``'s events as the merged body holds them: comma-separated compact JSON;
+        ``None`` when its meta, equal to the group's, does not serialize as the group's."""
+        raw = request.body_bytes
+        if raw.startswith(_EVENTS_OPEN) and raw.endswith(self.tail):
+            # Cut from the bytes already made: merging costs a join, not a second encoding.
+            # No proper suffix of a compact JSON object is one, so this body's meta is
+            # serialized as the group's and the cut is exact.
+            return raw[len(_EVENTS_OPEN) : len(raw) - len(self.tail)]
+        tail = _META_OPEN + serialize(request.body["meta"], rule=request.rule).encode() + b"}"
+        if tail != self.tail:  # equal as dicts, not as JSON (key order, 1 and 1.0)
+            return None
+        return b",".join(serialize(e, rule=request.rule).encode() for e in request.body["events"])
+
+    def batch(self, request_id: Callable[[], str]) -> Batch:
+        index, first = self.members[0]
+        if len(self.members) == 1:
+            return Batch(first, (index,))
+        new_id = request_id()
+        param = quote(new_id, safe="")
+        url = first.url
+        span = _request_id_span(url)
+        if span is not None:
+            url = url[: span[0]] + param + url[span[1] :]
+        else:
+            url += f"{'&' if '?' in url else '?'}requestId={param}"
+        events = [e for _, r in self.members for e in r.body["events"]]
+        merged = Request(
+            destination="edge",
+            rule=", ".join(dict.fromkeys(r.rule for _, r in self.members)),
+            method="POST",
+            url=url,
+            headers=self.headers,
+            body={"events": events, "meta": self.meta},
+            body_bytes=_EVENTS_OPEN + b",".join(self.encoded) + self.tail,
+            kind="collect",
+            event_id=None,
+            request_id=new_id,
+        )
+        return Batch(merged, tuple(i for i, _ in self.members))
+
+
+def batch_collect(
+    requests: Sequence[Request],
+    *,
+    request_id: Callable[[], str],
+    max_events: int = MAX_BATCH_EVENTS,
+    limit: int = EDGE_SIZE_LIMIT,
+) -> list[Batch]:
+    """``requests`` with each run of consecutive Edge ``collect`` requests merged into as few
+    requests as fit, in order; a session's sends, for one delivery.
+
+    Requests merge when they differ only in their events: the same URL apart from
+    ``requestId``, the same headers and the same ``meta``. A merged request holds their
+    events in order, at most ``max_events`` of them and at most ``limit`` bytes of body; a
+    run that does not fit is split. It gets a fresh ``requestId`` from ``request_id()`` (in
+    its URL and :attr:`Request.request_id`), ``body_bytes`` exactly as
+    :func:`~engine.destinations.base.serialize` writes its body (which shares the input's
+    event objects), the distinct rule names joined by ``", "`` as its rule, and no
+    ``event_id`` (it carries several). Everything else is returned as it came, the same
+    object: interact and Sitecore requests, a collect request with no neighbour to merge
+    with, and one already above ``limit`` (for :func:`~engine.destinations.base.check_size`
+    to refuse when it is sent).
+    """
+    if max_events < 1:
+        raise ValueError("max_events must be at least 1")
+    out: list[Batch] = []
+    group: _Group | None = None
+    for index, request in enumerate(requests):
+        route = _collect_route(request)
+        if (
+            route is not None
+            and group is not None
+            and group.take(index, request, route, max_events, limit)
+        ):
+            continue
+        if group is not None:
+            out.append(group.batch(request_id))
+            group = None
+        if route is None:
+            out.append(Batch(request, (index,)))
+        else:
+            group = _Group(index, request, route)
+    if group is not None:
+        out.append(group.batch(request_id))
+    return out
+
+
+def _collect_route(request: Request) -> str | None:
+    """The URL of a collect request without its ``requestId`` value (what requests that
+    merge must share), or ``None`` when ``request`` is not a collect request whose body has
+    the builder's shape."""
+    if request.destination != "edge" or request.kind != "collect" or request.method != "POST":
+        return None
+    body = request.body
+    if len(body) != 2 or "events" not in body or "meta" not in body:
+        return None
+    events, meta = body["events"], body["meta"]
+    if not isinstance(events, list) or not events or not isinstance(meta, dict):
+        return None
+    url = request.url
+    span = _request_id_span(url)
+    return url if span is None else url[: span[0]] + url[span[1] :]
+
+
+def _request_id_span(url: str) -> tuple[int, int] | None:
+    """Where the value of the ``requestId`` query parameter is in ``url``."""
+    # str.find, not a regular expression: this runs for every send of a batch.
+    start = url.find("?")
+    while start >= 0:
+        start = url.find("requestId=", start)
+        if start < 0:
+            return None
+        if url[start - 1] in "?&":
+            start += len("requestId=")
+            end = url.find("&", start)
+            return start, len(url) if end < 0 else end
+        start += 1
+    return None
 
 
 # ------------------------------------------------------------------ field shapes
