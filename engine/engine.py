@@ -290,26 +290,29 @@ class Engine:
             result.followups.append(follow)
 
     def _deliver(self, result: PushResult, session: Session, targets: Targets) -> None:
-        for outcome in (result, *result.followups):
-            for send in outcome.sends:
-                if self.transport is None:
-                    self.dispatcher.deliver(send, session, targets)
-                    continue
-                started = time.perf_counter()
-                try:
-                    response = self.transport.send(send.request)
-                except Exception as error:
-                    send.error = f"{type(error).__name__}: {error}"
-                else:
-                    send.status = response.status
-                    send.response = response.body
-                send.attempts += 1
-                send.duration = time.perf_counter() - started
+        sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
+        if self.transport is None:
+            # Consecutive Edge collect sends (documentUnloading) share a request.
+            self.dispatcher.deliver_many(sends, session, targets)
+            return
+        for send in sends:
+            started = time.perf_counter()
+            try:
+                response = self.transport.send(send.request)
+            except Exception as error:
+                send.error = f"{type(error).__name__}: {error}"
+            else:
+                send.status = response.status
+                send.response = response.body
+            send.attempts += 1
+            send.duration = time.perf_counter() - started
 
     @property
     def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
-            self._dispatcher = Dispatcher(http=self._http, policy=self._policy)
+            self._dispatcher = Dispatcher(
+                http=self._http, policy=self._policy, request_id=self._ids.request_id
+            )
         return self._dispatcher
 
     # ------------------------------------------------------------------ lifecycle

@@ -2,14 +2,15 @@
 call, read back into the SQLite outbox off the caller's path (:mod:`engine.outbox`).
 
 Why: a SQLite transaction costs a push several system calls and, with delivery threads
-sharing the GIL, a wait for the GIL after each. One ``write(2)`` of a few KB to a file opened
-with ``O_APPEND`` is in the kernel when it returns, so it survives the process being killed
-(``SIGKILL``, OOM) just as a commit does with ``synchronous=NORMAL``; with ``sync=True`` an
-``fdatasync`` makes it survive power loss too.
+sharing the GIL, a wait for the GIL after each. A copy into a file mapped in memory is in the
+kernel's page cache when it returns, so it survives the process being killed (``SIGKILL``,
+OOM) just as a commit does with ``synchronous=NORMAL``; with ``sync=True`` an ``msync``
+makes it survive power loss too.
 
 A file holds records, each ``magic, crc32, header length, body length`` (little endian),
-then the header (compact JSON) and the body bytes. A reader stops at the first record that is
-incomplete or fails its checksum: the tail a killed process was writing, never acknowledged.
+then the header (compact JSON) and the body bytes, and zeros after the last. A reader stops at
+the first record that is incomplete or fails its checksum: the tail a killed process was
+writing, never acknowledged.
 
 Each process appends to files of its own, holding an exclusive ``flock`` on each for as long
 as it lives, so another process can tell a live journal from an orphan (:func:`claim_orphan`).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -40,6 +42,7 @@ __all__ = [
 _MAGIC = b"TGJ1"
 _HEAD = struct.Struct("<4sIII")  # magic, crc32(header + body), header length, body length
 _MAX_RECORD = 1 << 30  # a longer length is a corrupt header, not a record
+_CAPACITY = 4 << 20  # bytes allocated for a new journal file
 
 Record = tuple[list[Any], bytes]
 """A record read back: its header fields and its body."""
@@ -94,14 +97,27 @@ def parse(data: bytes) -> tuple[list[Record], int]:
 
 
 class JournalWriter:
-    """Appends to one journal file, created with mode 0600 and locked for this process."""
+    """Appends to one new journal file, created with mode 0600 and locked for this process.
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: bool = False) -> None:
+    The file is allocated ahead (``capacity`` bytes, grown when full) and mapped into memory,
+    so that an append is a copy into the page cache: no system call, so the GIL is not
+    released in the middle of a push (a ``write(2)`` would let a delivery thread take it
+    until its next I/O). The pages are the kernel's: they survive the process being killed.
+    Allocating ahead also means a full disk fails here, as an ``OSError``, rather than as a
+    ``SIGBUS`` when a page is first written.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync: bool = False, capacity: int = _CAPACITY
+    ) -> None:
         self.path = os.fspath(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._sync = sync
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(self.path, flags, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.posix_fallocate(self._fd, 0, capacity)
+            self._map = mmap.mmap(self._fd, capacity)
             if sync:  # the new name itself must survive power loss
                 folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
                 try:
@@ -110,27 +126,39 @@ class JournalWriter:
                     os.close(folder)
         except OSError:
             os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
             raise
-        self.end = os.fstat(self._fd).st_size  # bytes of whole records written
+        self._capacity = capacity
+        self.end = 0  # bytes of whole records written
 
-    def append(self, data: bytes, *, sync: bool = False) -> None:
-        """Write ``data`` (whole records) in one call; with ``sync``, to stable storage."""
-        written = os.write(self._fd, data)
-        while written < len(data):  # a regular file writes everything unless the disk is full
-            written += os.write(self._fd, data[written:])
-        if sync:
-            os.fdatasync(self._fd)
-        self.end += len(data)
+    def append(self, data: bytes) -> None:
+        """Copy ``data`` (whole records) in; with ``sync``, to stable storage too."""
+        start = self.end
+        stop = start + len(data)
+        if stop > self._capacity:
+            self._grow(stop)
+        self._map[start:stop] = data
+        if self._sync:
+            self._map.flush()
+        self.end = stop
+
+    def _grow(self, needed: int) -> None:
+        capacity = max(needed, 2 * self._capacity)
+        os.posix_fallocate(self._fd, 0, capacity)
+        self._map.resize(capacity)
+        self._capacity = capacity
 
     def close(self) -> None:
-        """Close the file (its lock goes with it). Idempotent."""
+        """Unmap and close the file (its lock goes with it). Idempotent."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
+            self._map.close()
             os.close(fd)
 
     def abandon(self) -> None:
-        """In a forked child: drop the inherited descriptor. The parent's lock stays, since
-        the parent still holds the file open."""
+        """In a forked child: drop the inherited mapping and descriptor. The parent's lock
+        stays, since the parent still holds the file open."""
         self.close()
 
 

@@ -582,7 +582,7 @@ class Outbox:
         try:
             with self._journal_lock:
                 assert self._journal is not None
-                self._journal.append(data, sync=self._synchronous == "FULL")
+                self._journal.append(data)
         except OSError as exc:
             raise OutboxError(
                 f"outbox {self.name}: cannot write the intake journal: {exc}"

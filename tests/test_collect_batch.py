@@ -439,3 +439,30 @@ def test_batch_type_is_a_named_pair() -> None:
     batch = Batch(request(0), (0,))
     merged, members = batch
     assert merged is batch.request and members == (0,)
+
+
+def test_an_engine_in_wait_mode_sends_a_pushs_collect_sends_as_one_request(
+    emulator: EmulatorServer,
+) -> None:
+    rules = RULES + dedent(
+        """\
+        rule "Exit link, again" {
+          on "exit"
+          send event { type: "web.webinteraction.linkClicks", documentUnloading: true }
+        }
+        """
+    )
+    engine = Engine(
+        load_text({"a_settings.rules": SETTINGS, "t.rules": rules}), edge_url=emulator.url
+    )
+    try:
+        visitor = engine.session("visitor")
+        assert visitor.push({"event": "page.view", "page": "Home"}).sends[0].status == 200
+        emulator.clear()
+        result = visitor.push({"event": "exit", "link": "out"})
+    finally:
+        engine.close()
+    assert [s.request.kind for s in result.sends] == ["collect", "collect"]
+    calls = received(emulator)
+    assert calls == [("collect", [s.request.event_id for s in result.sends])]
+    assert {s.status for s in result.sends} == {204}

@@ -8,12 +8,16 @@ import dataclasses
 import json
 import re
 from typing import Any, Literal
+from urllib.parse import quote, urlencode
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engine import DispatchError, EvaluationError, PayloadTooLarge
 from engine.destinations import EDGE_SIZE_LIMIT, Request, build_edge_request, check_size
 from engine.destinations.base import ENGINE_VERSION
+from engine.destinations.edge import _query
 from engine.scope import Scope
 from engine.settings import EdgeSettings
 from tests.conftest import load_text
@@ -660,3 +664,14 @@ def test_size_limit_is_inclusive() -> None:
     check_size(request, limit=request.size)
     with pytest.raises(PayloadTooLarge, match=r"above the \d+-byte limit; largest fields: "):
         check_size(request, limit=request.size - 1)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["datastreamId", "configId", "requestId", "silent"]), st.text()),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_query_strings_are_what_urlencode_makes(params: list[tuple[str, str]]) -> None:
+    assert _query(params) == urlencode(params, quote_via=quote)

@@ -20,12 +20,13 @@ from tests.test_outbox import make_request, run_child
 
 def test_records_round_trip_and_a_torn_or_corrupt_tail_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "j"
-    writer = journal.JournalWriter(path)
+    writer = journal.JournalWriter(path, capacity=4096)
     first = journal.encode(["a", 1, None, [["k", "v"]]], b"body one \xff")
     second = journal.encode(["b", "\u00e9\u2713"], b"")
     writer.append(first + second)
-    assert writer.end == len(first) + len(second) == path.stat().st_size
-    records, end = journal.read(path, 0)
+    assert writer.end == len(first) + len(second)
+    assert path.stat().st_size == 4096  # allocated ahead, zeros after the records
+    records, end = journal.read(path, 0)  # read through the file, not the mapping
     assert records == [
         (["a", 1, None, [["k", "v"]]], b"body one \xff"),
         (["b", "\u00e9\u2713"], b""),
@@ -33,18 +34,40 @@ def test_records_round_trip_and_a_torn_or_corrupt_tail_is_ignored(tmp_path: Path
     assert end == writer.end
     assert journal.read(path, len(first)) == ([(["b", "\u00e9\u2713"], b"")], end)
     assert journal.read(path, 0, len(first)) == ([records[0]], len(first))
-    # A write the kill interrupted: half a record after the whole ones.
+    # A record the kill interrupted: only its start made it.
     third = journal.encode(["c"], b"x" * 100)
-    with open(path, "ab") as file:
-        file.write(third[:40])
-    assert journal.read(path, 0) == (records, end)
+    assert journal.parse(first + second + third[:40]) == (records, end)
     # A flipped byte fails the checksum: that record and everything after it are not read.
-    data = bytearray(path.read_bytes())
-    data[len(first) - 1] ^= 0x01
-    path.write_bytes(bytes(data))
-    assert journal.read(path, 0) == ([], 0)
+    flipped = bytearray(first + second)
+    flipped[len(first) - 1] ^= 0x01
+    assert journal.parse(bytes(flipped)) == ([], 0)
+    assert journal.parse(b"\0" * 64) == ([], 0)
+    writer.close()
     writer.close()
     assert journal.read(tmp_path / "missing", 0) == ([], 0)
+
+
+def test_a_full_journal_file_grows(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    writer = journal.JournalWriter(path, capacity=1024)
+    records = [journal.encode(["n", n], b"y" * 300) for n in range(20)]
+    for record in records:
+        writer.append(record)
+    assert path.stat().st_size >= writer.end == sum(map(len, records)) > 1024
+    assert [header for header, _ in journal.read(path, 0)[0]] == [["n", n] for n in range(20)]
+    writer.close()
+
+
+def test_a_journal_that_cannot_be_allocated_is_not_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # a full disk cannot be made on demand
+    with pytest.raises(OSError, match="No space"):
+        journal.JournalWriter(tmp_path / "j")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_journal_is_locked_while_its_writer_lives(tmp_path: Path) -> None:

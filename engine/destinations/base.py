@@ -78,10 +78,14 @@ class Request:
         return len(self.body_bytes) if self.method == "POST" else len(self.url.encode())
 
 
+# One encoder for every body: json.dumps with options builds a new one at each call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def serialize(value: Any, *, rule: str) -> str:
     """Compact JSON as sent on the wire; a value JSON cannot carry fails the rule."""
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _encode(value)
     except (TypeError, ValueError) as exc:
         raise EvaluationError(
             f"rule {rule!r}: the send holds a value JSON cannot carry: {exc}"

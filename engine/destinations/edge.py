@@ -40,7 +40,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 from engine.destinations.base import (
     EDGE_SIZE_LIMIT,
@@ -225,7 +225,7 @@ def build_edge_request(
         params.append(("silent", "true"))
     hint = _location_hint(identity.get("location_hint"), settings.url)
     path = f"{settings.url.rstrip('/')}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
-    url = f"{path}?{urlencode(params, quote_via=quote)}"
+    url = f"{path}?{_query(params)}"
     final_id = xdm.get("_id")
     return Request(
         destination="edge",
@@ -417,6 +417,18 @@ def _request_id_span(url: str) -> tuple[int, int] | None:
             return start, len(url) if end < 0 else end
         start += 1
     return None
+
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def _query(params: list[tuple[str, str]]) -> str:
+    """``urlencode(params, quote_via=quote)``, without quoting what needs none (ids are
+    UUIDs: this runs for every send)."""
+    return "&".join(
+        f"{key}={value if _UNRESERVED.fullmatch(value) else quote(value, safe='')}"
+        for key, value in params
+    )
 
 
 # ------------------------------------------------------------------ field shapes
