@@ -66,6 +66,10 @@ log = logging.getLogger("engine.background")
 
 _FLUSH_CHECK = 0.005  # seconds between two looks at the outbox while flushing
 _ACK_LINGER = 0.02  # seconds a delivered send may wait to be acknowledged with others
+_IO_BOUND = 3.0  # wall time / CPU time of a delivery above which another thread helps
+_GROW_EVERY = 0.05  # seconds between two added threads
+_IDLE_EXIT = 30.0  # seconds a thread beyond the first waits for work before it stops
+_SMOOTHING = 0.2  # weight of the latest delivery in the moving averages
 
 OnResult = Callable[[str, Send], None]
 """Called with ``(session_id, send)`` once per send, when it is delivered or buried."""
@@ -176,9 +180,13 @@ class BackgroundDelivery:
     ``poll_interval`` bounds how long an idle worker waits before looking at the outbox again
     (other processes may write to it).
 
-    ``workers`` bounds the deliveries in flight: on loopback more workers only share the GIL,
-    but against a real destination each one waits for a round trip, so size it to about the
-    events per second times the round-trip time.
+    ``workers`` bounds the deliveries in flight. Delivery starts on one thread and adds one,
+    up to ``workers``, whenever claimed sends are waiting while deliveries spend most of their
+    time waiting on the network (a delivery's wall time over ``_IO_BOUND`` times its CPU
+    time): against Edge, with round trips of tens of milliseconds, that grows to about the
+    events per second times the round-trip time; against a destination that answers at once
+    (loopback), more threads would only take the GIL from the pushes, so it stays at one. A
+    thread idle for ``_IDLE_EXIT`` seconds stops, down to one.
 
     One outbox file per application (its forked children included): :meth:`start` puts
     everything left in flight back to pending.
@@ -191,7 +199,7 @@ class BackgroundDelivery:
         *,
         sessions: SessionStore,
         targets: Callable[[], Targets],
-        workers: int = 2,
+        workers: int = 16,
         flush_timeout: float = 10.0,
         redelivery: Redelivery | None = None,
         on_result: OnResult | None = None,
@@ -240,6 +248,10 @@ class BackgroundDelivery:
         self._clients_lock = threading.Lock()
         self._clients: _Clients | None = None
         self._threads: list[threading.Thread] = []
+        self._wall = 0.0  # moving averages of a delivery's wall and CPU seconds
+        self._cpu = 0.0
+        self._grown_at = 0.0
+        self._busy_at = time.monotonic()  # when a worker last delivered
         self._claimed: deque[Entry] = deque()  # claimed, not started yet
         self._claiming = False  # one worker claims at a time, for all
         self._acks: list[int] = []  # delivered, acknowledged together (_commit_acks)
@@ -387,15 +399,43 @@ class BackgroundDelivery:
                 self._spawn()
 
     def _spawn(self) -> None:
+        """Start the first worker; :meth:`_grow` adds the others as deliveries need them."""
         with self._cond:
-            threads = [
-                threading.Thread(target=self._run, name=f"tagengine-delivery-{index}", daemon=True)
-                for index in range(self._workers)
-            ]
-            self._threads = threads
-            self._running = len(threads)
-        for thread in threads:
-            thread.start()
+            if self._running:
+                return
+            self._running = 1
+            thread = self._new_thread()
+        thread.start()
+
+    def _new_thread(self) -> threading.Thread:
+        """A worker thread, counted and kept (the caller holds ``_cond`` and starts it)."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        thread = threading.Thread(
+            target=self._run, name=f"tagengine-delivery-{len(self._threads)}", daemon=True
+        )
+        self._threads.append(thread)
+        return thread
+
+    def _grow(self, wall: float, cpu: float) -> None:
+        """Take a delivery's times into the averages; add a worker when sends wait while the
+        deliveries wait on the network."""
+        with self._cond:
+            self._wall += _SMOOTHING * (wall - self._wall)
+            self._cpu += _SMOOTHING * (cpu - self._cpu)
+            now = time.monotonic()
+            if (
+                not self._claimed
+                or self._running >= self._workers
+                or self._stopping
+                or self._idle
+                or self._wall < _IO_BOUND * self._cpu
+                or now - self._grown_at < _GROW_EVERY
+            ):
+                return
+            self._grown_at = now
+            self._running += 1
+            thread = self._new_thread()
+        thread.start()
 
     def _run(self) -> None:
         try:
@@ -424,8 +464,12 @@ class BackgroundDelivery:
                 return False
             entry = self._claimed.popleft() if self._claimed else None
         if entry is not None:
+            started, cpu = time.perf_counter(), time.thread_time()
             self._deliver(entry)
+            self._grow(time.perf_counter() - started, time.thread_time() - cpu)
             self._commit_acks(force=False)
+            with self._cond:
+                self._busy_at = time.monotonic()
             return True
         # Nothing claimed is waiting: commit the acks, so that the next sends of the sessions
         # just delivered can be claimed (by this worker or the one claiming now).
@@ -462,6 +506,8 @@ class BackgroundDelivery:
                 wait = self._poll
                 if due is not None:
                     wait = min(wait, max(due - self._clock(), 0.001))
+                if self._running > 1 and time.monotonic() - self._busy_at > _IDLE_EXIT:
+                    return False  # a spare thread: the pool shrinks back
                 self._idle += 1
                 try:
                     self._cond.wait(wait)

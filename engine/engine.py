@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -65,9 +67,17 @@ class EngineSession:
         return self._engine._push(self._session, item)
 
     async def apush(self, item: object) -> PushResult:
-        """:meth:`push` for asyncio code. Evaluation is CPU-bound and takes microseconds, so it
-        runs inline rather than in a thread."""
-        return self._engine._push(self._session, item)
+        """:meth:`push` for asyncio code: the event loop never waits for the network.
+
+        When the push only evaluates (dry run, background mode: microseconds of CPU) it runs
+        inline; when it delivers and waits for the answers, it runs in a worker thread
+        (``asyncio.to_thread``), so other coroutines go on meanwhile. Pushes of one session
+        still happen one at a time, in the order they were awaited.
+        """
+        engine = self._engine
+        if engine.dry_run or engine._background is not None:
+            return engine._push(self._session, item)
+        return await asyncio.to_thread(engine._push, self._session, item)
 
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
@@ -88,6 +98,12 @@ class Engine:
     :class:`~engine.transports.RecordingTransport` in tests), handed to it instead.
     A push returns when its sends have answered; a session's sends go out in order.
     ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
+
+    ``background=True`` returns from a push once its sends are in the durable ``outbox`` (a
+    file name, an :class:`~engine.outbox.Outbox`, or in memory when none); up to ``workers``
+    threads deliver them (:class:`~engine.background.BackgroundDelivery`), ``on_result``
+    hears how each one ended, and :meth:`flush`/:meth:`close` wait at most
+    ``flush_timeout`` seconds by default.
     """
 
     def __init__(
@@ -105,7 +121,7 @@ class Engine:
         policy: RetryPolicy | None = None,
         background: bool = False,
         outbox: str | os.PathLike[str] | Outbox | None = None,
-        workers: int = 2,
+        workers: int = 16,
         flush_timeout: float = 10.0,
         on_result: OnResult | None = None,
     ) -> None:
@@ -117,6 +133,7 @@ class Engine:
         self.transport = transport
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery
+        self._dispatcher_lock = threading.Lock()
         self._background: BackgroundDelivery | None = None
         self._outbox: Outbox | None = None
         self._owns_outbox = False
@@ -310,9 +327,11 @@ class Engine:
     @property
     def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
-            self._dispatcher = Dispatcher(
-                http=self._http, policy=self._policy, request_id=self._ids.request_id
-            )
+            with self._dispatcher_lock:  # pushes of several threads: one client, not one each
+                if self._dispatcher is None:
+                    self._dispatcher = Dispatcher(
+                        http=self._http, policy=self._policy, request_id=self._ids.request_id
+                    )
         return self._dispatcher
 
     # ------------------------------------------------------------------ lifecycle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -73,6 +74,34 @@ def test_a_refused_send_is_reported_on_the_send_not_raised(emulator: EmulatorSer
     assert edge.error and "400" in edge.error
     assert result.rules[0].status == "fired"
     assert result.sends[1].status == 201  # the other destination still got its event
+
+
+def test_apush_delivers_without_blocking_the_event_loop(emulator: EmulatorServer) -> None:
+    emulator.set_faults(Fault(delay=0.3, path="/ee/"))  # each Edge answer takes 300 ms
+
+    async def main(engine: Engine) -> tuple[int, list[int | None]]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        clock = asyncio.create_task(ticker())
+        first, second = await asyncio.gather(
+            engine.session("v").apush({"event": "page.view", "page": {"name": "A"}}),
+            engine.session("w").apush({"event": "page.view", "page": {"name": "B"}}),
+        )
+        done.set()
+        await clock
+        return ticks, [first.sends[0].status, second.sends[0].status]
+
+    with engine_for(emulator) as engine:
+        ticks, statuses = asyncio.run(main(engine))
+    assert statuses == [200, 200]
+    assert ticks >= 10  # the loop ran while the pushes waited for Edge
 
 
 def test_cli_run_with_the_emulator(tmp_path: Path) -> None:

@@ -78,15 +78,18 @@ class Request:
         return len(self.body_bytes) if self.method == "POST" else len(self.url.encode())
 
 
-# One encoder for every body: json.dumps with options builds a new one at each call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# One encoder for every body: json.dumps with options builds a new one at each call. Bodies
+# are built from validated (acyclic) data, so the cycle check is left to the recursion limit.
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+).encode
 
 
 def serialize(value: Any, *, rule: str) -> str:
     """Compact JSON as sent on the wire; a value JSON cannot carry fails the rule."""
     try:
         return _encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise EvaluationError(
             f"rule {rule!r}: the send holds a value JSON cannot carry: {exc}"
         ) from exc
