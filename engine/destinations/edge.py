@@ -292,36 +292,47 @@ class _Group:
         self.encoded = [encoded]
         self.size = len(_EVENTS_OPEN) + len(encoded) + len(self.tail)
 
-    def take_quickly(self, index: int, request: Request, max_events: int, limit: int) -> bool:
-        """:meth:`take` for the usual case (the next send of the same session, built the same
-        way), checked on the bytes already made; ``False`` means "look closer", not "no"."""
-        url, raw, body = request.url, request.body_bytes, request.body
-        if not (
-            request.kind == "collect"
-            and request.method == "POST"
-            and request.destination == "edge"
-            and (request.headers is self.headers or request.headers == self.headers)
-            and url.startswith(self.url_head)
-            and url.endswith(self.url_tail)
-            and "&" not in url[len(self.url_head) : len(url) - len(self.url_tail)]
-            and (self.url_tail or len(url) == len(self.url_head))
-            and len(body) == 2
-            and raw.startswith(_EVENTS_OPEN)
-            and raw.endswith(self.tail)  # the same meta, serialized the same way
-        ):
-            return False
-        events = body.get("events")
-        if type(events) is not list or not events:
-            return False
-        count = len(events)
-        size = len(raw) - len(_EVENTS_OPEN) - len(self.tail)
-        if self.events + count > max_events or self.size + 1 + size > limit:
-            return False
-        self.members.append((index, request))
-        self.events += count
-        self.encoded.append(raw[len(_EVENTS_OPEN) : len(raw) - len(self.tail)])
-        self.size += 1 + size
-        return True
+    def take_run(self, requests: Sequence[Request], start: int, max_events: int, limit: int) -> int:
+        """:meth:`take` for the usual case (the next sends of the same session, built the
+        same way), checked on the bytes already made, from ``start`` on; the index of the
+        first request not taken ("look closer", not "no"). A tight loop: it runs per event."""
+        head, url_tail, tail, headers = self.url_head, self.url_tail, self.tail, self.headers
+        lead, trail = len(_EVENTS_OPEN), len(self.tail)
+        bare_url = len(head) if not url_tail else -1  # no parameter after requestId
+        events, size = self.events, self.size
+        members, encoded = self.members, self.encoded
+        index = start
+        for index in range(start, len(requests)):
+            request = requests[index]
+            url, raw, body = request.url, request.body_bytes, request.body
+            if not (
+                request.kind == "collect"
+                and request.method == "POST"
+                and request.destination == "edge"
+                and (request.headers is headers or request.headers == headers)
+                and url.startswith(head)
+                and url.endswith(url_tail)
+                and (bare_url < 0 or len(url) == bare_url)
+                and "&" not in url[len(head) : len(url) - len(url_tail)]
+                and len(body) == 2
+                and raw.startswith(_EVENTS_OPEN)
+                and raw.endswith(tail)  # the same meta, serialized the same way
+            ):
+                break
+            batch = body.get("events")
+            if type(batch) is not list or not batch:
+                break
+            piece = len(raw) - lead - trail
+            if events + len(batch) > max_events or size + 1 + piece > limit:
+                break
+            members.append((index, request))
+            encoded.append(raw[lead : len(raw) - trail])
+            events += len(batch)
+            size += 1 + piece
+        else:
+            index = len(requests)
+        self.events, self.size = events, size
+        return index
 
     def take(self, index: int, request: Request, route: str, max_events: int, limit: int) -> bool:
         """Add ``request`` when it shares the route, headers and meta and fits; else
@@ -414,15 +425,20 @@ def batch_collect(
         raise ValueError("max_events must be at least 1")
     out: list[Batch] = []
     group: _Group | None = None
-    for index, request in enumerate(requests):
-        if group is not None and group.take_quickly(index, request, max_events, limit):
-            continue
+    index = 0
+    while index < len(requests):
+        if group is not None:
+            index = group.take_run(requests, index, max_events, limit)
+            if index == len(requests):
+                break
+        request = requests[index]
         route = _collect_route(request)
         if (
             route is not None
             and group is not None
             and group.take(index, request, route, max_events, limit)
         ):
+            index += 1
             continue
         if group is not None:
             out.append(group.batch(request_id))
@@ -431,6 +447,7 @@ def batch_collect(
             out.append(Batch(request, (index,)))
         else:
             group = _Group(index, request, route)
+        index += 1
     if group is not None:
         out.append(group.batch(request_id))
     return out
