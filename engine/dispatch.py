@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.errors import DispatchError, EngineError
 from engine.results import Send
-from engine.runtime import Targets
+from engine.runtime import Targets, new_id
 from engine.sessions import Session
 from engine.settings import EdgeSettings, SitecoreSettings
 
@@ -55,7 +54,7 @@ class Dispatcher:
         self._owns_http = http is None
         self.http = http if http is not None else make_http_client()
         self.policy = policy
-        self._request_id = request_id if request_id is not None else _uuid4
+        self._request_id = request_id if request_id is not None else new_id
         self._clients: dict[int, tuple[Any, EdgeClient | SitecoreClient]] = {}
         self._lock = threading.Lock()
 
@@ -165,7 +164,3 @@ class Dispatcher:
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
-
-
-def _uuid4() -> str:
-    return str(uuid.uuid4())
