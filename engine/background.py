@@ -67,6 +67,8 @@ log = logging.getLogger("engine.background")
 _FLUSH_CHECK = 0.005  # seconds between two looks at the outbox while flushing
 _ACK_LINGER = 0.02  # seconds a delivered send may wait to be acknowledged with others
 _IO_BOUND = 3.0  # wall time / CPU time of a delivery above which another thread helps
+_BUSY = 0.8  # the process's CPU seconds per second above which threads would only share the GIL
+_SAMPLE = 0.05  # seconds over which the process's CPU use is sampled
 _GROW_EVERY = 0.05  # seconds between two added threads
 _IDLE_EXIT = 30.0  # seconds a thread beyond the first waits for work before it stops
 _SMOOTHING = 0.2  # weight of the latest delivery in the moving averages
@@ -182,11 +184,13 @@ class BackgroundDelivery:
 
     ``workers`` bounds the deliveries in flight. Delivery starts on one thread and adds one,
     up to ``workers``, whenever claimed sends are waiting while deliveries spend most of their
-    time waiting on the network (a delivery's wall time over ``_IO_BOUND`` times its CPU
-    time): against Edge, with round trips of tens of milliseconds, that grows to about the
-    events per second times the round-trip time; against a destination that answers at once
-    (loopback), more threads would only take the GIL from the pushes, so it stays at one. A
-    thread idle for ``_IDLE_EXIT`` seconds stops, down to one.
+    time waiting on the network: a delivery's wall time over ``_IO_BOUND`` times its CPU time,
+    while the process uses under ``_BUSY`` CPU seconds a second (else the wait was for the
+    GIL, which more threads would only share more ways). Against Edge, with round trips of
+    tens of milliseconds, that grows to about the events per second times the round-trip
+    time; against a destination that answers at once (loopback), or in a process whose pushes
+    keep the GIL busy, it stays small. A thread idle for ``_IDLE_EXIT`` seconds stops, down
+    to one.
 
     One outbox file per application (its forked children included): :meth:`start` puts
     everything left in flight back to pending.
@@ -250,6 +254,8 @@ class BackgroundDelivery:
         self._threads: list[threading.Thread] = []
         self._wall = 0.0  # moving averages of a delivery's wall and CPU seconds
         self._cpu = 0.0
+        self._load = 1.0  # moving average of the process's CPU seconds per second
+        self._sampled = (time.monotonic(), time.process_time())
         self._grown_at = 0.0
         self._busy_at = time.monotonic()  # when a worker last delivered
         self._claimed: deque[Entry] = deque()  # claimed, not started yet
@@ -423,12 +429,20 @@ class BackgroundDelivery:
             self._wall += _SMOOTHING * (wall - self._wall)
             self._cpu += _SMOOTHING * (cpu - self._cpu)
             now = time.monotonic()
+            since, used = self._sampled
+            if now - since >= _SAMPLE:
+                spent = time.process_time()
+                self._load += _SMOOTHING * ((spent - used) / (now - since) - self._load)
+                self._sampled = (now, spent)
+            # A delivery that takes long while its thread used little CPU waited on the network
+            # or on the GIL; only with CPU to spare in the process was it the network.
             if (
                 not self._claimed
                 or self._running >= self._workers
                 or self._stopping
                 or self._idle
                 or self._wall < _IO_BOUND * self._cpu
+                or self._load > _BUSY
                 or now - self._grown_at < _GROW_EVERY
             ):
                 return

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -62,6 +63,8 @@ from engine.destinations.base import Destination, Kind, Request
 from engine.errors import EngineError
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
+
+log = logging.getLogger("engine.outbox")
 
 SCHEMA_VERSION = 2
 """Stored in ``PRAGMA user_version``; a file with a newer version is refused."""
@@ -175,6 +178,7 @@ _INSERT = (
 # Due heads of sessions with nothing in flight. (A session's entry in flight is its head,
 # except after a revive put an older dead letter back in front of it.)
 _ROTATE_AT = 4 << 20  # bytes: a journal read to its end past this is replaced by a new file
+_INGEST_CHUNK = 256 << 10  # bytes of journal read into `entries` per transaction, at most
 
 _CLAIMABLE = f"""
 SELECT id, {_COLUMNS}, state, NULL FROM entries AS e
@@ -524,7 +528,7 @@ class Outbox:
 
     def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         with self._locked():
-            if self._unread():
+            while self._unread():  # each pass reads a slice in (or skips unreadable bytes)
                 with self._write():
                     pass  # ingests: a read sees every send appended before it
             conn = self._connection()
@@ -630,7 +634,22 @@ class Outbox:
         box = self._journal
         if box is None or box.end <= self._ingested:
             return
-        records, offset = journal.read(box.path, self._ingested, box.end)
+        # A bounded slice per transaction: a backlog is read in over several claims rather
+        # than in one long transaction that holds the lock (and the GIL) from the pushes.
+        start = self._ingested
+        records, offset = journal.read(box.path, start, min(box.end, start + _INGEST_CHUNK))
+        if not records:  # one record longer than the slice
+            records, offset = journal.read(box.path, start, box.end)
+        if not records:
+            # Unreadable bytes in this process's own journal (it writes whole records only):
+            # say so and go past them, rather than stop delivering everything after them.
+            log.error(
+                "outbox %s: %d unreadable bytes in %s skipped",
+                self.name,
+                box.end - start,
+                box.path,
+            )
+            offset = box.end
         conn.executemany(_INSERT, [_row(*record) for record in records])
         conn.execute(
             "UPDATE intake SET offset = ? WHERE name = ?", (offset, os.path.basename(box.path))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -289,3 +290,20 @@ def test_a_version_1_file_is_upgraded(tmp_path: Path) -> None:
     with Outbox(path) as box:
         box.append_many([(make_request(2), "s")])
         assert [e.event_id for e in box.pending()] == ["evt-1", "evt-2"]
+
+
+def test_a_backlog_is_read_in_slices_and_a_large_record_still_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "_INGEST_CHUNK", 1500)  # about three records a transaction
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        box.append_many([(make_request(n), f"s{n % 3}") for n in range(20)])
+        large = dataclasses.replace(make_request(20), body_bytes=b"{}" + b" " * 5000)
+        box.append_many([(large, "s2")])  # one record longer than a slice
+        first = box.claim(limit=100)  # one slice read in: a few sessions' heads
+        assert 1 <= len(first) <= 3
+        assert box._ingested < box._journal.end  # type: ignore[union-attr]
+        pending = box.pending()  # a read reads everything in first
+        assert [e.event_id for e in pending] == [f"evt-{n}" for n in range(21)]
+        assert box._ingested == box._journal.end  # type: ignore[union-attr]
