@@ -541,7 +541,9 @@ class Outbox:
 
     def _reset_intake(self) -> None:
         """No journal yet (at construction and in a forked child)."""
-        self._journal_lock = threading.Lock()  # serializes appends, and a rotation with them
+        # Serializes appends, and a rotation or the close with them. Reentrant: the close
+        # holds it while it reads the rest in. Order: the outbox's lock first, then this one.
+        self._journal_lock = threading.RLock()
         self._journal: journal.JournalWriter | None = None
         self._journal_gen = 0
         self._ingested = 0  # offset in self._journal up to which records are in `entries`
@@ -585,8 +587,10 @@ class Outbox:
                     self._start_journal()
         try:
             with self._journal_lock:
-                assert self._journal is not None
-                self._journal.append(data)
+                box = self._journal
+                if box is None:  # closed meanwhile (by another thread)
+                    raise OutboxError(f"outbox {self.name} is closed")
+                box.append(data)
         except OSError as exc:
             raise OutboxError(
                 f"outbox {self.name}: cannot write the intake journal: {exc}"
@@ -631,14 +635,22 @@ class Outbox:
             records, _ = journal.parse(b"".join(chunks))
             conn.executemany(_INSERT, [_row(*record) for record in records])
             return
-        box = self._journal
-        if box is None or box.end <= self._ingested:
-            return
-        # A bounded slice per transaction: a backlog is read in over several claims rather
-        # than in one long transaction that holds the lock (and the GIL) from the pushes.
+        if self._journal is not None:
+            # A bounded slice per transaction: a backlog is read in over several claims rather
+            # than in one long transaction that holds the lock (and the GIL) from the pushes.
+            self._ingest_from(conn, self._journal, _INGEST_CHUNK)
+
+    def _ingest_from(
+        self, conn: sqlite3.Connection, box: journal.JournalWriter, chunk: int | None = None
+    ) -> None:
+        """Move ``box``'s records from where reading stopped (at most ``chunk`` bytes of them)
+        into ``entries``, inside a write transaction."""
         start = self._ingested
-        records, offset = journal.read(box.path, start, min(box.end, start + _INGEST_CHUNK))
-        if not records:  # one record longer than the slice
+        if box.end <= start:
+            return
+        stop = box.end if chunk is None else min(box.end, start + chunk)
+        records, offset = journal.read(box.path, start, stop)
+        if not records and stop < box.end:  # one record longer than the slice
             records, offset = journal.read(box.path, start, box.end)
         if not records:
             # Unreadable bytes in this process's own journal (it writes whole records only):
@@ -695,22 +707,25 @@ class Outbox:
     def _retire_journal(self) -> None:
         """At close: move what is left in this process's journal into ``entries`` and delete
         the file. If that fails, the file stays for the next process to adopt."""
-        box = self._journal
-        if box is None and not self._queued:
-            return
-        try:
-            with self._write() as conn:  # ingests
+        with self._journal_lock:  # no append while the file goes
+            box, self._journal = self._journal, None
+            if box is None and not self._queued:
+                return
+            try:
+                with self._write() as conn:
+                    if box is not None:
+                        self._ingest_from(conn, box)
+                        conn.execute(
+                            "DELETE FROM intake WHERE name = ?", (os.path.basename(box.path),)
+                        )
+            except OutboxError:
                 if box is not None:
-                    conn.execute("DELETE FROM intake WHERE name = ?", (os.path.basename(box.path),))
-        except OutboxError:
+                    box.close()
+                return
             if box is not None:
                 box.close()
-            return
-        if box is not None:
-            box.close()
-            with contextlib.suppress(OSError):
-                os.unlink(box.path)
-        self._journal = None
+                with contextlib.suppress(OSError):
+                    os.unlink(box.path)
 
     def _adopt(self) -> None:
         if self._memory:

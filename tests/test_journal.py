@@ -307,3 +307,35 @@ def test_a_backlog_is_read_in_slices_and_a_large_record_still_fits(
         pending = box.pending()  # a read reads everything in first
         assert [e.event_id for e in pending] == [f"evt-{n}" for n in range(21)]
         assert box._ingested == box._journal.end  # type: ignore[union-attr]
+
+
+def test_closing_while_threads_append_loses_no_returned_append(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    returned: list[int] = []
+    refused: list[BaseException] = []
+    started = threading.Barrier(5)
+
+    def appender(k: int) -> None:
+        started.wait()
+        for n in range(k * 10_000, k * 10_000 + 5_000):
+            try:
+                box.append_many([(make_request(n), f"t{k}")])
+            except OutboxError as error:
+                refused.append(error)
+                return
+            returned.append(n)
+
+    threads = [threading.Thread(target=appender, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.05)
+    box.close()
+    for thread in threads:
+        thread.join(30)
+    assert refused and all("closed" in str(error) for error in refused)
+    assert journals(path) == []
+    with Outbox(path) as reopened:
+        stored = [int(e.event_id[4:]) for e in reopened.pending()]  # type: ignore[index]
+    assert sorted(stored) == sorted(returned)  # every append that returned, and no other
