@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.runtime
+	$(BIN)/python -m benchmarks.dispatch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,7 @@ Measured in one run, against the same sink:
   (rules evaluated, sends committed to the outbox) and the events/s until
   :meth:`BackgroundDelivery.flush` returns. The pool starts with one thread and adds some
   only while deliveries wait on the network, which a loopback sink never makes them do;
-- **segment-analytics-python** (when installed; the project does not depend on it):
+- **segment-analytics-python** (the ``bench`` extra; the engine does not use it):
   ``track()`` back to back and paced with the same payload in ``properties``, the yardstick
   for the caller's cost. It batches 100 events a request, so its events/s is not one event a
   request; what matters is what it drops.
@@ -647,7 +647,7 @@ def segment(sink: Sink, count: int, rate: float | None = None) -> Row | str:
     except ImportError:
         return (
             "segment-analytics-python is not installed; for the comparison: "
-            ".venv/bin/pip install segment-analytics-python (the project does not depend on it)"
+            ".venv/bin/pip install -e '.[bench]' (make bench does; the engine does not use it)"
         )
     logging.getLogger("segment").setLevel(logging.CRITICAL)  # one warning per dropped event
     engine, built = _sends(sink.url, count)

@@ -66,7 +66,7 @@ log = logging.getLogger("engine.background")
 
 _FLUSH_CHECK = 0.005  # seconds between two looks at the outbox while flushing
 _ACK_LINGER = 0.02  # seconds a delivered send may wait to be acknowledged with others
-_IO_BOUND = 3.0  # wall time / CPU time of a delivery above which another thread helps
+_IO_BOUND = 10.0  # wall time / CPU time of a delivery above which another thread helps
 _BUSY = 0.8  # the process's CPU seconds per second above which threads would only share the GIL
 _SAMPLE = 0.05  # seconds over which the process's CPU use is sampled
 _GROW_EVERY = 0.05  # seconds between two added threads
