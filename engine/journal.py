@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 __all__ = [
     "JournalWriter",
     "Record",
@@ -50,7 +52,10 @@ Record = tuple[list[Any], bytes]
 
 def encode(header: list[Any], body: bytes) -> bytes:
     """One record: ``header`` (JSON-able) and ``body``."""
-    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        head = orjson.dumps(header)  # on the push's path: a tenth of json's time
+    except TypeError:  # an integer beyond 64 bits, say
+        head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     crc = zlib.crc32(body, zlib.crc32(head))
     return _HEAD.pack(_MAGIC, crc, len(head), len(body)) + head + body
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from engine import DispatchError, EvaluationError, PayloadTooLarge
 from engine.destinations import EDGE_SIZE_LIMIT, Request, build_edge_request, check_size
-from engine.destinations.base import ENGINE_VERSION
+from engine.destinations.base import ENGINE_VERSION, serialize, serialize_bytes
 from engine.destinations.edge import _query
 from engine.scope import Scope
 from engine.settings import EdgeSettings
@@ -675,3 +676,40 @@ def test_size_limit_is_inclusive() -> None:
 )
 def test_query_strings_are_what_urlencode_makes(params: list[tuple[str, str]]) -> None:
     assert _query(params) == urlencode(params, quote_via=quote)
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(_json_values)
+def test_wire_json_reads_back_as_what_was_sent(value: Any) -> None:
+    data = serialize_bytes(value, rule="R")
+    assert json.loads(data) == value
+    assert data.decode() == serialize(value, rule="R")
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    if not re.search(rb"\d[eE]", data + text):  # the spelling of some floats aside
+        assert data == text
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {"x": [1, {"y": math.nan}]}])
+def test_wire_json_refuses_what_json_cannot_carry(bad: Any) -> None:
+    with pytest.raises(EvaluationError, match="rule 'R': the send holds a value JSON cannot"):
+        serialize_bytes(bad, rule="R")
+
+
+def test_wire_json_takes_what_orjson_does_not() -> None:
+    assert (
+        serialize_bytes({"big": 2**70, "n": None}, rule="R")
+        == b'{"big":1180591620717411303424,"n":null}'
+    )
+    assert serialize_bytes({"text": "null"}, rule="R") == b'{"text":"null"}'

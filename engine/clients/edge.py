@@ -46,7 +46,7 @@ from engine.clients.retry import (
     RetryPolicy,
     problem_of,
 )
-from engine.destinations.base import Request, check_size, serialize
+from engine.destinations.base import Request, check_size, serialize_bytes
 from engine.errors import DispatchError
 from engine.settings import EdgeSettings
 
@@ -92,7 +92,7 @@ def with_state(request: Request, identity: Mapping[str, Any], now: float) -> Req
     if not entries or state.get("entries") == entries:
         return request
     body = {**request.body, "meta": {**meta, "state": {**state, "entries": entries}}}
-    return replace(request, body=body, body_bytes=serialize(body, rule=request.rule).encode())
+    return replace(request, body=body, body_bytes=serialize_bytes(body, rule=request.rule))
 
 
 def _listed(value: Any) -> list[Any]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Literal
 
+import orjson
+
 from engine.errors import EvaluationError, PayloadTooLarge
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "drop_nulls",
     "largest_fields",
     "serialize",
+    "serialize_bytes",
 ]
 
 EDGE_SIZE_LIMIT = 65536
@@ -78,21 +81,39 @@ class Request:
         return len(self.body_bytes) if self.method == "POST" else len(self.url.encode())
 
 
-# One encoder for every body: json.dumps with options builds a new one at each call. Bodies
-# are built from validated (acyclic) data, so the cycle check is left to the recursion limit.
+# The standard library's encoder, kept for what orjson does not do as json does: it decides
+# for every output that holds a null (orjson writes NaN and Infinity as null, where json
+# refuses them; bodies drop their nulls, so a null there is rare), integers beyond 64 bits,
+# non-string keys and extreme depth. One encoder for all: json.dumps with options builds a
+# new one at each call. Bodies are built from validated (acyclic) data, so the cycle check is
+# left to the recursion limit.
 _encode = json.JSONEncoder(
     separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
 ).encode
 
 
-def serialize(value: Any, *, rule: str) -> str:
-    """Compact JSON as sent on the wire; a value JSON cannot carry fails the rule."""
+def serialize_bytes(value: Any, *, rule: str) -> bytes:
+    """Compact JSON (UTF-8, non-ASCII kept) as sent on the wire; a value JSON cannot carry
+    fails the rule. orjson writes it (a tenth of the time of :mod:`json`, for every send);
+    both write the same text, but for the spelling of some floats (``0.00001`` for
+    ``1e-05``), which parse to the same numbers."""
     try:
-        return _encode(value)
+        data = orjson.dumps(value)
+    except TypeError:
+        data = b"null"  # see _encode
+    if b"null" not in data:
+        return data
+    try:
+        return _encode(value).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise EvaluationError(
             f"rule {rule!r}: the send holds a value JSON cannot carry: {exc}"
         ) from exc
+
+
+def serialize(value: Any, *, rule: str) -> str:
+    """:func:`serialize_bytes` as text (a Sitecore message travels in a URL)."""
+    return serialize_bytes(value, rule=rule).decode()
 
 
 def drop_nulls(value: Any) -> Any:

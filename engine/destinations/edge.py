@@ -48,7 +48,7 @@ from engine.destinations.base import (
     Request,
     deep_merge,
     drop_nulls,
-    serialize,
+    serialize_bytes,
 )
 from engine.errors import DispatchError, EvaluationError
 from engine.settings import EdgeSettings
@@ -234,7 +234,7 @@ def build_edge_request(
         url=url,
         headers=_HEADERS,
         body=body,
-        body_bytes=serialize(body, rule=rule).encode(),
+        body_bytes=serialize_bytes(body, rule=rule),
         kind=action,
         event_id=final_id if isinstance(final_id, str) else event_id,
         request_id=request_id,
@@ -284,7 +284,7 @@ class _Group:
         )
         self.headers = request.headers
         self.meta: dict[str, Any] = request.body["meta"]
-        self.tail = _META_OPEN + serialize(self.meta, rule=request.rule).encode() + b"}"
+        self.tail = _META_OPEN + serialize_bytes(self.meta, rule=request.rule) + b"}"
         encoded = self._events_of(request)
         assert encoded is not None  # the tail is this request's own meta
         self.members = [(index, request)]
@@ -366,10 +366,10 @@ class _Group:
             # No proper suffix of a compact JSON object is one, so this body's meta is
             # serialized as the group's and the cut is exact.
             return raw[len(_EVENTS_OPEN) : len(raw) - len(self.tail)]
-        tail = _META_OPEN + serialize(request.body["meta"], rule=request.rule).encode() + b"}"
+        tail = _META_OPEN + serialize_bytes(request.body["meta"], rule=request.rule) + b"}"
         if tail != self.tail:  # equal as dicts, not as JSON (key order, 1 and 1.0)
             return None
-        return b",".join(serialize(e, rule=request.rule).encode() for e in request.body["events"])
+        return b",".join(serialize_bytes(e, rule=request.rule) for e in request.body["events"])
 
     def batch(self, request_id: Callable[[], str]) -> Batch:
         index, first = self.members[0]

@@ -18,7 +18,13 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from engine.destinations.base import Request, drop_nulls, is_finite_scalar, serialize
+from engine.destinations.base import (
+    Request,
+    drop_nulls,
+    is_finite_scalar,
+    serialize,
+    serialize_bytes,
+)
 from engine.errors import DispatchError, EvaluationError
 from engine.settings import SitecoreSettings
 
@@ -122,7 +128,7 @@ def build_sitecore_request(
     if settings.site_id:
         params.append(("siteId", settings.site_id))
     url = f"{base}/v1/events/v1.2/events?" + _query(params)
-    body_bytes = serialize(event, rule=rule).encode()
+    body_bytes = serialize_bytes(event, rule=rule)
     return Request("sitecore", rule, "POST", url, _JSON, event, body_bytes, "event")
 
 
@@ -160,7 +166,7 @@ def with_browser_id(request: Request, browser_id: str) -> Request:
             for key, value in parse_qsl(query, keep_blank_values=True)
         ]
         return replace(request, url=f"{base}?{_query(params)}", body=body)
-    body_bytes = serialize(body, rule=request.rule).encode()
+    body_bytes = serialize_bytes(body, rule=request.rule)
     return replace(request, body=body, body_bytes=body_bytes)
 
 
