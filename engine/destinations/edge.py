@@ -264,6 +264,7 @@ class _Group:
     __slots__ = (
         "encoded",
         "events",
+        "has_id",
         "headers",
         "members",
         "meta",
@@ -279,6 +280,7 @@ class _Group:
         span = _request_id_span(request.url)
         # The URL around its requestId value: a request whose URL starts and ends so, with no
         # other parameter between, has this route.
+        self.has_id = span is not None
         self.url_head, self.url_tail = (
             (request.url, "") if span is None else (request.url[: span[0]], request.url[span[1] :])
         )
@@ -298,7 +300,6 @@ class _Group:
         first request not taken ("look closer", not "no"). A tight loop: it runs per event."""
         head, url_tail, tail, headers = self.url_head, self.url_tail, self.tail, self.headers
         lead, trail = len(_EVENTS_OPEN), len(self.tail)
-        bare_url = len(head) if not url_tail else -1  # no parameter after requestId
         events, size = self.events, self.size
         members, encoded = self.members, self.encoded
         index = start
@@ -310,10 +311,13 @@ class _Group:
                 and request.method == "POST"
                 and request.destination == "edge"
                 and (request.headers is headers or request.headers == headers)
-                and url.startswith(head)
-                and url.endswith(url_tail)
-                and (bare_url < 0 or len(url) == bare_url)
-                and "&" not in url[len(head) : len(url) - len(url_tail)]
+                and (
+                    url.startswith(head)
+                    and url.endswith(url_tail)
+                    and "&" not in url[len(head) : len(url) - len(url_tail)]
+                    if self.has_id
+                    else url == head
+                )
                 and len(body) == 2
                 and raw.startswith(_EVENTS_OPEN)
                 and raw.endswith(tail)  # the same meta, serialized the same way
