@@ -48,7 +48,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from engine.clients import DeliveryError, EdgeClient, SitecoreClient
 from engine.dispatch import Dispatcher
@@ -257,7 +257,6 @@ class BackgroundDelivery:
         self._load = 1.0  # moving average of the process's CPU seconds per second
         self._sampled = (time.monotonic(), time.process_time())
         self._grown_at = 0.0
-        self._busy_at = time.monotonic()  # when a worker last delivered
         self._claimed: deque[Entry] = deque()  # claimed, not started yet
         self._claiming = False  # one worker claims at a time, for all
         self._acks: list[int] = []  # delivered, acknowledged together (_commit_acks)
@@ -410,8 +409,8 @@ class BackgroundDelivery:
             if self._running:
                 return
             self._running = 1
-            thread = self._new_thread()
-        thread.start()
+            # Started under the lock: close() never sees a thread it cannot join yet.
+            self._new_thread().start()
 
     def _new_thread(self) -> threading.Thread:
         """A worker thread, counted and kept (the caller holds ``_cond`` and starts it)."""
@@ -448,14 +447,17 @@ class BackgroundDelivery:
                 return
             self._grown_at = now
             self._running += 1
-            thread = self._new_thread()
-        thread.start()
+            self._new_thread().start()
 
     def _run(self) -> None:
+        busy = [time.monotonic()]  # when this thread last delivered
+        retired = False
         try:
             while True:
                 try:
-                    if not self._cycle():
+                    outcome = self._cycle(busy)
+                    if outcome != "go":
+                        retired = outcome == "retire"
                         return
                 except Exception:
                     log.exception("background delivery: worker error (retrying)")
@@ -465,39 +467,41 @@ class BackgroundDelivery:
         finally:
             self._commit_acks(force=True)  # what it delivered after close() committed
             with self._cond:
-                self._running -= 1
+                if not retired:  # a retired thread was uncounted when it decided to go
+                    self._running -= 1
                 last = self._running == 0 and self._closed
             if last:
                 self._close_clients()
 
-    def _cycle(self) -> bool:
-        """Deliver one claimed entry, or claim a batch, or wait; False when the worker must
-        stop."""
+    def _cycle(self, busy: list[float]) -> Literal["go", "stop", "retire"]:
+        """Deliver one claimed entry, or claim a batch, or wait: ``"go"`` on, ``"stop"`` (the
+        delivery is stopping) or ``"retire"`` (a spare thread, idle for long)."""
         with self._cond:
             if self._stopping:
-                return False
+                return "stop"
             entry = self._claimed.popleft() if self._claimed else None
         if entry is not None:
             started, cpu = time.perf_counter(), time.thread_time()
-            self._deliver(entry)
-            self._grow(time.perf_counter() - started, time.thread_time() - cpu)
+            if self._deliver(entry):  # a failure's retry waits are no network round trip
+                self._grow(time.perf_counter() - started, time.thread_time() - cpu)
             self._commit_acks(force=False)
-            with self._cond:
-                self._busy_at = time.monotonic()
-            return True
+            busy[0] = time.monotonic()
+            return "go"
         # Nothing claimed is waiting: commit the acks, so that the next sends of the sessions
         # just delivered can be claimed (by this worker or the one claiming now).
         self._commit_acks(force=True)
         with self._cond:
-            if self._stopping or self._claimed:
-                return not self._stopping
+            if self._stopping:
+                return "stop"
+            if self._claimed:
+                return "go"
             if self._claiming:  # another worker is claiming, for all
                 self._idle += 1
                 try:
                     self._cond.wait(self._poll)
                 finally:
                     self._idle -= 1
-                return True
+                return "go"
             self._claiming = True
             seen = self._work
         entries: list[Entry] = []
@@ -512,22 +516,23 @@ class BackgroundDelivery:
                 if entries and self._idle:
                     self._cond.notify(len(entries))
         if entries:
-            return True
+            return "go"
         with self._cond:
             if self._stopping:
-                return False
+                return "stop"
             if self._work == seen and not self._claimed:
                 wait = self._poll
                 if due is not None:
                     wait = min(wait, max(due - self._clock(), 0.001))
-                if self._running > 1 and time.monotonic() - self._busy_at > _IDLE_EXIT:
-                    return False  # a spare thread: the pool shrinks back
+                if self._running > 1 and time.monotonic() - busy[0] > _IDLE_EXIT:
+                    self._running -= 1  # decided and counted at once: never below one
+                    return "retire"  # a spare thread: the pool shrinks back
                 self._idle += 1
                 try:
                     self._cond.wait(wait)
                 finally:
                     self._idle -= 1
-        return True
+        return "go"
 
     def _commit_acks(self, *, force: bool) -> None:
         """Acknowledge the delivered entries in one transaction: when asked, else once there
@@ -580,7 +585,9 @@ class BackgroundDelivery:
                 )
         self._progressed(len(entries))
 
-    def _deliver(self, entry: Entry) -> None:
+    def _deliver(self, entry: Entry) -> bool:
+        """Deliver ``entry`` and settle it; whether it went through at the first attempt (its
+        time was then one round trip, no retry waits)."""
         send = Send(rule=entry.rule, destination=entry.destination, request=entry.request)
         with self._guard:
             session = self._sessions.peek(entry.session)
@@ -604,6 +611,7 @@ class BackgroundDelivery:
                 self._on_result(entry.session, send)
             except Exception:
                 log.exception("background delivery: on_result raised")
+        return failure is None and send.attempts <= 1
 
     def _identity(self, session: Session | None) -> dict[str, Any]:
         """A copy of the session's identity: delivery works on it outside the session's lock

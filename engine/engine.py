@@ -13,6 +13,7 @@ import asyncio
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -77,7 +78,10 @@ class EngineSession:
         engine = self._engine
         if engine.dry_run or engine._background is not None:
             return engine._push(self._session, item)
-        return await asyncio.to_thread(engine._push, self._session, item)
+        # One at a time per session, in await order (asyncio.Lock is fair): threads would
+        # otherwise race for the session's lock and merge the pushes in any order.
+        async with engine._async_lock(self._session):
+            return await asyncio.to_thread(engine._push, self._session, item)
 
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
@@ -134,6 +138,10 @@ class Engine:
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery
         self._dispatcher_lock = threading.Lock()
+        # Per session and event loop: the order of a session's awaited pushes.
+        self._async_locks: weakref.WeakKeyDictionary[
+            Session, dict[asyncio.AbstractEventLoop, asyncio.Lock]
+        ] = weakref.WeakKeyDictionary()
         self._background: BackgroundDelivery | None = None
         self._outbox: Outbox | None = None
         self._owns_outbox = False
@@ -323,6 +331,15 @@ class Engine:
                 send.response = response.body
             send.attempts += 1
             send.duration = time.perf_counter() - started
+
+    def _async_lock(self, session: Session) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._dispatcher_lock:
+            locks = self._async_locks.setdefault(session, {})
+            lock = locks.get(loop)
+            if lock is None:
+                lock = locks[loop] = asyncio.Lock()
+            return lock
 
     @property
     def dispatcher(self) -> Dispatcher:

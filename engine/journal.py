@@ -19,6 +19,7 @@ as it lives, so another process can tell a live journal from an orphan (:func:`c
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import mmap
@@ -39,6 +40,8 @@ __all__ = [
     "journal_files",
     "parse",
     "read",
+    "record_length",
+    "unfinished_files",
 ]
 
 _MAGIC = b"TGJ1"
@@ -73,6 +76,15 @@ def read(
         return [], offset
     records, used = parse(data)
     return records, offset + used
+
+
+def record_length(data: bytes) -> int:
+    """The length of the record at the start of ``data`` (its head at least), as its head
+    says; 0 when there is no head there."""
+    if len(data) < _HEAD.size:
+        return 0
+    magic, _, head_len, body_len = _HEAD.unpack_from(data, 0)
+    return _HEAD.size + head_len + body_len if magic == _MAGIC else 0
 
 
 def parse(data: bytes) -> tuple[list[Record], int]:
@@ -117,12 +129,18 @@ class JournalWriter:
     ) -> None:
         self.path = os.fspath(path)
         self._sync = sync
+        # Made under a name no reader looks for, locked and allocated, then renamed into
+        # place: a reader never sees it unlocked (it would take it for a dead process's).
+        making = os.path.join(os.path.dirname(self.path), f".{os.path.basename(self.path)}.making")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        self._fd = os.open(self.path, flags, 0o600)
+        self._fd = os.open(making, flags, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.posix_fallocate(self._fd, 0, capacity)
             self._map = mmap.mmap(self._fd, capacity)
+            if os.path.exists(self.path):
+                raise FileExistsError(errno.EEXIST, "journal already exists", self.path)
+            os.rename(making, self.path)
             if sync:  # the new name itself must survive power loss
                 folder = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
                 try:
@@ -130,9 +148,11 @@ class JournalWriter:
                 finally:
                     os.close(folder)
         except OSError:
+            with contextlib.suppress(AttributeError, ValueError):
+                self._map.close()
             os.close(self._fd)
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                os.unlink(making)
             raise
         self._capacity = capacity
         self.end = 0  # bytes of whole records written
@@ -147,6 +167,10 @@ class JournalWriter:
         if self._sync:
             self._map.flush()
         self.end = stop
+
+    def view(self, start: int, stop: int) -> bytes:
+        """The bytes written between ``start`` and ``stop``, from the mapping."""
+        return self._map[start:stop]
 
     def _grow(self, needed: int) -> None:
         capacity = max(needed, 2 * self._capacity)
@@ -173,13 +197,19 @@ def journal_files(database: str) -> list[Path]:
     return sorted(base.parent.glob(f"{base.name}-intake-*"))
 
 
+def unfinished_files(database: str) -> list[Path]:
+    """Journal files whose making a process did not finish (it died first): never used."""
+    base = Path(database)
+    return sorted(base.parent.glob(f".{base.name}-intake-*.making"))
+
+
 @contextlib.contextmanager
 def claim_orphan(path: Path) -> Iterator[bool]:
     """Whether the journal at ``path`` is an orphan (no live process holds it); while the
     block runs, this process holds it so no one else reads it too."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
+    except OSError:  # gone, or another user's: not ours to read
         yield False
         return
     try:

@@ -66,7 +66,7 @@ __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
 
 log = logging.getLogger("engine.outbox")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file with a newer version is refused."""
 
 State = Literal["pending", "inflight", "dead"]
@@ -103,8 +103,10 @@ def _columns(**override: str) -> str:
     return ", ".join(override.get(name, name) for name in _FIELDS)
 
 
-# Version 2: the intake journals (engine.journal) and how far each has been read.
-_INTAKE_TABLE = "CREATE TABLE intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
+# The intake journals (engine.journal) and how far each has been read. Added to existing files
+# without a new schema version: processes of the previous release ignore the table, so they
+# keep working on a file a newer one opened (a rolling deploy).
+_INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
 
 _SCHEMA = f"""
 CREATE TABLE entries (
@@ -178,6 +180,7 @@ _INSERT = (
 # Due heads of sessions with nothing in flight. (A session's entry in flight is its head,
 # except after a revive put an older dead letter back in front of it.)
 _ROTATE_AT = 4 << 20  # bytes: a journal read to its end past this is replaced by a new file
+_UNFINISHED_AFTER = 60.0  # seconds after which a journal file still being made was abandoned
 _INGEST_CHUNK = 256 << 10  # bytes of journal read into `entries` per transaction, at most
 
 _CLAIMABLE = f"""
@@ -442,9 +445,6 @@ class Outbox:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-            elif version == 1 and {"entries", "dead_letters"} <= tables:
-                conn.execute(_INTAKE_TABLE)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version > SCHEMA_VERSION:
                 raise OutboxError(
                     f"outbox {self.name} has schema version {version}, newer than this "
@@ -452,6 +452,8 @@ class Outbox:
                 )
             elif version != SCHEMA_VERSION or not {"entries", "dead_letters"} <= tables:
                 raise OutboxError(f"{self.name} is not a tagengine outbox")
+            elif "intake" not in tables:
+                conn.execute(_INTAKE_TABLE)  # a file of the previous release
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -520,11 +522,15 @@ class Outbox:
                         conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except BaseException as exc:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
-                raise OutboxError(f"outbox {self.name}: {exc}") from exc
+                self._ingest_rolled_back()
+                if isinstance(exc, sqlite3.Error | OSError):
+                    raise OutboxError(f"outbox {self.name}: {exc}") from exc
+                raise
+            self._ingest_committed()
 
     def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         with self._locked():
@@ -546,8 +552,12 @@ class Outbox:
         self._journal_lock = threading.RLock()
         self._journal: journal.JournalWriter | None = None
         self._journal_gen = 0
-        self._ingested = 0  # offset in self._journal up to which records are in `entries`
+        # Offsets in self._journal: up to `_ingested` records are in `entries` (committed);
+        # up to `_cursor` they are read into the open transaction (committed with it).
+        self._ingested = 0
+        self._cursor = 0
         self._queued: list[bytes] = []  # in memory: appended records not yet ingested
+        self._taken: list[bytes] = []  # ...taken from _queued by the open transaction
 
     def _journal_path(self, generation: int) -> str:
         return f"{self._path}-intake-{self._owner.replace(':', '-')}-{generation}"
@@ -621,7 +631,7 @@ class Outbox:
                 os.unlink(path)
             raise
         old, self._journal = self._journal, writer
-        self._journal_gen, self._ingested = generation, 0
+        self._journal_gen, self._ingested, self._cursor = generation, 0, 0
         if old is not None:
             old.close()
             with contextlib.suppress(OSError):
@@ -632,6 +642,7 @@ class Outbox:
         if self._queued:
             with self._journal_lock:
                 chunks, self._queued = self._queued, []
+            self._taken.extend(chunks)
             records, _ = journal.parse(b"".join(chunks))
             conn.executemany(_INSERT, [_row(*record) for record in records])
             return
@@ -640,18 +651,26 @@ class Outbox:
             # than in one long transaction that holds the lock (and the GIL) from the pushes.
             self._ingest_from(conn, self._journal, _INGEST_CHUNK)
 
+    def _ingest_all(self, conn: sqlite3.Connection) -> None:
+        """Read everything appended so far in (before an insert, which must come after)."""
+        if self._journal is not None:
+            self._ingest_from(conn, self._journal)
+
     def _ingest_from(
         self, conn: sqlite3.Connection, box: journal.JournalWriter, chunk: int | None = None
     ) -> None:
-        """Move ``box``'s records from where reading stopped (at most ``chunk`` bytes of them)
-        into ``entries``, inside a write transaction."""
-        start = self._ingested
+        """Move ``box``'s records from where reading stopped (at most ``chunk`` bytes of them,
+        or one record if it is longer) into ``entries``, inside a write transaction. Read
+        from the mapping: the process's own pages, whatever happens to the file's name."""
+        start = self._cursor
         if box.end <= start:
             return
         stop = box.end if chunk is None else min(box.end, start + chunk)
-        records, offset = journal.read(box.path, start, stop)
+        records, used = journal.parse(box.view(start, stop))
         if not records and stop < box.end:  # one record longer than the slice
-            records, offset = journal.read(box.path, start, box.end)
+            length = journal.record_length(box.view(start, min(box.end, start + 64)))
+            records, used = journal.parse(box.view(start, min(box.end, start + length)))
+        offset = start + used
         if not records:
             # Unreadable bytes in this process's own journal (it writes whole records only):
             # say so and go past them, rather than stop delivering everything after them.
@@ -666,7 +685,19 @@ class Outbox:
         conn.execute(
             "UPDATE intake SET offset = ? WHERE name = ?", (offset, os.path.basename(box.path))
         )
-        self._ingested = offset  # a rollback re-reads them: _write raises, nothing is lost
+        self._cursor = offset
+
+    def _ingest_committed(self) -> None:
+        self._ingested = self._cursor
+        self._taken = []
+
+    def _ingest_rolled_back(self) -> None:
+        """The transaction's reads did not happen: read them again next time."""
+        self._cursor = self._ingested
+        if self._taken:
+            with self._journal_lock:
+                self._queued[:0] = self._taken
+            self._taken = []
 
     def _maybe_rotate(self) -> None:
         """Start a new journal file once the current one is large and entirely read."""
@@ -697,6 +728,11 @@ class Outbox:
                     conn.executemany(_INSERT, [_row(*record) for record in records])
                     conn.execute("DELETE FROM intake WHERE name = ?", (path.name,))
                 done.append(str(path))
+        for path in journal.unfinished_files(self._path):
+            with contextlib.suppress(OSError), journal.claim_orphan(path) as orphan:
+                # Old, so not one a live process is making right now (not locked yet).
+                if orphan and time.time() - path.stat().st_mtime > _UNFINISHED_AFTER:
+                    done.append(str(path))
         live = {path.name for path in journal.journal_files(self._path)}
         conn.executemany(
             "DELETE FROM intake WHERE name = ?",
@@ -745,6 +781,7 @@ class Outbox:
         """
         params = _params(request, session, time.time() if now is None else now)
         with self._write() as conn:
+            self._ingest_all(conn)  # behind what this process appended before
             rowid = conn.execute(_INSERT, params).lastrowid
         return cast(int, rowid)
 
@@ -759,6 +796,7 @@ class Outbox:
         rows = [_params(request, session, stamp) for request, session in items]
         ids: list[int] = []
         with self._write() as conn:
+            self._ingest_all(conn)  # behind what this process appended before
             for params in rows:
                 ids.append(cast(int, conn.execute(_INSERT, params).lastrowid))
         return ids

@@ -5,10 +5,11 @@ evaluate, build the sends. Decisions only: nothing here does I/O; the caller dis
 from __future__ import annotations
 
 import math
+import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from random import getrandbits as _random_bits
 from typing import Any
 
 from engine import datalayer
@@ -31,12 +32,21 @@ _MAX_SHOWN = 120  # characters of a value shown in a reason
 _VERSION_4 = (0xF000 << 64) | (0xC000 << 48), (0x4000 << 64) | (0x8000 << 48)
 
 
+# A generator of the engine's own, seeded from the system: an app that seeds the `random`
+# module (random.seed(42)) must not make every process send the same ids, which Edge would
+# de-duplicate away. Reseeded in a forked child, so parent and child draw different ids.
+_ids = random.Random()
+_random_bits = _ids.getrandbits
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_id() -> str:
     """A random (version 4) UUID as text, like ``str(uuid.uuid4())``.
 
-    From :mod:`random` rather than ``os.urandom``: ids must be unique, not secret, and
-    ``os.urandom`` is a system call that lets the delivery threads take the GIL in the middle
-    of a push. :mod:`random` reseeds itself in a forked child.
+    From a pseudo-random generator seeded from ``os.urandom`` rather than ``os.urandom``
+    itself: ids must be unique, not secret, and ``os.urandom`` is a system call that lets the
+    delivery threads take the GIL in the middle of a push.
     """
     clear, put = _VERSION_4
     text = f"{_random_bits(128) & ~clear | put:032x}"
@@ -61,10 +71,11 @@ def _timestamp(now: float) -> str:
         second, micros = second + 1, micros - 1_000_000
     elif micros < 0:  # before 1970
         second, micros = second - 1, micros + 1_000_000
-    if _last_second[0] != second:
+    cached = _last_second  # read once: another thread may replace it
+    if cached[0] != second:
         moment = datetime.fromtimestamp(second, tz=UTC)
-        _last_second = (second, moment.strftime("%Y-%m-%dT%H:%M:%S."))
-    return f"{_last_second[1]}{micros // 1000:03d}Z"
+        cached = _last_second = (second, moment.strftime("%Y-%m-%dT%H:%M:%S."))
+    return f"{cached[1]}{micros // 1000:03d}Z"
 
 
 _last_second: tuple[float, str] = (math.nan, "")

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from engine import Engine
+from engine import background as background_module
 from engine.background import BackgroundDelivery, Redelivery
 from engine.clients import RetryPolicy
 from engine.dispatch import Dispatcher
@@ -414,3 +415,23 @@ def test_the_pool_grows_while_deliveries_wait_on_the_network(
     assert sorted(page_name(r) for r in answered) == sorted(names)
     # Deliveries waited on the network, sends were waiting: threads were added, up to the cap.
     assert 1 < h.background.alive <= 6
+
+
+def test_spare_threads_stop_when_idle_and_one_always_stays(
+    fresh_emulator: EmulatorServer, harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(background_module, "_IDLE_EXIT", 0.3)
+    fault = Fault(delay=0.2, path="/ee/")
+    fresh_emulator.set_faults(fault)
+    h = harness(fresh_emulator.url, workers=6, poll_interval=0.05)
+    for index in range(24):
+        h.push(f"s{index}", f"p{index}")
+    assert h.background.flush(30)
+    assert h.background.alive > 1
+    wait_for(lambda: h.background.alive == 1, 10, "the spare threads to stop")
+    time.sleep(0.5)  # idle on: the last one stays
+    assert h.background.alive == 1
+    fresh_emulator.set_faults()
+    h.push("later", "after the pool shrank")
+    assert h.background.flush(10)
+    assert "after the pool shrank" in [page_name(r) for r in fresh_emulator.requests("/ee/")]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from textwrap import dedent
+from typing import Any
 
 from engine import Engine
 from engine.clients import RetryPolicy
@@ -102,6 +103,23 @@ def test_apush_delivers_without_blocking_the_event_loop(emulator: EmulatorServer
         ticks, statuses = asyncio.run(main(engine))
     assert statuses == [200, 200]
     assert ticks >= 10  # the loop ran while the pushes waited for Edge
+
+
+def test_a_sessions_apushes_are_processed_in_await_order(emulator: EmulatorServer) -> None:
+    async def main(engine: Engine) -> list[Any]:
+        session = engine.session("v")
+        results = await asyncio.gather(
+            *(session.apush({"event": "page.view", "page": {"name": f"P{n}"}}) for n in range(12))
+        )
+        return [result.snapshot["page"]["name"] for result in results]
+
+    with engine_for(emulator) as engine:
+        names = asyncio.run(main(engine))
+    assert names == [f"P{n}" for n in range(12)]
+    arrived = [
+        r.body["event"]["xdm"]["web"]["webPageDetails"]["name"] for r in emulator.requests("/ee/")
+    ]
+    assert arrived == [f"P{n}" for n in range(12)]
 
 
 def test_cli_run_with_the_emulator(tmp_path: Path) -> None:

@@ -278,18 +278,21 @@ def test_a_forked_child_appends_to_a_journal_of_its_own(tmp_path: Path) -> None:
     assert journals(path) == []
 
 
-def test_a_version_1_file_is_upgraded(tmp_path: Path) -> None:
+def test_a_file_of_the_previous_release_gains_the_intake_table(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
     with Outbox(path) as box:
         box.put(make_request(1), "s")
     conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE intake")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute("DROP TABLE intake")  # as the previous release made it
     conn.commit()
     conn.close()
     with Outbox(path) as box:
         box.append_many([(make_request(2), "s")])
         assert [e.event_id for e in box.pending()] == ["evt-1", "evt-2"]
+    conn = sqlite3.connect(path)
+    # Same schema version: a process of the previous release still opens the file.
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
 
 
 def test_a_backlog_is_read_in_slices_and_a_large_record_still_fits(
@@ -339,3 +342,45 @@ def test_closing_while_threads_append_loses_no_returned_append(tmp_path: Path) -
     with Outbox(path) as reopened:
         stored = [int(e.event_id[4:]) for e in reopened.pending()]  # type: ignore[index]
     assert sorted(stored) == sorted(returned)  # every append that returned, and no other
+
+
+def test_a_transaction_that_fails_after_reading_in_reads_them_again(tmp_path: Path) -> None:
+    for path in (tmp_path / "o.db", None):  # a file's journal, and memory's queue
+        with Outbox(path) as box:
+            box.append_many([(make_request(1), "s")])
+            # A statement failing in a transaction that read the journal in (a full disk,
+            # an I/O error): the inserts roll back, and the records must not count as read.
+            with pytest.raises(OutboxError), box._write() as conn:
+                conn.execute("INSERT INTO no_such_table VALUES (1)")
+            assert [e.event_id for e in box.pending()] == ["evt-1"]
+
+
+def test_a_put_goes_behind_every_send_appended_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox, "_INGEST_CHUNK", 1500)  # a backlog several slices long
+    with Outbox(tmp_path / "o.db") as box:
+        box.append_many([(make_request(n), "s") for n in range(10)])
+        box.put(make_request(10), "s")
+        assert [(e.seq, e.event_id) for e in box.pending()] == [
+            (n + 1, f"evt-{n}") for n in range(11)
+        ]
+
+
+def test_a_journal_being_made_is_not_taken_for_an_orphan(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        box.append_many([(make_request(1), "s")])
+        assert box._journal is not None
+        # Another process opening the outbox now sees a locked journal, never an unlocked
+        # one: the file only gets its name once it is locked.
+        with Outbox(path) as other:
+            assert other.counts()["pending"] == 0
+        box.append_many([(make_request(2), "s")])
+        assert [e.event_id for e in box.pending()] == ["evt-1", "evt-2"]
+    stray = tmp_path / ".o.db-intake-1-x-1.making"  # a process died while making one
+    stray.write_bytes(b"")
+    os.utime(stray, (time.time() - 3600, time.time() - 3600))
+    with Outbox(path):
+        pass
+    assert not stray.exists()

@@ -552,3 +552,16 @@ def test_timestamps_are_formatted_as_datetime_rounds_them(now: float) -> None:
     moment = datetime.fromtimestamp(now, tz=UTC)
     expected = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
     assert _timestamp(now) == expected
+
+
+def test_seeding_the_random_module_does_not_repeat_event_ids() -> None:
+    import random
+
+    state = random.getstate()
+    try:
+        random.seed(42)
+        first = new_id()
+        random.seed(42)
+        assert new_id() != first
+    finally:
+        random.setstate(state)
