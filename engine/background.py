@@ -50,14 +50,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.clients import DeliveryError, EdgeClient, SitecoreClient
+from engine.clients import DeliveryError
 from engine.dispatch import Dispatcher
 from engine.errors import DispatchError, EngineError
 from engine.outbox import Entry, Outbox, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets
 from engine.sessions import Session, SessionStore
-from engine.settings import EdgeSettings, SitecoreSettings
 from engine.values import copy_json
 
 __all__ = ["BackgroundDelivery", "OnResult", "Redelivery"]
@@ -107,42 +106,6 @@ class Redelivery:
 
 class _Halted(Exception):
     """Raised from a retry wait when delivery is stopping (never leaves this module)."""
-
-
-class _Clients:
-    """The destination clients of one dispatcher (its HTTP client and retry policy), with
-    retry waits that :meth:`BackgroundDelivery.close` can interrupt."""
-
-    def __init__(self, dispatcher: Dispatcher, sleep: Callable[[float], None]) -> None:
-        self.dispatcher = dispatcher
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        # One client per settings object (a new ruleset brings new ones, and its token cache).
-        self._made: dict[int, tuple[object, EdgeClient | SitecoreClient]] = {}
-
-    def edge(self, settings: EdgeSettings) -> EdgeClient:
-        client = self._client(settings)
-        assert isinstance(client, EdgeClient)
-        return client
-
-    def sitecore(self, settings: SitecoreSettings) -> SitecoreClient:
-        client = self._client(settings)
-        assert isinstance(client, SitecoreClient)
-        return client
-
-    def _client(self, settings: EdgeSettings | SitecoreSettings) -> EdgeClient | SitecoreClient:
-        with self._lock:
-            known = self._made.get(id(settings))
-            if known is not None and known[0] is settings:
-                return known[1]
-            http, policy = self.dispatcher.http, self.dispatcher.policy
-            client: EdgeClient | SitecoreClient
-            if isinstance(settings, EdgeSettings):
-                client = EdgeClient(http, settings, policy=policy, sleep=self._sleep)
-            else:
-                client = SitecoreClient(http, settings, policy=policy, sleep=self._sleep)
-            self._made[id(settings)] = (settings, client)
-            return client
 
 
 def _retryable(failure: BaseException) -> bool:
@@ -250,7 +213,7 @@ class BackgroundDelivery:
         self._guard_held = False
         self._halt = threading.Event()  # interrupts retry waits at shutdown
         self._clients_lock = threading.Lock()
-        self._clients: _Clients | None = None
+        self._made: Dispatcher | None = None  # this process's, made on the first delivery
         self._threads: list[threading.Thread] = []
         self._wall = 0.0  # moving averages of a delivery's wall and CPU seconds
         self._cpu = 0.0
@@ -626,13 +589,13 @@ class BackgroundDelivery:
         """Deliver ``send`` with ``identity``; record the answer on it; the failure, if any."""
         started = time.perf_counter()
         try:
-            clients, targets = self._client_set(), self._targets()
+            dispatcher, targets = self._dispatcher(), self._targets()
             if send.destination == "edge":
                 if targets.edge is None:
                     raise DispatchError(
                         "edge: the ruleset has no edge settings", destination="edge"
                     )
-                edge = clients.edge(targets.edge).send(send.request, identity)
+                edge = dispatcher.edge_client(targets.edge).send(send.request, identity)
                 send.status, send.attempts, send.response = (
                     edge.status,
                     edge.attempts,
@@ -643,7 +606,7 @@ class BackgroundDelivery:
                     raise DispatchError(
                         "sitecore: the ruleset has no sitecore settings", destination="sitecore"
                     )
-                result = clients.sitecore(targets.sitecore).send(send.request, identity)
+                result = dispatcher.sitecore_client(targets.sitecore).send(send.request, identity)
                 send.status, send.attempts = result.status, result.attempts
                 send.response = result.to_json()
             return None
@@ -705,17 +668,18 @@ class BackgroundDelivery:
         if self._halt.wait(seconds):
             raise _Halted
 
-    def _client_set(self) -> _Clients:
+    def _dispatcher(self) -> Dispatcher:
         with self._clients_lock:
-            if self._clients is None:
-                self._clients = _Clients(self._factory(), self._sleep)
-            return self._clients
+            if self._made is None:
+                self._made = self._factory()
+                self._made.sleep = self._sleep  # retry waits that close() can interrupt
+            return self._made
 
     def _close_clients(self) -> None:
         with self._clients_lock:
-            clients, self._clients = self._clients, None
-        if clients is not None:
-            clients.dispatcher.close()
+            dispatcher, self._made = self._made, None
+        if dispatcher is not None:
+            dispatcher.close()
 
     # ------------------------------------------------------------------ fork
     def _before_fork(self) -> None:
@@ -733,8 +697,8 @@ class BackgroundDelivery:
         # the parent's connections); the child's first delivery makes its own dispatcher.
         # The workers start at the child's first submit or flush, not here: a child that
         # never uses the engine (a process pool's worker) claims nothing it could abandon.
-        if self._clients is not None:
-            _ABANDONED.append(self._clients.dispatcher)
+        if self._made is not None:
+            _ABANDONED.append(self._made)
         self._reset_threading()
         self._spawn_pending = self._started and not self._closing
 

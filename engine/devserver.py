@@ -24,7 +24,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import uvicorn
@@ -38,7 +37,13 @@ from starlette.routing import Route
 
 from engine.diagnostics import Diagnostic
 from engine.emulator import EmulatorServer
-from engine.emulator.server import _bind, _is_loopback, serve_in_thread, stop_thread
+from engine.emulator.server import (
+    ThreadedServer,
+    _bind,
+    _is_loopback,
+    serve_in_thread,
+    stop_thread,
+)
 from engine.engine import Engine
 from engine.envelopes import decode, parse_envelope
 from engine.errors import EngineError, PushError, RuleError
@@ -210,7 +215,7 @@ def _replay(engine: Engine, path: Path, output: _Output) -> ReplayReport:
 
 
 # ------------------------------------------------------------------ the server
-class DevServer:
+class DevServer(ThreadedServer):
     """``tagengine dev`` on background threads, as a context manager::
 
         with DevServer(Path("rules/"), console=console) as dev:
@@ -259,15 +264,6 @@ class DevServer:
         self.emulator: EmulatorServer | None = None
         self.engine: Engine | None = None
         self.watcher: RulesWatcher | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> Self:
         """Start everything and return once the endpoint accepts connections. Raises
@@ -322,17 +318,6 @@ class DevServer:
         if thread is not None:
             thread.join(timeout)
         return not self.running
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ internals
     def _changed(self, ruleset: Ruleset) -> None:

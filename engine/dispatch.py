@@ -42,6 +42,8 @@ class Dispatcher:
     ``http`` may be injected (an ``httpx.Client`` with a custom transport, in tests);
     ``policy`` bounds retries (see :class:`~engine.clients.RetryPolicy`); ``request_id``
     makes the ``requestId`` of each merged collect request (a UUID v4 by default).
+    ``sleep`` is how the clients wait between retries; set it before the first delivery
+    (background delivery makes the waits interruptible at shutdown).
     """
 
     def __init__(
@@ -55,15 +57,18 @@ class Dispatcher:
         self.http = http if http is not None else make_http_client()
         self.policy = policy
         self._request_id = request_id if request_id is not None else new_id
+        self.sleep: Callable[[float], object] = time.sleep
         self._clients: dict[int, tuple[Any, EdgeClient | SitecoreClient]] = {}
         self._lock = threading.Lock()
 
-    def _edge(self, settings: EdgeSettings) -> EdgeClient:
+    def edge_client(self, settings: EdgeSettings) -> EdgeClient:
+        """The Edge client for ``settings`` (made once per settings object)."""
         client = self._client(settings)
         assert isinstance(client, EdgeClient)
         return client
 
-    def _sitecore(self, settings: SitecoreSettings) -> SitecoreClient:
+    def sitecore_client(self, settings: SitecoreSettings) -> SitecoreClient:
+        """The Sitecore client for ``settings`` (made once per settings object)."""
         client = self._client(settings)
         assert isinstance(client, SitecoreClient)
         return client
@@ -77,9 +82,9 @@ class Dispatcher:
                 return known[1]
             client: EdgeClient | SitecoreClient
             if isinstance(settings, EdgeSettings):
-                client = EdgeClient(self.http, settings, policy=self.policy)
+                client = EdgeClient(self.http, settings, policy=self.policy, sleep=self.sleep)
             else:
-                client = SitecoreClient(self.http, settings, policy=self.policy)
+                client = SitecoreClient(self.http, settings, policy=self.policy, sleep=self.sleep)
             self._clients[id(settings)] = (settings, client)
             return client
 
@@ -92,7 +97,7 @@ class Dispatcher:
         started = time.perf_counter()
         try:
             assert targets.sitecore is not None
-            result = self._sitecore(targets.sitecore).send(send.request, session.identity)
+            result = self.sitecore_client(targets.sitecore).send(send.request, session.identity)
             send.status, send.attempts = result.status, result.attempts
             send.response = result.to_json()
         except DeliveryError as error:
@@ -143,7 +148,7 @@ class Dispatcher:
         error: str | None = None
         try:
             assert targets.edge is not None
-            result = self._edge(targets.edge).send(request, session.identity)
+            result = self.edge_client(targets.edge).send(request, session.identity)
             status, attempts, response = result.status, result.attempts, result.to_json()
         except DeliveryError as failure:
             status, attempts, error = failure.status, failure.attempts, str(failure)

@@ -137,7 +137,7 @@ class Engine:
         self.transport = transport
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery
-        self._dispatcher_lock = threading.Lock()
+        self._lazy_lock = threading.Lock()  # guards what is made on first use
         # Per session and event loop: the order of a session's awaited pushes.
         self._async_locks: weakref.WeakKeyDictionary[
             Session, dict[asyncio.AbstractEventLoop, asyncio.Lock]
@@ -334,7 +334,7 @@ class Engine:
 
     def _async_lock(self, session: Session) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
-        with self._dispatcher_lock:
+        with self._lazy_lock:
             locks = self._async_locks.setdefault(session, {})
             lock = locks.get(loop)
             if lock is None:
@@ -344,7 +344,7 @@ class Engine:
     @property
     def dispatcher(self) -> Dispatcher:
         if self._dispatcher is None:
-            with self._dispatcher_lock:  # pushes of several threads: one client, not one each
+            with self._lazy_lock:  # pushes of several threads: one client, not one each
                 if self._dispatcher is None:
                     self._dispatcher = Dispatcher(
                         http=self._http, policy=self._policy, request_id=self._ids.request_id

@@ -77,24 +77,27 @@ class OutboxError(EngineError):
     """The outbox file cannot be opened, read or written, or is not an outbox."""
 
 
-_FIELDS = (
-    "session",
-    "seq",
-    "destination",
-    "rule",
-    "method",
-    "url",
-    "headers",
-    "body",
-    "body_bytes",
-    "kind",
-    "event_id",
-    "request_id",
-    "created",
-    "attempts",
-    "next_attempt_at",
-    "last_error",
+# What each entry and dead letter stores, with its column type: one list for both tables.
+_STORED = (
+    ("session", "TEXT NOT NULL"),
+    ("seq", "INTEGER NOT NULL"),
+    ("destination", "TEXT NOT NULL"),
+    ("rule", "TEXT NOT NULL"),
+    ("method", "TEXT NOT NULL"),
+    ("url", "TEXT NOT NULL"),
+    ("headers", "TEXT NOT NULL"),
+    ("body", "TEXT NOT NULL"),
+    ("body_bytes", "BLOB NOT NULL"),
+    ("kind", "TEXT NOT NULL"),
+    ("event_id", "TEXT"),
+    ("request_id", "TEXT"),
+    ("created", "REAL NOT NULL"),
+    ("attempts", "INTEGER NOT NULL"),
+    ("next_attempt_at", "REAL NOT NULL"),
+    ("last_error", "TEXT"),
 )
+_FIELDS = tuple(name for name, _ in _STORED)
+_DEFINITIONS = ",\n    ".join(f"{name} {kind}" for name, kind in _STORED)
 _COLUMNS = ", ".join(_FIELDS)
 
 
@@ -111,22 +114,7 @@ _INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offse
 _SCHEMA = f"""
 CREATE TABLE entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    destination TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    method TEXT NOT NULL,
-    url TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    body TEXT NOT NULL,
-    body_bytes BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    event_id TEXT,
-    request_id TEXT,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
+    {_DEFINITIONS},
     state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'inflight')),
     claimed_at REAL,
     owner TEXT,
@@ -138,22 +126,7 @@ CREATE INDEX entries_head ON entries (session) WHERE is_head = 1;
 CREATE INDEX entries_inflight ON entries (session) WHERE state = 'inflight';
 CREATE TABLE dead_letters (
     id INTEGER PRIMARY KEY,
-    session TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    destination TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    method TEXT NOT NULL,
-    url TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    body TEXT NOT NULL,
-    body_bytes BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    event_id TEXT,
-    request_id TEXT,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
+    {_DEFINITIONS},
     failed_at REAL NOT NULL
 );
 CREATE INDEX dead_letters_session ON dead_letters (session, seq);
@@ -534,9 +507,9 @@ class Outbox:
 
     def _read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
         with self._locked():
-            while self._unread():  # each pass reads a slice in (or skips unreadable bytes)
-                with self._write():
-                    pass  # ingests: a read sees every send appended before it
+            if self._unread():
+                with self._write() as conn:
+                    self._ingest_all(conn)  # a read sees every send appended before it
             conn = self._connection()
             try:
                 return conn.execute(sql, params).fetchall()
@@ -652,7 +625,8 @@ class Outbox:
             self._ingest_from(conn, self._journal, _INGEST_CHUNK)
 
     def _ingest_all(self, conn: sqlite3.Connection) -> None:
-        """Read everything appended so far in (before an insert, which must come after)."""
+        """Read everything this process appended so far in: before an insert, which must come
+        after it, and before a read, which must see it."""
         if self._journal is not None:
             self._ingest_from(conn, self._journal)
 

@@ -240,6 +240,13 @@ class _Slot:
         self.users = 0
 
 
+def _still_waiting(session_id: str, timeout: float | None) -> DispatchError:
+    return DispatchError(
+        f"session {session_id!r}: still waiting for its first Edge identity after {timeout}s",
+        destination="edge",
+    )
+
+
 class IdentityGate:
     """One Edge request in flight per session until the session has an identity.
 
@@ -280,11 +287,7 @@ class IdentityGate:
             slot.users += 1
         try:
             if not slot.lock.acquire(timeout=-1 if timeout is None else timeout):
-                raise DispatchError(
-                    f"session {session_id!r}: still waiting for its first Edge identity "
-                    f"after {timeout}s",
-                    destination="edge",
-                )
+                raise _still_waiting(session_id, timeout)
             held = True
             try:
                 if has_identity(identity):
@@ -334,11 +337,7 @@ class AsyncIdentityGate:
                 async with asyncio.timeout(timeout):
                     await slot.lock.acquire()
             except TimeoutError:
-                raise DispatchError(
-                    f"session {session_id!r}: still waiting for its first Edge identity "
-                    f"after {timeout}s",
-                    destination="edge",
-                ) from None
+                raise _still_waiting(session_id, timeout) from None
             held = True
             try:
                 if has_identity(identity):

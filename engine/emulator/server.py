@@ -98,7 +98,43 @@ def stop_thread(server: uvicorn.Server, thread: threading.Thread, timeout: float
     return not thread.is_alive()
 
 
-class EmulatorServer:
+class ThreadedServer:
+    """What a uvicorn server run on a thread of its own (the emulator, the dev server)
+    shares: its URL, whether it runs, and ``with`` for :meth:`start` and :meth:`stop`."""
+
+    host: str
+    port: int
+    _thread: threading.Thread | None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (IPv6 hosts bracketed)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmulatorServer(ThreadedServer):
     """The emulator on a background thread, as a context manager::
 
         with EmulatorServer() as emulator:
@@ -132,16 +168,6 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
 
     # -------------------------------------------------------------- lifecycle
-    @property
-    def url(self) -> str:
-        """``http://host:port`` (IPv6 hosts bracketed)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> Self:
         """Bind, start serving on a daemon thread, and return once connections are accepted;
         :class:`RuntimeError` when it does not start within ``startup_timeout``."""
@@ -179,17 +205,6 @@ class EmulatorServer:
         self._server = self._thread = None
         if not stopped:
             raise RuntimeError(f"the emulator on {self.url} did not stop within {timeout} s")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -------------------------------------------------------------- inspection and control
     def requests(self, path: str | None = None) -> list[RecordedRequest]:
