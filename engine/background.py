@@ -50,12 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.clients import DeliveryError
-from engine.dispatch import Dispatcher
+from engine.clients import DeliveryError, EdgeResult, SitecoreResult
+from engine.destinations.base import Request
+from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
+from engine.dispatch import Dispatcher, record_answer
 from engine.errors import DispatchError, EngineError
 from engine.outbox import Entry, Outbox, OutboxError
 from engine.results import PushResult, Send
-from engine.runtime import Targets
+from engine.runtime import Targets, new_id
 from engine.sessions import Session, SessionStore
 from engine.values import copy_json
 
@@ -549,32 +551,66 @@ class BackgroundDelivery:
         self._progressed(len(entries))
 
     def _deliver(self, entry: Entry) -> bool:
-        """Deliver ``entry`` and settle it; whether it went through at the first attempt (its
-        time was then one round trip, no retry waits)."""
-        send = Send(rule=entry.rule, destination=entry.destination, request=entry.request)
+        """Deliver ``entry`` (with the Edge collect sends right behind it that can share its
+        request: :meth:`_batch_behind`) and settle it; whether it went through at the first
+        attempt (its time was then one round trip, no retry waits)."""
+        request, behind = self._batch_behind(entry)
+        entries = [entry, *behind]
+        sends = [Send(rule=e.rule, destination=e.destination, request=e.request) for e in entries]
         with self._guard:
             session = self._sessions.peek(entry.session)
         base = self._identity(session)
         identity: dict[str, Any] = copy_json(base)
-        failure = self._attempt(send, identity)
+        failure = self._attempt(request, sends, identity)
         if session is not None:
             with self._guard, session.lock:
                 _merge(session.identity, base, identity)
+        finals: list[bool]
         if failure is None:
             with self._cond:
                 if not self._acks:
                     self._acks_since = time.monotonic()
-                self._acks.append(entry.id)
-            final = True
+                self._acks.extend(e.id for e in entries)
+            finals = [True] * len(entries)
         else:
-            final = self._settle(entry, send, failure)
-            self._progressed(1)  # buried: the session's next send is claimable; or rescheduled
-        if final and self._on_result is not None:
-            try:
-                self._on_result(entry.session, send)
-            except Exception:
-                log.exception("background delivery: on_result raised")
-        return failure is None and send.attempts <= 1
+            # One schedule for the batch: its sends stay together for the next round.
+            at = self._clock() + self.redelivery.delay(entry.attempts + 1, self._random)
+            finals = [
+                self._settle(e, send, failure, at) for e, send in zip(entries, sends, strict=True)
+            ]
+            self._progressed(len(entries))  # the session's next send is claimable; or rescheduled
+        if self._on_result is not None:
+            for final, send, e in zip(finals, sends, entries, strict=True):
+                if not final:
+                    continue
+                try:
+                    self._on_result(e.session, send)
+                except Exception:
+                    log.exception("background delivery: on_result raised")
+        return failure is None and sends[0].attempts <= 1
+
+    def _batch_behind(self, entry: Entry) -> tuple[Request, list[Entry]]:
+        """The request to send for ``entry``, and the entries behind it whose events it
+        carries too: when ``entry`` is an Edge collect send, those of the pending collect
+        sends right behind it that share its request
+        (:func:`~engine.destinations.edge.batch_collect`); else its own, alone."""
+        head = entry.request
+        if entry.destination != "edge" or entry.kind != "collect":
+            return head, []
+        try:
+            behind = self.outbox.behind(entry, limit=MAX_BATCH_EVENTS - 1, now=self._clock())
+        except OutboxError as problem:
+            log.error("outbox %s: sends behind %d not read: %s", self.outbox, entry.id, problem)
+            return head, []
+        run = []
+        for candidate in behind:
+            if candidate.destination != "edge" or candidate.kind != "collect":
+                break
+            run.append(candidate)
+        if not run:
+            return head, []
+        first = batch_collect([head, *(e.request for e in run)], request_id=new_id)[0]
+        return first.request, run[: len(first.members) - 1]
 
     def _identity(self, session: Session | None) -> dict[str, Any]:
         """A copy of the session's identity: delivery works on it outside the session's lock
@@ -585,49 +621,55 @@ class BackgroundDelivery:
             copied: dict[str, Any] = copy_json(session.identity)
         return copied
 
-    def _attempt(self, send: Send, identity: dict[str, Any]) -> BaseException | None:
-        """Deliver ``send`` with ``identity``; record the answer on it; the failure, if any."""
+    def _attempt(
+        self, request: Request, sends: list[Send], identity: dict[str, Any]
+    ) -> BaseException | None:
+        """Deliver ``request``, which carries ``sends`` (one, or an Edge collect batch), with
+        ``identity``; record the answer on each send; the failure, if any."""
         started = time.perf_counter()
+        status: int | None = None
+        attempts: int | None = None
+        response: dict[str, Any] | None = None
+        error: str | None = None
+        failure: BaseException | None = None
         try:
             dispatcher, targets = self._dispatcher(), self._targets()
-            if send.destination == "edge":
+            if request.destination == "edge":
                 if targets.edge is None:
                     raise DispatchError(
                         "edge: the ruleset has no edge settings", destination="edge"
                     )
-                edge = dispatcher.edge_client(targets.edge).send(send.request, identity)
-                send.status, send.attempts, send.response = (
-                    edge.status,
-                    edge.attempts,
-                    edge.to_json(),
+                result: EdgeResult | SitecoreResult = dispatcher.edge_client(targets.edge).send(
+                    request, identity
                 )
             else:
                 if targets.sitecore is None:
                     raise DispatchError(
                         "sitecore: the ruleset has no sitecore settings", destination="sitecore"
                     )
-                result = dispatcher.sitecore_client(targets.sitecore).send(send.request, identity)
-                send.status, send.attempts = result.status, result.attempts
-                send.response = result.to_json()
-            return None
-        except DeliveryError as error:
-            send.status, send.attempts, send.error = error.status, error.attempts, str(error)
-            return error
-        except _Halted as error:
-            send.error = "interrupted: delivery stopped during a retry wait"
-            return error
-        except (DispatchError, EngineError, ValueError) as error:
-            send.error = str(error)
-            return error
-        except Exception as error:  # not a known failure: logged, and retried like one
-            log.exception("background delivery: rule %r: unexpected error", send.rule)
-            send.error = f"{type(error).__name__}: {error}"
-            return error
-        finally:
-            send.duration = time.perf_counter() - started
+                result = dispatcher.sitecore_client(targets.sitecore).send(request, identity)
+            status, attempts, response = result.status, result.attempts, result.to_json()
+        except DeliveryError as problem:
+            status, attempts, error, failure = (
+                problem.status,
+                problem.attempts,
+                str(problem),
+                problem,
+            )
+        except _Halted as problem:
+            error, failure = "interrupted: delivery stopped during a retry wait", problem
+        except (DispatchError, EngineError, ValueError) as problem:
+            error, failure = str(problem), problem
+        except Exception as problem:  # not a known failure: logged, and retried like one
+            log.exception("background delivery: rule %r: unexpected error", request.rule)
+            error, failure = f"{type(problem).__name__}: {problem}", problem
+        duration = time.perf_counter() - started
+        record_answer(sends, status, attempts, response, error, duration)
+        return failure
 
-    def _settle(self, entry: Entry, send: Send, failure: BaseException) -> bool:
-        """Reschedule or bury ``entry`` after ``failure``; True when its fate is final."""
+    def _settle(self, entry: Entry, send: Send, failure: BaseException, at: float) -> bool:
+        """Reschedule ``entry`` after ``failure`` (a retryable one: to ``at``) or bury it;
+        True when its fate is final."""
         now = self._clock()
         error = send.error or "delivery failed"
         try:
@@ -645,7 +687,7 @@ class BackgroundDelivery:
                 self.outbox.bury(entry.id, error, now=now)
                 log.warning("outbox %s: send %d buried: %s", self.outbox, entry.id, error)
                 return True
-            self.outbox.retry_later(entry.id, error, now + policy.delay(rounds, self._random))
+            self.outbox.retry_later(entry.id, error, at)
             return False
         except OutboxError as problem:
             # Stays in flight: the next start (or another process's sweep) redelivers it.

@@ -33,7 +33,7 @@ from engine.runtime import Targets, new_id
 from engine.sessions import Session
 from engine.settings import EdgeSettings, SitecoreSettings
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "record_answer"]
 
 
 class Dispatcher:
@@ -154,18 +154,32 @@ class Dispatcher:
             status, attempts, error = failure.status, failure.attempts, str(failure)
         except (DispatchError, EngineError) as failure:
             error = str(failure)
-        duration = time.perf_counter() - started
-        for send in sends:
-            if attempts is not None:  # a refusal before any attempt leaves them as they were
-                send.status, send.attempts = status, attempts
-            if response is not None:
-                send.response = (
-                    response if len(sends) == 1 else {**response, "event_id": send.request.event_id}
-                )
-            else:
-                send.error = error
-            send.duration = duration
+        record_answer(sends, status, attempts, response, error, time.perf_counter() - started)
 
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
+
+
+def record_answer(
+    sends: Sequence[Send],
+    status: int | None,
+    attempts: int | None,
+    response: dict[str, Any] | None,
+    error: str | None,
+    duration: float,
+) -> None:
+    """Write what came back for one request onto the ``sends`` it carried: the ``status``,
+    ``attempts`` and ``duration``, and the ``response`` (with each send's own ``event_id``
+    when they are several) or else the ``error``. ``attempts`` is ``None`` for a refusal
+    before any attempt, which leaves ``status`` and ``attempts`` as they were."""
+    for send in sends:
+        if attempts is not None:
+            send.status, send.attempts = status, attempts
+        if response is not None:
+            send.response = (
+                response if len(sends) == 1 else {**response, "event_id": send.request.event_id}
+            )
+        else:
+            send.error = error
+        send.duration = duration

@@ -32,6 +32,8 @@ from typing import Any
 
 import orjson
 
+from engine.destinations.base import parse_bytes
+
 __all__ = [
     "JournalWriter",
     "Record",
@@ -103,7 +105,7 @@ def parse(data: bytes) -> tuple[list[Record], int]:
         if zlib.crc32(body, zlib.crc32(head)) != crc:
             break
         try:
-            header = json.loads(head)
+            header = parse_bytes(head)
         except ValueError:
             break
         if not isinstance(header, list):

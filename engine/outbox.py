@@ -44,6 +44,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -59,7 +60,7 @@ from types import TracebackType
 from typing import Any, Literal, cast
 
 from engine import journal
-from engine.destinations.base import Destination, Kind, Request
+from engine.destinations.base import Destination, Kind, Request, parse_bytes
 from engine.errors import EngineError
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
@@ -70,6 +71,7 @@ SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file with a newer version is refused."""
 
 State = Literal["pending", "inflight", "dead"]
+_Method = Literal["POST", "GET"]  # made once: a subscript in _entry would run for every row
 Which = Literal["dead", "pending", "all"]
 
 
@@ -154,6 +156,7 @@ _INSERT = (
 # except after a revive put an older dead letter back in front of it.)
 _ROTATE_AT = 4 << 20  # bytes: a journal read to its end past this is replaced by a new file
 _UNFINISHED_AFTER = 60.0  # seconds after which a journal file still being made was abandoned
+_IDS_PER_STATEMENT = 500  # ids bound in one `IN (...)` (SQLite allows 999 before 3.32)
 _INGEST_CHUNK = 256 << 10  # bytes of journal read into `entries` per transaction, at most
 
 _CLAIMABLE = f"""
@@ -163,6 +166,12 @@ WHERE e.is_head = 1 AND e.state = 'pending' AND e.next_attempt_at <= :now
 ORDER BY e.next_attempt_at, e.id
 LIMIT :limit
 """
+
+# The entries behind one of a session, in order (Outbox.behind).
+_BEHIND = (
+    f"SELECT id, {_COLUMNS}, state, NULL FROM entries WHERE session = ? AND seq > ? "
+    "ORDER BY seq LIMIT ?"
+)
 
 _UNHEAD = "UPDATE entries SET is_head = 0 WHERE session = ? AND is_head = 1"
 _HEAD = (
@@ -227,6 +236,12 @@ class Entry:
         )
 
 
+@functools.lru_cache(maxsize=64)
+def _headers(stored: str) -> tuple[tuple[str, str], ...]:
+    # A few distinct header lists (one per destination and settings) stored on every entry.
+    return tuple((str(k), str(v)) for k, v in parse_bytes(stored))
+
+
 def _entry(row: Sequence[Any]) -> Entry:
     (id_, session, seq, destination, rule, method, url, headers, body, body_bytes, kind) = row[:11]
     (event_id, request_id, created, attempts, next_at, last_error, state, failed_at) = row[11:]
@@ -236,11 +251,11 @@ def _entry(row: Sequence[Any]) -> Entry:
         seq=seq,
         destination=cast(Destination, destination),
         rule=rule,
-        method=cast(Literal["POST", "GET"], method),
+        method=cast(_Method, method),
         url=url,
-        headers=tuple((str(k), str(v)) for k, v in json.loads(headers)),
+        headers=_headers(headers),
         # A POST's body is stored once, as the bytes sent (see _stored_body).
-        body=json.loads(body) if body else json.loads(body_bytes),
+        body=parse_bytes(body or body_bytes),
         body_bytes=bytes(body_bytes),
         kind=cast(Kind, kind),
         event_id=event_id,
@@ -794,25 +809,39 @@ class Outbox:
         self._maybe_rotate()
         return [_entry([*row[:-2], "inflight", None]) for row in rows]
 
+    def behind(self, entry: Entry, *, limit: int, now: float | None = None) -> list[Entry]:
+        """The entries right behind ``entry`` (claimed: in flight) in its session that are
+        pending and due, in ``seq`` order, up to ``limit``, stopping at the first that is
+        not. While ``entry`` is in flight no claim hands them out, so its deliverer may send
+        them with it (an Edge collect batch) and settle them as :meth:`claim` says."""
+        if limit < 1:
+            return []
+        stamp = time.time() if now is None else now
+        due = []
+        for row in self._read(_BEHIND, (entry.session, entry.seq, limit)):
+            if row[-2] != "pending" or row[-4] > stamp:  # state, next_attempt_at
+                break
+            due.append(_entry(row))
+        return due
+
     def ack(self, entry_id: int) -> bool:
         """Delivered: delete the entry. False if it was not in the outbox."""
         return self.ack_many([entry_id]) > 0
 
     def ack_many(self, ids: Iterable[int]) -> int:
         """Delivered: delete these entries in one transaction (one sync); how many were there."""
-        chosen = [(entry_id,) for entry_id in ids]
+        chosen = sorted(set(ids))
         with self._write() as conn:
             count, heads = 0, []
-            for params in chosen:
-                row = conn.execute(
-                    "SELECT session, is_head FROM entries WHERE id = ?", params
-                ).fetchone()
-                if row is None:
-                    continue
-                conn.execute("DELETE FROM entries WHERE id = ?", params)
-                count += 1
-                if row[1]:
-                    heads.append(row[0])
+            for first in range(0, len(chosen), _IDS_PER_STATEMENT):
+                some = chosen[first : first + _IDS_PER_STATEMENT]
+                marks = ",".join("?" * len(some))
+                rows = conn.execute(
+                    f"SELECT session, is_head FROM entries WHERE id IN ({marks})", some
+                ).fetchall()
+                conn.execute(f"DELETE FROM entries WHERE id IN ({marks})", some)
+                count += len(rows)
+                heads += [session for session, is_head in rows if is_head]
             _rehead(conn, heads)
         return count
 

@@ -435,3 +435,117 @@ def test_spare_threads_stop_when_idle_and_one_always_stays(
     h.push("later", "after the pool shrank")
     assert h.background.flush(10)
     assert "after the pool shrank" in [page_name(r) for r in fresh_emulator.requests("/ee/")]
+
+
+# ---------------------------------------------------------------------- collect batches
+EXITS = RULES + dedent(
+    """\
+    rule "Exit link" {
+      on "exit"
+      send event {
+        type: "web.webinteraction.linkClicks"
+        documentUnloading: true
+        xdm: { web.webInteraction.name: state.link, web.webInteraction.type: "exit" }
+      }
+    }
+    """
+)
+
+
+def identified(h: Harness, url: str, session: str) -> None:
+    """A first page view, delivered at once (not through the outbox): the session has an
+    identity, so its unloading events are built as collect requests from now on."""
+    (send,) = h.engine.session(session).push({"event": "page.view", "page": {"name": "home"}}).sends
+    live = h.engine.sessions.peek(session)
+    assert live is not None
+    dispatcher = Dispatcher(policy=FAST)
+    try:
+        dispatcher.deliver(send, live, Targets.of(h.engine.ruleset, url, url))
+    finally:
+        dispatcher.close()
+    assert send.status == 200 and live.identity.get("has_identity")
+
+
+def exit_links(h: Harness, session: str, links: range) -> None:
+    for index in links:
+        result = h.engine.session(session).push({"event": "exit", "link": f"link {index}"})
+        assert [send.request.kind for send in result.sends] == ["collect"]
+        h.background.submit(result, session)
+
+
+def collected(server: EmulatorServer) -> list[list[str]]:
+    """The link names each accepted collect request carried, in arrival order."""
+    return [
+        [e["xdm"]["web"]["webInteraction"]["name"] for e in r.body["events"]]
+        for r in server.requests("/ee/")
+        if r.path.endswith("/collect") and r.status == 204 and r.fault is None
+    ]
+
+
+def test_queued_collect_sends_go_in_batches_in_order(
+    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
+) -> None:
+    h = harness(emulator.url, Outbox(tmp_path / "out.db"), rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    exit_links(h, "v", range(250))  # queued while nothing delivers
+    h.background.start()
+    assert h.background.flush(20)
+    batches = collected(emulator)
+    assert [len(b) for b in batches] == [100, 100, 50]
+    assert [name for b in batches for name in b] == [f"link {i}" for i in range(250)]
+    delivered = [send for _, send in h.results]
+    assert len(delivered) == 250 and all(send.status == 204 for send in delivered)
+    assert [send.response["event_id"] for send in delivered] == [
+        send.request.event_id for send in delivered
+    ]
+    assert h.outbox.counts() == {"pending": 0, "inflight": 0, "dead": 0}
+
+
+def test_a_batch_stops_at_a_send_of_another_kind_and_order_is_kept(
+    emulator: EmulatorServer, harness: HarnessFactory
+) -> None:
+    h = harness(emulator.url, rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    exit_links(h, "v", range(3))
+    h.push("v", "middle")  # an interact send between the collect sends
+    exit_links(h, "v", range(3, 5))
+    h.background.start()
+    assert h.background.flush(10)
+    arrived = [
+        (r.path.rsplit("/", 1)[1], r.body)
+        for r in emulator.requests("/ee/")[1:]  # after the first page view
+    ]
+    assert [action for action, _ in arrived] == ["collect", "interact", "collect"]
+    assert collected(emulator) == [["link 0", "link 1", "link 2"], ["link 3", "link 4"]]
+    assert page_name(emulator.requests("/ee/")[2]) == "middle"
+
+
+def test_a_failed_batch_is_rescheduled_whole_and_arrives_once(
+    emulator: EmulatorServer, harness: HarnessFactory
+) -> None:
+    h = harness(emulator.url, rules=EXITS, start=False, policy=RetryPolicy(max_attempts=1))
+    identified(h, emulator.url, "v")
+    emulator.set_faults(Fault(status=503, retry_after="0", count=2, path="/ee/or2/v2/collect"))
+    exit_links(h, "v", range(40))
+    h.background.start()
+    assert h.background.flush(20)
+    failed = [r for r in emulator.requests("/ee/or2/v2/collect") if r.fault is not None]
+    assert len(failed) == 2 and all(len(r.body["events"]) == 40 for r in failed)
+    assert collected(emulator) == [[f"link {i}" for i in range(40)]]
+    assert h.outbox.counts() == {"pending": 0, "inflight": 0, "dead": 0}
+    assert len(h.results) == 40 and {s.status for _, s in h.results} == {204}
+
+
+def test_a_refused_batch_buries_every_send_it_carried(
+    emulator: EmulatorServer, harness: HarnessFactory
+) -> None:
+    h = harness(emulator.url, rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    emulator.set_faults(Fault(status=400, count=1, path="/ee/or2/v2/collect"))
+    exit_links(h, "v", range(7))
+    h.background.start()
+    assert h.background.flush(10)
+    dead = h.outbox.dead()
+    assert [d.event_id for d in dead] == [s.request.event_id for _, s in h.results]
+    assert len(dead) == 7 and all("HTTP 400" in (d.last_error or "") for d in dead)
+    assert collected(emulator) == []

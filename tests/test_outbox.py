@@ -206,6 +206,24 @@ def test_claim_respects_limit_due_time_and_oldest_first(box: Outbox) -> None:
         box.claim(T0, limit=0)
 
 
+def test_behind_reads_the_due_sends_right_behind_a_claimed_one(box: Outbox) -> None:
+    ids = [box.put(make_request(n), "a", now=T0) for n in range(6)]
+    other = box.put(make_request(9), "b", now=T0)
+    box.retry_later(ids[4], "503", T0 + 50)  # not due: the run stops before it
+    (head, b_head) = box.claim(T0)
+    assert (head.id, b_head.id) == (ids[0], other)
+    assert box.behind(head, limit=0, now=T0) == []
+    two = box.behind(head, limit=2, now=T0)
+    assert [e.id for e in two] == ids[1:3] and {e.state for e in two} == {"pending"}
+    assert [e.request for e in two] == [make_request(1), make_request(2)]
+    assert [e.id for e in box.behind(head, limit=10, now=T0)] == ids[1:4]
+    assert [e.id for e in box.behind(head, limit=10, now=T0 + 50)] == ids[1:]
+    # While the head is in flight, no claim hands out the sends behind it.
+    assert box.claim(T0 + 50) == []
+    assert box.ack_many(ids[:3]) == 3
+    assert [e.id for e in box.claim(T0 + 50)] == [ids[3]]
+
+
 def test_retry_later_waits_and_keeps_its_place(box: Outbox) -> None:
     a1 = box.put(make_request(1), "a", now=T0)
     a2 = box.put(make_request(2), "a", now=T0)

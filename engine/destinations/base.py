@@ -116,6 +116,16 @@ def serialize(value: Any, *, rule: str) -> str:
     return serialize_bytes(value, rule=rule).decode()
 
 
+def parse_bytes(data: bytes | str) -> Any:
+    """JSON read back (stored bodies and headers): orjson (a third of the time of
+    :mod:`json`), or :mod:`json` for what only it reads (``NaN``, integers beyond 64 bits).
+    Raises ``ValueError`` for what is not JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def drop_nulls(value: Any) -> Any:
     """A deep copy of a JSON-like value without ``null``: keys whose value is ``None`` and
     ``None`` list items are removed, and an object left empty by that removal is removed too

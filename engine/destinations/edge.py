@@ -39,6 +39,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import chain
+from operator import attrgetter, methodcaller
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -255,6 +257,9 @@ class Batch(NamedTuple):
 # compact JSON is these bytes around the events and the meta.
 _EVENTS_OPEN = b'{"events":['
 _META_OPEN = b'],"meta":'
+_BODY = attrgetter("body")
+_RULE = attrgetter("rule")
+_GET_EVENTS = methodcaller("get", "events")
 
 
 class _Group:
@@ -266,8 +271,9 @@ class _Group:
         "events",
         "has_id",
         "headers",
-        "members",
+        "indices",
         "meta",
+        "requests",
         "route",
         "size",
         "tail",
@@ -289,7 +295,8 @@ class _Group:
         self.tail = _META_OPEN + serialize_bytes(self.meta, rule=request.rule) + b"}"
         encoded = self._events_of(request)
         assert encoded is not None  # the tail is this request's own meta
-        self.members = [(index, request)]
+        self.indices = [index]
+        self.requests = [request]
         self.events = len(request.body["events"])
         self.encoded = [encoded]
         self.size = len(_EVENTS_OPEN) + len(encoded) + len(self.tail)
@@ -301,7 +308,7 @@ class _Group:
         head, url_tail, tail, headers = self.url_head, self.url_tail, self.tail, self.headers
         lead, trail = len(_EVENTS_OPEN), len(self.tail)
         events, size = self.events, self.size
-        members, encoded = self.members, self.encoded
+        indices, taken, encoded = self.indices, self.requests, self.encoded
         index = start
         for index in range(start, len(requests)):
             request = requests[index]
@@ -329,7 +336,8 @@ class _Group:
             piece = len(raw) - lead - trail
             if events + len(batch) > max_events or size + 1 + piece > limit:
                 break
-            members.append((index, request))
+            indices.append(index)
+            taken.append(request)
             encoded.append(raw[lead : len(raw) - trail])
             events += len(batch)
             size += 1 + piece
@@ -355,7 +363,8 @@ class _Group:
             or self.size + 1 + len(encoded) > limit
         ):
             return False
-        self.members.append((index, request))
+        self.indices.append(index)
+        self.requests.append(request)
         self.events += count
         self.encoded.append(encoded)
         self.size += 1 + len(encoded)
@@ -376,9 +385,9 @@ class _Group:
         return b",".join(serialize_bytes(e, rule=request.rule) for e in request.body["events"])
 
     def batch(self, request_id: Callable[[], str]) -> Batch:
-        index, first = self.members[0]
-        if len(self.members) == 1:
-            return Batch(first, (index,))
+        first = self.requests[0]
+        if len(self.requests) == 1:
+            return Batch(first, (self.indices[0],))
         new_id = request_id()
         param = quote(new_id, safe="")
         url = first.url
@@ -387,10 +396,10 @@ class _Group:
             url = url[: span[0]] + param + url[span[1] :]
         else:
             url += f"{'&' if '?' in url else '?'}requestId={param}"
-        events = [e for _, r in self.members for e in r.body["events"]]
+        events = list(chain.from_iterable(map(_GET_EVENTS, map(_BODY, self.requests))))
         merged = Request(
             destination="edge",
-            rule=", ".join(dict.fromkeys(r.rule for _, r in self.members)),
+            rule=", ".join(dict.fromkeys(map(_RULE, self.requests))),
             method="POST",
             url=url,
             headers=self.headers,
@@ -400,7 +409,7 @@ class _Group:
             event_id=None,
             request_id=new_id,
         )
-        return Batch(merged, tuple(i for i, _ in self.members))
+        return Batch(merged, tuple(self.indices))
 
 
 def batch_collect(
