@@ -140,9 +140,12 @@ class BackgroundDelivery:
     on a worker thread (exceptions are logged). ``clock`` (epoch seconds) dates outbox entries.
     Up to ``batch`` due entries (each of a different session) are claimed in one transaction
     and shared by the workers; the delivered ones are acknowledged together, at the latest
-    when the batch is done (a killed process may thus have delivered up to ``batch +
-    workers`` sends it had not acknowledged: they are delivered again, as at-least-once
-    allows). ``stale_after`` seconds after a claim, an entry still in flight is taken to
+    when the batch is done (a killed process may thus have made up to ``batch + workers``
+    deliveries it had not acknowledged, an Edge collect batch counting as one: their sends
+    are delivered again, as at-least-once allows). An Edge collect send takes the pending
+    collect sends right behind it in its session into its request (up to 100 events and
+    64 KB, :func:`~engine.destinations.edge.batch_collect`); they are settled together.
+    ``stale_after`` seconds after a claim, an entry still in flight is taken to
     belong to a process that died (a forked child killed, say) and is put back to pending;
     ``poll_interval`` bounds how long an idle worker waits before looking at the outbox again
     (other processes may write to it).
@@ -173,7 +176,7 @@ class BackgroundDelivery:
         redelivery: Redelivery | None = None,
         on_result: OnResult | None = None,
         clock: Callable[[], float] = time.time,
-        batch: int = 8,
+        batch: int = 32,
         stale_after: float | None = 600.0,
         poll_interval: float = 1.0,
         random: Callable[[float, float], float] = _random.uniform,
