@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -1134,3 +1135,70 @@ def test_browser_create_answer_without_ref_is_an_error() -> None:
     client = SitecoreClient(httpx.Client(transport=httpx.MockTransport(handler)), settings)
     with pytest.raises(DeliveryError, match="no browser id"):
         client.send(sitecore_request(settings), {})
+
+
+# ---------------------------------------------------------------------- no shared cookie jar
+class _CookieSetter:
+    """A loopback server that answers every request with a ``Set-Cookie`` (as Edge does on a
+    first-party domain) and records the ``Cookie`` header each request came with."""
+
+    def __init__(self) -> None:
+        seen: list[str | None] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append(self.headers.get("Cookie"))
+                body = b'{"handle":[]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Set-Cookie", f"kndctr_ORG_identity=visitor-{len(seen)}; Path=/")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.seen = seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ee/v2/interact"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def cookie_setter() -> Iterator[_CookieSetter]:
+    server = _CookieSetter()
+    yield server
+    server.close()
+
+
+def test_a_cookie_one_answer_sets_never_rides_on_the_next_request(
+    cookie_setter: _CookieSetter,
+) -> None:
+    with httpx.Client() as plain:  # what a default client would do: keep it, send it on
+        plain.post(cookie_setter.url, content=b"{}")
+        plain.post(cookie_setter.url, content=b"{}")
+    assert cookie_setter.seen == [None, "kndctr_ORG_identity=visitor-1"]
+    del cookie_setter.seen[:]
+    with make_http_client() as shared:
+        for _ in range(3):
+            shared.post(cookie_setter.url, content=b"{}").raise_for_status()
+        assert not shared.cookies
+    assert cookie_setter.seen == [None, None, None]
+
+    async def twice() -> None:
+        async with make_async_http_client() as shared:
+            for _ in range(2):
+                (await shared.post(cookie_setter.url, content=b"{}")).raise_for_status()
+            assert not shared.cookies
+
+    del cookie_setter.seen[:]
+    asyncio.run(twice())
+    assert cookie_setter.seen == [None, None]

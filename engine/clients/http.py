@@ -1,7 +1,13 @@
 """The shared HTTP clients: one per engine, built with connect and read timeouts, a bounded
-connection pool and no redirects (a redirect would resend nothing we want to resend)."""
+connection pool, no redirects (a redirect would resend nothing we want to resend) and no
+cookie jar: one client serves every visitor, so a cookie set by the answer to one visitor's
+request (Edge on a first-party domain sets the ``kndctr_*`` cookies so) must never ride on
+another's. A visitor's cookies travel in the request built for them (``meta.state``) and come
+back through :func:`~engine.clients.identity.set_cookie_headers`."""
 
 from __future__ import annotations
+
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -23,6 +29,10 @@ DEFAULT_LIMITS = httpx.Limits(
 USER_AGENT = f"tagengine/{ENGINE_VERSION}"
 
 
+def _keeps_nothing() -> CookieJar:
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))  # no domain may set one
+
+
 def make_http_client(
     *,
     connect: float = 5.0,
@@ -33,13 +43,15 @@ def make_http_client(
     transport: httpx.BaseTransport | None = None,
 ) -> httpx.Client:
     """An ``httpx.Client`` for the destination clients: every timeout set, pooled
-    connections, ``follow_redirects=False``; ``transport`` replaces the network in tests."""
+    connections, ``follow_redirects=False``, no cookies kept; ``transport`` replaces the
+    network in tests."""
     return httpx.Client(
         timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
         limits=limits,
         follow_redirects=False,
         transport=transport,
         headers={"User-Agent": USER_AGENT},
+        cookies=_keeps_nothing(),
     )
 
 
@@ -59,6 +71,7 @@ def make_async_http_client(
         follow_redirects=False,
         transport=transport,
         headers={"User-Agent": USER_AGENT},
+        cookies=_keeps_nothing(),
     )
 
 
