@@ -50,11 +50,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.clients import DeliveryError, EdgeResult, SitecoreResult
+from engine.clients import DeliveryError, EdgeResult, SitecoreResult, with_state
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer
-from engine.errors import DispatchError, EngineError
+from engine.errors import DispatchError, EngineError, PayloadTooLarge
 from engine.outbox import Entry, Outbox, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
@@ -108,6 +108,14 @@ class Redelivery:
 
 class _Halted(Exception):
     """Raised from a retry wait when delivery is stopping (never leaves this module)."""
+
+
+def _refused(failure: BaseException | None) -> bool:
+    """Whether a request was refused for what it carries (a 400 or 413 from Edge, or too
+    large to send), not for who sent it: each send of a refused batch may go through alone."""
+    if isinstance(failure, PayloadTooLarge):
+        return True
+    return isinstance(failure, DeliveryError) and failure.status in (400, 413)
 
 
 def _retryable(failure: BaseException) -> bool:
@@ -557,31 +565,39 @@ class BackgroundDelivery:
         """Deliver ``entry`` (with the Edge collect sends right behind it that can share its
         request: :meth:`_batch_behind`) and settle it; whether it went through at the first
         attempt (its time was then one round trip, no retry waits)."""
-        request, behind = self._batch_behind(entry)
-        entries = [entry, *behind]
-        sends = [Send(rule=e.rule, destination=e.destination, request=e.request) for e in entries]
         with self._guard:
             session = self._sessions.peek(entry.session)
         base = self._identity(session)
         identity: dict[str, Any] = copy_json(base)
+        request, behind = self._batch_behind(entry, identity)
+        entries = [entry, *behind]
+        sends = [Send(rule=e.rule, destination=e.destination, request=e.request) for e in entries]
         failure = self._attempt(request, sends, identity)
+        failures = [failure] * len(sends)
+        if behind and _refused(failure):
+            # Edge refused the batch as a whole: one bad event must not sink the others, so
+            # each goes again alone, in order, and is settled by its own answer.
+            failures = [self._attempt(send.request, [send], identity) for send in sends]
         if session is not None:
             with self._guard, session.lock:
                 _merge(session.identity, base, identity)
-        finals: list[bool]
-        if failure is None:
+        delivered = [e.id for e, failed in zip(entries, failures, strict=True) if failed is None]
+        if delivered:
             with self._cond:
                 if not self._acks:
                     self._acks_since = time.monotonic()
-                self._acks.extend(e.id for e in entries)
-            finals = [True] * len(entries)
-        else:
-            # One schedule for the batch: its sends stay together for the next round.
+                self._acks.extend(delivered)
+        finals = [True] * len(entries)
+        if len(delivered) < len(entries):
+            # One schedule for the batch: its sends stay together for the next round. The
+            # followers stay in flight until settled, so nothing of the session is claimable
+            # while some are settled and others not yet.
             at = self._clock() + self.redelivery.delay(entry.attempts + 1, self._random)
             finals = [
-                self._settle(e, send, failure, at) for e, send in zip(entries, sends, strict=True)
+                failed is None or self._settle(e, send, failed, at)
+                for e, send, failed in zip(entries, sends, failures, strict=True)
             ]
-            self._progressed(len(entries))  # the session's next send is claimable; or rescheduled
+            self._progressed(len(entries) - len(delivered))
         if self._on_result is not None:
             for final, send, e in zip(finals, sends, entries, strict=True):
                 if not final:
@@ -592,28 +608,39 @@ class BackgroundDelivery:
                     log.exception("background delivery: on_result raised")
         return failure is None and sends[0].attempts <= 1
 
-    def _batch_behind(self, entry: Entry) -> tuple[Request, list[Entry]]:
+    def _batch_behind(self, entry: Entry, identity: dict[str, Any]) -> tuple[Request, list[Entry]]:
         """The request to send for ``entry``, and the entries behind it whose events it
-        carries too: when ``entry`` is an Edge collect send, those of the pending collect
-        sends right behind it that share its request
-        (:func:`~engine.destinations.edge.batch_collect`); else its own, alone."""
+        carries too, claimed: when ``entry`` is an Edge collect send, those of the pending
+        collect sends right behind it that share its request once their ``meta.state`` is
+        brought up to date from ``identity`` (:func:`~engine.clients.with_state`: a batch
+        packed to 64 KB must not grow past it when the client refreshes it), merged by
+        :func:`~engine.destinations.edge.batch_collect`; else its own request, alone."""
         head = entry.request
         if entry.destination != "edge" or entry.kind != "collect":
             return head, []
+        now = self._clock()
+        merged = [head]
+
+        def joining(behind: list[Entry]) -> int:
+            run = []
+            for candidate in behind:
+                if candidate.destination != "edge" or candidate.kind != "collect":
+                    break
+                run.append(with_state(candidate.request, identity, now))
+            if not run:
+                return 0
+            first = batch_collect([with_state(head, identity, now), *run], request_id=new_id)[0]
+            merged[0] = first.request
+            return len(first.members) - 1
+
         try:
-            behind = self.outbox.behind(entry, limit=MAX_BATCH_EVENTS - 1, now=self._clock())
-        except OutboxError as problem:
-            log.error("outbox %s: sends behind %d not read: %s", self.outbox, entry.id, problem)
+            behind = self.outbox.claim_behind(
+                entry, limit=MAX_BATCH_EVENTS - 1, select=joining, now=now
+            )
+        except Exception:  # the head goes alone: a bad row behind it must not block it
+            log.exception("outbox %s: sends behind %d not claimed", self.outbox, entry.id)
             return head, []
-        run = []
-        for candidate in behind:
-            if candidate.destination != "edge" or candidate.kind != "collect":
-                break
-            run.append(candidate)
-        if not run:
-            return head, []
-        first = batch_collect([head, *(e.request for e in run)], request_id=new_id)[0]
-        return first.request, run[: len(first.members) - 1]
+        return (merged[0] if behind else head), behind
 
     def _identity(self, session: Session | None) -> dict[str, Any]:
         """A copy of the session's identity: delivery works on it outside the session's lock

@@ -53,7 +53,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -167,7 +167,7 @@ ORDER BY e.next_attempt_at, e.id
 LIMIT :limit
 """
 
-# The entries behind one of a session, in order (Outbox.behind).
+# The entries behind one of a session, in order (Outbox.claim_behind).
 _BEHIND = (
     f"SELECT id, {_COLUMNS}, state, NULL FROM entries WHERE session = ? AND seq > ? "
     "ORDER BY seq LIMIT ?"
@@ -809,19 +809,38 @@ class Outbox:
         self._maybe_rotate()
         return [_entry([*row[:-2], "inflight", None]) for row in rows]
 
-    def behind(self, entry: Entry, *, limit: int, now: float | None = None) -> list[Entry]:
-        """The entries right behind ``entry`` (claimed: in flight) in its session that are
-        pending and due, in ``seq`` order, up to ``limit``, stopping at the first that is
-        not. While ``entry`` is in flight no claim hands them out, so its deliverer may send
-        them with it (an Edge collect batch) and settle them as :meth:`claim` says."""
+    def claim_behind(
+        self,
+        entry: Entry,
+        *,
+        limit: int,
+        select: Callable[[list[Entry]], int] | None = None,
+        now: float | None = None,
+    ) -> list[Entry]:
+        """Mark in flight, beside ``entry`` (claimed: in flight), the entries right behind it
+        in its session, and return them: pending and due, in ``seq`` order, up to ``limit``,
+        stopping at the first that is not; given ``select``, only the first
+        ``select(those)`` of them (it runs inside the transaction). Sending several sends of
+        a session as one request (an Edge collect batch) claims them so; settle each as
+        :meth:`claim` says. The session stays blocked until every one is settled.
+        """
         if limit < 1:
             return []
         stamp = time.time() if now is None else now
-        due = []
-        for row in self._read(_BEHIND, (entry.session, entry.seq, limit)):
-            if row[-2] != "pending" or row[-4] > stamp:  # state, next_attempt_at
-                break
-            due.append(_entry(row))
+        with self._write() as conn:
+            due = []
+            for row in conn.execute(_BEHIND, (entry.session, entry.seq, limit)).fetchall():
+                if row[-2] != "pending" or row[-4] > stamp:  # state, next_attempt_at
+                    break
+                due.append(_entry([*row[:-2], "inflight", None]))
+            if select is not None and due:
+                due = due[: max(select(due), 0)]
+            if due:  # at most `limit` ids: one statement
+                conn.execute(
+                    "UPDATE entries SET state = 'inflight', claimed_at = ?, owner = ? "
+                    f"WHERE id IN ({','.join('?' * len(due))})",
+                    [stamp, self._owner, *(taken.id for taken in due)],
+                )
         return due
 
     def ack(self, entry_id: int) -> bool:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from engine import DispatchError, EvaluationError, PayloadTooLarge
 from engine.destinations import EDGE_SIZE_LIMIT, Request, build_edge_request, check_size
-from engine.destinations.base import ENGINE_VERSION, serialize, serialize_bytes
+from engine.destinations.base import ENGINE_VERSION, parse_bytes, serialize, serialize_bytes
 from engine.destinations.edge import _query
 from engine.scope import Scope
 from engine.settings import EdgeSettings
@@ -699,6 +699,41 @@ def test_wire_json_reads_back_as_what_was_sent(value: Any) -> None:
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
     if not re.search(rb"\d[eE]", data + text):  # the spelling of some floats aside
         assert data == text
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with each number tagged by its type: 1 and 1.0 must not pass for equal."""
+    if isinstance(value, dict):
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return (type(value).__name__, value)
+
+
+@given(_json_values)
+def test_stored_json_reads_back_as_json_reads_it(value: Any) -> None:
+    for text in (
+        serialize_bytes(value, rule="R"),
+        json.dumps(value, indent=1).encode(),
+        json.dumps(value).encode(),
+    ):
+        assert _typed(parse_bytes(text)) == _typed(json.loads(text))
+    assert _typed(parse_bytes(json.dumps(value))) == _typed(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"id":"05907638112924484241029082405297151763","n":18446744073709551616}',
+        b"[-9223372036854775809, 1]",
+        b"123456789012345678901234",
+        b'{"a":NaN,"b":-Infinity}',
+        b'["\\ud800"]',
+        '{"k": "\udc80"}',
+    ],
+)
+def test_stored_json_reads_numbers_and_oddities_as_json_does(text: bytes | str) -> None:
+    assert _typed(parse_bytes(text)) == _typed(json.loads(text))
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {"x": [1, {"y": math.nan}]}])

@@ -206,22 +206,44 @@ def test_claim_respects_limit_due_time_and_oldest_first(box: Outbox) -> None:
         box.claim(T0, limit=0)
 
 
-def test_behind_reads_the_due_sends_right_behind_a_claimed_one(box: Outbox) -> None:
+def test_claim_behind_takes_the_due_sends_right_behind_in_order(box: Outbox) -> None:
     ids = [box.put(make_request(n), "a", now=T0) for n in range(6)]
     other = box.put(make_request(9), "b", now=T0)
     box.retry_later(ids[4], "503", T0 + 50)  # not due: the run stops before it
     (head, b_head) = box.claim(T0)
     assert (head.id, b_head.id) == (ids[0], other)
-    assert box.behind(head, limit=0, now=T0) == []
-    two = box.behind(head, limit=2, now=T0)
-    assert [e.id for e in two] == ids[1:3] and {e.state for e in two} == {"pending"}
+    assert box.claim_behind(head, limit=0, now=T0) == []
+    two = box.claim_behind(head, limit=2, now=T0)
+    assert [e.id for e in two] == ids[1:3] and {e.state for e in two} == {"inflight"}
     assert [e.request for e in two] == [make_request(1), make_request(2)]
-    assert [e.id for e in box.behind(head, limit=10, now=T0)] == ids[1:4]
-    assert [e.id for e in box.behind(head, limit=10, now=T0 + 50)] == ids[1:]
-    # While the head is in flight, no claim hands out the sends behind it.
+    assert box.claim_behind(head, limit=10, now=T0) == []  # the next one is in flight now
+    # From the last taken, the run goes on and stops at the one not due.
+    assert [e.id for e in box.claim_behind(two[-1], limit=10, now=T0)] == [ids[3]]
+    assert box.counts() == {"pending": 2, "inflight": 5, "dead": 0}
+    # Nothing of the session is claimable until all of them are settled.
+    box.bury(ids[0], "refused")
+    box.retry_later(ids[1], "503", T0)
     assert box.claim(T0 + 50) == []
-    assert box.ack_many(ids[:3]) == 3
-    assert [e.id for e in box.claim(T0 + 50)] == [ids[3]]
+    box.ack_many(ids[2:4])
+    assert [e.id for e in box.claim(T0 + 50)] == [ids[1]]
+    chosen: list[list[int]] = []
+
+    def first_one(behind: list[Entry]) -> int:
+        chosen.append([e.id for e in behind])
+        return 1
+
+    taken = box.claim_behind(box.get(ids[1]) or head, limit=10, select=first_one, now=T0 + 50)
+    assert [e.id for e in taken] == [ids[4]] and chosen == [[ids[4], ids[5]]]
+
+
+def test_claimed_behind_sends_go_back_to_pending_on_recover(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db") as first:
+        ids = [first.put(make_request(n), "a", now=T0) for n in range(3)]
+        (head,) = first.claim(T0)
+        first.claim_behind(head, limit=5, now=T0)
+    with Outbox(tmp_path / "o.db") as second:
+        assert second.recover(now=T0 + 1) == 3
+        assert [e.id for e in second.claim(T0 + 1)] == [ids[0]]
 
 
 def test_retry_later_waits_and_keeps_its_place(box: Outbox) -> None:

@@ -130,12 +130,12 @@ class _EdgeBase:
                 destination="edge",
                 request_id=request.request_id,
             )
-        if size_check:
-            check_size(request)
         now = self._clock()
         prune_identity(identity, now)
         if self._refresh_state:
             request = with_state(request, identity, now)
+        if size_check:
+            check_size(request)  # as sent: the state refresh can make it grow
         return request
 
     def _headers(self, request: Request, token: str | None) -> list[tuple[str, str]]:
