@@ -53,8 +53,8 @@ from typing import Any, Literal
 from engine.clients import DeliveryError, EdgeResult, SitecoreResult, with_state
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
-from engine.dispatch import Dispatcher, record_answer
-from engine.errors import DispatchError, EngineError, PayloadTooLarge
+from engine.dispatch import Dispatcher, record_answer, refused
+from engine.errors import DispatchError, EngineError
 from engine.outbox import Entry, Outbox, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
@@ -108,14 +108,6 @@ class Redelivery:
 
 class _Halted(Exception):
     """Raised from a retry wait when delivery is stopping (never leaves this module)."""
-
-
-def _refused(failure: BaseException | None) -> bool:
-    """Whether a request was refused for what it carries (a 400 or 413 from Edge, or too
-    large to send), not for who sent it: each send of a refused batch may go through alone."""
-    if isinstance(failure, PayloadTooLarge):
-        return True
-    return isinstance(failure, DeliveryError) and failure.status in (400, 413)
 
 
 def _retryable(failure: BaseException) -> bool:
@@ -574,7 +566,7 @@ class BackgroundDelivery:
         sends = [Send(rule=e.rule, destination=e.destination, request=e.request) for e in entries]
         failure = self._attempt(request, sends, identity)
         failures = [failure] * len(sends)
-        if behind and _refused(failure):
+        if behind and refused(failure):
             # Edge refused the batch as a whole: one bad event must not sink the others, so
             # each goes again alone, in order, and is settled by its own answer.
             failures = [self._attempt(send.request, [send], identity) for send in sends]

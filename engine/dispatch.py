@@ -27,13 +27,13 @@ from engine.clients import (
 )
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
-from engine.errors import DispatchError, EngineError
+from engine.errors import DispatchError, EngineError, PayloadTooLarge
 from engine.results import Send
 from engine.runtime import Targets, new_id
 from engine.sessions import Session
 from engine.settings import EdgeSettings, SitecoreSettings
 
-__all__ = ["Dispatcher", "record_answer"]
+__all__ = ["Dispatcher", "record_answer", "refused"]
 
 
 class Dispatcher:
@@ -133,32 +133,52 @@ class Dispatcher:
             members = [sends[index] for index in batch.members]
             if len(members) == 1:
                 self.deliver(members[0], session, targets)
-            else:
-                self._send_edge(batch.request, members, session, targets)
+            elif refused(self._send_edge(batch.request, members, session, targets)):
+                for send in members:  # one bad event must not sink the others: each alone
+                    send.status, send.attempts, send.response, send.error = None, 0, None, None
+                    self.deliver(send, session, targets)
 
     def _send_edge(
         self, request: Request, sends: Sequence[Send], session: Session, targets: Targets
-    ) -> None:
+    ) -> DispatchError | None:
         """Send ``request``, which carries the events of ``sends``, and record the answer on
-        each of them."""
+        each of them; the failure, if any."""
         started = time.perf_counter()
         status: int | None = None
         attempts: int | None = None
         response: dict[str, Any] | None = None
         error: str | None = None
+        failure: DispatchError | None = None
         try:
             assert targets.edge is not None
             result = self.edge_client(targets.edge).send(request, session.identity)
             status, attempts, response = result.status, result.attempts, result.to_json()
-        except DeliveryError as failure:
-            status, attempts, error = failure.status, failure.attempts, str(failure)
-        except (DispatchError, EngineError) as failure:
-            error = str(failure)
+        except DeliveryError as problem:
+            status, attempts, error, failure = (
+                problem.status,
+                problem.attempts,
+                str(problem),
+                problem,
+            )
+        except DispatchError as problem:
+            error, failure = str(problem), problem
+        except EngineError as problem:
+            error = str(problem)
         record_answer(sends, status, attempts, response, error, time.perf_counter() - started)
+        return failure
 
     def close(self) -> None:
         if self._owns_http:
             self.http.close()
+
+
+def refused(failure: BaseException | None) -> bool:
+    """Whether a request was refused for what it carries (a 400 or 413 from Edge, or too
+    large to send) rather than for who sent it or when: each send of a refused batch may
+    still go through alone."""
+    if isinstance(failure, PayloadTooLarge):
+        return True
+    return isinstance(failure, DeliveryError) and failure.status in (400, 413)
 
 
 def record_answer(

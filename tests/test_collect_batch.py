@@ -369,17 +369,38 @@ def test_a_failing_batch_marks_all_its_sends(emulator: EmulatorServer) -> None:
         visit.identify()
         emulator.clear()
         sends = visit.sends(exits(0, 150))
-        emulator.set_faults(Fault(status=400, count=1, path="/ee/or2/v2/collect"))
+        emulator.set_faults(Fault(status=503, count=3, path="/ee/or2/v2/collect"))
         visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
     finally:
         visit.close()
-    refused, delivered = sends[:100], sends[100:]
-    for send in refused:
-        assert (send.status, send.attempts, send.response) == (400, 1, None)
-        assert send.error and "HTTP 400" in send.error and "Exit link" in send.error
-    assert len({s.error for s in refused}) == 1
+    failed, delivered = sends[:100], sends[100:]
+    for send in failed:
+        assert (send.status, send.attempts, send.response) == (503, 3, None)
+        assert send.error and "HTTP 503" in send.error and "3 attempts" in send.error
+    assert len({s.error for s in failed}) == 1
     assert {(s.status, s.attempts, s.error) for s in delivered} == {(204, 1, None)}
-    assert [r.status for r in emulator.requests("/ee/")] == [400, 204]
+    assert [r.status for r in emulator.requests("/ee/")] == [503, 503, 503, 204]
+
+
+def test_a_refused_batch_goes_again_one_send_at_a_time(emulator: EmulatorServer) -> None:
+    visit = Visit(emulator)
+    try:
+        visit.identify()
+        emulator.clear()
+        sends = visit.sends(exits(0, 5))
+        # The batch is refused, then the first send alone: one bad event sinks only itself.
+        emulator.set_faults(Fault(status=400, count=2, path="/ee/or2/v2/collect"))
+        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
+    finally:
+        visit.close()
+    first, rest = sends[0], sends[1:]
+    assert (first.status, first.attempts, first.response) == (400, 1, None)
+    assert first.error and "HTTP 400" in first.error
+    assert {(s.status, s.attempts, s.error) for s in rest} == {(204, 1, None)}
+    assert [s.response["event_id"] for s in rest] == [s.request.event_id for s in rest]
+    carried = [len(r.body["events"]) for r in emulator.requests("/ee/")]
+    assert carried == [5, 1, 1, 1, 1, 1]
+    assert [r.status for r in emulator.requests("/ee/")] == [400, 400, 204, 204, 204, 204]
 
 
 def test_a_retried_batch_resends_the_same_body(emulator: EmulatorServer) -> None:
