@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.clients import DeliveryError, EdgeResult, SitecoreResult, with_state
+from engine.clients import DeliveryError, with_state
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
@@ -649,44 +649,15 @@ class BackgroundDelivery:
         """Deliver ``request``, which carries ``sends`` (one, or an Edge collect batch), with
         ``identity``; record the answer on each send; the failure, if any."""
         started = time.perf_counter()
-        status: int | None = None
-        attempts: int | None = None
-        response: dict[str, Any] | None = None
-        error: str | None = None
-        failure: BaseException | None = None
         try:
-            dispatcher, targets = self._dispatcher(), self._targets()
-            if request.destination == "edge":
-                if targets.edge is None:
-                    raise DispatchError(
-                        "edge: the ruleset has no edge settings", destination="edge"
-                    )
-                result: EdgeResult | SitecoreResult = dispatcher.edge_client(targets.edge).send(
-                    request, identity
-                )
-            else:
-                if targets.sitecore is None:
-                    raise DispatchError(
-                        "sitecore: the ruleset has no sitecore settings", destination="sitecore"
-                    )
-                result = dispatcher.sitecore_client(targets.sitecore).send(request, identity)
-            status, attempts, response = result.status, result.attempts, result.to_json()
-        except DeliveryError as problem:
-            status, attempts, error, failure = (
-                problem.status,
-                problem.attempts,
-                str(problem),
-                problem,
-            )
+            return self._dispatcher().send(request, sends, identity, self._targets())
         except _Halted as problem:
-            error, failure = "interrupted: delivery stopped during a retry wait", problem
-        except (DispatchError, EngineError, ValueError) as problem:
-            error, failure = str(problem), problem
+            error = "interrupted: delivery stopped during a retry wait"
+            failure: BaseException = problem
         except Exception as problem:  # not a known failure: logged, and retried like one
             log.exception("background delivery: rule %r: unexpected error", request.rule)
             error, failure = f"{type(problem).__name__}: {problem}", problem
-        duration = time.perf_counter() - started
-        record_answer(sends, status, attempts, response, error, duration)
+        record_answer(sends, None, None, None, error, time.perf_counter() - started)
         return failure
 
     def _settle(self, entry: Entry, send: Send, failure: BaseException, at: float) -> bool:

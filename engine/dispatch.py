@@ -21,8 +21,10 @@ import httpx
 from engine.clients import (
     DeliveryError,
     EdgeClient,
+    EdgeResult,
     RetryPolicy,
     SitecoreClient,
+    SitecoreResult,
     make_http_client,
 )
 from engine.destinations.base import Request
@@ -91,21 +93,7 @@ class Dispatcher:
     def deliver(self, send: Send, session: Session, targets: Targets) -> None:
         """Send one request and record the answer on ``send``; never raises for a delivery
         problem (it is on ``send.error``, with the status and attempts)."""
-        if send.destination == "edge":
-            self._send_edge(send.request, (send,), session, targets)
-            return
-        started = time.perf_counter()
-        try:
-            assert targets.sitecore is not None
-            result = self.sitecore_client(targets.sitecore).send(send.request, session.identity)
-            send.status, send.attempts = result.status, result.attempts
-            send.response = result.to_json()
-        except DeliveryError as error:
-            send.status, send.attempts = error.status, error.attempts
-            send.error = str(error)
-        except (DispatchError, EngineError) as error:
-            send.error = str(error)
-        send.duration = time.perf_counter() - started
+        self.send(send.request, (send,), session.identity, targets)
 
     def deliver_many(
         self,
@@ -133,25 +121,42 @@ class Dispatcher:
             members = [sends[index] for index in batch.members]
             if len(members) == 1:
                 self.deliver(members[0], session, targets)
-            elif refused(self._send_edge(batch.request, members, session, targets)):
+            elif refused(self.send(batch.request, members, session.identity, targets)):
                 for send in members:  # one bad event must not sink the others: each alone
                     send.status, send.attempts, send.response, send.error = None, 0, None, None
                     self.deliver(send, session, targets)
 
-    def _send_edge(
-        self, request: Request, sends: Sequence[Send], session: Session, targets: Targets
-    ) -> DispatchError | None:
-        """Send ``request``, which carries the events of ``sends``, and record the answer on
-        each of them; the failure, if any."""
+    def send(
+        self,
+        request: Request,
+        sends: Sequence[Send],
+        identity: dict[str, Any],
+        targets: Targets,
+    ) -> EngineError | ValueError | None:
+        """Send ``request`` (which carries the events of ``sends``: one, or an Edge collect
+        batch) with the session's ``identity``, through the client of its destination, and
+        record the answer on each send (:func:`record_answer`); the failure, if any. Raises
+        only for what is no delivery problem (an interrupted retry wait, say)."""
         started = time.perf_counter()
         status: int | None = None
         attempts: int | None = None
         response: dict[str, Any] | None = None
         error: str | None = None
-        failure: DispatchError | None = None
+        failure: EngineError | ValueError | None = None
         try:
-            assert targets.edge is not None
-            result = self.edge_client(targets.edge).send(request, session.identity)
+            result: EdgeResult | SitecoreResult
+            if request.destination == "edge":
+                if targets.edge is None:
+                    raise DispatchError(
+                        "edge: the ruleset has no edge settings", destination="edge"
+                    )
+                result = self.edge_client(targets.edge).send(request, identity)
+            else:
+                if targets.sitecore is None:
+                    raise DispatchError(
+                        "sitecore: the ruleset has no sitecore settings", destination="sitecore"
+                    )
+                result = self.sitecore_client(targets.sitecore).send(request, identity)
             status, attempts, response = result.status, result.attempts, result.to_json()
         except DeliveryError as problem:
             status, attempts, error, failure = (
@@ -160,10 +165,8 @@ class Dispatcher:
                 str(problem),
                 problem,
             )
-        except DispatchError as problem:
+        except (EngineError, ValueError) as problem:
             error, failure = str(problem), problem
-        except EngineError as problem:
-            error = str(problem)
         record_answer(sends, status, attempts, response, error, time.perf_counter() - started)
         return failure
 
