@@ -627,6 +627,23 @@ def engine_background(
     )
 
 
+def _deliver_queued(
+    engine: Engine, store: Outbox, background: BackgroundDelivery
+) -> tuple[float, str]:
+    """Start the idle workers on what was queued; the seconds until the outbox is flushed,
+    and a note of what went wrong. Closes the three."""
+    started = time.perf_counter()
+    background.start()
+    flushed = background.flush(timeout=600)
+    seconds = time.perf_counter() - started
+    background.close(timeout=5)
+    dead = store.counts()["dead"]
+    store.close()
+    engine.close()
+    note = ("" if flushed else "flush timed out") + (f" {dead} dead letters" if dead else "")
+    return seconds, note.strip()
+
+
 def delivery_only(
     sink: Sink, count: int, outbox: Literal["NORMAL", "FULL", "memory"], directory: Path
 ) -> tuple[Row, float, float]:
@@ -644,21 +661,13 @@ def delivery_only(
         ended = time.perf_counter()
         evaluate += middle - began
         submit += ended - middle
-    started = time.perf_counter()
-    background.start()
-    flushed = background.flush(timeout=600)
-    seconds = time.perf_counter() - started
-    background.close(timeout=5)
-    dead = store.counts()["dead"]
-    store.close()
-    engine.close()
-    note = ("" if flushed else "flush timed out") + (f" {dead} dead letters" if dead else "")
+    seconds, note = _deliver_queued(engine, store, background)
     row = Row(
         f"engine, background, delivery only ({_LABELS[outbox]})",
         count,
         seconds,
         _check(sink, count),
-        note=note.strip(),
+        note=note,
     )
     return row, evaluate / count * 1e6, submit / count * 1e6
 
@@ -685,21 +694,13 @@ def background_collect(sink: Sink, count: int, directory: Path, versus: Row) -> 
         assert [send.request.kind for send in result.sends] == ["collect"]
         background.submit(result, handle.id)
     _settle_heap()
-    started = time.perf_counter()
-    background.start()
-    flushed = background.flush(timeout=600)
-    seconds = time.perf_counter() - started
-    background.close(timeout=5)
-    dead = store.counts()["dead"]
-    store.close()
-    engine.close()
-    note = ("" if flushed else "flush timed out") + (f" {dead} dead letters" if dead else "")
+    seconds, note = _deliver_queued(engine, store, background)
     return Row(
         "engine, background collect batches, delivery only",
         count,
         seconds,
         _check(sink, count),
-        note=note.strip(),
+        note=note,
         versus=versus,
     )
 

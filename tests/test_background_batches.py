@@ -3,6 +3,7 @@ request, settled together, against the emulator over loopback, with real files a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,94 +133,10 @@ def test_a_failed_batch_is_rescheduled_whole_and_arrives_once(
     assert len(h.results) == 40 and {s.status for _, s in h.results} == {204}
 
 
-def test_a_refused_batch_is_retried_one_send_at_a_time(
-    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
-) -> None:
-    """Edge refuses the batch (400), then the first send alone: that one is buried, the
-    others go through alone; and nothing of the session is claimable while the batch is
-    being settled."""
-    path = tmp_path / "out.db"
-    h = harness(emulator.url, Outbox(path), rules=EXITS, start=False)
-    identified(h, emulator.url, "v")
-    emulator.set_faults(Fault(status=400, count=2, path="/ee/or2/v2/collect"))
-    exit_links(h, "v", range(3))
-    other = Outbox(path)  # another process delivering from the same file
-    grabbed: list[Entry] = []
-    bury = h.outbox.bury
-
-    def bury_then_someone_claims(entry_id: int, error: str, *, now: float | None = None) -> bool:
-        done = bury(entry_id, error, now=now)
-        grabbed.extend(other.claim(now=time.time() + 1))
-        return done
-
-    h.outbox.bury = bury_then_someone_claims  # type: ignore[method-assign]
-    try:
-        h.background.start()
-        assert h.background.flush(10)
-    finally:
-        other.close()
-    refused = [r for r in emulator.requests("/ee/or2/v2/collect") if r.status == 400]
-    assert [len(r.body["events"]) for r in refused] == [3, 1]
-    (dead,) = h.outbox.dead()
-    assert dead.attempts == 1 and "HTTP 400" in (dead.last_error or "")
-    assert collected(emulator) == [["link 1"], ["link 2"]]
-    assert grabbed == []
-    assert sorted((s.request.event_id, s.status) for _, s in h.results) == sorted(
-        [(dead.event_id, 400), *((e, 204) for e in [s.request.event_id for _, s in h.results][1:])]
-    )
-
-
-# ------------------------------------------------------------- settling a batch, one by one
-def test_nothing_of_a_refused_batch_is_claimable_while_it_is_settled(
-    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
-) -> None:
-    """A refused batch is buried send by send, head first: once the head is buried, the
-    first follower is the session's head, pending and due, with nothing of the session in
-    flight, so another worker or process claims it while this worker is still burying the
-    batch. It then sends it (and the rest behind it) again, and this worker moves the entry
-    the other one holds in flight to the dead letters."""
-    path = tmp_path / "out.db"
-    h = harness(emulator.url, Outbox(path), rules=EXITS, start=False)
-    identified(h, emulator.url, "v")
-    emulator.set_faults(Fault(status=400, count=1, path="/ee/or2/v2/collect"))
-    exit_links(h, "v", range(3))
-    other = Outbox(path)  # another process delivering from the same file
-    grabbed: list[Entry] = []
-    bury = h.outbox.bury
-
-    def bury_then_someone_claims(entry_id: int, error: str, *, now: float | None = None) -> bool:
-        done = bury(entry_id, error, now=now)
-        grabbed.extend(other.claim(now=time.time() + 1))
-        return done
-
-    h.outbox.bury = bury_then_someone_claims  # type: ignore[method-assign]
-    try:
-        h.background.start()
-        assert h.background.flush(10)
-        assert [(e.seq, e.state) for e in grabbed] == [], (
-            "a send of the batch being buried was claimed by someone else meanwhile"
-        )
-    finally:
-        other.close()
-
-
-def test_a_batch_gave_up_on_keeps_its_followers_unclaimable_until_settled(
-    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
-) -> None:
-    """The same window with a retryable failure whose head ran out of rounds while its
-    followers did not (they joined the session's queue later): the head is buried, then
-    ``retry_later`` puts the follower another worker meanwhile claimed (in flight) back to
-    pending, so it can be claimed a third time while the second delivery is under way."""
-    path = tmp_path / "out.db"
-    h = harness(emulator.url, Outbox(path), rules=EXITS, start=False)
-    identified(h, emulator.url, "v")
-    exit_links(h, "v", range(1))
-    # The head has already used all but one of its rounds (QUICK_REDELIVERY: 30), due now.
-    (head,) = h.outbox.pending()
-    for _ in range(29):
-        h.outbox.retry_later(head.id, "503", time.time() - 1)
-    exit_links(h, "v", range(1, 3))  # fresh followers, attempts 0
-    emulator.set_faults(Fault(status=503, retry_after="0", count=50, path="/ee/or2/v2/collect"))
+@contextlib.contextmanager
+def claimed_meanwhile(h: Harness, path: Path) -> Iterator[list[Entry]]:
+    """What another process delivering from ``path`` manages to claim each time ``h``
+    buries a send: nothing, while sends of the batch are still to be settled."""
     other = Outbox(path)
     grabbed: list[Entry] = []
     bury = h.outbox.bury
@@ -231,18 +148,59 @@ def test_a_batch_gave_up_on_keeps_its_followers_unclaimable_until_settled(
 
     h.outbox.bury = bury_then_someone_claims  # type: ignore[method-assign]
     try:
+        yield grabbed
+    finally:
+        other.close()
+
+
+def test_a_refused_batch_is_retried_one_send_at_a_time(
+    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
+) -> None:
+    """Edge refuses the batch (400), then the first send alone: that one is buried while the
+    others, still in flight, cannot be claimed by anyone else; they go through alone."""
+    path = tmp_path / "out.db"
+    h = harness(emulator.url, Outbox(path), rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    emulator.set_faults(Fault(status=400, count=2, path="/ee/or2/v2/collect"))
+    exit_links(h, "v", range(3))
+    with claimed_meanwhile(h, path) as grabbed:
+        h.background.start()
+        assert h.background.flush(10)
+    assert grabbed == []
+    refused = [r for r in emulator.requests("/ee/or2/v2/collect") if r.status == 400]
+    assert [len(r.body["events"]) for r in refused] == [3, 1]
+    (dead,) = h.outbox.dead()
+    assert dead.attempts == 1 and "HTTP 400" in (dead.last_error or "")
+    assert collected(emulator) == [["link 1"], ["link 2"]]
+    statuses = {send.request.event_id: send.status for _, send in h.results}
+    assert len(statuses) == 3 and statuses.pop(dead.event_id) == 400
+    assert set(statuses.values()) == {204}
+
+
+def test_a_batch_given_up_on_keeps_its_followers_unclaimable_until_settled(
+    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
+) -> None:
+    """A retryable failure of a batch whose head has used its last round while the sends
+    behind it have not: the head is buried first, and the others stay in flight (nobody can
+    claim them) until each is rescheduled."""
+    path = tmp_path / "out.db"
+    h = harness(emulator.url, Outbox(path), rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    exit_links(h, "v", range(1))
+    (head,) = h.outbox.pending()
+    for _ in range(29):  # all but one of QUICK_REDELIVERY's 30 rounds, due now
+        h.outbox.retry_later(head.id, "503", time.time() - 1)
+    exit_links(h, "v", range(1, 3))  # fresh ones behind it
+    emulator.set_faults(Fault(status=503, retry_after="0", count=50, path="/ee/or2/v2/collect"))
+    with claimed_meanwhile(h, path) as grabbed:
         h.background.start()
         deadline = time.monotonic() + 10
-        while not grabbed and h.outbox.counts()["dead"] == 0 and time.monotonic() < deadline:
+        while h.outbox.counts()["dead"] == 0:
+            assert time.monotonic() < deadline, "the head was never buried"
             time.sleep(0.01)
-        time.sleep(0.2)
-        assert [(e.seq, e.state) for e in grabbed] == [], (
-            "a follower was claimed by someone else between the head's burial and its own "
-            "retry_later"
-        )
-    finally:
         h.background.close(timeout=2)
-        other.close()
+    assert grabbed == []
+    assert [d.id for d in h.outbox.dead()] == [head.id]
 
 
 # ------------------------------------------------------------- parse_bytes: integers > 64 bits
