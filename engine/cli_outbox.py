@@ -134,16 +134,23 @@ def list_command(path: Path, dead: bool, as_json: bool, limit: int | None) -> No
     with _open(path) as box:
         entries = box.dead(limit) if dead else box.pending(limit)
         counts = box.counts()
+        journaled = 0 if as_json else box.journaled()
     if as_json:
         click.echo(json.dumps([_as_json(e) for e in entries], indent=2, ensure_ascii=False))
         return
     console = _console()
     if entries:
         console.print(_table(entries, dead, time.time()))
-    console.print(
+    summary = (
         f"{counts['pending'] + counts['inflight']} pending ({counts['inflight']} in flight), "
         f"{counts['dead']} dead"
     )
+    if journaled:
+        summary += (
+            f"; {journaled} more in the journals of running processes, "
+            "listed once those processes read them in"
+        )
+    console.print(summary)
 
 
 @outbox.command("retry")

@@ -997,6 +997,19 @@ class Outbox:
         )
         return _entry(rows[0]) if rows else None
 
+    def journaled(self) -> int:
+        """How many sends other running processes have appended to their intake journals
+        and not read into this file yet: they join :meth:`pending` at those processes' next
+        claim (this process's own are read in first)."""
+        offsets = dict(self._read("SELECT name, offset FROM intake"))
+        own = None if self._journal is None else os.path.basename(self._journal.path)
+        unread = 0
+        for path in journal.journal_files(self._path):
+            if path.name != own and path.name in offsets:
+                records, _ = journal.read(path, offsets[path.name])
+                unread += len(records)
+        return unread
+
     def counts(self) -> dict[str, int]:
         """``{"pending": n, "inflight": n, "dead": n}``."""
         rows = self._read(

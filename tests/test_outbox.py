@@ -670,6 +670,23 @@ def test_cli_list_tables_and_json(filled: Path) -> None:
     assert [r["id"] for r in json.loads(out)] == [1]
 
 
+def test_cli_list_counts_what_a_running_process_has_not_read_in_yet(filled: Path) -> None:
+    with Outbox(filled) as running:  # a live app: its sends sit in its journal until a claim
+        running.append_many([(make_request(n), f"later-{n}") for n in range(3)])
+        code, out, _ = invoke("list", "--outbox", str(filled))
+        assert code == 0 and "later-0" not in out
+        assert "2 pending (1 in flight), 2 dead; 3 more in the journals of running" in out
+        assert len(running.pending()) == 5  # read in now
+        code, out, _ = invoke("list", "--outbox", str(filled))
+        assert "later-0" in out and "5 pending (1 in flight), 2 dead" in out
+        assert "journals" not in out
+        running.append_many([(make_request(9), "later-9")])
+        with Outbox(filled) as other:
+            assert other.journaled() == 1
+            assert running.journaled() == 0  # its own are read in first
+            assert other.journaled() == 0
+
+
 def test_cli_retry(filled: Path) -> None:
     code, out, _ = invoke("retry", "--outbox", str(filled), "2")
     assert code == 0 and "1 dead letter back to pending" in out
