@@ -74,6 +74,8 @@ _GROW_EVERY = 0.05  # seconds between two added threads
 _IDLE_EXIT = 30.0  # seconds a thread beyond the first waits for work before it stops
 _SMOOTHING = 0.2  # weight of the latest delivery in the moving averages
 
+_INTERRUPTED = "interrupted: delivery stopped during a retry wait"
+
 OnResult = Callable[[str, Send], None]
 """Called with ``(session_id, send)`` once per send, when it is delivered or buried."""
 
@@ -569,7 +571,7 @@ class BackgroundDelivery:
         if behind and refused(failure):
             # Edge refused the batch as a whole: one bad event must not sink the others, so
             # each goes again alone, in order, and is settled by its own answer.
-            failures = [self._attempt(send.request, [send], identity) for send in sends]
+            failures = [self._alone(send, identity) for send in sends]
         if session is not None:
             with self._guard, session.lock:
                 _merge(session.identity, base, identity)
@@ -599,6 +601,13 @@ class BackgroundDelivery:
                 except Exception:
                     log.exception("background delivery: on_result raised")
         return failure is None and sends[0].attempts <= 1
+
+    def _alone(self, send: Send, identity: dict[str, Any]) -> BaseException | None:
+        """:meth:`_attempt` for one send of a refused batch; none once delivery is stopping."""
+        if self._halt.is_set():
+            record_answer([send], None, None, None, _INTERRUPTED, 0.0)
+            return _Halted()
+        return self._attempt(send.request, [send], identity)
 
     def _batch_behind(self, entry: Entry, identity: dict[str, Any]) -> tuple[Request, list[Entry]]:
         """The request to send for ``entry``, and the entries behind it whose events it
@@ -649,11 +658,11 @@ class BackgroundDelivery:
         """Deliver ``request``, which carries ``sends`` (one, or an Edge collect batch), with
         ``identity``; record the answer on each send; the failure, if any."""
         started = time.perf_counter()
+        failure: BaseException
         try:
             return self._dispatcher().send(request, sends, identity, self._targets())
         except _Halted as problem:
-            error = "interrupted: delivery stopped during a retry wait"
-            failure: BaseException = problem
+            error, failure = _INTERRUPTED, problem
         except Exception as problem:  # not a known failure: logged, and retried like one
             log.exception("background delivery: rule %r: unexpected error", request.rule)
             error, failure = f"{type(problem).__name__}: {problem}", problem

@@ -41,7 +41,9 @@ __all__ = ["Dispatcher", "record_answer", "refused"]
 class Dispatcher:
     """Sends built requests over one shared ``httpx.Client`` (pooled, timeouts always set).
 
-    ``http`` may be injected (an ``httpx.Client`` with a custom transport, in tests);
+    ``http`` may be injected (an ``httpx.Client`` with a custom transport, in tests; it
+    serves every visitor, so give it no cookie jar of its own, as
+    :func:`~engine.clients.make_http_client` does);
     ``policy`` bounds retries (see :class:`~engine.clients.RetryPolicy`); ``request_id``
     makes the ``requestId`` of each merged collect request (a UUID v4 by default).
     ``sleep`` is how the clients wait between retries; set it before the first delivery
@@ -123,7 +125,6 @@ class Dispatcher:
                 self.deliver(members[0], session, targets)
             elif refused(self.send(batch.request, members, session.identity, targets)):
                 for send in members:  # one bad event must not sink the others: each alone
-                    send.status, send.attempts, send.response, send.error = None, 0, None, None
                     self.deliver(send, session, targets)
 
     def send(
@@ -175,13 +176,22 @@ class Dispatcher:
             self.http.close()
 
 
+# Edge's refusals that hold for every send of a request alike, whatever it carries.
+_NOT_FOR_CONTENT = frozenset({"EXEG-0003-400", "EXEG-0106-400", "EXEG-0113-400"})
+
+
 def refused(failure: BaseException | None) -> bool:
-    """Whether a request was refused for what it carries (a 400 or 413 from Edge, or too
-    large to send) rather than for who sent it or when: each send of a refused batch may
-    still go through alone."""
+    """Whether Edge refused a request for what it carries (a 400 or 413 about the body, or a
+    body too large to send), so that each send of a refused batch may go through alone; not
+    for an unknown datastream or override, nor a refusal by the token server."""
     if isinstance(failure, PayloadTooLarge):
         return True
-    return isinstance(failure, DeliveryError) and failure.status in (400, 413)
+    return (
+        isinstance(failure, DeliveryError)
+        and failure.status in (400, 413)
+        and failure.request_id is not None  # Edge's answer to the request, not the token's
+        and failure.code not in _NOT_FOR_CONTENT
+    )
 
 
 def record_answer(
@@ -192,17 +202,16 @@ def record_answer(
     error: str | None,
     duration: float,
 ) -> None:
-    """Write what came back for one request onto the ``sends`` it carried: the ``status``,
-    ``attempts`` and ``duration``, and the ``response`` (with each send's own ``event_id``
-    when they are several) or else the ``error``. ``attempts`` is ``None`` for a refusal
-    before any attempt, which leaves ``status`` and ``attempts`` as they were."""
+    """Write what came back for one request onto the ``sends`` it carried, in place of what
+    they held (a send may go again alone after its batch was refused): the ``status``,
+    ``attempts`` (``None``: none was made) and ``duration``, and the ``response`` (with each
+    send's own ``event_id`` when they are several) or else the ``error``."""
     for send in sends:
-        if attempts is not None:
-            send.status, send.attempts = status, attempts
+        send.status, send.attempts, send.duration = status, attempts or 0, duration
         if response is not None:
             send.response = (
                 response if len(sends) == 1 else {**response, "event_id": send.request.event_id}
             )
+            send.error = None
         else:
-            send.error = error
-        send.duration = duration
+            send.response, send.error = None, error

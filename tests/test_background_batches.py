@@ -177,6 +177,21 @@ def test_a_refused_batch_is_retried_one_send_at_a_time(
     assert set(statuses.values()) == {204}
 
 
+def test_a_send_that_goes_through_alone_after_its_batch_was_refused_shows_no_error(
+    emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
+) -> None:
+    h = harness(emulator.url, Outbox(tmp_path / "out.db"), rules=EXITS, start=False)
+    identified(h, emulator.url, "v")
+    emulator.set_faults(Fault(status=400, count=1, path="/ee/or2/v2/collect"))  # the batch
+    exit_links(h, "v", range(3))
+    h.background.start()
+    assert h.background.flush(10)
+    assert h.outbox.counts() == {"pending": 0, "inflight": 0, "dead": 0}
+    delivered = [send for _, send in h.results]
+    assert [(s.status, s.attempts, s.error) for s in delivered] == [(204, 1, None)] * 3
+    assert collected(emulator) == [["link 0"], ["link 1"], ["link 2"]]
+
+
 def test_a_batch_given_up_on_keeps_its_followers_unclaimable_until_settled(
     emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
 ) -> None:

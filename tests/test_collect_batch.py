@@ -13,6 +13,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from pydantic import SecretStr
 
 from engine import Engine, PayloadTooLarge
 from engine.clients import RetryPolicy
@@ -401,6 +402,51 @@ def test_a_refused_batch_goes_again_one_send_at_a_time(emulator: EmulatorServer)
     carried = [len(r.body["events"]) for r in emulator.requests("/ee/")]
     assert carried == [5, 1, 1, 1, 1, 1]
     assert [r.status for r in emulator.requests("/ee/")] == [400, 400, 204, 204, 204, 204]
+
+
+def test_a_batch_refused_for_its_datastream_is_not_sent_again_send_by_send(
+    emulator: EmulatorServer,
+) -> None:
+    visit = Visit(emulator)
+    try:
+        visit.identify()
+        emulator.clear()
+        sends = visit.sends(exits(0, 5))
+        emulator.set_faults(
+            Fault(status=400, code="EXEG-0003-400", count=1, path="/ee/or2/v2/collect")
+        )
+        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
+    finally:
+        visit.close()
+    assert [r.status for r in emulator.requests("/ee/")] == [400]  # each alone would fail too
+    assert {(s.status, s.attempts) for s in sends} == {(400, 1)}
+
+
+def test_a_token_refusal_does_not_send_a_batch_again_send_by_send(
+    emulator: EmulatorServer,
+) -> None:
+    """The token server's 400 (say a bad client secret) is no refusal of what the batch
+    carries: one token request, not one more for each send."""
+    emulator.configure(require_auth=True, credentials={"client-1": "s3cr3t"})
+    emulator.set_faults(Fault(status=400, path="/ims/token"))
+    edge = EdgeSettings(
+        datastream=DATASTREAM,
+        url=emulator.url,
+        org="53A16ACB5CC1D3760A495C99@AdobeOrg",
+        client_id="client-1",
+        client_secret=SecretStr("s3cr3t"),
+        token_url=f"{emulator.url}/ims/token/v3",
+    )
+    sends = [Send("Exit link", "edge", request(i, url=emulator.url)) for i in range(5)]
+    session = Session("v")
+    session.identity.update(IDENTITY)
+    dispatcher = Dispatcher(policy=RetryPolicy(max_attempts=1))
+    try:
+        dispatcher.deliver_many(sends, session, Targets(edge, None))
+    finally:
+        dispatcher.close()
+    assert all(s.error and "token request" in s.error for s in sends)
+    assert len(emulator.requests("/ims/")) == 1 and emulator.requests("/ee/") == []
 
 
 def test_a_retried_batch_resends_the_same_body(emulator: EmulatorServer) -> None:
