@@ -30,8 +30,11 @@ Guarantees:
 - **Per-session order.** ``session`` is an ordering key: :meth:`Outbox.claim` hands out at most
   one entry per session at a time, always the session's lowest ``seq``, and only when nothing
   of that session is in flight. A later send is never claimed while an earlier one of its
-  session is pending (even if it waits for a retry) or in flight. Burying the head unblocks
-  the session; a revived dead letter keeps its ``seq`` and goes ahead of later pending ones.
+  session is pending (even if it waits for a retry) or in flight. :meth:`Outbox.claim_behind`
+  lets the worker of a claimed head take the due entries right behind it too (one request for
+  several sends); the session then stays blocked until every one of them is settled. Burying
+  the head unblocks the session; a revived dead letter keeps its ``seq`` and goes ahead of
+  later pending ones.
   Sends appended by one process keep their order among themselves and with its ``put`` ones.
 - **Never drops.** There is no capacity limit; a write that cannot be made (disk full, file
   unreadable) raises :class:`OutboxError` to the caller instead of being lost silently.
