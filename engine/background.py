@@ -32,9 +32,10 @@ Per-session order: the outbox's ordering key is the session id, so at most one r
 session is in flight, and its sends (Edge and Sitecore alike) go out in push order, as in wait
 mode. That request is one send, or a run of the session's queued Edge collect sends merged
 into one (:func:`~engine.destinations.edge.batch_collect`, claimed together with
-:meth:`~engine.outbox.Outbox.claim_behind`). One key per session rather than per (session, destination), because both destinations'
-clients read and write the one ``Session.identity`` (Edge's state entries, Sitecore's browser
-id) and Edge wants one request in flight until the visitor has an identity.
+:meth:`~engine.outbox.Outbox.claim_behind`). One key per session rather than per (session,
+destination), because both destinations' clients read and write the one ``Session.identity``
+(Edge's state entries, Sitecore's browser id) and Edge wants one request in flight until the
+visitor has an identity.
 """
 
 from __future__ import annotations

@@ -838,11 +838,12 @@ class Outbox:
                 due.append(_entry([*row[:-2], "inflight", None]))
             if select is not None and due:
                 due = due[: max(select(due), 0)]
-            if due:  # at most `limit` ids: one statement
+            for first in range(0, len(due), _IDS_PER_STATEMENT):
+                some = [taken.id for taken in due[first : first + _IDS_PER_STATEMENT]]
                 conn.execute(
                     "UPDATE entries SET state = 'inflight', claimed_at = ?, owner = ? "
-                    f"WHERE id IN ({','.join('?' * len(due))})",
-                    [stamp, self._owner, *(taken.id for taken in due)],
+                    f"WHERE id IN ({','.join('?' * len(some))})",
+                    [stamp, self._owner, *some],
                 )
         return due
 
