@@ -236,6 +236,15 @@ def test_claim_behind_takes_the_due_sends_right_behind_in_order(box: Outbox) -> 
     assert [e.id for e in taken] == [ids[4]] and chosen == [[ids[4], ids[5]]]
 
 
+def test_claim_behind_and_ack_many_take_more_ids_than_one_statement_binds(box: Outbox) -> None:
+    ids = box.put_many([(make_request(n), "a") for n in range(1200)], now=T0)
+    (head,) = box.claim(T0)
+    behind = box.claim_behind(head, limit=1199, now=T0)
+    assert [e.id for e in behind] == ids[1:]
+    assert box.counts() == {"pending": 0, "inflight": 1200, "dead": 0}
+    assert box.ack_many(ids) == 1200 and box.counts()["inflight"] == 0
+
+
 def test_claimed_behind_sends_go_back_to_pending_on_recover(tmp_path: Path) -> None:
     with Outbox(tmp_path / "o.db") as first:
         ids = [first.put(make_request(n), "a", now=T0) for n in range(3)]
