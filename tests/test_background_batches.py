@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from engine import Engine
 from engine.clients import RetryPolicy
 from engine.destinations.base import Request, serialize_bytes
 from engine.dispatch import Dispatcher
 from engine.emulator import EmulatorServer, Fault
 from engine.outbox import Entry, Outbox
 from engine.runtime import Targets
+from tests.conftest import SETTINGS, load_text
 from tests.test_background import (
     FAST,
     RULES,
@@ -353,3 +355,27 @@ def test_purging_the_head_of_a_batch_in_flight_does_not_get_its_followers_sent_t
     finally:
         h.background.close(timeout=2)
         other.close()
+
+
+def test_an_engine_in_background_mode_batches_a_sessions_queued_exits(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Through the public API: pushes faster than one request a push can be delivered, so
+    the collect sends queue up and leave in batches, each event once, in push order."""
+    engine = Engine(
+        load_text({"a_settings.rules": SETTINGS, "t.rules": EXITS}),
+        edge_url=emulator.url,
+        background=True,
+        outbox=tmp_path / "outbox.db",
+    )
+    with engine:
+        visitor = engine.session("v")
+        visitor.push({"event": "page.view", "page": {"name": "home"}})
+        assert engine.flush(timeout=10)  # the visitor has an identity: exits go to collect
+        for index in range(300):
+            (send,) = visitor.push({"event": "exit", "link": f"link {index}"}).sends
+            assert send.request.kind == "collect"
+        assert engine.flush(timeout=20)
+    batches = collected(emulator)
+    assert [name for batch in batches for name in batch] == [f"link {i}" for i in range(300)]
+    assert len(batches) < 300 and max(len(batch) for batch in batches) > 1
