@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from engine import DispatchError, EvaluationError, PayloadTooLarge
 from engine.destinations import EDGE_SIZE_LIMIT, Request, build_edge_request, check_size
-from engine.destinations.base import ENGINE_VERSION, parse_bytes, serialize, serialize_bytes
+from engine.destinations.base import (
+    ENGINE_VERSION,
+    _drop,
+    drop_nulls,
+    parse_bytes,
+    serialize,
+    serialize_bytes,
+)
 from engine.destinations.edge import _query
 from engine.scope import Scope
 from engine.settings import EdgeSettings
@@ -736,6 +743,29 @@ def test_stored_json_reads_back_as_json_reads_it(value: Any) -> None:
 )
 def test_stored_json_reads_numbers_and_oddities_as_json_does(text: bytes | str) -> None:
     assert _typed(parse_bytes(text)) == _typed(json.loads(text))
+
+
+_values_with_nulls = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_infinity=True)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(_values_with_nulls)
+def test_dropping_nulls_takes_the_same_values_with_or_without_the_quick_copy(value: Any) -> None:
+    quick, walked = drop_nulls(value), _drop(value)
+    assert _typed(quick) == _typed(walked)
+    if isinstance(value, dict | list):
+        assert quick is not value  # always a fresh copy
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {"x": [1, {"y": math.nan}]}])

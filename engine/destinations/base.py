@@ -158,6 +158,29 @@ def drop_nulls(value: Any) -> Any:
     ``None`` list items are removed, and an object left empty by that removal is removed too
     (an object that was written empty stays). Containers are always fresh copies."""
     kind = type(value)
+    if kind is dict or kind is list:
+        # Most bodies hold no null: then an orjson round trip is the copy, in C (a fifth of
+        # the time). What orjson would change or refuse (a subclass, a datetime, an integer
+        # beyond 64 bits, NaN, which it writes as null) takes the walk below; a UUID or an
+        # enum member becomes the JSON value it would be on the wire anyway.
+        try:
+            data = orjson.dumps(value, option=_PLAIN_JSON)
+        except TypeError:
+            data = b"null"
+        if b"null" not in data:
+            return orjson.loads(data)
+    return _drop(value)
+
+
+_PLAIN_JSON = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
+
+
+def _drop(value: Any) -> Any:
+    kind = type(value)
     if kind is dict:
         return _drop_in_dict(value)
     if kind is list or kind is tuple:
@@ -180,7 +203,7 @@ def _drop_in_dict(value: Mapping[str, Any]) -> dict[str, Any]:
         if type(item) in _PLAIN:
             out[key] = item
             continue
-        cleaned = drop_nulls(item)
+        cleaned = _drop(item)
         if item and not cleaned and (type(item) is dict or isinstance(item, Mapping)):
             continue
         out[key] = cleaned
@@ -188,9 +211,7 @@ def _drop_in_dict(value: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _drop_in_list(value: list[Any] | tuple[Any, ...]) -> list[Any]:
-    return [
-        item if type(item) in _PLAIN else drop_nulls(item) for item in value if item is not None
-    ]
+    return [item if type(item) in _PLAIN else _drop(item) for item in value if item is not None]
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
