@@ -8,6 +8,7 @@ back through :func:`~engine.clients.identity.set_cookie_headers`."""
 from __future__ import annotations
 
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
 import httpx
 
@@ -29,10 +30,6 @@ DEFAULT_LIMITS = httpx.Limits(
 USER_AGENT = f"tagengine/{ENGINE_VERSION}"
 
 
-def _keeps_nothing() -> CookieJar:
-    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))  # no domain may set one
-
-
 def make_http_client(
     *,
     connect: float = 5.0,
@@ -45,14 +42,7 @@ def make_http_client(
     """An ``httpx.Client`` for the destination clients: every timeout set, pooled
     connections, ``follow_redirects=False``, no cookies kept; ``transport`` replaces the
     network in tests."""
-    return httpx.Client(
-        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
-        limits=limits,
-        follow_redirects=False,
-        transport=transport,
-        headers={"User-Agent": USER_AGENT},
-        cookies=_keeps_nothing(),
-    )
+    return httpx.Client(transport=transport, **_options(connect, read, write, pool, limits))
 
 
 def make_async_http_client(
@@ -65,14 +55,19 @@ def make_async_http_client(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """:func:`make_http_client` for asyncio."""
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
-        limits=limits,
-        follow_redirects=False,
-        transport=transport,
-        headers={"User-Agent": USER_AGENT},
-        cookies=_keeps_nothing(),
-    )
+    return httpx.AsyncClient(transport=transport, **_options(connect, read, write, pool, limits))
+
+
+def _options(
+    connect: float, read: float, write: float, pool: float, limits: httpx.Limits
+) -> dict[str, Any]:
+    return {
+        "timeout": httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
+        "limits": limits,
+        "follow_redirects": False,
+        "headers": {"User-Agent": USER_AGENT},
+        "cookies": CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # none may set one
+    }
 
 
 def request_timeout(configured: httpx.Timeout) -> httpx.Timeout:
