@@ -565,9 +565,15 @@ def encoding(sink: Sink, merged: Sequence[Sequence[Request]], versus: Row) -> Ro
 
 
 def _background(
-    sink: Sink, outbox: Literal["NORMAL", "FULL", "memory"], directory: Path, *, start: bool = True
+    sink: Sink,
+    outbox: Literal["NORMAL", "FULL", "memory"],
+    directory: Path,
+    *,
+    start: bool = True,
+    rules: str = RULES,
+    sessions: int = SESSIONS,
 ) -> tuple[Engine, Outbox, BackgroundDelivery, list[Any]]:
-    engine = _engine(sink.url)
+    engine = _engine(sink.url, rules)
     targets = Targets.of(engine.ruleset, sink.url)
     path = None if outbox == "memory" else directory / f"outbox-{outbox}-{time.monotonic_ns()}.db"
     store = Outbox(path, synchronous="FULL" if outbox == "FULL" else "NORMAL")
@@ -579,8 +585,8 @@ def _background(
         workers=WORKERS,
         start=start,
     )
-    sessions = [engine.session(f"s{index}") for index in range(SESSIONS)]
-    return engine, store, background, sessions
+    handles = [engine.session(f"s{index}") for index in range(sessions)]
+    return engine, store, background, handles
 
 
 _LABELS = {"NORMAL": "file, NORMAL", "FULL": "file, FULL", "memory": "in memory"}
@@ -601,10 +607,7 @@ def engine_background(
     _settle_heap()
     started = time.perf_counter()
     for index, item in enumerate(items):
-        if rate is not None:
-            pause = started + index / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
+        _pace(started, index, rate)
         session = sessions[index % SESSIONS]
         began = time.perf_counter()
         # What Engine.push does in background mode: evaluate the rules, queue the sends.
@@ -687,13 +690,9 @@ def background_collect(sink: Sink, count: int, directory: Path, versus: Row) -> 
     then delivered: the outbox hands each session's run of queued collect sends to one
     request (up to 100 events and 64 KB). Events/s from start to flush, against the bare
     batches."""
-    engine = _engine(sink.url, COLLECT_RULES)
-    targets = Targets.of(engine.ruleset, sink.url)
-    store = Outbox(directory / f"outbox-collect-{time.monotonic_ns()}.db")
-    background = BackgroundDelivery(
-        store, Dispatcher, sessions=engine.sessions, targets=lambda: targets, start=False
+    engine, store, background, sessions = _background(
+        sink, "NORMAL", directory, start=False, rules=COLLECT_RULES, sessions=count // BATCH
     )
-    sessions = [engine.session(f"c{index}") for index in range(count // BATCH)]
     for handle in sessions:
         live = engine.sessions.peek(handle.id)
         assert live is not None
@@ -713,6 +712,14 @@ def background_collect(sink: Sink, count: int, directory: Path, versus: Row) -> 
         note=note,
         versus=versus,
     )
+
+
+def _pace(started: float, index: int, rate: float | None) -> None:
+    """Wait until the ``index``-th of pushes paced at ``rate`` a second (None: no wait)."""
+    if rate is not None:
+        pause = started + index / rate - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
 
 
 def _settle_heap() -> None:
@@ -741,10 +748,7 @@ def segment(sink: Sink, count: int, rate: float | None = None) -> Row | str:
     _settle_heap()
     started = time.perf_counter()
     for index, payload in enumerate(payloads):
-        if rate is not None:
-            pause = started + index / rate - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
+        _pace(started, index, rate)
         began = time.perf_counter()
         ok, _ = client.track(
             user_id=f"s{index % SESSIONS}", event="Product Viewed", properties=payload

@@ -10,8 +10,9 @@ when it names none. Three tables:
 
 Two ways in. :meth:`Outbox.put` and :meth:`Outbox.put_many` insert and commit, and return ids.
 :meth:`Outbox.append_many`, the background push's path, appends the sends to this process's
-intake journal (:mod:`engine.journal`) in one ``write(2)``, about a tenth of a transaction's
-cost; the next operation on the outbox moves them into ``entries``, in order.
+intake journal (:mod:`engine.journal`): a copy into a file mapped in memory, with no system
+call and a fraction of a transaction's cost; the next operation on the outbox moves them into
+``entries``, in order.
 
 Guarantees:
 
@@ -563,9 +564,9 @@ class Outbox:
         """Store several ``(request, session)`` sends, in order, behind the earlier sends of
         their sessions: the cheap write for a caller that does not need ids.
 
-        For a file outbox the sends go to this process's intake journal (:mod:`engine.journal`)
-        in one ``write(2)`` (and an ``fdatasync`` with ``synchronous="FULL"``), with the same
-        durability as :meth:`put_many`; the next operation on the outbox (a worker's
+        For a file outbox the sends are copied into this process's intake journal
+        (:mod:`engine.journal`, mapped in memory; flushed to disk with ``synchronous="FULL"``),
+        with the same durability as :meth:`put_many`; the next operation on the outbox (a worker's
         :meth:`claim`, say) moves them into the database. Other processes see them then, or,
         if this process dies first, when they open the outbox or :meth:`recover`.
         """

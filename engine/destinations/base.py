@@ -97,11 +97,8 @@ def serialize_bytes(value: Any, *, rule: str) -> bytes:
     fails the rule. orjson writes it (a tenth of the time of :mod:`json`, for every send);
     both write the same text, but for the spelling of some floats (``0.00001`` for
     ``1e-05``), which parse to the same numbers."""
-    try:
-        data = orjson.dumps(value)
-    except TypeError:
-        data = b"null"  # see _encode
-    if b"null" not in data:
+    data = _orjson(value)
+    if data is not None:
         return data
     try:
         return _encode(value).encode()
@@ -109,6 +106,17 @@ def serialize_bytes(value: Any, *, rule: str) -> bytes:
         raise EvaluationError(
             f"rule {rule!r}: the send holds a value JSON cannot carry: {exc}"
         ) from exc
+
+
+def _orjson(value: Any, option: int = 0) -> bytes | None:
+    """``value`` as orjson writes it, or ``None`` where :mod:`json` must decide instead:
+    orjson refused it (an integer beyond 64 bits, a non-string key, extreme depth) or the
+    output holds a null, which may be a NaN or Infinity orjson wrote as one."""
+    try:
+        data = orjson.dumps(value, option=option)
+    except TypeError:
+        return None
+    return None if b"null" in data else data
 
 
 def serialize(value: Any, *, rule: str) -> str:
@@ -160,14 +168,11 @@ def drop_nulls(value: Any) -> Any:
     kind = type(value)
     if kind is dict or kind is list:
         # Most bodies hold no null: then an orjson round trip is the copy, in C (a fifth of
-        # the time). What orjson would change or refuse (a subclass, a datetime, an integer
-        # beyond 64 bits, NaN, which it writes as null) takes the walk below; a UUID or an
-        # enum member becomes the JSON value it would be on the wire anyway.
-        try:
-            data = orjson.dumps(value, option=_PLAIN_JSON)
-        except TypeError:
-            data = b"null"
-        if b"null" not in data:
+        # the time). What orjson would change or refuse (a subclass, a datetime) takes the
+        # walk below; a UUID or an enum member becomes the JSON value it would be on the wire
+        # anyway.
+        data = _orjson(value, _PLAIN_JSON)
+        if data is not None:
             return orjson.loads(data)
     return _drop(value)
 
