@@ -621,22 +621,13 @@ def engine_background(
     dead = store.counts()["dead"]
     store.close()
     engine.close()
-    costs.sort()
-    how = f"paced at {rate:.0f}/s" if rate is not None else "back to back"
     note = f"{threads} delivery thread{'s' * (threads != 1)}"
     if not flushed:
         note += " flush timed out"
     if dead:
         note += f" {dead} dead letters"
-    return Row(
-        f"engine, background ({_LABELS[outbox]}, {how})",
-        count,
-        seconds,
-        _check(sink, count),
-        push_us=statistics.mean(costs) * 1e6,
-        p99_us=costs[int(len(costs) * 0.99)] * 1e6,
-        note=note.strip(),
-        rated=rate is None,
+    return _pushed(
+        f"engine, background ({_LABELS[outbox]}, {{how}})", sink, count, seconds, costs, rate, note
     )
 
 
@@ -765,16 +756,32 @@ def segment(sink: Sink, count: int, rate: float | None = None) -> Row | str:
     threading.Thread(target=shutdown, daemon=True).start()
     done.wait(120)
     seconds = time.perf_counter() - started
-    costs.sort()
+    note = f"track() refused {refused} (queue full)" if refused else ""
+    name = "segment-analytics-python ({how}, batches of 100)"
+    return _pushed(name, sink, count, seconds, costs, rate, note)
+
+
+def _pushed(
+    name: str,
+    sink: Sink,
+    count: int,
+    seconds: float,
+    costs: list[float],
+    rate: float | None,
+    note: str,
+) -> Row:
+    """The row of a run that timed each push (``costs``, seconds): ``{how}`` in ``name``
+    says whether they were paced at ``rate``."""
+    costs = sorted(costs)
     how = f"paced at {rate:.0f}/s" if rate is not None else "back to back"
     return Row(
-        f"segment-analytics-python ({how}, batches of 100)",
+        name.format(how=how),
         count,
         seconds,
         _check(sink, count),
         push_us=statistics.mean(costs) * 1e6,
         p99_us=costs[int(len(costs) * 0.99)] * 1e6,
-        note=f"track() refused {refused} (queue full)" if refused else "",
+        note=note.strip(),
         rated=rate is None,
     )
 
