@@ -53,7 +53,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from engine.clients import DeliveryError, with_state
+from engine.clients import DeliveryError
+from engine.clients.edge import state_entries, with_state
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
@@ -626,14 +627,16 @@ class BackgroundDelivery:
         merged = [head]
 
         def joining(behind: list[Entry]) -> int:
+            entries = state_entries(identity, now)  # once: the identity is the batch's
             run = []
             for candidate in behind:
                 if candidate.destination != "edge" or candidate.kind != "collect":
                     break
-                run.append(with_state(candidate.request, identity, now))
+                run.append(with_state(candidate.request, identity, now, entries=entries))
             if not run:
                 return 0
-            first = batch_collect([with_state(head, identity, now), *run], request_id=new_id)[0]
+            head_now = with_state(head, identity, now, entries=entries)
+            first = batch_collect([head_now, *run], request_id=new_id)[0]
             merged[0] = first.request
             return len(first.members) - 1
 

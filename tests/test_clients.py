@@ -39,6 +39,7 @@ from engine.clients import (
     set_cookie_headers,
     with_state,
 )
+from engine.clients.edge import state_entries
 from engine.destinations import Request, build_edge_request, build_sitecore_request
 from engine.destinations.sitecore import with_browser_id
 from engine.emulator import EmulatorServer
@@ -1070,6 +1071,29 @@ def test_with_state_updates_a_request_built_before_the_identity_arrived() -> Non
     assert json.loads(late.body_bytes) == late.body and late.body["event"] == early.body["event"]
     assert with_state(late, identity, NOW) is late
     assert with_state(early, {}, NOW) is early
+
+
+def test_state_entries_made_once_serve_several_requests() -> None:
+    """Background batches compute the entries once for all their sends: the same answer as
+    computing them per request, the last value of a key winning and expired ones left out."""
+    identity = {
+        "entries": [
+            {"key": PREFIX + "cluster", "value": "or2", "expires": NOW + 5},
+            {"key": PREFIX + "identity", "value": "old", "expires": NOW + 5},
+            {"key": PREFIX + "gone", "value": "x", "expires": NOW},
+            {"key": PREFIX + "identity", "value": "new"},
+            "not an entry",
+        ]
+    }
+    entries = state_entries(identity, NOW)
+    assert entries == [
+        {"key": PREFIX + "cluster", "value": "or2"},
+        {"key": PREFIX + "identity", "value": "new"},
+    ]
+    settings = EdgeSettings(datastream="d")
+    for early in (edge_request(settings, {}), edge_request(settings, identity)):
+        assert with_state(early, identity, NOW, entries=entries) == with_state(early, identity, NOW)
+    assert state_entries({"entries": "no"}, NOW) == []
 
 
 def test_token_is_cached_until_shortly_before_expiry() -> None:

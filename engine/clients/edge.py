@@ -50,7 +50,7 @@ from engine.destinations.base import Request, check_size, serialize_bytes
 from engine.errors import DispatchError
 from engine.settings import EdgeSettings
 
-__all__ = ["TOKEN_EXPIRED", "AsyncEdgeClient", "EdgeClient", "with_state"]
+__all__ = ["TOKEN_EXPIRED", "AsyncEdgeClient", "EdgeClient", "state_entries", "with_state"]
 
 TOKEN_EXPIRED = "EXEG-0503-401"
 """The code after which the token is refreshed once and the request resent."""
@@ -67,16 +67,36 @@ _CONSUMED = frozenset(
 )
 
 
-def with_state(request: Request, identity: Mapping[str, Any], now: float) -> Request:
+def with_state(
+    request: Request,
+    identity: Mapping[str, Any],
+    now: float,
+    *,
+    entries: list[dict[str, str]] | None = None,
+) -> Request:
     """``request`` with ``meta.state.entries`` brought up to date with the session's stored
-    entries (those not expired at ``now``). A request built while an earlier one was still
-    fetching the visitor's identity would otherwise ask Edge for a second ECID. Unchanged when
-    the identity has no entries or they are already the ones in the body."""
+    entries (those not expired at ``now``; or ``entries``, :func:`state_entries` made once for
+    several requests). A request built while an earlier one was still fetching the visitor's
+    identity would otherwise ask Edge for a second ECID. Unchanged when the identity has no
+    entries or they are already the ones in the body."""
     meta = request.body.get("meta")
     state = meta.get("state") if isinstance(meta, dict) else None
-    stored = identity.get("entries")
-    if not isinstance(meta, dict) or not isinstance(state, dict) or not isinstance(stored, list):
+    if not isinstance(meta, dict) or not isinstance(state, dict):
         return request
+    if entries is None:
+        entries = state_entries(identity, now)
+    if not entries or state.get("entries") == entries:
+        return request
+    body = {**request.body, "meta": {**meta, "state": {**state, "entries": entries}}}
+    return replace(request, body=body, body_bytes=serialize_bytes(body, rule=request.rule))
+
+
+def state_entries(identity: Mapping[str, Any], now: float) -> list[dict[str, str]]:
+    """The ``meta.state.entries`` of a request sent with ``identity`` at ``now``: its stored
+    ``state:store`` entries not expired, the last of each key."""
+    stored = identity.get("entries")
+    if not isinstance(stored, list):
+        return []
     wanted: dict[str, str] = {}
     for entry in stored:
         if not isinstance(entry, Mapping):
@@ -88,11 +108,7 @@ def with_state(request: Request, identity: Mapping[str, Any], now: float) -> Req
             continue
         wanted.pop(key, None)
         wanted[key] = value
-    entries = [{"key": k, "value": v} for k, v in wanted.items()]
-    if not entries or state.get("entries") == entries:
-        return request
-    body = {**request.body, "meta": {**meta, "state": {**state, "entries": entries}}}
-    return replace(request, body=body, body_bytes=serialize_bytes(body, rule=request.rule))
+    return [{"key": k, "value": v} for k, v in wanted.items()]
 
 
 def _listed(value: Any) -> list[Any]:
