@@ -14,17 +14,19 @@ writing, never acknowledged.
 
 Each process appends to files of its own, holding an exclusive ``flock`` on each for as long
 as it lives, so another process can tell a live journal from an orphan (:func:`claim_orphan`).
+Where there is no ``flock`` (Windows), :data:`AVAILABLE` is false and the outbox commits each
+push's sends to SQLite instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import mmap
 import os
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,13 @@ from typing import Any
 import orjson
 
 from engine.destinations.base import parse_bytes
+
+if sys.platform == "win32":
+    AVAILABLE = False
+else:
+    import fcntl
+
+    AVAILABLE = True
 
 __all__ = [
     "JournalWriter",
@@ -138,7 +147,7 @@ class JournalWriter:
         self._fd = os.open(making, flags, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.posix_fallocate(self._fd, 0, capacity)
+            _allocate(self._fd, capacity)
             self._map = mmap.mmap(self._fd, capacity)
             if os.path.exists(self.path):
                 raise FileExistsError(errno.EEXIST, "journal already exists", self.path)
@@ -176,7 +185,7 @@ class JournalWriter:
 
     def _grow(self, needed: int) -> None:
         capacity = max(needed, 2 * self._capacity)
-        os.posix_fallocate(self._fd, 0, capacity)
+        _allocate(self._fd, capacity)
         self._map.resize(capacity)
         self._capacity = capacity
 
@@ -191,6 +200,23 @@ class JournalWriter:
         """In a forked child: drop the inherited mapping and descriptor. The parent's lock
         stays, since the parent still holds the file open."""
         self.close()
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Give the file at ``fd`` ``size`` bytes of disk, zeros, now: ``posix_fallocate``, or
+    where there is none (macOS) or the file system refuses it, zeros written out."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+    done = os.fstat(fd).st_size
+    zeros = bytes(min(size - done, 1 << 20)) if size > done else b""
+    while done < size:
+        done += os.pwrite(fd, zeros[: size - done], done)
 
 
 def journal_files(database: str) -> list[Path]:
@@ -209,6 +235,9 @@ def unfinished_files(database: str) -> list[Path]:
 def claim_orphan(path: Path) -> Iterator[bool]:
     """Whether the journal at ``path`` is an orphan (no live process holds it); while the
     block runs, this process holds it so no one else reads it too."""
+    if not AVAILABLE:  # no lock to tell a live journal from an orphan: read none
+        yield False
+        return
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:  # gone, or another user's: not ours to read

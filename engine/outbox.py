@@ -568,9 +568,13 @@ class Outbox:
         (:mod:`engine.journal`, mapped in memory; flushed to disk with ``synchronous="FULL"``),
         with the same durability as :meth:`put_many`; the next operation on the outbox (a worker's
         :meth:`claim`, say) moves them into the database. Other processes see them then, or,
-        if this process dies first, when they open the outbox or :meth:`recover`.
+        if this process dies first, when they open the outbox or :meth:`recover`. Where there
+        is no journal (Windows: :data:`engine.journal.AVAILABLE`), this is :meth:`put_many`.
         """
         stamp = time.time() if now is None else now
+        if not self._memory and not journal.AVAILABLE:
+            self.put_many(list(items), now=stamp)  # no journal on this platform: a commit
+            return
         data = b"".join(_record(request, session, stamp) for request, session in items)
         if not data:
             return

@@ -71,6 +71,50 @@ def test_a_journal_that_cannot_be_allocated_is_not_left_behind(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("refusal", [None, 95])  # no posix_fallocate (macOS); EOPNOTSUPP
+def test_without_posix_fallocate_the_zeros_are_written_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: int | None
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(refusal, "Operation not supported")
+
+    if refusal is None:
+        monkeypatch.delattr(os, "posix_fallocate")
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    path = tmp_path / "j"
+    writer = journal.JournalWriter(path, capacity=3000)
+    assert path.stat().st_size == 3000
+    assert path.stat().st_blocks * 512 >= 3000  # on disk, not a hole the map would fault on
+    records = [journal.encode(["n", n], b"z" * 500) for n in range(10)]
+    for record in records:
+        writer.append(record)  # grows past 3000 the same way
+    assert path.stat().st_size >= writer.end > 3000
+    assert path.read_bytes()[writer.end :] == bytes(path.stat().st_size - writer.end)
+    assert [header for header, _ in journal.read(path, 0)[0]] == [["n", n] for n in range(10)]
+    writer.close()
+
+
+def test_without_a_journal_appends_are_committed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where there is no flock (Windows), a push's sends go to SQLite in the push: another
+    process sees them at once, and no journal file is made."""
+    monkeypatch.setattr(journal, "AVAILABLE", False)
+    path = tmp_path / "o.db"
+    with Outbox(path) as box:
+        box.append_many([(make_request(n), f"s{n % 2}") for n in range(3)], now=7.0)
+        assert journals(path) == []
+        with sqlite3.connect(path) as other:  # not through this process's outbox
+            rows = other.execute("SELECT session, seq, created FROM entries ORDER BY id").fetchall()
+        assert rows == [("s0", 1, 7.0), ("s1", 1, 7.0), ("s0", 2, 7.0)]
+        assert [e.request for e in box.pending()] == [make_request(n) for n in range(3)]
+    path_j = tmp_path / "j"
+    path_j.write_bytes(b"")
+    with journal.claim_orphan(path_j) as orphan:
+        assert not orphan  # no lock to tell a live journal from a dead one's: none is read
+
+
 def test_a_journal_is_locked_while_its_writer_lives(tmp_path: Path) -> None:
     path = tmp_path / "j"
     writer = journal.JournalWriter(path)
