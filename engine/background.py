@@ -591,6 +591,8 @@ class BackgroundDelivery:
             # followers stay in flight until settled, so nothing of the session is claimable
             # while some are settled and others not yet.
             at = self._clock() + self.redelivery.delay(entry.attempts + 1, self._random)
+            asked = [f.retry_at for f in failures if isinstance(f, DeliveryError) and f.retry_at]
+            at = max([at, *asked])  # never sooner than a Retry-After asked
             finals = [
                 failed is None or self._settle(e, send, failed, at)
                 for e, send, failed in zip(entries, sends, failures, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from contextlib import ExitStack
@@ -139,17 +140,26 @@ def run(
     Without --dry-run the sends are delivered: to the local emulator with --emulator, to
     --edge/--sitecore URLs, or else to the URLs of the ruleset's settings."""
     ruleset = _load(rules_path)
+    token_url: str | None = None
     with ExitStack() as stack:
         if use_emulator and not dry_run:
-            from engine.emulator import EmulatorServer
+            from engine.emulator import EmulatorServer, emulator_config
 
-            server = stack.enter_context(EmulatorServer())
+            server = stack.enter_context(EmulatorServer(config=emulator_config(ruleset)))
             edge_url = edge_url or server.url
             sitecore_url = sitecore_url or server.url
+            # The emulator's IMS too: credentials in the rules must not reach the real one.
+            token_url = f"{server.url}/ims/token/v3"
             if not as_json:
                 _console().print(f"emulator listening on {server.url}", style="dim")
         engine = stack.enter_context(
-            Engine(ruleset, dry_run=dry_run, edge_url=edge_url, sitecore_url=sitecore_url)
+            Engine(
+                ruleset,
+                dry_run=dry_run,
+                edge_url=edge_url,
+                sitecore_url=sitecore_url,
+                token_url=token_url,
+            )
         )
         _replay(engine, events, dry_run=dry_run, as_json=as_json, trace=trace)
 
@@ -256,13 +266,24 @@ def test_command(path: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="JSON file: decision scope → propositions.",
 )
-def emulator(host: str, port: int, scopes: Path | None) -> None:
+@click.option(
+    "--org",
+    help="The IMS org the kndctr_<org>_* state entries are named after (as the rules' "
+    "edge settings say).",
+)
+def emulator(host: str, port: int, scopes: Path | None, org: str | None) -> None:
     """Serve a local Adobe Edge Network and Sitecore Stream API for development."""
-    from engine.emulator import serve
+    from engine.emulator import EmulatorConfig, load_scopes, serve
 
+    config = EmulatorConfig() if org is None else EmulatorConfig(org=org)
+    if scopes is not None:
+        try:
+            config = dataclasses.replace(config, scopes=load_scopes(scopes))
+        except ValueError as error:  # load_scopes says which file and why
+            raise click.ClickException(str(error)) from None
     click.echo(f"tagengine emulator on http://{host}:{port}  (Ctrl+C stops it)")
     try:
-        serve(host=host, port=port, scopes=scopes)
+        serve(host=host, port=port, config=config)
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 

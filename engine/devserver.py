@@ -279,7 +279,14 @@ class DevServer(ThreadedServer):
             # No rules serve until the watcher's first load swaps them in (or reports why not).
             empty = build_ruleset([], environ={})
             engine = stack.enter_context(
-                Engine(empty, dry_run=self.dry_run, edge_url=url, sitecore_url=url)
+                Engine(
+                    empty,
+                    dry_run=self.dry_run,
+                    edge_url=url,
+                    sitecore_url=url,
+                    # Credentials in the rules must not reach the real IMS either.
+                    token_url=None if url is None else f"{url}/ims/token/v3",
+                )
             )
             self.engine = engine
             self.watcher = stack.enter_context(

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from engine.background import BackgroundDelivery, OnResult
-from engine.clients import RetryPolicy
+from engine.background import BackgroundDelivery, OnResult, Redelivery
+from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
@@ -83,6 +83,27 @@ class EngineSession:
         async with engine._async_lock(self._session):
             return await asyncio.to_thread(engine._push, self._session, item)
 
+    def take_cookies(self, cookies: Mapping[str, str]) -> None:
+        """Take the visitor's ``kndctr_<org>_*`` cookies (from the request their browser
+        made: its Web SDK's, or those :meth:`set_cookie_headers` gave it) into the session,
+        so that its next Edge request carries the visitor's identity and cluster, and Edge
+        keeps one ECID for the browser and the server. Other cookies are ignored. ``org``
+        (in the edge settings) names the cookies; :class:`~engine.errors.EngineError` without
+        it."""
+        org = self._engine._org()
+        with self._session.lock:
+            take_cookies(self._session.identity, cookies, org)
+
+    def set_cookie_headers(self, domain: str | None = None, *, secure: bool = True) -> list[str]:
+        """``Set-Cookie`` values that give the browser the session's ``kndctr_<org>_*`` state
+        entries (``Domain=domain`` when given: the site's apex domain), for the response to
+        the visitor (see :func:`~engine.clients.set_cookie_headers`)."""
+        org = self._engine._org()
+        with self._session.lock:
+            return set_cookie_headers(
+                self._session.identity, org, domain, now=self._engine._clock(), secure=secure
+            )
+
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
         with self._session.lock:
@@ -98,7 +119,8 @@ class Engine:
     ``dry_run`` builds every send and stops there. Otherwise each send is delivered by a
     :class:`~engine.dispatch.Dispatcher` over one shared httpx client (``http`` injects one,
     ``policy`` bounds retries), to the ruleset's URLs or to ``edge_url``/``sitecore_url``
-    (the local emulator, say); or, when a ``transport`` is given (a
+    (the local emulator, say), with OAuth tokens from the edge settings' ``token_url`` or
+    ``token_url``; or, when a ``transport`` is given (a
     :class:`~engine.transports.RecordingTransport` in tests), handed to it instead.
     A push returns when its sends have answered; a session's sends go out in order.
     ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
@@ -107,7 +129,9 @@ class Engine:
     file name, an :class:`~engine.outbox.Outbox`, or in memory when none); up to ``workers``
     threads deliver them (:class:`~engine.background.BackgroundDelivery`), ``on_result``
     hears how each one ended, and :meth:`flush`/:meth:`close` wait at most
-    ``flush_timeout`` seconds by default.
+    ``flush_timeout`` seconds by default. A send whose retries (``policy``) ran out on a
+    retryable failure is delivered again later, as ``redelivery`` says (by default up to 10
+    rounds, backing off from 1 s to 5 minutes), and then goes to the dead letters.
     """
 
     def __init__(
@@ -121,15 +145,17 @@ class Engine:
         ids: Ids | None = None,
         edge_url: str | None = None,
         sitecore_url: str | None = None,
+        token_url: str | None = None,
         http: httpx.Client | None = None,
         policy: RetryPolicy | None = None,
         background: bool = False,
         outbox: str | os.PathLike[str] | Outbox | None = None,
         workers: int = 16,
         flush_timeout: float = 10.0,
+        redelivery: Redelivery | None = None,
         on_result: OnResult | None = None,
     ) -> None:
-        self._urls = (edge_url, sitecore_url)
+        self._urls = (edge_url, sitecore_url, token_url)
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
@@ -164,6 +190,7 @@ class Engine:
                 targets=lambda: self._live[1],  # read at each delivery: follows a reload
                 workers=workers,
                 flush_timeout=flush_timeout,
+                redelivery=redelivery,
                 on_result=on_result,
             )
         self._clock = clock
@@ -257,6 +284,16 @@ class Engine:
     def ruleset(self, ruleset: Ruleset) -> None:
         # One reference swap: a push reads it once, so it runs on exactly one version.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
+
+    def _org(self) -> str:
+        """The IMS org the ``kndctr_*`` cookies are named after (the edge settings')."""
+        edge = self._live[1].edge
+        if edge is None or not edge.org:
+            raise EngineError(
+                "the kndctr_<org>_* cookies are named after the IMS org: set 'org' in the "
+                "edge settings"
+            )
+        return edge.org
 
     def session(self, session_id: str, *, visitor: str | None = None) -> EngineSession:
         """The session ``session_id`` (created on first use). Sessions of the same ``visitor``

@@ -111,18 +111,24 @@ def _explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) ->
 @dataclass(frozen=True, slots=True)
 class Targets:
     """The destination settings requests are built with: the ruleset's, or the same with
-    another ``url`` (``tagengine run --edge URL``, the emulator)."""
+    another ``url`` (``tagengine run --edge URL``, the emulator) or ``token_url``."""
 
     edge: EdgeSettings | None
     sitecore: SitecoreSettings | None
 
     @classmethod
     def of(
-        cls, ruleset: Ruleset, edge_url: str | None = None, sitecore_url: str | None = None
+        cls,
+        ruleset: Ruleset,
+        edge_url: str | None = None,
+        sitecore_url: str | None = None,
+        token_url: str | None = None,
     ) -> Targets:
         edge, sitecore = ruleset.edge, ruleset.sitecore
         if edge is not None and edge_url:
             edge = edge.model_copy(update={"url": edge_url.rstrip("/")})
+        if edge is not None and token_url:
+            edge = edge.model_copy(update={"token_url": token_url})
         if sitecore is not None and sitecore_url:
             sitecore = sitecore.model_copy(update={"url": sitecore_url.rstrip("/")})
         return cls(edge, sitecore)

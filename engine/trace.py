@@ -35,12 +35,12 @@ def _send_line(index: int, result: PushResult, full: bool = False) -> Text:
     send = result.sends[index]
     size = len(send.request.body_bytes) if send.request.body_bytes else len(_json(send.body))
     delivered = ""
+    took = f"in {1000 * (send.duration or 0):.1f} ms, {send.attempts} attempt(s)"
     if send.error:
-        delivered = f"  error: {send.error}"
+        status = f"{send.status} " if send.status is not None else ""
+        delivered = f"  → {status}{took}, error: {send.error}"
     elif send.status is not None:
-        delivered = (
-            f"  → {send.status} in {1000 * (send.duration or 0):.1f} ms, {send.attempts} attempt(s)"
-        )
+        delivered = f"  → {send.status} {took}"
     return Text.assemble(
         "    send ",
         (f"{send.destination:<8}", "bold"),

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
-from engine import Engine
+import pytest
+
+from engine import Engine, EngineError
+from engine.background import Redelivery
 from engine.clients import RetryPolicy
-from engine.emulator import EmulatorServer, Fault
+from engine.emulator import EmulatorServer, Fault, emulator_config
+from engine.outbox import Outbox
 from tests.conftest import SETTINGS, load_text
 
 RULES = dedent(
@@ -155,6 +160,125 @@ def test_cli_run_with_the_emulator(tmp_path: Path) -> None:
         assert (edge["status"], edge["attempts"]) == (200, 1)
         assert edge["response"]["ecid"]
         assert (sitecore["status"], sitecore["attempts"]) == (201, 1)
+
+
+AUTH_SETTINGS = (
+    'edge { datastream: "ds-1", org: "ACME0123456789@AdobeOrg", client_id: "cid", '
+    'client_secret: env("TE_CLIENT_SECRET") }\nsitecore { client_key: "k", pos: "shop" }\n'
+)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+def test_cli_run_with_the_emulator_gets_tokens_from_it_not_from_adobe(tmp_path: Path) -> None:
+    """Credentials in the rules go to the emulator's IMS with --emulator, never the real one
+    (here unreachable: the send would fail)."""
+    (tmp_path / "s.rules").write_text(AUTH_SETTINGS)
+    (tmp_path / "r.rules").write_text(RULES)
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"event": "page.view", "page": {"name": "Home"}}\n')
+    run = run_cli(
+        "run", "--rules", str(tmp_path), "--emulator", "--json", str(events),
+        env={"TE_CLIENT_SECRET": "s3cr3t"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (line,) = [json.loads(text) for text in run.stdout.splitlines()]
+    edge = line["sends"][0]
+    assert (edge["status"], edge.get("error")) == (200, None)
+    assert "s3cr3t" not in run.stdout + run.stderr
+
+
+def test_a_failed_send_line_says_its_status_time_and_attempts(tmp_path: Path) -> None:
+    with EmulatorServer() as server:
+        server.set_faults(Fault(status=400, path="/ee/"))
+        (tmp_path / "s.rules").write_text(SETTINGS)
+        (tmp_path / "r.rules").write_text(RULES)
+        events = tmp_path / "events.jsonl"
+        events.write_text('{"event": "page.view", "page": {"name": "Home"}}\n')
+        run = run_cli(
+            "run", "--rules", str(tmp_path), "--edge", server.url, "--sitecore", server.url,
+            str(events),
+        )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    edge_line = next(line for line in run.stdout.splitlines() if "send edge" in line)
+    assert "→ 400 in " in edge_line and "1 attempt(s), error: " in edge_line
+
+
+def test_cookies_go_in_and_out_of_a_session(tmp_path: Path) -> None:
+    """The visitor's kndctr cookies ride in the next request; the Set-Cookie values give the
+    browser the identity Edge answered, named after the rules' org (the emulator started for
+    these rules names its state entries so)."""
+    org = "ACME0123456789@AdobeOrg"
+    prefix = "kndctr_ACME0123456789_AdobeOrg_"
+    ruleset = load_text(
+        {
+            "a_settings.rules": f'edge {{ datastream: "ds-1", org: "{org}" }}\n'
+            'sitecore { client_key: "k", pos: "shop" }\n',
+            "t.rules": RULES,
+        }
+    )
+    with (
+        EmulatorServer(config=emulator_config(ruleset)) as server,
+        Engine(ruleset, edge_url=server.url, sitecore_url=server.url, policy=FAST) as engine,
+    ):
+        first = engine.session("a")
+        ecid = (
+            first.push({"event": "page.view", "page": {"name": "Home"}}).sends[0].response["ecid"]
+        )
+        cookies = first.set_cookie_headers("shop.example")
+        names = sorted(header.split("=", 1)[0] for header in cookies)
+        assert names == [prefix + "cluster", prefix + "identity"]
+        assert all("Domain=shop.example" in header and "Secure" in header for header in cookies)
+        # The same browser comes back in a new server session: one visitor, one ECID.
+        jar = dict(header.split(";", 1)[0].split("=", 1) for header in cookies)
+        later = engine.session("b")
+        later.take_cookies({**jar, "other": "ignored"})
+        answer = later.push({"event": "page.view", "page": {"name": "Shoes"}})
+        sent = server.requests("/ee/")[-1]
+    assert answer.sends[0].response["ecid"] == ecid
+    assert {e["key"]: e["value"] for e in sent.body["meta"]["state"]["entries"]} == jar
+    assert "/ee/or2/" in sent.path  # the cluster cookie's location hint
+
+
+def test_cookies_need_the_org_in_the_edge_settings(emulator: EmulatorServer) -> None:
+    with engine_for(emulator) as engine:
+        with pytest.raises(EngineError, match="'org' in the edge settings"):
+            engine.session("a").take_cookies({})
+        with pytest.raises(EngineError, match="'org'"):
+            engine.session("a").set_cookie_headers()
+
+
+def test_engine_redelivery_decides_when_a_failing_send_is_buried(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    emulator.set_faults(Fault(status=503, retry_after="0", path="/ee/"))
+    ruleset = load_text({"a_settings.rules": SETTINGS, "t.rules": RULES})
+    engine = Engine(
+        ruleset,
+        edge_url=emulator.url,
+        sitecore_url=emulator.url,
+        policy=RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02, total_timeout=2),
+        background=True,
+        outbox=tmp_path / "o.db",
+        redelivery=Redelivery(max_rounds=2, base_delay=0.05, max_delay=0.05),
+    )
+    with engine:
+        engine.session("v").push({"event": "page.view", "page": {"name": "Home"}})
+        assert engine.flush(timeout=15)
+    with Outbox(tmp_path / "o.db") as box:
+        (dead,) = box.dead()
+    assert dead.destination == "edge" and "gave up after 2 delivery rounds" in (
+        dead.last_error or ""
+    )
+    assert len(emulator.requests("/ee/")) == 4  # two rounds of two attempts
 
 
 def test_background_mode_returns_once_the_sends_are_durable(

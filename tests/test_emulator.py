@@ -904,3 +904,44 @@ def test_serve_runs_in_the_foreground_until_ctrl_c() -> None:
     assert process.returncode == 0, err
     assert "stopped cleanly" in out
     assert f"http://127.0.0.1:{port}" in err  # uvicorn's startup line
+
+
+def test_the_emulator_command_takes_the_org_and_a_scopes_file(tmp_path: Path) -> None:
+    scopes = tmp_path / "scopes.json"
+    scopes.write_text(json.dumps({"checkout-offer": [{"content": {"text": "Free shipping"}}]}))
+    command = [sys.executable, "-m", "engine", "emulator", "--scopes", str(scopes)]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"promo-top": 5}')
+    refused = subprocess.run([*command[:-1], str(bad)], capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1
+    assert "Error: " in refused.stderr and "non-empty list" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    port = free_port()
+    process = subprocess.Popen(
+        [*command, "--port", str(port), "--org", "ACME0123@AdobeOrg"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the emulator did not start listening"
+                time.sleep(0.05)
+        with httpx.Client(verify=NO_TLS) as c:
+            answer = c.post(
+                f"http://127.0.0.1:{port}{V2}", json=event_body(scopes=["checkout-offer"])
+            )
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert answer.status_code == 200
+    keys = {item["key"] for item in payload(answer, "state:store")}
+    assert keys == {"kndctr_ACME0123_AdobeOrg_identity", "kndctr_ACME0123_AdobeOrg_cluster"}
+    (offer,) = payload(answer, "personalization:decisions")
+    assert offer["items"][0]["data"]["content"] == {"text": "Free shipping"}

@@ -87,6 +87,22 @@ def test_half_the_requests_answer_503_with_retry_after(
     assert gaps and min(gaps) >= 0.95  # Retry-After: 1 honoured on every retry
 
 
+def test_a_long_retry_after_is_honoured_across_delivery_rounds(
+    fresh_emulator: EmulatorServer, harness: HarnessFactory
+) -> None:
+    """A 429 asking for 2 s, against a policy that waits at most 0.05 s and redelivers after
+    0.05 s: the send goes back to the outbox and is not tried again before the 2 s."""
+    fresh_emulator.set_faults(Fault(status=429, retry_after="2", count=1, path="/ee/"))
+    quick = Redelivery(base_delay=0.05, max_delay=0.05)
+    h = harness(fresh_emulator.url, workers=2, redelivery=quick)
+    h.push("s0", "p0")
+    assert h.background.flush(15)
+    assert_each_exactly_once_or_dead(fresh_emulator, h, ["p0"])
+    first, second = fresh_emulator.requests("/ee/")
+    assert (first.status, second.status) == (429, 200)
+    assert second.time - first.time >= 1.95
+
+
 def test_bursts_of_429(fresh_emulator: EmulatorServer, harness: HarnessFactory) -> None:
     h = harness(fresh_emulator.url, workers=4)
     stop = threading.Event()

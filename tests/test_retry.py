@@ -213,18 +213,43 @@ def test_retry_after_http_date_is_relative_to_the_wall_clock() -> None:
     assert fake.sleeps == [pytest.approx(7.0), 0.0]
 
 
-def test_retry_after_is_capped_by_max_delay_and_the_time_left() -> None:
+def test_a_retry_after_beyond_the_policy_ends_the_retries_never_retrying_sooner() -> None:
+    """The server asked for 100 s; the policy waits at most 10: giving up at once (with when a
+    replay may go) is right, retrying after 10 s is not."""
     fake = Fake()
-    policy = RetryPolicy(max_delay=10.0, total_timeout=25.0)
+    attempt = script(response(503, {"Retry-After": "100"}), response(200))
+    with pytest.raises(DeliveryError) as caught:
+        fake.retrier(RetryPolicy(max_delay=10.0)).run(attempt)
+    assert fake.sleeps == []
+    error = caught.value
+    assert (error.status, error.attempts, error.retryable) == (503, 1, True)
+    assert error.retry_at == pytest.approx(EPOCH + 100)
+    assert "Retry-After 100s" in str(error)
+
+
+def test_a_retry_after_past_the_time_left_ends_the_retries_too() -> None:
+    fake = Fake()
+    policy = RetryPolicy(max_delay=10.0, total_timeout=12.0)
     attempt = script(
-        response(503, {"Retry-After": "100"}),
-        response(503, {"Retry-After": "100"}),
-        response(503, {"Retry-After": "100"}),
-        response(200),
+        response(503, {"Retry-After": "8"}), response(503, {"Retry-After": "8"}), response(200)
     )
-    outcome = fake.retrier(policy).run(attempt)
-    assert fake.sleeps == [10.0, 10.0, 5.0]
-    assert outcome.attempts == 4 and outcome.duration == pytest.approx(25.0)
+    with pytest.raises(DeliveryError) as caught:
+        fake.retrier(policy).run(attempt)
+    assert fake.sleeps == [8.0]  # the first wait fits; the second would end past 12 s
+    assert caught.value.attempts == 2
+    assert caught.value.retry_at == pytest.approx(EPOCH + 16)
+
+
+def test_attempts_exhausted_still_say_when_the_server_asked_to_come_back() -> None:
+    fake = Fake()
+    attempt = script(response(429, {"Retry-After": "2"}), response(429, {"Retry-After": "5"}))
+    with pytest.raises(DeliveryError) as caught:
+        fake.retrier(RetryPolicy(max_attempts=2)).run(attempt)
+    assert fake.sleeps == [2.0]
+    assert caught.value.retry_at == pytest.approx(EPOCH + 2 + 5)
+    with pytest.raises(DeliveryError) as plain:  # no Retry-After: nothing asked
+        fake.retrier(RetryPolicy(max_attempts=1)).run(script(response(503)))
+    assert plain.value.retry_at is None
 
 
 def test_unreadable_retry_after_falls_back_to_backoff() -> None:

@@ -33,6 +33,7 @@ from engine.clients.identity import (
     identity_from_cookies,
     prune_identity,
     set_cookie_headers,
+    take_cookies,
 )
 from engine.clients.responses import EdgeResponse, EdgeResult, Problem, SitecoreResult
 from engine.clients.retry import (
@@ -88,5 +89,6 @@ __all__ = [
     "parse_retry_after",
     "prune_identity",
     "set_cookie_headers",
+    "take_cookies",
     "with_state",
 ]

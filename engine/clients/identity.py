@@ -42,6 +42,7 @@ __all__ = [
     "identity_from_cookies",
     "prune_identity",
     "set_cookie_headers",
+    "take_cookies",
 ]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -176,6 +177,28 @@ def identity_from_cookies(cookies: Mapping[str, str], org: str) -> dict[str, Any
         if entry["key"] == prefix + "identity" and entry["value"]:
             out["has_identity"] = True
     return out
+
+
+def take_cookies(identity: dict[str, Any], cookies: Mapping[str, str], org: str) -> None:
+    """Merge what a visitor's ``kndctr_<org>_*`` cookies carry (:func:`identity_from_cookies`)
+    into a session's ``identity``: a cookie replaces the state entry of the same key (the
+    browser's is the newer: its Web SDK may have talked to Edge since), other entries stay."""
+    taken = identity_from_cookies(cookies, org)
+    fresh = {entry["key"]: entry for entry in taken["entries"]}
+    if not fresh:
+        return
+    current = identity.get("entries")
+    kept = [
+        e
+        for e in (current if isinstance(current, list) else [])
+        if isinstance(e, Mapping) and e.get("key") not in fresh
+    ]
+    identity["entries"] = [*kept, *fresh.values()]
+    if "location_hint" in taken:
+        identity["location_hint"] = taken["location_hint"]
+        identity.pop("location_hint_expires", None)  # the browser keeps the cookie's clock
+    if taken.get("has_identity"):
+        identity["has_identity"] = True
 
 
 def set_cookie_headers(

@@ -77,9 +77,10 @@ class DeliveryError(DispatchError):
 
     Besides :class:`~engine.errors.DispatchError`'s ``status``, ``code`` (the ``EXEG-…`` code
     when the body is RFC 7807), ``title`` and ``request_id``: ``attempts`` made, ``last_error``
-    (a one-line description of the last failure, never a credential) and ``retryable`` (true
+    (a one-line description of the last failure, never a credential), ``retryable`` (true
     when the last failure was retryable and only the attempts or the time ran out: a later
-    replay may succeed).
+    replay may succeed) and ``retry_at`` (epoch seconds: what the last answer's
+    ``Retry-After`` asked to wait for, when it had one; no replay should start before).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class DeliveryError(DispatchError):
         attempts: int = 0,
         last_error: str | None = None,
         retryable: bool = False,
+        retry_at: float | None = None,
     ) -> None:
         super().__init__(
             message,
@@ -106,6 +108,7 @@ class DeliveryError(DispatchError):
         self.attempts = attempts
         self.last_error = last_error
         self.retryable = retryable
+        self.retry_at = retry_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,10 @@ class RetryPolicy:
     ``max_attempts`` counts every attempt (the first one included); ``total_timeout`` bounds the
     time from the first attempt until the last one starts (an attempt in flight is bounded by
     the HTTP client's own timeouts). A delay is ``Retry-After`` when the answer has one, else
-    ``uniform(0, min(max_delay, base_delay * 2**n))`` before retry ``n`` (0-based); either way
-    at most ``max_delay`` and the time left. ``retry_ambiguous=False`` stops retrying failures
+    ``uniform(0, min(max_delay, base_delay * 2**n))`` before retry ``n`` (0-based), at most
+    ``max_delay`` and the time left; a ``Retry-After`` beyond that ends the retries at once
+    (never sooner than the server asked), with :attr:`DeliveryError.retry_at` saying when a
+    replay may go. ``retry_ambiguous=False`` stops retrying failures
     after which the destination may already hold the request (:data:`AMBIGUOUS_ERRORS`), for a
     destination that cannot de-duplicate.
     """
@@ -272,16 +277,32 @@ class _Loop:
         budget.errors.append(description)
         if isinstance(failure, BaseException) and not self.policy.retries_error(failure):
             raise self._give_up(budget, failure, destination, request_id, "not retryable")
+        asked: float | None = None  # what Retry-After asks to wait
+        if isinstance(failure, httpx.Response):
+            asked = parse_retry_after(failure.headers.get("Retry-After"), self._now())
+        retry_at = None if asked is None else self._now() + asked
         if budget.attempts >= self.policy.max_attempts:
-            raise self._give_up(budget, failure, destination, request_id, "attempts exhausted")
+            raise self._give_up(
+                budget, failure, destination, request_id, "attempts exhausted", retry_at
+            )
         remaining = self.policy.total_timeout - self._elapsed(budget)
         if remaining <= 0:
-            raise self._give_up(budget, failure, destination, request_id, "time exhausted")
-        wait: float | None = None
-        if isinstance(failure, httpx.Response):
-            wait = parse_retry_after(failure.headers.get("Retry-After"), self._now())
-        if wait is None:
-            wait = self.policy.backoff(budget.attempts - 1, self._random)
+            raise self._give_up(
+                budget, failure, destination, request_id, "time exhausted", retry_at
+            )
+        if asked is not None and asked > min(self.policy.max_delay, remaining):
+            # Never sooner than the server asked: give up now, and say when a replay may go.
+            raise self._give_up(
+                budget,
+                failure,
+                destination,
+                request_id,
+                f"Retry-After {asked:g}s is beyond the retry policy's wait",
+                retry_at,
+            )
+        wait = (
+            asked if asked is not None else self.policy.backoff(budget.attempts - 1, self._random)
+        )
         wait = max(0.0, min(wait, self.policy.max_delay, remaining))
         log.debug(
             "%s request %s: attempt %d failed (%s), retrying in %.3fs",
@@ -300,6 +321,7 @@ class _Loop:
         destination: str | None,
         request_id: str | None,
         why: str,
+        retry_at: float | None = None,
     ) -> DeliveryError:
         status = code = title = None
         retryable = False
@@ -327,6 +349,7 @@ class _Loop:
             attempts=attempts,
             last_error=last,
             retryable=retryable,
+            retry_at=retry_at,
         )
 
 

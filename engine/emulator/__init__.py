@@ -14,7 +14,7 @@ from engine.emulator.app import EmulatorApp, create_app
 from engine.emulator.faults import Fault, FaultError
 from engine.emulator.scopes import load_scopes
 from engine.emulator.server import EmulatorServer, serve
-from engine.emulator.state import EmulatorConfig, EmulatorState, RecordedRequest
+from engine.emulator.state import EmulatorConfig, EmulatorState, RecordedRequest, emulator_config
 
 __all__ = [
     "EmulatorApp",
@@ -25,6 +25,7 @@ __all__ = [
     "FaultError",
     "RecordedRequest",
     "create_app",
+    "emulator_config",
     "load_scopes",
     "serve",
 ]

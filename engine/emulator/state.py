@@ -15,16 +15,20 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.emulator.faults import Fault
 from engine.emulator.scopes import DEFAULT_SCOPES, Scopes
+
+if TYPE_CHECKING:
+    from engine.ruleset import Ruleset
 
 __all__ = [
     "EmulatorConfig",
     "EmulatorState",
     "RecordedRequest",
     "Token",
+    "emulator_config",
 ]
 
 EDGE_MAX_BODY = 65536
@@ -62,6 +66,17 @@ class EmulatorConfig:
     context_ids: frozenset[str] | None = None
     max_body: int = EDGE_MAX_BODY
     max_records: int = 100_000
+
+
+def emulator_config(ruleset: Ruleset | None, **changes: Any) -> EmulatorConfig:
+    """The configuration to emulate what ``ruleset`` talks to: its edge settings' ``org``
+    (when set) names the ``kndctr_<org>_*`` state entries, as Edge takes the org from the
+    datastream, so :func:`~engine.clients.set_cookie_headers` finds them; ``changes`` set
+    other fields."""
+    org = ruleset.edge.org if ruleset is not None and ruleset.edge is not None else None
+    if org:
+        changes.setdefault("org", org)
+    return EmulatorConfig(**changes)
 
 
 @dataclass(slots=True)
