@@ -90,9 +90,10 @@ class Redelivery:
 
     Each delivery is one round (the dispatcher's :class:`~engine.clients.RetryPolicy` bounds the
     attempts inside it). After round ``n`` fails the send waits
-    ``uniform(c / 2, c)`` with ``c = min(max_delay, base_delay * 2**(n - 1))``; it is buried,
-    with its last error, after ``max_rounds`` rounds or once ``max_age`` seconds have passed
-    since it was submitted.
+    ``uniform(c / 2, c)`` with ``c = min(max_delay, base_delay * 2**(n - 1))``, or longer
+    when the answer's ``Retry-After`` asks so; it is buried, with its last error, after
+    ``max_rounds`` rounds or when its next round would come ``max_age`` seconds or more after
+    it was submitted.
     """
 
     max_rounds: int = 10
@@ -126,13 +127,34 @@ def _retryable(failure: BaseException) -> bool:
 
 def _merge(target: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> None:
     """Apply to ``target`` what a delivery changed from ``base`` to ``result``, keeping what
-    a push wrote to ``target`` meanwhile (a local Sitecore browser id, say)."""
+    a push wrote to ``target`` meanwhile (a local Sitecore browser id, say). State entries
+    merge one by one, and one the session changed meanwhile (from the visitor's cookies:
+    the browser's identity) stays the session's."""
     for key, value in result.items():
-        if key not in base or base[key] != value:
+        if key == "entries":
+            if value != base.get(key):
+                target[key] = _merge_entries(target.get(key), base.get(key), value)
+        elif key not in base or base[key] != value:
             target[key] = value
     for key in base:
         if key not in result:
             target.pop(key, None)
+
+
+def _merge_entries(target: Any, base: Any, result: Any) -> list[Any]:
+    def by_key(entries: Any) -> dict[Any, Any]:
+        listed = entries if isinstance(entries, list) else []
+        return {e.get("key"): e for e in listed if isinstance(e, dict)}
+
+    mine, before, after = by_key(target), by_key(base), by_key(result)
+    merged = dict(mine)
+    for key, entry in after.items():
+        if before.get(key) != entry and mine.get(key) == before.get(key):
+            merged[key] = entry
+    for key, entry in before.items():
+        if key not in after and mine.get(key) == entry:
+            merged.pop(key, None)
+    return list(merged.values())
 
 
 class BackgroundDelivery:
@@ -692,7 +714,8 @@ class BackgroundDelivery:
                 return True
             rounds = entry.attempts + 1
             policy = self.redelivery
-            if rounds >= policy.max_rounds or now - entry.created >= policy.max_age:
+            # A next round due past max_age (a long Retry-After) would come too late.
+            if rounds >= policy.max_rounds or max(now, at) - entry.created >= policy.max_age:
                 error = f"{error} (gave up after {rounds} delivery round{'s' * (rounds != 1)})"
                 self.outbox.bury(entry.id, error, now=now)
                 log.warning("outbox %s: send %d buried: %s", self.outbox, entry.id, error)

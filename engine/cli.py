@@ -146,10 +146,11 @@ def run(
             from engine.emulator import EmulatorServer, emulator_config
 
             server = stack.enter_context(EmulatorServer(config=emulator_config(ruleset)))
-            edge_url = edge_url or server.url
+            if edge_url is None:
+                edge_url = server.url
+                # Its IMS too: credentials in the rules must not reach the real one.
+                token_url = f"{server.url}/ims/token/v3"
             sitecore_url = sitecore_url or server.url
-            # The emulator's IMS too: credentials in the rules must not reach the real one.
-            token_url = f"{server.url}/ims/token/v3"
             if not as_json:
                 _console().print(f"emulator listening on {server.url}", style="dim")
         engine = stack.enter_context(

@@ -36,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from engine.diagnostics import Diagnostic
-from engine.emulator import EmulatorServer
+from engine.emulator import EmulatorServer, emulator_config
 from engine.emulator.server import (
     ThreadedServer,
     _bind,
@@ -330,6 +330,8 @@ class DevServer(ThreadedServer):
     def _changed(self, ruleset: Ruleset) -> None:
         assert self.engine is not None
         self.engine.ruleset = ruleset
+        if self.emulator is not None:  # state entries named after the rules' org
+            self.emulator.configure(org=emulator_config(ruleset).org)
         verb = "reloaded" if self._loaded else "loaded"
         self._loaded = True
         self._output.note(

@@ -36,7 +36,9 @@ def _send_line(index: int, result: PushResult, full: bool = False) -> Text:
     size = len(send.request.body_bytes) if send.request.body_bytes else len(_json(send.body))
     delivered = ""
     took = f"in {1000 * (send.duration or 0):.1f} ms, {send.attempts} attempt(s)"
-    if send.error:
+    if send.error and not send.attempts:
+        delivered = f"  → not sent, error: {send.error}"
+    elif send.error:
         status = f"{send.status} " if send.status is not None else ""
         delivered = f"  → {status}{took}, error: {send.error}"
     elif send.status is not None:

@@ -37,6 +37,7 @@ from engine.clients import (
     make_http_client,
     prune_identity,
     set_cookie_headers,
+    take_cookies,
     with_state,
 )
 from engine.clients.edge import state_entries
@@ -632,6 +633,54 @@ def test_set_cookie_headers_details() -> None:
     ]
     with pytest.raises(ValueError):
         set_cookie_headers(lax, "", None)
+
+
+def test_take_cookies_merges_the_browsers_entries_without_losing_their_lifetime() -> None:
+    identity: dict[str, Any] = {
+        "entries": [
+            {"key": PREFIX + "identity", "value": "CiY-same", "maxAge": 100, "expires": NOW + 90,
+             "attrs": {"SameSite": "None"}},
+            {"key": PREFIX + "cluster", "value": "or2", "maxAge": 1800, "expires": NOW + 1800},
+            {"key": PREFIX + "consent", "value": "general=in", "maxAge": 50},
+        ],
+        "location_hint": "or2",
+        "location_hint_expires": NOW + 1800,
+    }  # fmt: skip
+    before = set_cookie_headers(identity, ORG, "shop.example", now=NOW)
+    cookies = {
+        PREFIX + "identity": "CiY-same",  # what the server gave it: nothing changes
+        PREFIX + "cluster": "va6",  # the browser's Web SDK moved: the browser's wins
+        PREFIX + "consent": "",  # empty: ignored, the stored entry stays
+        "kndctr_OTHER_AdobeOrg_identity": "x",
+    }
+    take_cookies(identity, cookies, ORG)
+    by_key = {e["key"]: e for e in identity["entries"]}
+    assert by_key[PREFIX + "identity"]["maxAge"] == 100
+    assert by_key[PREFIX + "consent"] == {
+        "key": PREFIX + "consent",
+        "value": "general=in",
+        "maxAge": 50,
+    }
+    assert by_key[PREFIX + "cluster"] == {
+        "key": PREFIX + "cluster",
+        "value": "va6",
+        "from_cookie": True,
+    }
+    assert identity["location_hint"] == "va6" and "location_hint_expires" not in identity
+    # The browser keeps the lifetime of what it sent: no Set-Cookie makes it a session cookie.
+    after = set_cookie_headers(identity, ORG, "shop.example", now=NOW)
+    assert after == [h for h in before if not h.startswith(PREFIX + "cluster=")]
+    assert all("Max-Age=" in h for h in after)
+
+    fresh: dict[str, Any] = {}
+    take_cookies(fresh, {PREFIX + "identity": "CiY-new", PREFIX + "cluster": ""}, ORG)
+    assert fresh == {
+        "entries": [{"key": PREFIX + "identity", "value": "CiY-new", "from_cookie": True}],
+        "has_identity": True,
+    }
+    assert set_cookie_headers(fresh, ORG, None) == []
+    take_cookies(fresh, {}, ORG)
+    assert len(fresh["entries"]) == 1
 
 
 def test_identity_from_cookies_ignores_other_orgs() -> None:

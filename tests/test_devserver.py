@@ -238,3 +238,19 @@ def test_stop_stops_everything(folder: Path) -> None:
 )
 def test_parse_envelope(value: object, expected: tuple[str | None, object]) -> None:
     assert parse_envelope(value) == expected
+
+
+def test_the_emulator_names_state_entries_after_the_org_of_the_rules(folder: Path) -> None:
+    """So that the cookie helpers find them: Edge takes the org from the datastream."""
+    org = "ACME0123456789@AdobeOrg"
+    (folder / "settings.rules").write_text(SETTINGS.replace("edge { ", f'edge {{ org: "{org}", '))
+    terminal, _ = console()
+    with DevServer(folder, console=terminal, debounce=0.05, environ={}) as server:
+        assert server.engine is not None and server.emulator is not None
+        session = server.engine.session("x")
+        session.push({"event": "page.view", "page": {"name": "Home"}})
+        cookies = session.set_cookie_headers()
+    assert sorted(c.split("=", 1)[0] for c in cookies) == [
+        "kndctr_ACME0123456789_AdobeOrg_cluster",
+        "kndctr_ACME0123456789_AdobeOrg_identity",
+    ]

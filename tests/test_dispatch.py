@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import subprocess
@@ -13,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, EngineError
-from engine.background import Redelivery
-from engine.clients import RetryPolicy
-from engine.emulator import EmulatorServer, Fault, emulator_config
+from engine import Engine, EngineError, Ruleset
+from engine.background import Redelivery, _merge
+from engine.clients import RetryPolicy, take_cookies
+from engine.emulator import EmulatorConfig, EmulatorServer, Fault, emulator_config
 from engine.outbox import Outbox
 from tests.conftest import SETTINGS, load_text
 
@@ -196,6 +197,25 @@ def test_cli_run_with_the_emulator_gets_tokens_from_it_not_from_adobe(tmp_path: 
     assert "s3cr3t" not in run.stdout + run.stderr
 
 
+def test_cli_run_with_the_emulator_and_another_edge_asks_that_edges_ims(tmp_path: Path) -> None:
+    """``--emulator --edge URL``: Edge requests go to URL, so tokens come from the IMS the
+    rules name (here a second emulator requiring them), not from the emulator started."""
+    with EmulatorServer(config=EmulatorConfig(require_auth=True)) as real:
+        token_url = f'token_url: "{real.url}/ims/token/v3", '
+        (tmp_path / "s.rules").write_text(AUTH_SETTINGS.replace("edge { ", "edge { " + token_url))
+        (tmp_path / "r.rules").write_text(RULES)
+        events = tmp_path / "events.jsonl"
+        events.write_text('{"event": "page.view", "page": {"name": "Home"}}\n')
+        run = run_cli(
+            "run", "--rules", str(tmp_path), "--emulator", "--edge", real.url, "--json",
+            str(events), env={"TE_CLIENT_SECRET": "s3cr3t"},
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        edge = json.loads(run.stdout.splitlines()[0])["sends"][0]
+        assert (edge["status"], edge.get("error")) == (200, None)
+        assert len(real.requests("/ims/")) == 1 and len(real.requests("/ee/")) == 1
+
+
 def test_a_failed_send_line_says_its_status_time_and_attempts(tmp_path: Path) -> None:
     with EmulatorServer() as server:
         server.set_faults(Fault(status=400, path="/ee/"))
@@ -212,19 +232,26 @@ def test_a_failed_send_line_says_its_status_time_and_attempts(tmp_path: Path) ->
     assert "→ 400 in " in edge_line and "1 attempt(s), error: " in edge_line
 
 
-def test_cookies_go_in_and_out_of_a_session(tmp_path: Path) -> None:
-    """The visitor's kndctr cookies ride in the next request; the Set-Cookie values give the
-    browser the identity Edge answered, named after the rules' org (the emulator started for
-    these rules names its state entries so)."""
-    org = "ACME0123456789@AdobeOrg"
-    prefix = "kndctr_ACME0123456789_AdobeOrg_"
-    ruleset = load_text(
+COOKIE_ORG = "ACME0123456789@AdobeOrg"
+COOKIE_PREFIX = "kndctr_ACME0123456789_AdobeOrg_"
+
+
+def cookie_rules() -> Ruleset:
+    return load_text(
         {
-            "a_settings.rules": f'edge {{ datastream: "ds-1", org: "{org}" }}\n'
+            "a_settings.rules": f'edge {{ datastream: "ds-1", org: "{COOKIE_ORG}" }}\n'
             'sitecore { client_key: "k", pos: "shop" }\n',
             "t.rules": RULES,
         }
     )
+
+
+def test_cookies_go_in_and_out_of_a_session(tmp_path: Path) -> None:
+    """The visitor's kndctr cookies ride in the next request; the Set-Cookie values give the
+    browser the identity Edge answered, named after the rules' org (the emulator started for
+    these rules names its state entries so)."""
+    prefix = COOKIE_PREFIX
+    ruleset = cookie_rules()
     with (
         EmulatorServer(config=emulator_config(ruleset)) as server,
         Engine(ruleset, edge_url=server.url, sitecore_url=server.url, policy=FAST) as engine,
@@ -246,6 +273,59 @@ def test_cookies_go_in_and_out_of_a_session(tmp_path: Path) -> None:
     assert answer.sends[0].response["ecid"] == ecid
     assert {e["key"]: e["value"] for e in sent.body["meta"]["state"]["entries"]} == jar
     assert "/ee/or2/" in sent.path  # the cluster cookie's location hint
+
+
+def test_in_background_mode_cookies_keep_the_browsers_identity(
+    tmp_path: Path,
+) -> None:
+    """The README's flow with a push that returns before Edge answers: the browser's
+    cookies ride in the request, and are not sent back without their lifetime."""
+    ruleset = cookie_rules()
+    jar = {COOKIE_PREFIX + "identity": "CiY1234", COOKIE_PREFIX + "cluster": "va6"}
+    with (
+        EmulatorServer(config=emulator_config(ruleset)) as server,
+        Engine(
+            ruleset,
+            edge_url=server.url,
+            sitecore_url=server.url,
+            policy=FAST,
+            background=True,
+            outbox=tmp_path / "o.db",
+        ) as engine,
+    ):
+        session = engine.session("new")
+        session.take_cookies(jar)
+        session.push({"event": "page.view", "page": {"name": "Home"}})
+        assert session.set_cookie_headers("shop.example") == []  # nothing new yet
+        assert engine.flush(10)
+        renewed = session.set_cookie_headers("shop.example")
+        (sent,) = server.requests("/ee/")
+    assert {e["key"]: e["value"] for e in sent.body["meta"]["state"]["entries"]} == jar
+    assert "/ee/va6/" in sent.path
+    assert sorted(h.split("=", 1)[0] for h in renewed) == sorted(jar)  # Edge renewed them
+    assert all("Max-Age=" in h for h in renewed)
+
+
+def test_a_delivery_answered_meanwhile_does_not_undo_cookies_taken_meanwhile() -> None:
+    """Background delivery works on a copy of the identity and merges the answer back: an
+    entry the session took from the browser's cookies meanwhile stays the browser's."""
+    base = {"entries": [{"key": COOKIE_PREFIX + "cluster", "value": "or2"}]}
+    session = copy.deepcopy(base)
+    answered = {
+        "entries": [
+            {"key": COOKIE_PREFIX + "cluster", "value": "or2", "maxAge": 1800},
+            {"key": COOKIE_PREFIX + "identity", "value": "SERVER-ECID", "maxAge": 100},
+        ],
+        "ecid": "1234",
+    }
+    take_cookies(session, {COOKIE_PREFIX + "identity": "BROWSER-ECID"}, COOKIE_ORG)
+    _merge(session, base, answered)
+    values = {e["key"]: e["value"] for e in session["entries"]}
+    assert values == {COOKIE_PREFIX + "cluster": "or2", COOKIE_PREFIX + "identity": "BROWSER-ECID"}
+    assert session["entries"][0]["maxAge"] == 1800 and session["ecid"] == "1234"
+    expired = {"entries": [{"key": COOKIE_PREFIX + "cluster", "value": "or2"}]}
+    _merge(expired, copy.deepcopy(expired), {"entries": []})  # pruned by the delivery
+    assert expired["entries"] == []
 
 
 def test_cookies_need_the_org_in_the_edge_settings(emulator: EmulatorServer) -> None:

@@ -103,6 +103,18 @@ def test_a_long_retry_after_is_honoured_across_delivery_rounds(
     assert second.time - first.time >= 1.95
 
 
+def test_a_retry_after_past_the_max_age_buries_the_send_at_once(
+    fresh_emulator: EmulatorServer, harness: HarnessFactory
+) -> None:
+    fresh_emulator.set_faults(Fault(status=503, retry_after="100", count=1, path="/ee/"))
+    h = harness(fresh_emulator.url, workers=1, redelivery=Redelivery(max_age=60))
+    h.push("s0", "p0")
+    assert h.background.flush(10)  # not parked for 100 s
+    (dead,) = h.outbox.dead()
+    assert "gave up after 1 delivery round" in (dead.last_error or "")
+    assert len(fresh_emulator.requests("/ee/")) == 1
+
+
 def test_bursts_of_429(fresh_emulator: EmulatorServer, harness: HarnessFactory) -> None:
     h = harness(fresh_emulator.url, workers=4)
     stop = threading.Event()

@@ -252,6 +252,22 @@ def test_attempts_exhausted_still_say_when_the_server_asked_to_come_back() -> No
     assert plain.value.retry_at is None
 
 
+def test_the_async_retrier_ends_on_a_long_retry_after_too() -> None:
+    fake = Fake()
+
+    async def go() -> None:
+        steps = iter([response(503, {"Retry-After": "100"}), response(200)])
+
+        async def attempt() -> httpx.Response:
+            return next(steps)
+
+        await fake.async_retrier(RetryPolicy(max_delay=10.0)).run(attempt)
+
+    with pytest.raises(DeliveryError) as caught:
+        asyncio.run(go())
+    assert fake.sleeps == [] and caught.value.retry_at == pytest.approx(EPOCH + 100)
+
+
 def test_unreadable_retry_after_falls_back_to_backoff() -> None:
     fake = Fake(fraction=0.5)
     fake.retrier().run(script(response(503, {"Retry-After": "soon"}), response(200)))
@@ -270,6 +286,10 @@ def test_unreadable_retry_after_falls_back_to_backoff() -> None:
         ("soon", None),
         ("-3", None),
         ("nan", None),
+        ("inf", None),  # a wait that never ends would park a send forever
+        ("1e999", None),
+        ("9" * 5000, None),  # beyond int()'s digit limit: unreadable, not an exception
+        ("999999999999999", 999999999999999.0),
         (email.utils.formatdate(EPOCH + 30, usegmt=True), 30.0),
         (email.utils.formatdate(EPOCH - 30, usegmt=True), 0.0),
         ("Wed, 21 Oct 2015 07:28:00 -0000", None),  # no real zone: unreadable

@@ -160,10 +160,10 @@ def _set_hint(identity: dict[str, Any], hint: str, ttl: int | None, now: float) 
 
 # ------------------------------------------------------------------ cookies
 def identity_from_cookies(cookies: Mapping[str, str], org: str) -> dict[str, Any]:
-    """The identity a visitor's ``kndctr_<org>_*`` cookies carry, to merge into a session's
-    identity (``session.identity.update(...)``): ``entries`` (``{key, value}``, no expiry: the
-    browser keeps the clock), ``location_hint`` from the ``cluster`` cookie and
-    ``has_identity`` when the ``identity`` cookie is present. Other cookies are ignored."""
+    """The identity a visitor's ``kndctr_<org>_*`` cookies carry (merge it into a session's
+    with :func:`take_cookies`): ``entries`` (``{key, value}``, no expiry: the browser keeps
+    the clock), ``location_hint`` from the ``cluster`` cookie and ``has_identity`` when the
+    ``identity`` cookie is present. Other cookies are ignored."""
     prefix = cookie_prefix(org)
     entries = [
         {"key": name, "value": value}
@@ -181,23 +181,33 @@ def identity_from_cookies(cookies: Mapping[str, str], org: str) -> dict[str, Any
 
 def take_cookies(identity: dict[str, Any], cookies: Mapping[str, str], org: str) -> None:
     """Merge what a visitor's ``kndctr_<org>_*`` cookies carry (:func:`identity_from_cookies`)
-    into a session's ``identity``: a cookie replaces the state entry of the same key (the
-    browser's is the newer: its Web SDK may have talked to Edge since), other entries stay."""
+    into a session's ``identity``. A cookie whose value the session already holds changes
+    nothing; one with another value replaces the entry (the browser's is the newer: its Web
+    SDK may have talked to Edge since), marked ``from_cookie`` so that
+    :func:`set_cookie_headers` does not send the browser back what it has, without the
+    lifetime it does not tell. Empty cookies and other entries are left alone."""
     taken = identity_from_cookies(cookies, org)
-    fresh = {entry["key"]: entry for entry in taken["entries"]}
+    current = identity.get("entries")
+    stored = {
+        e.get("key"): e
+        for e in (current if isinstance(current, list) else [])
+        if isinstance(e, Mapping)
+    }
+    fresh = {
+        entry["key"]: {**entry, "from_cookie": True}
+        for entry in taken["entries"]
+        if entry["value"]
+        and (entry["key"] not in stored or stored[entry["key"]].get("value") != entry["value"])
+    }
     if not fresh:
         return
-    current = identity.get("entries")
-    kept = [
-        e
-        for e in (current if isinstance(current, list) else [])
-        if isinstance(e, Mapping) and e.get("key") not in fresh
-    ]
+    kept = [e for key, e in stored.items() if key not in fresh]
     identity["entries"] = [*kept, *fresh.values()]
-    if "location_hint" in taken:
-        identity["location_hint"] = taken["location_hint"]
+    cluster = fresh.get(cookie_prefix(org) + "cluster")
+    if cluster is not None:
+        identity["location_hint"] = cluster["value"]
         identity.pop("location_hint_expires", None)  # the browser keeps the cookie's clock
-    if taken.get("has_identity"):
+    if cookie_prefix(org) + "identity" in fresh:
         identity["has_identity"] = True
 
 
@@ -216,13 +226,14 @@ def set_cookie_headers(
     is not given; none for a session entry); ``SameSite`` comes from ``attrs.SameSite``;
     ``Secure`` is set when ``secure`` or when SameSite is None; ``Path=/``; ``Domain`` when
     given (the site's apex domain). Not ``HttpOnly``: the Web SDK reads these cookies. Expired
-    entries, and entries whose name or value a cookie cannot carry, are left out.
+    entries, entries taken from the browser's cookies (:func:`take_cookies`) that Edge has not
+    renewed since, and entries whose name or value a cookie cannot carry, are left out.
     """
     prefix = cookie_prefix(org)
     entries = identity.get("entries")
     headers: list[str] = []
     for entry in entries if isinstance(entries, list) else ():
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, Mapping) or entry.get("from_cookie") is True:
             continue
         key, value = entry.get("key"), entry.get("value")
         if not isinstance(key, str) or not key.startswith(prefix) or not isinstance(value, str):

@@ -157,20 +157,21 @@ class RetryPolicy:
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delta seconds or an HTTP-date (relative to
-    ``now``, epoch seconds; a past date is 0). ``None`` when absent or unreadable."""
+    ``now``, epoch seconds; a past date is 0). ``None`` when absent or unreadable (and for an
+    infinite or NaN wait, or one of more than 15 digits)."""
     if value is None:
         return None
     text = value.strip()
     if not text:
         return None
     if text.isdigit():
-        return float(int(text))
+        return float(int(text)) if len(text) <= 15 else None
     try:
         seconds = float(text)
     except ValueError:
         pass
     else:
-        return seconds if seconds >= 0 and seconds == seconds else None  # NaN is unreadable
+        return seconds if 0 <= seconds < 1e15 else None  # NaN and infinities are unreadable
     try:
         moment = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
