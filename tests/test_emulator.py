@@ -868,6 +868,19 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(process: subprocess.Popen[str], port: int) -> None:
+    """Until ``process`` accepts connections on ``port`` (it must not exit first)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the emulator did not start listening"
+            time.sleep(0.05)
+
+
 def test_serve_runs_in_the_foreground_until_ctrl_c() -> None:
     port = free_port()
     code = f"from engine.emulator import serve; serve(port={port}); print('stopped cleanly')"
@@ -879,15 +892,7 @@ def test_serve_runs_in_the_foreground_until_ctrl_c() -> None:
         cwd=Path(__file__).parent.parent,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "serve() did not start listening"
-                time.sleep(0.05)
+        wait_listening(process, port)
         with httpx.Client(verify=NO_TLS) as c:
             answer = c.post(f"http://127.0.0.1:{port}{V2}", json=event_body())
         assert answer.status_code == 200
@@ -924,15 +929,7 @@ def test_the_emulator_command_takes_the_org_and_a_scopes_file(tmp_path: Path) ->
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert process.poll() is None, process.communicate()
-                assert time.monotonic() < deadline, "the emulator did not start listening"
-                time.sleep(0.05)
+        wait_listening(process, port)
         with httpx.Client(verify=NO_TLS) as c:
             answer = c.post(
                 f"http://127.0.0.1:{port}{V2}", json=event_body(scopes=["checkout-offer"])
