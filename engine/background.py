@@ -129,32 +129,52 @@ def _merge(target: dict[str, Any], base: dict[str, Any], result: dict[str, Any])
     """Apply to ``target`` what a delivery changed from ``base`` to ``result``, keeping what
     a push wrote to ``target`` meanwhile (a local Sitecore browser id, say). State entries
     merge one by one, and one the session changed meanwhile (from the visitor's cookies:
-    the browser's identity) stays the session's."""
+    the browser's identity or cluster) stays the session's, with the ECID or location hint
+    that goes with it."""
+    skip = {"entries"}
+    if result.get("entries") != base.get("entries"):
+        target["entries"], kept = _merge_entries(
+            target.get("entries"), base.get("entries"), result.get("entries")
+        )
+        if any(key.endswith("_identity") for key in kept):
+            skip.add("ecid")
+        if any(key.endswith("_cluster") for key in kept):
+            skip |= {"location_hint", "location_hint_expires"}
     for key, value in result.items():
-        if key == "entries":
-            if value != base.get(key):
-                target[key] = _merge_entries(target.get(key), base.get(key), value)
-        elif key not in base or base[key] != value:
+        if key not in skip and (key not in base or base[key] != value):
             target[key] = value
     for key in base:
-        if key not in result:
+        if key not in result and key not in skip:
             target.pop(key, None)
 
 
-def _merge_entries(target: Any, base: Any, result: Any) -> list[Any]:
-    def by_key(entries: Any) -> dict[Any, Any]:
+def _merge_entries(target: Any, base: Any, result: Any) -> tuple[list[Any], set[str]]:
+    """The session's state entries with what a delivery changed (see :func:`_merge`), and
+    the keys whose change the session's own entry overrode."""
+
+    def by_key(entries: Any) -> dict[str, Any]:
         listed = entries if isinstance(entries, list) else []
-        return {e.get("key"): e for e in listed if isinstance(e, dict)}
+        return {
+            e["key"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("key"), str)
+        }
 
     mine, before, after = by_key(target), by_key(base), by_key(result)
-    merged = dict(mine)
+    merged, kept = dict(mine), set()
     for key, entry in after.items():
-        if before.get(key) != entry and mine.get(key) == before.get(key):
-            merged[key] = entry
+        if before.get(key) == entry:
+            continue
+        own = mine.get(key)
+        if own == before.get(key) or (own is not None and own.get("value") == entry.get("value")):
+            merged[key] = entry  # unchanged meanwhile, or Edge renewed what the session holds
+        else:
+            kept.add(key)
     for key, entry in before.items():
-        if key not in after and mine.get(key) == entry:
-            merged.pop(key, None)
-    return list(merged.values())
+        if key not in after:
+            if mine.get(key) == entry:
+                merged.pop(key, None)
+            elif key in mine:
+                kept.add(key)
+    return list(merged.values()), kept
 
 
 class BackgroundDelivery:

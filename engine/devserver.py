@@ -331,7 +331,7 @@ class DevServer(ThreadedServer):
         assert self.engine is not None
         self.engine.ruleset = ruleset
         if self.emulator is not None:  # state entries named after the rules' org
-            self.emulator.configure(org=emulator_config(ruleset).org)
+            self.emulator.configure(initial=True, org=emulator_config(ruleset).org)
         verb = "reloaded" if self._loaded else "loaded"
         self._loaded = True
         self._output.note(

@@ -92,7 +92,7 @@ class EngineSession:
         it."""
         org = self._engine._org()
         with self._session.lock:
-            take_cookies(self._session.identity, cookies, org)
+            take_cookies(self._session.identity, cookies, org, now=self._engine._clock())
 
     def set_cookie_headers(self, domain: str | None = None, *, secure: bool = True) -> list[str]:
         """``Set-Cookie`` values that give the browser the session's ``kndctr_<org>_*`` state

@@ -683,6 +683,28 @@ def test_take_cookies_merges_the_browsers_entries_without_losing_their_lifetime(
     assert len(fresh["entries"]) == 1
 
 
+def test_take_cookies_renews_an_expired_entry_and_drops_a_stale_ecid() -> None:
+    identity: dict[str, Any] = {
+        "entries": [
+            {"key": PREFIX + "cluster", "value": "or2", "maxAge": 1800, "expires": NOW - 1},
+            {"key": PREFIX + "identity", "value": "CiY-old", "maxAge": 100, "expires": NOW + 50},
+        ],
+        "ecid": "111",
+        "has_identity": True,
+    }
+    # The browser still holds the cluster the session let expire: taken, not ignored.
+    take_cookies(
+        identity, {PREFIX + "cluster": "or2", PREFIX + "identity": "CiY-old"}, ORG, now=NOW
+    )
+    assert state_entries(identity, NOW) == [
+        {"key": PREFIX + "identity", "value": "CiY-old"},
+        {"key": PREFIX + "cluster", "value": "or2"},
+    ]
+    assert identity["ecid"] == "111"  # the same identity: the same ECID
+    take_cookies(identity, {PREFIX + "identity": "CiY-browser"}, ORG, now=NOW)
+    assert "ecid" not in identity and identity["has_identity"] is True
+
+
 def test_identity_from_cookies_ignores_other_orgs() -> None:
     cookies = {
         PREFIX + "identity": "CiYw",

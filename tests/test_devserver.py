@@ -247,10 +247,11 @@ def test_the_emulator_names_state_entries_after_the_org_of_the_rules(folder: Pat
     terminal, _ = console()
     with DevServer(folder, console=terminal, debounce=0.05, environ={}) as server:
         assert server.engine is not None and server.emulator is not None
-        session = server.engine.session("x")
-        session.push({"event": "page.view", "page": {"name": "Home"}})
-        cookies = session.set_cookie_headers()
-    assert sorted(c.split("=", 1)[0] for c in cookies) == [
-        "kndctr_ACME0123456789_AdobeOrg_cluster",
-        "kndctr_ACME0123456789_AdobeOrg_identity",
-    ]
+        named = []
+        for session_id in ("x", "after a reset"):
+            session = server.engine.session(session_id)
+            session.push({"event": "page.view", "page": {"name": "Home"}})
+            named.append(sorted(c.split("=", 1)[0] for c in session.set_cookie_headers()))
+            server.emulator.reset()  # POST /emulator/reset: the rules' org stays
+    prefix = "kndctr_ACME0123456789_AdobeOrg_"
+    assert named == [[prefix + "cluster", prefix + "identity"]] * 2

@@ -322,7 +322,23 @@ def test_a_delivery_answered_meanwhile_does_not_undo_cookies_taken_meanwhile() -
     _merge(session, base, answered)
     values = {e["key"]: e["value"] for e in session["entries"]}
     assert values == {COOKIE_PREFIX + "cluster": "or2", COOKIE_PREFIX + "identity": "BROWSER-ECID"}
-    assert session["entries"][0]["maxAge"] == 1800 and session["ecid"] == "1234"
+    assert session["entries"][0]["maxAge"] == 1800  # the renewal the session did not override
+    assert "ecid" not in session  # the server's ECID does not go with the browser's identity
+    # The cluster too: the browser's entry and location hint stay together.
+    base = {"entries": [], "location_hint": "or2"}
+    session = copy.deepcopy(base)
+    take_cookies(session, {COOKIE_PREFIX + "cluster": "va6"}, COOKIE_ORG)
+    cluster = {"key": COOKIE_PREFIX + "cluster", "value": "or2", "maxAge": 1800}
+    _merge(
+        session, base, {"entries": [cluster], "location_hint": "or2", "location_hint_expires": 9}
+    )
+    assert session["location_hint"] == "va6" and "location_hint_expires" not in session
+    assert session["entries"] == [{"key": cluster["key"], "value": "va6", "from_cookie": True}]
+    # Edge renewing the very value taken from the cookie: the renewal is taken (sent back).
+    session = copy.deepcopy(base)
+    take_cookies(session, {COOKIE_PREFIX + "cluster": "or2"}, COOKIE_ORG)
+    _merge(session, base, {"entries": [cluster], "location_hint": "or2"})
+    assert session["entries"] == [cluster]
     expired = {"entries": [{"key": COOKIE_PREFIX + "cluster", "value": "or2"}]}
     _merge(expired, copy.deepcopy(expired), {"entries": []})  # pruned by the delivery
     assert expired["entries"] == []

@@ -289,6 +289,7 @@ def test_unreadable_retry_after_falls_back_to_backoff() -> None:
         ("inf", None),  # a wait that never ends would park a send forever
         ("1e999", None),
         ("9" * 5000, None),  # beyond int()'s digit limit: unreadable, not an exception
+        ("\u00b2", None),  # a Latin-1 byte httpx decodes to a digit int() refuses
         ("999999999999999", 999999999999999.0),
         (email.utils.formatdate(EPOCH + 30, usegmt=True), 30.0),
         (email.utils.formatdate(EPOCH - 30, usegmt=True), 0.0),

@@ -179,13 +179,19 @@ def identity_from_cookies(cookies: Mapping[str, str], org: str) -> dict[str, Any
     return out
 
 
-def take_cookies(identity: dict[str, Any], cookies: Mapping[str, str], org: str) -> None:
+def take_cookies(
+    identity: dict[str, Any], cookies: Mapping[str, str], org: str, *, now: float | None = None
+) -> None:
     """Merge what a visitor's ``kndctr_<org>_*`` cookies carry (:func:`identity_from_cookies`)
-    into a session's ``identity``. A cookie whose value the session already holds changes
-    nothing; one with another value replaces the entry (the browser's is the newer: its Web
-    SDK may have talked to Edge since), marked ``from_cookie`` so that
-    :func:`set_cookie_headers` does not send the browser back what it has, without the
-    lifetime it does not tell. Empty cookies and other entries are left alone."""
+    into a session's ``identity``. A cookie whose value the session already holds (not
+    expired at ``now``) changes nothing; one with another value replaces the entry (the
+    browser's is the newer: its Web SDK may have talked to Edge since), marked
+    ``from_cookie`` so that :func:`set_cookie_headers` does not send the browser back what it
+    has, without the lifetime it does not tell. A new ``identity`` cookie drops the ECID the
+    session knew (Edge answers the browser's). Empty cookies and other entries are left
+    alone."""
+    if now is not None:
+        prune_identity(identity, now)
     taken = identity_from_cookies(cookies, org)
     current = identity.get("entries")
     stored = {
@@ -209,6 +215,7 @@ def take_cookies(identity: dict[str, Any], cookies: Mapping[str, str], org: str)
         identity.pop("location_hint_expires", None)  # the browser keeps the cookie's clock
     if cookie_prefix(org) + "identity" in fresh:
         identity["has_identity"] = True
+        identity.pop("ecid", None)  # another visitor's, for all we know: Edge will say
 
 
 def set_cookie_headers(

@@ -164,7 +164,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     text = value.strip()
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # not "²": str.isdigit says yes, int() says no
         return float(int(text)) if len(text) <= 15 else None
     try:
         seconds = float(text)

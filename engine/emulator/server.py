@@ -233,10 +233,10 @@ class EmulatorServer(ThreadedServer):
         """Expire one issued access token, or all; returns how many were still valid."""
         return self.state.expire_tokens(token)
 
-    def configure(self, **changes: Any) -> EmulatorConfig:
+    def configure(self, *, initial: bool = False, **changes: Any) -> EmulatorConfig:
         """Change configuration fields (see :class:`~engine.emulator.state.EmulatorConfig`)
-        until :meth:`reset`."""
-        return self.state.configure(**changes)
+        until :meth:`reset`, or with ``initial`` for good."""
+        return self.state.configure(initial=initial, **changes)
 
     def visitors(self) -> dict[str, dict[str, Any]]:
         """ECID → ``{"first_seen", "interacts"}`` for each visitor identified so far."""

@@ -172,10 +172,13 @@ class EmulatorState:
         with self._lock:
             return self._config
 
-    def configure(self, **changes: Any) -> EmulatorConfig:
-        """Replace some configuration fields (names as in :class:`EmulatorConfig`)."""
+    def configure(self, *, initial: bool = False, **changes: Any) -> EmulatorConfig:
+        """Replace some configuration fields (names as in :class:`EmulatorConfig`); with
+        ``initial``, in what :meth:`reset` goes back to as well."""
         with self._lock:
             self._config = dataclasses.replace(self._config, **changes)
+            if initial:
+                self._initial = dataclasses.replace(self._initial, **changes)
             if self._records.maxlen != self._config.max_records:
                 self._records = deque(self._records, maxlen=self._config.max_records)
             return self._config
