@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from engine.clients import DeliveryError
 from engine.clients.edge import state_entries, with_state
+from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
@@ -123,58 +124,6 @@ def _retryable(failure: BaseException) -> bool:
     # A refusal before sending (too large, no settings for the destination, a bad request):
     # the same bytes will be refused again.
     return not isinstance(failure, DispatchError | EngineError | ValueError)
-
-
-def _merge(target: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> None:
-    """Apply to ``target`` what a delivery changed from ``base`` to ``result``, keeping what
-    a push wrote to ``target`` meanwhile (a local Sitecore browser id, say). State entries
-    merge one by one, and one the session changed meanwhile (from the visitor's cookies:
-    the browser's identity or cluster) stays the session's, with the ECID or location hint
-    that goes with it."""
-    skip = {"entries"}
-    if result.get("entries") != base.get("entries"):
-        target["entries"], kept = _merge_entries(
-            target.get("entries"), base.get("entries"), result.get("entries")
-        )
-        if any(key.endswith("_identity") for key in kept):
-            skip.add("ecid")
-        if any(key.endswith("_cluster") for key in kept):
-            skip |= {"location_hint", "location_hint_expires"}
-    for key, value in result.items():
-        if key not in skip and (key not in base or base[key] != value):
-            target[key] = value
-    for key in base:
-        if key not in result and key not in skip:
-            target.pop(key, None)
-
-
-def _merge_entries(target: Any, base: Any, result: Any) -> tuple[list[Any], set[str]]:
-    """The session's state entries with what a delivery changed (see :func:`_merge`), and
-    the keys whose change the session's own entry overrode."""
-
-    def by_key(entries: Any) -> dict[str, Any]:
-        listed = entries if isinstance(entries, list) else []
-        return {
-            e["key"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("key"), str)
-        }
-
-    mine, before, after = by_key(target), by_key(base), by_key(result)
-    merged, kept = dict(mine), set()
-    for key, entry in after.items():
-        if before.get(key) == entry:
-            continue
-        own = mine.get(key)
-        if own == before.get(key) or (own is not None and own.get("value") == entry.get("value")):
-            merged[key] = entry  # unchanged meanwhile, or Edge renewed what the session holds
-        else:
-            kept.add(key)
-    for key, entry in before.items():
-        if key not in after:
-            if mine.get(key) == entry:
-                merged.pop(key, None)
-            elif key in mine:
-                kept.add(key)
-    return list(merged.values()), kept
 
 
 class BackgroundDelivery:
@@ -620,7 +569,7 @@ class BackgroundDelivery:
             failures = [self._alone(send, identity) for send in sends]
         if session is not None:
             with self._guard, session.lock:
-                _merge(session.identity, base, identity)
+                merge_identity(session.identity, base, identity)
         delivered = [e.id for e, failed in zip(entries, failures, strict=True) if failed is None]
         if delivered:
             with self._cond:

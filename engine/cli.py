@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from contextlib import ExitStack
@@ -274,17 +273,14 @@ def test_command(path: Path) -> None:
 )
 def emulator(host: str, port: int, scopes: Path | None, org: str | None) -> None:
     """Serve a local Adobe Edge Network and Sitecore Stream API for development."""
-    from engine.emulator import EmulatorConfig, load_scopes, serve
+    from engine.emulator import EmulatorConfig, serve
 
     config = EmulatorConfig() if org is None else EmulatorConfig(org=org)
-    if scopes is not None:
-        try:
-            config = dataclasses.replace(config, scopes=load_scopes(scopes))
-        except ValueError as error:  # load_scopes says which file and why
-            raise click.ClickException(str(error)) from None
     click.echo(f"tagengine emulator on http://{host}:{port}  (Ctrl+C stops it)")
     try:
-        serve(host=host, port=port, config=config)
+        serve(host=host, port=port, scopes=scopes, config=config)
+    except ValueError as error:  # the scopes file, refused before anything binds
+        raise click.ClickException(str(error)) from None
     except OSError as error:
         raise click.ClickException(f"cannot serve on {host}:{port}: {error}") from None
 

@@ -125,10 +125,10 @@ class Targets:
         token_url: str | None = None,
     ) -> Targets:
         edge, sitecore = ruleset.edge, ruleset.sitecore
-        if edge is not None and edge_url:
-            edge = edge.model_copy(update={"url": edge_url.rstrip("/")})
-        if edge is not None and token_url:
-            edge = edge.model_copy(update={"token_url": token_url})
+        moved = {"url": edge_url.rstrip("/") if edge_url else None, "token_url": token_url}
+        update = {name: value for name, value in moved.items() if value}
+        if edge is not None and update:
+            edge = edge.model_copy(update=update)
         if sitecore is not None and sitecore_url:
             sitecore = sitecore.model_copy(update={"url": sitecore_url.rstrip("/")})
         return cls(edge, sitecore)

@@ -7,7 +7,6 @@ import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 import pytest
@@ -28,6 +27,7 @@ from tests.test_background import (
     harnesses,
     page_name,
 )
+from tests.test_collect_batch import EXIT_RULE
 
 BIG = 2**64 + 1  # beyond 64 bits: json writes it exactly, orjson would read it as a float
 
@@ -37,18 +37,7 @@ def harness() -> Iterator[HarnessFactory]:
     yield from harnesses()
 
 
-EXITS = RULES + dedent(
-    """\
-    rule "Exit link" {
-      on "exit"
-      send event {
-        type: "web.webinteraction.linkClicks"
-        documentUnloading: true
-        xdm: { web.webInteraction.name: state.link, web.webInteraction.type: "exit" }
-      }
-    }
-    """
-)
+EXITS = RULES + EXIT_RULE
 
 
 def identified(h: Harness, url: str, session: str) -> None:

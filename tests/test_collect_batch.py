@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from textwrap import dedent
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -265,12 +265,8 @@ def test_non_ascii_and_escapes_survive_the_merge() -> None:
 
 
 # ---------------------------------------------------------------------- delivery
-RULES = dedent(
+EXIT_RULE = dedent(
     """\
-    rule "Page view" {
-      on "page.view"
-      send event { type: "web.webpagedetails.pageViews", xdm: { web.webPageDetails.name: state.page } }
-    }
     rule "Exit link" {
       on "exit"
       send event {
@@ -280,6 +276,17 @@ RULES = dedent(
       }
     }
     """
+)
+RULES = (
+    dedent(
+        """\
+        rule "Page view" {
+          on "page.view"
+          send event { type: "web.webpagedetails.pageViews", xdm: { web.webPageDetails.name: state.page } }
+        }
+        """
+    )
+    + EXIT_RULE
 )
 
 
@@ -310,9 +317,25 @@ class Visit:
         self.dispatcher.deliver(send, self.session, self.targets)
         assert send.status == 200 and self.session.identity["has_identity"]
 
+    def deliver(self, sends: list[Send]) -> None:
+        self.dispatcher.deliver_many(sends, self.session, self.targets)
+
     def close(self) -> None:
         self.dispatcher.close()
         self.engine.close()
+
+
+@pytest.fixture(name="visit")
+def _visit(emulator: EmulatorServer) -> Iterator[Visit]:
+    """A visitor Edge has identified (unloading events go to collect from now on), with the
+    emulator's records of that cleared."""
+    visit = Visit(emulator)
+    try:
+        visit.identify()
+        emulator.clear()
+        yield visit
+    finally:
+        visit.close()
 
 
 def exits(first: int, count: int) -> list[dict[str, Any]]:
@@ -329,18 +352,10 @@ def received(server: EmulatorServer) -> list[tuple[str, list[str]]]:
     return out
 
 
-def test_every_event_arrives_once_in_order(emulator: EmulatorServer) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(
-            [*exits(0, 120), {"event": "page.view", "page": "Cart"}, *exits(120, 130)]
-        )
-        assert [s.request.kind for s in sends].count("collect") == 250
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+def test_every_event_arrives_once_in_order(emulator: EmulatorServer, visit: Visit) -> None:
+    sends = visit.sends([*exits(0, 120), {"event": "page.view", "page": "Cart"}, *exits(120, 130)])
+    assert [s.request.kind for s in sends].count("collect") == 250
+    visit.deliver(sends)
     calls = received(emulator)
     assert [(action, len(ids)) for action, ids in calls] == [
         ("collect", 100),
@@ -364,16 +379,10 @@ def test_every_event_arrives_once_in_order(emulator: EmulatorServer) -> None:
     assert sends[120].status == 200 and sends[120].response["ecid"]
 
 
-def test_a_failing_batch_marks_all_its_sends(emulator: EmulatorServer) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(exits(0, 150))
-        emulator.set_faults(Fault(status=503, count=3, path="/ee/or2/v2/collect"))
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+def test_a_failing_batch_marks_all_its_sends(emulator: EmulatorServer, visit: Visit) -> None:
+    sends = visit.sends(exits(0, 150))
+    emulator.set_faults(Fault(status=503, count=3, path="/ee/or2/v2/collect"))
+    visit.deliver(sends)
     failed, delivered = sends[:100], sends[100:]
     for send in failed:
         assert (send.status, send.attempts, send.response) == (503, 3, None)
@@ -383,17 +392,13 @@ def test_a_failing_batch_marks_all_its_sends(emulator: EmulatorServer) -> None:
     assert [r.status for r in emulator.requests("/ee/")] == [503, 503, 503, 204]
 
 
-def test_a_refused_batch_goes_again_one_send_at_a_time(emulator: EmulatorServer) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(exits(0, 5))
-        # The batch is refused, then the first send alone: one bad event sinks only itself.
-        emulator.set_faults(Fault(status=400, count=2, path="/ee/or2/v2/collect"))
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+def test_a_refused_batch_goes_again_one_send_at_a_time(
+    emulator: EmulatorServer, visit: Visit
+) -> None:
+    sends = visit.sends(exits(0, 5))
+    # The batch is refused, then the first send alone: one bad event sinks only itself.
+    emulator.set_faults(Fault(status=400, count=2, path="/ee/or2/v2/collect"))
+    visit.deliver(sends)
     first, rest = sends[0], sends[1:]
     assert (first.status, first.attempts, first.response) == (400, 1, None)
     assert first.error and "HTTP 400" in first.error
@@ -405,19 +410,11 @@ def test_a_refused_batch_goes_again_one_send_at_a_time(emulator: EmulatorServer)
 
 
 def test_a_batch_refused_for_its_datastream_is_not_sent_again_send_by_send(
-    emulator: EmulatorServer,
+    emulator: EmulatorServer, visit: Visit
 ) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(exits(0, 5))
-        emulator.set_faults(
-            Fault(status=400, code="EXEG-0003-400", count=1, path="/ee/or2/v2/collect")
-        )
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+    sends = visit.sends(exits(0, 5))
+    emulator.set_faults(Fault(status=400, code="EXEG-0003-400", count=1, path="/ee/or2/v2/collect"))
+    visit.deliver(sends)
     assert [r.status for r in emulator.requests("/ee/")] == [400]  # each alone would fail too
     assert {(s.status, s.attempts) for s in sends} == {(400, 1)}
 
@@ -449,16 +446,10 @@ def test_a_token_refusal_does_not_send_a_batch_again_send_by_send(
     assert len(emulator.requests("/ims/")) == 1 and emulator.requests("/ee/") == []
 
 
-def test_a_retried_batch_resends_the_same_body(emulator: EmulatorServer) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(exits(0, 40))
-        emulator.set_faults(Fault(status=503, retry_after="0", count=2, path="/ee/"))
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+def test_a_retried_batch_resends_the_same_body(emulator: EmulatorServer, visit: Visit) -> None:
+    sends = visit.sends(exits(0, 40))
+    emulator.set_faults(Fault(status=503, retry_after="0", count=2, path="/ee/"))
+    visit.deliver(sends)
     assert {(s.status, s.attempts, s.error) for s in sends} == {(204, 3, None)}
     calls = emulator.requests("/ee/")
     assert [c.status for c in calls] == [503, 503, 204]
@@ -466,15 +457,11 @@ def test_a_retried_batch_resends_the_same_body(emulator: EmulatorServer) -> None
     assert len({c.query["requestId"] for c in calls}) == 1
 
 
-def test_a_lone_collect_send_goes_as_deliver_sends_it(emulator: EmulatorServer) -> None:
-    visit = Visit(emulator)
-    try:
-        visit.identify()
-        emulator.clear()
-        sends = visit.sends(exits(0, 1))
-        visit.dispatcher.deliver_many(sends, visit.session, visit.targets)
-    finally:
-        visit.close()
+def test_a_lone_collect_send_goes_as_deliver_sends_it(
+    emulator: EmulatorServer, visit: Visit
+) -> None:
+    sends = visit.sends(exits(0, 1))
+    visit.deliver(sends)
     (record,) = emulator.requests("/ee/")
     assert record.query["requestId"] == sends[0].request.request_id  # not re-identified
     assert (sends[0].status, sends[0].error) == (204, None)

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from engine import Engine, EngineError, Ruleset
-from engine.background import Redelivery, _merge
+from engine.background import Redelivery
 from engine.clients import RetryPolicy, take_cookies
+from engine.clients.identity import merge_identity
 from engine.emulator import EmulatorConfig, EmulatorServer, Fault, emulator_config
 from engine.outbox import Outbox
 from tests.conftest import SETTINGS, load_text
@@ -319,7 +320,7 @@ def test_a_delivery_answered_meanwhile_does_not_undo_cookies_taken_meanwhile() -
         "ecid": "1234",
     }
     take_cookies(session, {COOKIE_PREFIX + "identity": "BROWSER-ECID"}, COOKIE_ORG)
-    _merge(session, base, answered)
+    merge_identity(session, base, answered)
     values = {e["key"]: e["value"] for e in session["entries"]}
     assert values == {COOKIE_PREFIX + "cluster": "or2", COOKIE_PREFIX + "identity": "BROWSER-ECID"}
     assert session["entries"][0]["maxAge"] == 1800  # the renewal the session did not override
@@ -329,7 +330,7 @@ def test_a_delivery_answered_meanwhile_does_not_undo_cookies_taken_meanwhile() -
     session = copy.deepcopy(base)
     take_cookies(session, {COOKIE_PREFIX + "cluster": "va6"}, COOKIE_ORG)
     cluster = {"key": COOKIE_PREFIX + "cluster", "value": "or2", "maxAge": 1800}
-    _merge(
+    merge_identity(
         session, base, {"entries": [cluster], "location_hint": "or2", "location_hint_expires": 9}
     )
     assert session["location_hint"] == "va6" and "location_hint_expires" not in session
@@ -337,10 +338,10 @@ def test_a_delivery_answered_meanwhile_does_not_undo_cookies_taken_meanwhile() -
     # Edge renewing the very value taken from the cookie: the renewal is taken (sent back).
     session = copy.deepcopy(base)
     take_cookies(session, {COOKIE_PREFIX + "cluster": "or2"}, COOKIE_ORG)
-    _merge(session, base, {"entries": [cluster], "location_hint": "or2"})
+    merge_identity(session, base, {"entries": [cluster], "location_hint": "or2"})
     assert session["entries"] == [cluster]
     expired = {"entries": [{"key": COOKIE_PREFIX + "cluster", "value": "or2"}]}
-    _merge(expired, copy.deepcopy(expired), {"entries": []})  # pruned by the delivery
+    merge_identity(expired, copy.deepcopy(expired), {"entries": []})  # pruned by the delivery
     assert expired["entries"] == []
 
 

@@ -7,7 +7,8 @@ The session owns ``Session.identity``, an opaque JSON-like dict. The keys this m
 ``ecid``                    the ECID from ``identity:result``
 ``entries``                 ``state:store`` entries ``{key, value, maxAge?, attrs?, expires?}``;
                             ``expires`` is epoch seconds (``now + maxAge``), absent for an entry
-                            without ``maxAge`` (a session cookie)
+                            without ``maxAge`` (a session cookie); ``{key, value, from_cookie}``
+                            for one taken from the visitor's cookies (:func:`take_cookies`)
 ``location_hint``           the Edge cluster (``or2``…) from the ``kndctr_<org>_cluster`` entry
                             or ``locationHint:result`` (scope ``EdgeNetwork``)
 ``location_hint_expires``   epoch seconds after which the hint is dropped
@@ -40,6 +41,7 @@ __all__ = [
     "cookie_prefix",
     "has_identity",
     "identity_from_cookies",
+    "merge_identity",
     "prune_identity",
     "set_cookie_headers",
     "take_cookies",
@@ -156,6 +158,59 @@ def _set_hint(identity: dict[str, Any], hint: str, ttl: int | None, now: float) 
         identity["location_hint_expires"] = now + ttl
     else:
         identity.pop("location_hint_expires", None)
+
+
+def merge_identity(target: dict[str, Any], base: dict[str, Any], result: dict[str, Any]) -> None:
+    """Apply to a session's identity (``target``) what a delivery, working on a copy, changed
+    from ``base`` to ``result``, keeping what was written to ``target`` meanwhile (a local
+    Sitecore browser id, say). State entries
+    merge one by one, and one the session changed meanwhile (from the visitor's cookies:
+    the browser's identity or cluster) stays the session's, with the ECID or location hint
+    that goes with it."""
+    skip = {"entries"}
+    if result.get("entries") != base.get("entries"):
+        target["entries"], kept = _merge_entries(
+            target.get("entries"), base.get("entries"), result.get("entries")
+        )
+        if any(key.endswith("_identity") for key in kept):
+            skip.add("ecid")
+        if any(key.endswith("_cluster") for key in kept):
+            skip |= {"location_hint", "location_hint_expires"}
+    for key, value in result.items():
+        if key not in skip and (key not in base or base[key] != value):
+            target[key] = value
+    for key in base:
+        if key not in result and key not in skip:
+            target.pop(key, None)
+
+
+def _merge_entries(target: Any, base: Any, result: Any) -> tuple[list[Any], set[str]]:
+    """The session's state entries with what a delivery changed (see :func:`merge_identity`), and
+    the keys whose change the session's own entry overrode."""
+
+    def by_key(entries: Any) -> dict[str, Any]:
+        listed = entries if isinstance(entries, list) else []
+        return {
+            e["key"]: e for e in listed if isinstance(e, dict) and isinstance(e.get("key"), str)
+        }
+
+    mine, before, after = by_key(target), by_key(base), by_key(result)
+    merged, kept = dict(mine), set()
+    for key, entry in after.items():
+        if before.get(key) == entry:
+            continue
+        own = mine.get(key)
+        if own == before.get(key) or (own is not None and own.get("value") == entry.get("value")):
+            merged[key] = entry  # unchanged meanwhile, or Edge renewed what the session holds
+        else:
+            kept.add(key)
+    for key, entry in before.items():
+        if key not in after:
+            if mine.get(key) == entry:
+                merged.pop(key, None)
+            elif key in mine:
+                kept.add(key)
+    return list(merged.values()), kept
 
 
 # ------------------------------------------------------------------ cookies
