@@ -88,10 +88,10 @@ from engine.background import BackgroundDelivery
 from engine.destinations.edge import batch_collect
 from engine.dispatch import Dispatcher
 from engine.loader import build_ruleset
-from engine.outbox import Outbox
 from engine.results import PushResult, Send
 from engine.runtime import Targets
 from engine.sessions import Session
+from engine.stores.sqlite import Outbox
 
 EVENTS = 20_000
 QUICK_EVENTS = 2_000

@@ -15,7 +15,7 @@ and what happens here instead:
 
 - **No in-memory queue, no capacity.** :meth:`BackgroundDelivery.submit` writes every send of a
   push to the outbox in one transaction before it returns; a write that cannot be made (disk
-  full) raises :class:`~engine.outbox.OutboxError` to the caller. Nothing is dropped.
+  full) raises :class:`~engine.stores.OutboxError` to the caller. Nothing is dropped.
 - **Crash.** A send leaves the outbox only when delivered (``ack``) or, with its last error,
   into the dead-letter table (``bury``). :meth:`BackgroundDelivery.start` puts what a killed
   process left in flight back to pending: at-least-once; Edge de-duplicates on ``xdm._id``.
@@ -32,7 +32,7 @@ Per-session order: the outbox's ordering key is the session id, so at most one r
 session is in flight, and its sends (Edge and Sitecore alike) go out in push order, as in wait
 mode. That request is one send, or a run of the session's queued Edge collect sends merged
 into one (:func:`~engine.destinations.edge.batch_collect`, claimed together with
-:meth:`~engine.outbox.Outbox.claim_behind`). One key per session rather than per (session,
+:meth:`~engine.stores.Outbox.claim_behind`). One key per session rather than per (session,
 destination), because both destinations' clients read and write the one ``Session.identity``
 (Edge's state entries, Sitecore's browser id) and Edge wants one request in flight until the
 visitor has an identity.
@@ -60,10 +60,11 @@ from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
 from engine.errors import DispatchError, EngineError
-from engine.outbox import Entry, Outbox, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
-from engine.sessions import Session, SessionStore
+from engine.sessions import Session
+from engine.stores.memory import MemorySessions
+from engine.stores.sqlite import Entry, Outbox, OutboxError
 from engine.values import copy_json
 
 __all__ = ["BackgroundDelivery", "OnResult", "Redelivery"]
@@ -166,7 +167,7 @@ class BackgroundDelivery:
         outbox: Outbox,
         dispatcher_factory: Callable[[], Dispatcher],
         *,
-        sessions: SessionStore,
+        sessions: MemorySessions,
         targets: Callable[[], Targets],
         workers: int = 16,
         flush_timeout: float = 10.0,
@@ -254,7 +255,7 @@ class BackgroundDelivery:
         (durable when this returns), behind the earlier sends of ``session_id``.
 
         Call it under the session's lock, so that pushes of one session enter in push order.
-        Raises :class:`~engine.outbox.OutboxError` when the outbox cannot be written.
+        Raises :class:`~engine.stores.OutboxError` when the outbox cannot be written.
         """
         if self._closing:
             raise EngineError("background delivery is closed")

@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine.outbox import Entry, Outbox, OutboxError, Which
+from engine.stores.sqlite import Entry, Outbox, OutboxError, Which
 
 __all__ = ["outbox"]
 

@@ -26,11 +26,12 @@ from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
-from engine.outbox import Outbox
 from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, process_push
-from engine.sessions import Session, SessionStore
+from engine.sessions import Session
+from engine.stores.memory import MemorySessions
+from engine.stores.sqlite import Outbox
 from engine.transports import Transport
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class Engine:
     ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
 
     ``background=True`` returns from a push once its sends are in the durable ``outbox`` (a
-    file name, an :class:`~engine.outbox.Outbox`, or in memory when none); up to ``workers``
+    file name, an :class:`~engine.stores.Outbox`, or in memory when none); up to ``workers``
     threads deliver them (:class:`~engine.background.BackgroundDelivery`), ``on_result``
     hears how each one ended, and :meth:`flush`/:meth:`close` wait at most
     ``flush_timeout`` seconds by default. A send whose retries (``policy``) ran out on a
@@ -140,7 +141,7 @@ class Engine:
         *,
         dry_run: bool = False,
         transport: Transport | None = None,
-        sessions: SessionStore | None = None,
+        sessions: MemorySessions | None = None,
         clock: Callable[[], float] = time.time,
         ids: Ids | None = None,
         edge_url: str | None = None,
@@ -159,7 +160,7 @@ class Engine:
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
-        self.sessions = sessions if sessions is not None else SessionStore(clock=clock)
+        self.sessions = sessions if sessions is not None else MemorySessions(clock=clock)
         self.transport = transport
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery

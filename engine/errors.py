@@ -7,7 +7,7 @@
     │                      Diagnostic (file:line:col, message, source line, caret)
     ├── PushError          bad input to a push (not a JSON-like mapping, too deep, too large)
     ├── EvaluationError    a rule failed at run time; carries the span in the rule file
-    ├── OutboxError        the durable outbox cannot be opened, read or written (engine.outbox)
+    ├── OutboxError        the durable outbox cannot be opened, read or written (engine.stores)
     └── DispatchError      a destination refused or failed a send (status, vendor code, requestId)
         ├── PayloadTooLarge   a request body above the destination's limit, refused before sending
         └── DeliveryError     a final error answer, or retries that ran out (engine.clients);
@@ -54,6 +54,10 @@ class EvaluationError(EngineError):
     def __init__(self, message: str, span: Span | None = None) -> None:
         self.span = span
         super().__init__(f"{span}: {message}" if span else message)
+
+
+class OutboxError(EngineError):
+    """The outbox or the session store cannot be opened, read or written, or is not one."""
 
 
 class DispatchError(EngineError):

@@ -32,7 +32,7 @@ from engine.ruleset import (
     PushStep,
     Ruleset,
 )
-from engine.sessions import SessionStore
+from engine.stores.memory import MemorySessions
 from engine.transports import RecordingTransport
 from engine.values import equals, lookup
 
@@ -149,7 +149,7 @@ def _check_rule(step: ExpectRuleStep, latest: dict[str, RuleOutcome]) -> str | N
 def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     """Run one test block against ``ruleset``."""
     report = TestReport(test.name, test.span)
-    engine = Engine(ruleset, dry_run=True, transport=RecordingTransport(), sessions=SessionStore())
+    engine = Engine(ruleset, dry_run=True, transport=RecordingTransport(), sessions=MemorySessions())
     session = engine.session(test.session or f"test-{next(_counter)}")
     sends: list[Send] = []
     latest: dict[str, RuleOutcome] = {}

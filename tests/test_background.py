@@ -24,9 +24,9 @@ from engine.background import BackgroundDelivery, Redelivery
 from engine.clients import RetryPolicy
 from engine.dispatch import Dispatcher
 from engine.emulator import EmulatorServer, Fault, RecordedRequest
-from engine.outbox import Outbox
 from engine.results import Send
 from engine.runtime import Targets
+from engine.stores.sqlite import Outbox
 from tests.conftest import SETTINGS, load_text
 
 RULES = dedent(

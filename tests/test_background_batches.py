@@ -16,8 +16,8 @@ from engine.clients import RetryPolicy
 from engine.destinations.base import Request, serialize_bytes
 from engine.dispatch import Dispatcher
 from engine.emulator import EmulatorServer, Fault
-from engine.outbox import Entry, Outbox
 from engine.runtime import Targets
+from engine.stores.sqlite import Entry, Outbox
 from tests.conftest import SETTINGS, load_text
 from tests.test_background import (
     FAST,

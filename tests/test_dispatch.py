@@ -19,7 +19,7 @@ from engine.background import Redelivery
 from engine.clients import RetryPolicy, take_cookies
 from engine.clients.identity import merge_identity
 from engine.emulator import EmulatorConfig, EmulatorServer, Fault, emulator_config
-from engine.outbox import Outbox
+from engine.stores.sqlite import Outbox
 from tests.conftest import SETTINGS, load_text
 
 RULES = dedent(

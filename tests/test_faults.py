@@ -23,7 +23,7 @@ from engine.background import Redelivery
 from engine.clients import RetryPolicy, make_http_client
 from engine.dispatch import Dispatcher
 from engine.emulator import EmulatorServer, Fault
-from engine.outbox import Outbox
+from engine.stores.sqlite import Outbox
 from tests.conftest import SETTINGS
 from tests.test_background import (
     FAST,
@@ -207,7 +207,7 @@ CHILD = dedent(
     from engine.clients import RetryPolicy
     from engine.dispatch import Dispatcher
     from engine.loader import build_ruleset
-    from engine.outbox import Outbox
+    from engine.stores.sqlite import Outbox
     from engine.runtime import Ids, Targets
 
     path, url, count, settings, rules = sys.argv[1:6]

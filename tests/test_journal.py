@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import journal, outbox
-from engine.outbox import Outbox, OutboxError
+from engine.stores import journal
+from engine.stores import sqlite as outbox
+from engine.stores.sqlite import Outbox, OutboxError
 from tests.test_outbox import make_request, run_child
 
 
@@ -174,7 +175,7 @@ def test_a_closed_outbox_refuses_appends(tmp_path: Path) -> None:
 
 APPEND_CHILD = """
 import os, sys
-from engine.outbox import Outbox
+from engine.stores.sqlite import Outbox
 from tests.test_outbox import make_request
 
 box = Outbox(sys.argv[1], synchronous="NORMAL")

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from engine.cli_outbox import outbox as outbox_cli
 from engine.destinations.base import Request
 from engine.errors import EngineError
-from engine.outbox import _ABANDONED, SCHEMA_VERSION, Entry, Outbox, OutboxError
+from engine.stores.sqlite import _ABANDONED, SCHEMA_VERSION, Entry, Outbox, OutboxError
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0
@@ -376,7 +376,7 @@ def test_recover_puts_sends_in_flight_back(tmp_path: Path) -> None:
 
 CRASH_CHILD = """
 import os, signal, sys
-from engine.outbox import Outbox
+from engine.stores.sqlite import Outbox
 from tests.test_outbox import make_request
 
 path, log = sys.argv[1], sys.argv[2]
@@ -442,7 +442,7 @@ def test_sigkill_while_claiming_and_acking_loses_nothing(tmp_path: Path) -> None
 
 PUT_CHILD = """
 import os, sys
-from engine.outbox import Outbox
+from engine.stores.sqlite import Outbox
 from tests.test_outbox import make_request
 
 box = Outbox(sys.argv[1])

@@ -17,7 +17,8 @@ import pytest
 from engine.datalayer import merge_acdl
 from engine.errors import PushError
 from engine.scope import Scope
-from engine.sessions import Session, SessionStore, VisitorMemory
+from engine.sessions import Session, VisitorMemory
+from engine.stores.memory import MemorySessions
 from tests.conftest import load_text
 
 
@@ -31,7 +32,7 @@ class Clock:
         return self.now
 
 
-def busy_session(store: SessionStore | None = None) -> Session:
+def busy_session(store: MemorySessions | None = None) -> Session:
     """A session with something in every part of it."""
     session = store.get("s1", "v1") if store else Session("s1", "v1", now=100.0)
     session.state, _ = merge_acdl(session.state, {"page": {"title": "Home", "tags": [1, 2.5]}})
@@ -140,7 +141,7 @@ def test_a_bad_export_is_refused_clearly(change: Any, message: str) -> None:
     with pytest.raises(PushError, match=r"^session export") as caught:
         Session.from_export(data)
     assert message in str(caught.value)
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     with pytest.raises(PushError):
         store.restore(data)
     assert len(store) == 0
@@ -148,7 +149,7 @@ def test_a_bad_export_is_refused_clearly(change: Any, message: str) -> None:
 
 def test_store_restore_shares_visitor_memory_and_marks_the_session_used() -> None:
     clock = Clock(10_000.0)
-    store = SessionStore(clock=clock)
+    store = MemorySessions(clock=clock)
     exported = busy_session().export()
     live = store.get("s2", "v1")
     live.kept["visitor"]["segment"] = "platinum"  # the live value wins over the export's
@@ -164,7 +165,7 @@ def test_store_restore_shares_visitor_memory_and_marks_the_session_used() -> Non
 
 
 def test_store_restore_replaces_a_live_session_of_the_same_id() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     first = busy_session(store)
     exported = first.export()
     restored = store.restore(exported)
@@ -180,7 +181,7 @@ def test_from_export_refuses_another_visitors_memory() -> None:
 
 # ------------------------------------------------------------------ the store
 def test_get_creates_once_and_returns_the_same_session() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     session = store.get("a")
     assert store.get("a") is session
     assert store.peek("a") is session
@@ -190,7 +191,7 @@ def test_get_creates_once_and_returns_the_same_session() -> None:
 
 def test_idle_sessions_expire_and_are_replaced() -> None:
     clock = Clock(0.0)
-    store = SessionStore(idle_timeout=60, clock=clock)
+    store = MemorySessions(idle_timeout=60, clock=clock)
     session = store.get("a")
     session.kept["session"]["x"] = 1
     clock.now = 59.0
@@ -205,7 +206,7 @@ def test_idle_sessions_expire_and_are_replaced() -> None:
 
 
 def test_get_accepts_an_explicit_now() -> None:
-    store = SessionStore(idle_timeout=60, clock=Clock(0.0))
+    store = MemorySessions(idle_timeout=60, clock=Clock(0.0))
     session = store.get("a", now=1000.0)
     assert session.created == 1000.0
     assert store.get("a", now=1059.0) is session
@@ -214,7 +215,7 @@ def test_get_accepts_an_explicit_now() -> None:
 
 def test_sweep_drops_expired_sessions_only() -> None:
     clock = Clock(0.0)
-    store = SessionStore(idle_timeout=60, clock=clock)
+    store = MemorySessions(idle_timeout=60, clock=clock)
     store.get("old")
     clock.now = 50.0
     store.get("recent")
@@ -226,7 +227,7 @@ def test_sweep_drops_expired_sessions_only() -> None:
 
 def test_the_least_recently_used_session_is_evicted_when_full() -> None:
     clock = Clock(0.0)
-    store = SessionStore(max_sessions=3, clock=clock)
+    store = MemorySessions(max_sessions=3, clock=clock)
     a, _, c = store.get("a"), store.get("b"), store.get("c")
     store.get("a")  # b is now the least recently used
     store.get("d")
@@ -236,7 +237,7 @@ def test_the_least_recently_used_session_is_evicted_when_full() -> None:
 
 
 def test_remove_forgets_a_session() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     session = store.get("a")
     assert store.remove("a") is session
     assert store.remove("a") is None
@@ -246,12 +247,12 @@ def test_remove_forgets_a_session() -> None:
 @pytest.mark.parametrize("kwargs", [{"idle_timeout": 0}, {"max_sessions": 0}])
 def test_store_limits_must_be_positive(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        SessionStore(**kwargs)
+        MemorySessions(**kwargs)
 
 
 # ------------------------------------------------------------------ visitor memory
 def test_visitor_memory_is_shared_by_sessions_of_one_visitor_only() -> None:  # checklist 33
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     one, two = store.get("s1", "v"), store.get("s2", "v")
     other = store.get("s3", "w")
     one.kept["visitor"]["segment"] = "gold"
@@ -265,7 +266,7 @@ def test_keep_visitor_elements_fall_back_across_the_visitors_sessions() -> None:
     ruleset = load_text(
         "element seg = state.segment keep visitor\nelement camp = state.c keep session\n"
     )
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     one, two = store.get("s1", "v"), store.get("s2", "v")
 
     def read(session: Session, state: dict[str, Any], name: str) -> Any:
@@ -280,14 +281,14 @@ def test_keep_visitor_elements_fall_back_across_the_visitors_sessions() -> None:
 
 
 def test_a_session_keeps_the_visitor_it_was_created_with() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     session = store.get("s1", "v")
     assert store.get("s1", "w") is session and session.visitor_id == "v"
 
 
 def test_visitor_memory_is_dropped_with_the_visitors_last_session() -> None:
     clock = Clock(0.0)
-    store = SessionStore(idle_timeout=60, clock=clock)
+    store = MemorySessions(idle_timeout=60, clock=clock)
     store.get("s1", "v").kept["visitor"]["segment"] = "gold"
     store.get("s2", "v")
     store.remove("s1")
@@ -300,7 +301,7 @@ def test_visitor_memory_is_dropped_with_the_visitors_last_session() -> None:
 
 
 def test_eviction_keeps_visitor_memory_that_a_live_session_still_uses() -> None:
-    store = SessionStore(max_sessions=2, clock=Clock())
+    store = MemorySessions(max_sessions=2, clock=Clock())
     store.get("s1", "v").kept["visitor"]["segment"] = "gold"
     store.get("s2", "w")
     s3 = store.get("s3", "v")  # evicts s1, whose visitor gets s3
@@ -310,7 +311,7 @@ def test_eviction_keeps_visitor_memory_that_a_live_session_still_uses() -> None:
 
 # ------------------------------------------------------------------ limits
 def test_limit_per_session_counts_this_sessions_firings() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     one, two = store.get("s1", "v"), store.get("s2", "v")
     assert not one.limit_reached("r", 2, "session", 0.0)
     one.record_firing("r", ["session"], 0.0)
@@ -322,7 +323,7 @@ def test_limit_per_session_counts_this_sessions_firings() -> None:
 
 
 def test_limit_per_visitor_counts_across_the_visitors_sessions() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     one, two, other = store.get("s1", "v"), store.get("s2", "v"), store.get("s3", "w")
     one.record_firing("r", ["visitor"], 0.0)
     assert not two.limit_reached("r", 2, "visitor", 1.0)
@@ -336,7 +337,7 @@ def test_limit_per_visitor_counts_across_the_visitors_sessions() -> None:
 
 @pytest.mark.parametrize(("unit", "window"), [("minute", 60), ("hour", 3600), ("day", 86400)])
 def test_rolling_windows(unit: str, window: int) -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     one, two = store.get("s1", "v"), store.get("s2", "v")
     one.record_firing("r", [unit], 0.0)
     two.record_firing("r", [unit], window / 2)
@@ -436,7 +437,7 @@ def test_concurrent_gets_never_create_two_sessions_for_one_id(
         create(self, *args, **kwargs)
 
     monkeypatch.setattr(Session, "__init__", slow_create)
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     seen: dict[str, set[int]] = {}
     seen_lock = threading.Lock()
     barrier = threading.Barrier(8)
@@ -476,7 +477,7 @@ def test_concurrent_gets_never_create_two_sessions_for_one_id(
 
 
 def test_concurrent_firings_on_shared_visitor_memory_are_all_counted() -> None:
-    store = SessionStore(clock=Clock())
+    store = MemorySessions(clock=Clock())
     sessions = [store.get(f"s{n}", "v") for n in range(8)]
 
     def work(session: Session) -> None:

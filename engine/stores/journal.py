@@ -1,5 +1,5 @@
 """The outbox's intake journal: an append-only file a push writes its sends to in one system
-call, read back into the SQLite outbox off the caller's path (:mod:`engine.outbox`).
+call, read back into the SQLite outbox off the caller's path (:mod:`engine.stores.sqlite`).
 
 Why: a SQLite transaction costs a push several system calls and, with delivery threads
 sharing the GIL, a wait for the GIL after each. A copy into a file mapped in memory is in the

@@ -10,7 +10,7 @@ when it names none. Three tables:
 
 Two ways in. :meth:`Outbox.put` and :meth:`Outbox.put_many` insert and commit, and return ids.
 :meth:`Outbox.append_many`, the background push's path, appends the sends to this process's
-intake journal (:mod:`engine.journal`): a copy into a file mapped in memory, with no system
+intake journal (:mod:`engine.stores.journal`): a copy into a file mapped in memory, with no system
 call and a fraction of a transaction's cost; the next operation on the outbox moves them into
 ``entries``, in order.
 
@@ -63,9 +63,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
-from engine import journal
 from engine.destinations.base import Destination, Kind, Request, parse_bytes
-from engine.errors import EngineError
+from engine.errors import OutboxError
+from engine.stores import journal
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
 
@@ -77,10 +77,6 @@ SCHEMA_VERSION = 1
 State = Literal["pending", "inflight", "dead"]
 _Method = Literal["POST", "GET"]  # made once: a subscript in _entry would run for every row
 Which = Literal["dead", "pending", "all"]
-
-
-class OutboxError(EngineError):
-    """The outbox file cannot be opened, read or written, or is not an outbox."""
 
 
 # What each entry and dead letter stores, with its column type: one list for both tables.
@@ -112,7 +108,7 @@ def _columns(**override: str) -> str:
     return ", ".join(override.get(name, name) for name in _FIELDS)
 
 
-# The intake journals (engine.journal) and how far each has been read. Added to existing files
+# The intake journals (engine.stores.journal) and how far each has been read. Added to existing files
 # without a new schema version: processes of the previous release ignore the table, so they
 # keep working on a file a newer one opened (a rolling deploy).
 _INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
@@ -565,11 +561,11 @@ class Outbox:
         their sessions: the cheap write for a caller that does not need ids.
 
         For a file outbox the sends are copied into this process's intake journal
-        (:mod:`engine.journal`, mapped in memory; flushed to disk with ``synchronous="FULL"``),
+        (:mod:`engine.stores.journal`, mapped in memory; flushed to disk with ``synchronous="FULL"``),
         with the same durability as :meth:`put_many`; the next operation on the outbox (a worker's
         :meth:`claim`, say) moves them into the database. Other processes see them then, or,
         if this process dies first, when they open the outbox or :meth:`recover`. Where there
-        is no journal (Windows: :data:`engine.journal.AVAILABLE`), this is :meth:`put_many`.
+        is no journal (Windows: :data:`engine.stores.journal.AVAILABLE`), this is :meth:`put_many`.
         """
         stamp = time.time() if now is None else now
         if not self._memory and not journal.AVAILABLE:

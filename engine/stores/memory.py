@@ -1,0 +1,137 @@
+"""The in-memory session store: one process's sessions, bounded and expiring (the default).
+
+Pushes of one session are serialized by the session's lock; a push that cannot put its sends
+in the outbox is rolled back (:meth:`MemorySessions.begin`), so the session is as if the push
+never happened and the app's retry fires again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from engine.sessions import Session, VisitorMemory
+
+__all__ = ["MemorySessions"]
+
+
+class MemorySessions:
+    """A thread-safe, in-memory, bounded set of sessions.
+
+    A session idle for ``idle_timeout`` seconds or more has expired; when ``max_sessions`` are
+    held, adding one evicts the least recently used. Visitor memory is held per visitor id,
+    shared by that visitor's sessions, and dropped with the last of them. ``clock`` gives the
+    current time (seconds) wherever a method's ``now`` is not passed.
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_timeout: float = 1800.0,
+        max_sessions: int = 100_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        if max_sessions < 1:
+            raise ValueError("max_sessions must be at least 1")
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self.clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
+        self._visitors: dict[str, VisitorMemory] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(
+        self, session_id: str, visitor_id: str | None = None, now: float | None = None
+    ) -> Session:
+        """The live session ``session_id``, created on first use or after it expired, and
+        marked as used at ``now``. A session keeps the visitor id it was created with."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                if not self._expired(session, now):
+                    session.last_seen = max(session.last_seen, now)
+                    self._sessions.move_to_end(session_id)
+                    return session
+                self._drop(session_id)
+            session = Session(
+                session_id,
+                visitor_id,
+                now=now,
+                visitor=self._visitor(session_id if visitor_id is None else visitor_id),
+            )
+            self._add(session)
+            return session
+
+    def peek(self, session_id: str) -> Session | None:
+        """The live session ``session_id``, or ``None``; neither creates nor marks it used."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or self._expired(session, self.clock()):
+                return None
+            return session
+
+    def restore(self, data: dict[str, Any]) -> Session:
+        """Put an exported session back (replacing a live one of the same id) and mark it used
+        now, so it does not expire at once. Its visitor memory joins that of the visitor's
+        live sessions: their values win, the export fills in the rest."""
+        now = self.clock()
+        with self._lock:
+            visitor_id = data.get("visitor_id") if type(data) is dict else None
+            existing = self._visitors.get(visitor_id) if type(visitor_id) is str else None
+            session = Session.from_export(data, visitor=existing)
+            if session.id in self._sessions:
+                self._drop(session.id)
+            # from_export made fresh memory if this visitor had none; the store now owns it
+            self._visitors.setdefault(session.visitor_id, session.visitor)
+            session.visitor.sessions += 1
+            session.last_seen = max(session.last_seen, now)
+            self._add(session)
+            return session
+
+    def remove(self, session_id: str) -> Session | None:
+        """Forget ``session_id``; returns it, or ``None`` if it was not held."""
+        with self._lock:
+            return self._drop(session_id)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop every expired session; returns how many."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            expired = [sid for sid, s in self._sessions.items() if self._expired(s, now)]
+            for session_id in expired:
+                self._drop(session_id)
+            return len(expired)
+
+    # ------------------------------------------------------------------ internals (lock held)
+    def _expired(self, session: Session, now: float) -> bool:
+        return now - session.last_seen >= self.idle_timeout
+
+    def _visitor(self, visitor_id: str) -> VisitorMemory:
+        memory = self._visitors.get(visitor_id)
+        if memory is None:
+            memory = self._visitors[visitor_id] = VisitorMemory(visitor_id)
+        memory.sessions += 1
+        return memory
+
+    def _add(self, session: Session) -> None:
+        while len(self._sessions) >= self.max_sessions:
+            self._drop(next(iter(self._sessions)))
+        self._sessions[session.id] = session
+
+    def _drop(self, session_id: str) -> Session | None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            memory = session.visitor
+            memory.sessions -= 1
+            if memory.sessions <= 0 and self._visitors.get(memory.visitor_id) is memory:
+                del self._visitors[memory.visitor_id]
+        return session
