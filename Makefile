@@ -4,13 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# The Redis stores are tested against a real server (Debian's package), started by the tests.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		echo "installing redis-server (Debian package) for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
 # The main job: check the rules, run their tests, replay the example journeys through them and
 # deliver every send to the local emulator (a fresh machine has no Adobe or Sitecore account).
@@ -19,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/tagengine test rules/
 	$(BIN)/tagengine run --rules rules/ --emulator examples/*.jsonl
 
-test: $(STAMP)
+test: $(STAMP) redis-server
 	$(BIN)/ruff check engine tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -13,9 +13,11 @@ data-layer pushes through it::
 from engine.diagnostics import Diagnostic, Span
 from engine.engine import Engine, EngineSession
 from engine.errors import (
+    BacklogFull,
     DispatchError,
     EngineError,
     EvaluationError,
+    OutboxError,
     PayloadTooLarge,
     PushError,
     RuleError,
@@ -25,12 +27,14 @@ from engine.results import PushResult, RuleOutcome, Send
 from engine.ruleset import Ruleset
 
 __all__ = [
+    "BacklogFull",
     "Diagnostic",
     "DispatchError",
     "Engine",
     "EngineError",
     "EngineSession",
     "EvaluationError",
+    "OutboxError",
     "PayloadTooLarge",
     "PushError",
     "PushResult",

@@ -55,19 +55,18 @@ from typing import Any, Literal
 
 from engine.clients import DeliveryError
 from engine.clients.edge import state_entries, with_state
-from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
-from engine.errors import DispatchError, EngineError
+from engine.errors import DispatchError, EngineError, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
-from engine.sessions import Session
+from engine.stores.base import BaseOutbox, Sessions
 from engine.stores.memory import MemorySessions
-from engine.stores.sqlite import Entry, Outbox, OutboxError
+from engine.stores.sqlite import Entry, Outbox
 from engine.values import copy_json
 
-__all__ = ["BackgroundDelivery", "OnResult", "Redelivery"]
+__all__ = ["BackgroundDelivery", "Intake", "OnResult", "Redelivery"]
 
 log = logging.getLogger("engine.background")
 
@@ -81,6 +80,9 @@ _IDLE_EXIT = 30.0  # seconds a thread beyond the first waits for work before it 
 _SMOOTHING = 0.2  # weight of the latest delivery in the moving averages
 
 _INTERRUPTED = "interrupted: delivery stopped during a retry wait"
+_ADOPT_EVERY = 1.0  # seconds between two looks for what dead processes left behind
+_INTAKE_EVERY = 0.05  # seconds between two readings-in of a push-only process's journal
+_UNGUARDED = contextlib.nullcontext()
 
 OnResult = Callable[[str, Send], None]
 """Called with ``(session_id, send)`` once per send, when it is delivered or buried."""
@@ -164,10 +166,10 @@ class BackgroundDelivery:
 
     def __init__(
         self,
-        outbox: Outbox,
+        outbox: BaseOutbox,
         dispatcher_factory: Callable[[], Dispatcher],
         *,
-        sessions: MemorySessions,
+        sessions: Sessions,
         targets: Callable[[], Targets],
         workers: int = 16,
         flush_timeout: float = 10.0,
@@ -233,6 +235,7 @@ class BackgroundDelivery:
         self._idle = 0
         self._flushers = 0
         self._next_sweep = time.monotonic() + (self._stale_after or 0.0) / 2
+        self._next_adopt = time.monotonic() + _ADOPT_EVERY
         self._spawn_pending = False  # a forked child starts its workers on first use
 
     # ------------------------------------------------------------------ public API
@@ -251,15 +254,14 @@ class BackgroundDelivery:
         self._spawn()
 
     def submit(self, result: PushResult, session_id: str) -> None:
-        """Store every send of ``result`` and of its follow-ups, in order, in one transaction
+        """Store every send of ``result`` and of its follow-ups, in order, in one write
         (durable when this returns), behind the earlier sends of ``session_id``.
 
         Call it under the session's lock, so that pushes of one session enter in push order.
-        Raises :class:`~engine.stores.OutboxError` when the outbox cannot be written.
+        Raises :class:`~engine.errors.OutboxError` when the outbox cannot be written. (The
+        engine stores a push's sends with the session instead, then :meth:`notify`.)
         """
-        if self._closing:
-            raise EngineError("background delivery is closed")
-        self._ensure_workers()
+        self.check_open()
         items = [
             (send.request, session_id)
             for outcome in (result, *result.followups)
@@ -268,6 +270,17 @@ class BackgroundDelivery:
         if not items:
             return
         self.outbox.append_many(items, now=self._clock())
+        self.notify()
+
+    def check_open(self) -> None:
+        """Raise :class:`~engine.errors.EngineError` once closing; start this process's
+        workers if it is a forked child that has not yet."""
+        if self._closing:
+            raise EngineError("background delivery is closed")
+        self._ensure_workers()
+
+    def notify(self) -> None:
+        """Sends were stored: wake a worker."""
         with self._cond:
             self._work += 1
             if self._idle:
@@ -307,10 +320,12 @@ class BackgroundDelivery:
             if pause > 0:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
 
-    def close(self, timeout: float | None = None) -> bool:
+    def close(self, timeout: float | None = None, *, drain: bool = True) -> bool:
         """Stop taking new work, flush for at most ``timeout`` seconds (default
         ``flush_timeout``), then stop the workers and close the dispatcher; whether everything
         was delivered and every worker stopped in time. Undelivered sends stay in the outbox.
+        ``drain=False`` does not wait for the outbox to empty (a delivery process stopping:
+        the outbox is shared), only for the deliveries in flight, within ``timeout``.
 
         A retry wait is interrupted; an HTTP request in flight at the deadline is left to its
         timeouts on a daemon thread, and its send stays in flight until the next start.
@@ -321,7 +336,7 @@ class BackgroundDelivery:
             if self._closed:
                 return False
             self._closing = True
-        flushed = self._wait_flushed(max(0.0, deadline - time.monotonic()))
+        flushed = drain and self._wait_flushed(max(0.0, deadline - time.monotonic()))
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
@@ -425,8 +440,11 @@ class BackgroundDelivery:
                     if outcome != "go":
                         retired = outcome == "retire"
                         return
-                except Exception:
-                    log.exception("background delivery: worker error (retrying)")
+                except Exception as problem:
+                    if isinstance(problem, OutboxError):  # Redis restarting, disk full: no trace
+                        log.warning("background delivery: %s (retrying)", problem)
+                    else:
+                        log.exception("background delivery: worker error (retrying)")
                     with self._cond:
                         if not self._stopping:
                             self._cond.wait(self._poll)
@@ -523,8 +541,15 @@ class BackgroundDelivery:
         self._progressed(len(acks))
 
     def _sweep(self) -> None:
-        """Put back to pending what a dead process (a killed child) left in flight."""
-        if self._stale_after is None or time.monotonic() < self._next_sweep:
+        """Read in what dead producer processes left in their journals (every second), and
+        put back to pending what a dead process (a killed child) left in flight."""
+        now = time.monotonic()
+        if now >= self._next_adopt:
+            self._next_adopt = now + _ADOPT_EVERY
+            adopted = self.outbox.adopt()
+            if adopted:
+                log.info("outbox %s: %d send(s) of stopped processes read in", self.outbox, adopted)
+        if self._stale_after is None or now < self._next_sweep:
             return
         with self._cond:
             now = time.monotonic()
@@ -555,9 +580,9 @@ class BackgroundDelivery:
         """Deliver ``entry`` (with the Edge collect sends right behind it that can share its
         request: :meth:`_batch_behind`) and settle it; whether it went through at the first
         attempt (its time was then one round trip, no retry waits)."""
-        with self._guard:
-            session = self._sessions.peek(entry.session)
-        base = self._identity(session)
+        with self._guarded():
+            held = self._sessions.identity(entry.session)
+        base = {} if held is None else held
         identity: dict[str, Any] = copy_json(base)
         request, behind = self._batch_behind(entry, identity)
         entries = [entry, *behind]
@@ -568,9 +593,9 @@ class BackgroundDelivery:
             # Edge refused the batch as a whole: one bad event must not sink the others, so
             # each goes again alone, in order, and is settled by its own answer.
             failures = [self._alone(send, identity) for send in sends]
-        if session is not None:
-            with self._guard, session.lock:
-                merge_identity(session.identity, base, identity)
+        if held is not None:
+            with self._guarded():
+                self._sessions.merge_identity(entry.session, base, identity)
         delivered = [e.id for e, failed in zip(entries, failures, strict=True) if failed is None]
         if delivered:
             with self._cond:
@@ -643,14 +668,11 @@ class BackgroundDelivery:
             return head, []
         return (merged[0] if behind else head), behind
 
-    def _identity(self, session: Session | None) -> dict[str, Any]:
-        """A copy of the session's identity: delivery works on it outside the session's lock
-        (a push of that session never waits for the network) and merges it back."""
-        if session is None:  # expired, or submitted by a process that stopped
-            return {}
-        with self._guard, session.lock:
-            copied: dict[str, Any] = copy_json(session.identity)
-        return copied
+    def _guarded(self) -> contextlib.AbstractContextManager[object]:
+        """Around a look at a session of this process's memory: no fork in the middle of its
+        lock (the child would inherit it held). A shared store's sessions hold no lock here,
+        and their reads are network round trips that other workers need not wait for."""
+        return self._guard if isinstance(self._sessions, MemorySessions) else _UNGUARDED
 
     def _attempt(
         self, request: Request, sends: list[Send], identity: dict[str, Any]
@@ -746,6 +768,43 @@ class BackgroundDelivery:
             _ABANDONED.append(self._made)
         self._reset_threading()
         self._spawn_pending = self._started and not self._closing
+
+
+class Intake:
+    """In a process that only pushes (``Engine(deliver=False)``) on a SQLite file: reads what
+    its pushes appended to their journal into the database every ``interval`` seconds, where
+    the delivery processes (``tagengine deliver``) find it. A thread of its own, so a push
+    never waits for it; pushes still return once their sends are in the journal."""
+
+    def __init__(self, outbox: Outbox, interval: float = _INTAKE_EVERY) -> None:
+        self.outbox = outbox
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tagengine-intake", daemon=True)
+
+    @classmethod
+    def start(cls, outbox: BaseOutbox) -> Intake | None:
+        """An intake for ``outbox`` when it has a journal to read in (a SQLite file)."""
+        if not isinstance(outbox, Outbox) or outbox.name == "<memory>":
+            return None
+        intake = cls(outbox)
+        intake._thread.start()
+        return intake
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.outbox.ingest()
+            except OutboxError as problem:  # stays in the journal: read in at the next try
+                log.error("outbox %s: reading the journal in failed: %s", self.outbox, problem)
+            except Exception:
+                log.exception("outbox %s: reading the journal in failed", self.outbox)
+
+    def stop(self) -> None:
+        """Stop; what is left is read in when the outbox closes."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
 
 
 # -- process-wide hooks (one set for every instance) -----------------------------------------

@@ -11,6 +11,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from engine.cli_deliver import deliver
 from engine.cli_outbox import outbox
 from engine.diagnostics import Diagnostic
 from engine.engine import Engine
@@ -332,6 +333,7 @@ def dev(
 
 
 cli.add_command(outbox)
+cli.add_command(deliver)
 
 
 def main() -> None:

@@ -1,8 +1,14 @@
-"""``tagengine outbox list|retry|purge``: inspect and manage a durable outbox file.
+"""``tagengine outbox list|retry|purge``: inspect and manage an outbox: a SQLite file, or
+Redis Streams (``--outbox redis://HOST:PORT/DB``).
 
 The group is exported as :data:`outbox`, for the main ``tagengine`` command to register.
-Opening the file changes nothing (no recovery of entries in flight), so these commands are
-safe while an engine is dispatching from the same file.
+Opening the file changes nothing in flight (no recovery of entries claimed by a deliverer),
+so these commands are safe while an engine is dispatching from the same file; it does read in
+what dead processes left in their journals.
+
+:func:`_open` opens what ``--outbox`` names; the commands then use only what every
+:class:`~engine.stores.base.BaseOutbox` has (``backlog``, ``pending``, ``dead``, ``revive``,
+``purge``). The quarantine file is the SQLite outbox's own (:func:`quarantine_of`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,17 +26,21 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from engine.stores.base import Backlog, BaseOutbox
+from engine.stores.journal import Quarantined
+from engine.stores.redis_client import is_redis_url
+from engine.stores.redis_outbox import RedisOutbox
 from engine.stores.sqlite import Entry, Outbox, OutboxError, Which
 
-__all__ = ["outbox"]
+__all__ = ["list_outbox", "outbox", "quarantine_of"]
+
 
 _FILE = click.option(
     "--outbox",
     "path",
     required=True,
     envvar="TAGENGINE_OUTBOX",
-    type=click.Path(path_type=Path),
-    help="The outbox file (env: TAGENGINE_OUTBOX).",
+    help="The outbox: a SQLite file, or redis://HOST:PORT/DB (env: TAGENGINE_OUTBOX).",
 )
 
 
@@ -47,16 +58,26 @@ def _fail(message: str) -> NoReturn:
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[Outbox]:
-    """The outbox at ``path``; a missing, unreadable or foreign file exits 1 with a message."""
-    if not path.exists():
-        _fail(f"no outbox at {path}")
-    if path.is_dir():
-        _fail(f"{path} is a directory, not an outbox file")
-    try:
-        box = Outbox(path, create=False)
-    except OutboxError as error:
-        _fail(str(error))
+def _open(where: str) -> Iterator[BaseOutbox]:
+    """The outbox ``where`` names; a missing, unreadable or foreign file, or an unreachable
+    Redis, exits 1 with a message."""
+    box: BaseOutbox
+    if is_redis_url(where):
+        try:
+            box = RedisOutbox(where)
+            box.ensure_ready()
+        except OutboxError as error:
+            _fail(str(error))
+    else:
+        path = Path(where)
+        if not path.exists():
+            _fail(f"no outbox at {path}")
+        if path.is_dir():
+            _fail(f"{path} is a directory, not an outbox file")
+        try:
+            box = Outbox(path, create=False)
+        except OutboxError as error:
+            _fail(str(error))
     try:
         yield box
     except OutboxError as error:
@@ -124,40 +145,124 @@ def outbox() -> None:
     """Inspect the durable outbox: pending sends and dead letters."""
 
 
-@outbox.command("list")
-@_FILE
-@click.option("--dead", is_flag=True, help="List dead letters instead of pending sends.")
-@click.option("--json", "as_json", is_flag=True, help="A JSON array with every field.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
-def list_command(path: Path, dead: bool, as_json: bool, limit: int | None) -> None:
-    """List pending sends (in flight or not) or, with --dead, dead letters."""
-    with _open(path) as box:
-        entries = box.dead(limit) if dead else box.pending(limit)
-        counts = box.counts()
-        journaled = 0 if as_json else box.journaled()
+def quarantine_of(box: BaseOutbox) -> tuple[str, list[Quarantined]] | None:
+    """The quarantine file of ``box`` and its chunks, when it has one (a SQLite file)."""
+    if isinstance(box, Outbox) and box.quarantine_path is not None:
+        return box.quarantine_path, box.quarantined()
+    return None
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
+
+
+def _quarantine_json(found: tuple[str, list[Quarantined]] | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    path, chunks = found
+    return {
+        "path": path,
+        "chunks": [
+            {
+                "journal": chunk.journal,
+                "offset": chunk.offset,
+                "bytes": chunk.length,
+                "time": chunk.time,
+                "reason": chunk.reason,
+            }
+            for chunk in chunks
+        ],
+    }
+
+
+def _summary(backlog: Backlog) -> list[str]:
+    """The backlog's figures, as lines."""
+    first = f"{backlog.pending} pending ({backlog.inflight} in flight), {backlog.dead} dead"
+    if backlog.oldest_age is not None:
+        first += f"; the oldest stored {_age(backlog.oldest_age)} ago"
+    second = f"{backlog.journaled} journaled"
+    if backlog.journaled:
+        second += (
+            " (more in the journals of running processes, listed once those processes read them in)"
+        )
+    second += f", {backlog.quarantined} quarantined"
+    return [first, second]
+
+
+def _quarantine_table(chunks: list[Quarantined]) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for name in ("journal", "offset", "bytes", "reason", "when"):
+        table.add_column(name, justify="right" if name in ("offset", "bytes") else "left")
+    for chunk in chunks:
+        table.add_row(
+            chunk.journal, str(chunk.offset), str(chunk.length), chunk.reason, _when(chunk.time)
+        )
+    return table
+
+
+def list_outbox(
+    box: BaseOutbox,
+    *,
+    dead: bool = False,
+    as_json: bool = False,
+    with_backlog: bool = False,
+    limit: int | None = None,
+) -> None:
+    """Print what ``tagengine outbox list`` shows of ``box``."""
+    entries = box.dead(limit) if dead else box.pending(limit)
+    backlog = box.backlog()
+    quarantine = quarantine_of(box)
     if as_json:
-        click.echo(json.dumps([_as_json(e) for e in entries], indent=2, ensure_ascii=False))
+        rows = [_as_json(e) for e in entries]
+        document: Any = rows
+        if with_backlog:
+            document = {
+                "entries": rows,
+                "backlog": backlog.to_json(),
+                "quarantine": _quarantine_json(quarantine),
+            }
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
         return
     console = _console()
     if entries:
         console.print(_table(entries, dead, time.time()))
-    summary = (
-        f"{counts['pending'] + counts['inflight']} pending ({counts['inflight']} in flight), "
-        f"{counts['dead']} dead"
-    )
-    if journaled:
-        summary += (
-            f"; {journaled} more in the journals of running processes, "
-            "listed once those processes read them in"
+    for line in _summary(backlog):
+        console.print(line, markup=False)
+    if quarantine is not None and quarantine[1]:
+        path, chunks = quarantine
+        size = sum(chunk.length for chunk in chunks)
+        console.print(
+            f"{len(chunks)} unreadable journal chunk{'s' if len(chunks) != 1 else ''} "
+            f"({size} bytes) kept aside, not delivered, in {path}:",
+            markup=False,
         )
-    console.print(summary)
+        console.print(_quarantine_table(chunks))
+
+
+@outbox.command("list")
+@_FILE
+@click.option("--dead", is_flag=True, help="List dead letters instead of pending sends.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array with every field.")
+@click.option(
+    "--with-backlog",
+    is_flag=True,
+    help='With --json: an object {"entries": [...], "backlog": {...}, "quarantine": {...}}.',
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many entries.")
+def list_command(
+    path: str, dead: bool, as_json: bool, with_backlog: bool, limit: int | None
+) -> None:
+    """List pending sends (in flight or not) or, with --dead, dead letters, and the backlog's
+    figures: pending, in flight, the oldest's age, dead, journaled, quarantined."""
+    with _open(path) as box:
+        list_outbox(box, dead=dead, as_json=as_json, with_backlog=with_backlog, limit=limit)
 
 
 @outbox.command("retry")
 @_FILE
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "every", is_flag=True, help="Every dead letter.")
-def retry_command(path: Path, ids: tuple[int, ...], every: bool) -> None:
+def retry_command(path: str, ids: tuple[int, ...], every: bool) -> None:
     """Put dead letters (IDS, or --all) back to pending, attempts reset."""
     if bool(ids) == every:
         raise click.UsageError("give the ids of dead letters to retry, or --all")
@@ -177,7 +282,7 @@ def retry_command(path: Path, ids: tuple[int, ...], every: bool) -> None:
     "--pending", "which", flag_value="pending", help="Undelivered sends, in flight or not."
 )
 @click.option("--all", "which", flag_value="all", help="Both.")
-def purge_command(path: Path, ids: tuple[int, ...], which: Which) -> None:
+def purge_command(path: str, ids: tuple[int, ...], which: Which) -> None:
     """Delete dead letters, pending sends or both: IDS only, or all of them."""
     with _open(path) as box:
         count = box.purge(which, ids or None)

@@ -10,18 +10,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from engine.background import BackgroundDelivery, OnResult, Redelivery
+from engine.background import BackgroundDelivery, Intake, OnResult, Redelivery
 from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, RuleError
@@ -30,9 +30,13 @@ from engine.results import PushResult
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, process_push
 from engine.sessions import Session
+from engine.stores import open_outbox, open_sessions
+from engine.stores.base import Backlog, BaseOutbox, Sessions
 from engine.stores.memory import MemorySessions
-from engine.stores.sqlite import Outbox
+from engine.stores.redis_outbox import RedisOutbox
+from engine.stores.redis_sessions import RedisSessions
 from engine.transports import Transport
+from engine.values import copy_json
 
 if TYPE_CHECKING:
     from engine.watch import RulesWatcher
@@ -40,49 +44,61 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "EngineSession"]
 
 MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
+MAX_PUSH_ATTEMPTS = 50  # runs of one push whose shared session others kept changing
 
 
 class EngineSession:
     """One visitor's session in an engine: push to it, export it."""
 
-    __slots__ = ("_engine", "_session")
+    __slots__ = ("_engine", "_id", "_live", "_visitor")
 
-    def __init__(self, engine: Engine, session: Session) -> None:
+    def __init__(
+        self, engine: Engine, session_id: str, visitor: str | None, live: Session | None
+    ) -> None:
         self._engine = engine
-        self._session = session
+        self._id = session_id
+        self._visitor = visitor
+        self._live = live  # the in-memory store's session object: its visitor id
 
     @property
     def id(self) -> str:
-        return self._session.id
+        return self._id
 
     @property
     def visitor(self) -> str:
-        return self._session.visitor_id
+        if self._live is not None:
+            return self._live.visitor_id
+        stored = self._engine.sessions.read(self._id)
+        if stored is not None:
+            return stored.visitor_id
+        return self._id if self._visitor is None else self._visitor
 
     @property
     def state(self) -> dict[str, Any]:
         """A copy of the session's current data-layer state."""
-        return self._session.get_state()
+        session = self._engine.sessions.read(self._id)
+        return {} if session is None else session.get_state()
 
     def push(self, item: object) -> PushResult:
         """Process one data-layer push; raises :class:`~engine.errors.PushError` for bad input."""
-        return self._engine._push(self._session, item)
+        return self._engine._push(self._id, self._visitor, item)
 
     async def apush(self, item: object) -> PushResult:
         """:meth:`push` for asyncio code: the event loop never waits for the network.
 
-        When the push only evaluates (dry run, background mode: microseconds of CPU) it runs
-        inline; when it delivers and waits for the answers, it runs in a worker thread
-        (``asyncio.to_thread``), so other coroutines go on meanwhile. Pushes of one session
-        still happen one at a time, in the order they were awaited.
+        When the push only evaluates in this process's memory (dry run, background mode:
+        microseconds of CPU) it runs inline; when it waits for answers or for a shared
+        session store, it runs in a worker thread (``asyncio.to_thread``), so other
+        coroutines go on meanwhile. Pushes of one session still happen one at a time, in the
+        order they were awaited.
         """
         engine = self._engine
-        if engine.dry_run or engine._background is not None:
-            return engine._push(self._session, item)
+        if engine._inline_async:
+            return engine._push(self._id, self._visitor, item)
         # One at a time per session, in await order (asyncio.Lock is fair): threads would
         # otherwise race for the session's lock and merge the pushes in any order.
-        async with engine._async_lock(self._session):
-            return await asyncio.to_thread(engine._push, self._session, item)
+        async with engine._async_lock(self._id):
+            return await asyncio.to_thread(engine._push, self._id, self._visitor, item)
 
     def take_cookies(self, cookies: Mapping[str, str]) -> None:
         """Take the visitor's ``kndctr_<org>_*`` cookies (from the request their browser
@@ -92,26 +108,31 @@ class EngineSession:
         (in the edge settings) names the cookies; :class:`~engine.errors.EngineError` without
         it."""
         org = self._engine._org()
-        with self._session.lock:
-            take_cookies(self._session.identity, cookies, org, now=self._engine._clock())
+        now = self._engine._clock()
+        self._engine.sessions.update_identity(
+            self._id, self._visitor, lambda identity: take_cookies(identity, cookies, org, now=now)
+        )
 
     def set_cookie_headers(self, domain: str | None = None, *, secure: bool = True) -> list[str]:
         """``Set-Cookie`` values that give the browser the session's ``kndctr_<org>_*`` state
         entries (``Domain=domain`` when given: the site's apex domain), for the response to
         the visitor (see :func:`~engine.clients.set_cookie_headers`)."""
         org = self._engine._org()
-        with self._session.lock:
-            return set_cookie_headers(
-                self._session.identity, org, domain, now=self._engine._clock(), secure=secure
-            )
+        identity = self._engine.sessions.identity(self._id) or {}
+        return set_cookie_headers(
+            identity, org, domain, now=self._engine._clock(), secure=secure
+        )
 
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
-        with self._session.lock:
-            return self._session.export()
+        session = self._engine.sessions.read(self._id)
+        if session is None:
+            session = Session(self._id, self._visitor, now=self._engine._clock())
+        with session.lock:
+            return session.export()
 
     def __repr__(self) -> str:
-        return f"<EngineSession {self.id!r}>"
+        return f"<EngineSession {self._id!r}>"
 
 
 class Engine:
@@ -141,7 +162,7 @@ class Engine:
         *,
         dry_run: bool = False,
         transport: Transport | None = None,
-        sessions: MemorySessions | None = None,
+        sessions: Sessions | str | None = None,
         clock: Callable[[], float] = time.time,
         ids: Ids | None = None,
         edge_url: str | None = None,
@@ -150,7 +171,9 @@ class Engine:
         http: httpx.Client | None = None,
         policy: RetryPolicy | None = None,
         background: bool = False,
-        outbox: str | os.PathLike[str] | Outbox | None = None,
+        outbox: str | os.PathLike[str] | BaseOutbox | None = None,
+        deliver: bool = True,
+        max_backlog: int | None = None,
         workers: int = 16,
         flush_timeout: float = 10.0,
         redelivery: Redelivery | None = None,
@@ -160,40 +183,68 @@ class Engine:
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
-        self.sessions = sessions if sessions is not None else MemorySessions(clock=clock)
+        self._owns_sessions = not isinstance(sessions, Sessions)
+        self.sessions: Sessions = open_sessions(sessions, clock=clock)
         self.transport = transport
         self._http, self._policy = http, policy
         self._dispatcher: Dispatcher | None = None  # made on the first delivery
         self._lazy_lock = threading.Lock()  # guards what is made on first use
-        # Per session and event loop: the order of a session's awaited pushes.
-        self._async_locks: weakref.WeakKeyDictionary[
-            Session, dict[asyncio.AbstractEventLoop, asyncio.Lock]
-        ] = weakref.WeakKeyDictionary()
+        # Per session id and event loop: the order of a session's awaited pushes.
+        self._async_locks: dict[str, list[Any]] = {}
         self._background: BackgroundDelivery | None = None
-        self._outbox: Outbox | None = None
+        self._intake: Intake | None = None
+        self._outbox: BaseOutbox | None = None
         self._owns_outbox = False
-        if background and not dry_run:
+        if max_backlog is not None and max_backlog < 1:
+            raise EngineError("max_backlog must be at least 1")
+        if not dry_run and (background or not deliver):
             if transport is not None:
                 raise EngineError(
                     "background delivery uses the destination clients, not a transport"
                 )
-            self._owns_outbox = not isinstance(outbox, Outbox)
-            self._outbox = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
-            parent = os.getpid()
+            if outbox is None and isinstance(self.sessions, RedisSessions):
+                outbox = RedisOutbox(self.sessions.target)  # the same Redis: atomic pushes
+            if outbox is None and not deliver:
+                raise EngineError(
+                    "deliver=False leaves the sends to another process (tagengine deliver): "
+                    "give an outbox they share (a file on this host, or redis://...)"
+                )
+            self._owns_outbox = not isinstance(outbox, BaseOutbox)
+            self._outbox = open_outbox(outbox)
+            if isinstance(self.sessions, RedisSessions) and not (
+                isinstance(self._outbox, RedisOutbox)
+                and self._outbox.target.url == self.sessions.url
+            ):
+                raise EngineError(
+                    "sessions in Redis store a push's sends in the same atomic step: the "
+                    f"outbox must be the same Redis ({self.sessions.name}), not "
+                    f"{self._outbox.name}"
+                )
+            self._outbox.max_backlog = max_backlog
+            if deliver:
+                parent = os.getpid()
 
-            def make_dispatcher() -> Dispatcher:  # again in a forked child: a client of its own
-                return Dispatcher(http=http if os.getpid() == parent else None, policy=policy)
+                def make_dispatcher() -> Dispatcher:  # again in a forked child: its own client
+                    return Dispatcher(http=http if os.getpid() == parent else None, policy=policy)
 
-            self._background = BackgroundDelivery(
-                self._outbox,
-                make_dispatcher,
-                sessions=self.sessions,
-                targets=lambda: self._live[1],  # read at each delivery: follows a reload
-                workers=workers,
-                flush_timeout=flush_timeout,
-                redelivery=redelivery,
-                on_result=on_result,
-            )
+                self._background = BackgroundDelivery(
+                    self._outbox,
+                    make_dispatcher,
+                    sessions=self.sessions,
+                    targets=lambda: self._live[1],  # read at each delivery: follows a reload
+                    workers=workers,
+                    flush_timeout=flush_timeout,
+                    redelivery=redelivery,
+                    on_result=on_result,
+                )
+            else:
+                self._intake = Intake.start(self._outbox)
+        elif max_backlog is not None:
+            raise EngineError("max_backlog bounds an outbox: use it with background=True")
+        # Inline in the event loop only what touches no network and no shared store.
+        self._inline_async = isinstance(self.sessions, MemorySessions) and (
+            dry_run or (self._outbox is not None and not isinstance(self._outbox, RedisOutbox))
+        )
         self._clock = clock
         self._ids = ids or Ids()
         self._closed = False
@@ -301,11 +352,18 @@ class Engine:
         (default: the session id) share ``keep visitor`` values and ``per visitor`` limits."""
         if not isinstance(session_id, str) or not session_id:
             raise EngineError("a session id is a non-empty string")
-        return EngineSession(self, self.sessions.get(session_id, visitor))
+        if visitor is not None and (not isinstance(visitor, str) or not visitor):
+            raise EngineError("a visitor id is a non-empty string")
+        live = None
+        if isinstance(self.sessions, MemorySessions):
+            live = self.sessions.get(session_id, visitor)
+        return EngineSession(self, session_id, visitor, live)
 
     def restore(self, data: Mapping[str, Any]) -> EngineSession:
         """Put back a session from :meth:`EngineSession.export` (raises PushError if malformed)."""
-        return EngineSession(self, self.sessions.restore(dict(data)))
+        session = self.sessions.restore(dict(data))
+        live = session if isinstance(self.sessions, MemorySessions) else None
+        return EngineSession(self, session.id, session.visitor_id, live)
 
     def push(self, item: object, *, session: str = "default") -> PushResult:
         return self.session(session).push(item)
@@ -313,25 +371,64 @@ class Engine:
     async def apush(self, item: object, *, session: str = "default") -> PushResult:
         return await self.session(session).apush(item)
 
+    def backlog(self) -> Backlog | None:
+        """The outbox's backlog (pending, in flight, oldest age, dead letters), or ``None``
+        when sends are not stored (a dry run, wait mode)."""
+        return None if self._outbox is None else self._outbox.backlog()
+
+    @property
+    def outbox(self) -> BaseOutbox | None:
+        return self._outbox
+
     # ------------------------------------------------------------------ internals
-    def _push(self, session: Session, item: object) -> PushResult:
+    def _push(self, session_id: str, visitor_id: str | None, item: object) -> PushResult:
+        """One push, atomic: the session's change and its sends are stored together or not at
+        all (a failed outbox write leaves the session as it was). With sessions shared by
+        other processes, a push that finds the session changed meanwhile runs again on it."""
         if self._closed:
             raise EngineError("the engine is closed")
         ruleset, targets = self._live
-        with session.lock:
-            result = process_push(
-                ruleset, session, item, now=self._clock(), ids=self._ids, targets=targets
-            )
-            self._follow(ruleset, targets, session, result)
-            if self._background is not None:
-                # Durable in the outbox when this returns; under the lock, so the outbox
-                # order is the push order.
-                self._background.submit(result, session.id)
-            elif not self.dry_run:
-                # Under the session's lock: its sends answer in order, and the identity the
-                # first one brings back is in the requests built after it.
-                self._deliver(result, session, targets)
-        return result
+        outbox = self._outbox
+        if self._background is not None:
+            self._background.check_open()
+        for _ in range(MAX_PUSH_ATTEMPTS):
+            now = self._clock()
+            with self.sessions.begin(session_id, visitor_id, now) as transaction:
+                session = transaction.session
+                result = process_push(
+                    ruleset, session, item, now=now, ids=self._ids, targets=targets
+                )
+                self._follow(ruleset, targets, session, result)
+                if outbox is not None:
+                    items = [
+                        (send.request, session.id)
+                        for outcome in (result, *result.followups)
+                        for send in outcome.sends
+                    ]
+                    if not transaction.commit(items, outbox, now):
+                        continue  # another process changed the session: again, on its state
+                    if self._background is not None and items:
+                        self._background.notify()
+                    return result
+                if not transaction.commit((), None, now):
+                    continue
+                if self.dry_run:
+                    return result
+                if isinstance(self.sessions, MemorySessions):
+                    # Under the session's lock: its sends answer in order, and the identity
+                    # the first one brings back is in the requests built after it.
+                    self._deliver(result, session, targets)
+                    return result
+            # A shared store: deliver on the session as stored, then store what the answers
+            # changed of its identity (as a delivery worker does).
+            base = copy_json(session.identity)
+            self._deliver(result, session, targets)
+            self.sessions.merge_identity(session.id, base, session.identity)
+            return result
+        raise EngineError(
+            f"session {session_id!r} was changed by other processes {MAX_PUSH_ATTEMPTS} times "
+            "while this push ran; nothing was stored"
+        )
 
     def _follow(
         self, ruleset: Ruleset, targets: Targets, session: Session, result: PushResult
@@ -370,14 +467,24 @@ class Engine:
             send.attempts += 1
             send.duration = time.perf_counter() - started
 
-    def _async_lock(self, session: Session) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
+    @contextlib.asynccontextmanager
+    async def _async_lock(self, session_id: str) -> AsyncIterator[None]:
+        """The session's pushes awaited on this event loop, one at a time in await order;
+        the lock is dropped when nobody holds or waits for it."""
+        key = f"{id(asyncio.get_running_loop())}:{session_id}"
         with self._lazy_lock:
-            locks = self._async_locks.setdefault(session, {})
-            lock = locks.get(loop)
-            if lock is None:
-                lock = locks[loop] = asyncio.Lock()
-            return lock
+            held = self._async_locks.get(key)
+            if held is None:
+                held = self._async_locks[key] = [asyncio.Lock(), 0]
+            held[1] += 1
+        try:
+            async with held[0]:
+                yield
+        finally:
+            with self._lazy_lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._async_locks[key]
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -401,8 +508,12 @@ class Engine:
         self._closed = True
         if self._background is not None:
             self._background.close(timeout)
+        if self._intake is not None:
+            self._intake.stop()
         if self._outbox is not None and self._owns_outbox:
             self._outbox.close()
+        if self._owns_sessions:
+            self.sessions.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
 

@@ -7,7 +7,9 @@
     │                      Diagnostic (file:line:col, message, source line, caret)
     ├── PushError          bad input to a push (not a JSON-like mapping, too deep, too large)
     ├── EvaluationError    a rule failed at run time; carries the span in the rule file
-    ├── OutboxError        the durable outbox cannot be opened, read or written (engine.stores)
+    ├── OutboxError        the outbox or the session store cannot be opened, read or written
+    │   │                  (engine.stores: a SQLite file, Redis unreachable)
+    │   └── BacklogFull    a push's sends would take the outbox past Engine(max_backlog=N)
     └── DispatchError      a destination refused or failed a send (status, vendor code, requestId)
         ├── PayloadTooLarge   a request body above the destination's limit, refused before sending
         └── DeliveryError     a final error answer, or retries that ran out (engine.clients);
@@ -58,6 +60,17 @@ class EvaluationError(EngineError):
 
 class OutboxError(EngineError):
     """The outbox or the session store cannot be opened, read or written, or is not one."""
+
+
+class BacklogFull(OutboxError):
+    """A push's sends would take the outbox past its bound (``Engine(max_backlog=N)``):
+    delivery is not keeping up, or not running. Nothing was stored and the session is as it
+    was; ``backlog`` is the sends waiting, ``bound`` the bound."""
+
+    def __init__(self, message: str, backlog: int, bound: int) -> None:
+        super().__init__(message)
+        self.backlog = backlog
+        self.bound = bound
 
 
 class DispatchError(EngineError):

@@ -10,7 +10,7 @@ from engine import RuleError, Ruleset
 from engine.loader import build_ruleset
 
 # The local emulator fixtures (`emulator`, `fresh_emulator`) for every test module.
-pytest_plugins = ("tests.emulator_fixture",)
+pytest_plugins = ("tests.emulator_fixture", "tests.redis_fixture")
 
 SETTINGS = 'edge { datastream: "ds-1" }\nsitecore { client_key: "k", pos: "shop" }\n'
 

@@ -7,12 +7,14 @@ import engine
 
 def test_public_api_is_pinned() -> None:
     assert sorted(engine.__all__) == [
+        "BacklogFull",
         "Diagnostic",
         "DispatchError",
         "Engine",
         "EngineError",
         "EngineSession",
         "EvaluationError",
+        "OutboxError",
         "PayloadTooLarge",
         "PushError",
         "PushResult",
@@ -31,4 +33,6 @@ def test_exception_tree() -> None:
     for error in (engine.RuleError, engine.PushError, engine.DispatchError, engine.EvaluationError):
         assert issubclass(error, engine.EngineError)
     assert issubclass(engine.PayloadTooLarge, engine.DispatchError)
+    assert issubclass(engine.BacklogFull, engine.OutboxError)
+    assert issubclass(engine.OutboxError, engine.EngineError)
     assert "RuleError" in (engine.errors.__doc__ or "")

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sqlite3
 import threading
 import time
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from engine.stores.sqlite import Outbox, OutboxError
 from tests.test_outbox import make_request, run_child
 
 
-def test_records_round_trip_and_a_torn_or_corrupt_tail_is_ignored(tmp_path: Path) -> None:
+def test_records_round_trip_and_a_torn_tail_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "j"
     writer = journal.JournalWriter(path, capacity=4096)
     first = journal.encode(["a", 1, None, [["k", "v"]]], b"body one \xff")
@@ -28,25 +30,161 @@ def test_records_round_trip_and_a_torn_or_corrupt_tail_is_ignored(tmp_path: Path
     writer.append(first + second)
     assert writer.end == len(first) + len(second)
     assert path.stat().st_size == 4096  # allocated ahead, zeros after the records
-    records, end = journal.read(path, 0)  # read through the file, not the mapping
+    records, end, skipped = journal.read(path, 0)  # read through the file, not the mapping
     assert records == [
         (["a", 1, None, [["k", "v"]]], b"body one \xff"),
         (["b", "\u00e9\u2713"], b""),
     ]
-    assert end == writer.end
-    assert journal.read(path, len(first)) == ([(["b", "\u00e9\u2713"], b"")], end)
-    assert journal.read(path, 0, len(first)) == ([records[0]], len(first))
-    # A record the kill interrupted: only its start made it.
+    assert end == writer.end and skipped == []  # the zeros after them are free space
+    assert journal.read(path, len(first)) == ([(["b", "\u00e9\u2713"], b"")], end, [])
+    assert journal.read(path, 0, len(first)) == ([records[0]], len(first), [])
+    # A record the kill interrupted: only its start made it. Final (the file's end): it is
+    # passed over, torn; not final (a slice of a live journal): left for later.
     third = journal.encode(["c"], b"x" * 100)
-    assert journal.parse(first + second + third[:40]) == (records, end)
-    # A flipped byte fails the checksum: that record and everything after it are not read.
-    flipped = bytearray(first + second)
-    flipped[len(first) - 1] ^= 0x01
-    assert journal.parse(bytes(flipped)) == ([], 0)
-    assert journal.parse(b"\0" * 64) == ([], 0)
+    cut = first + second + third[:40]
+    assert journal.parse(cut) == (records, len(cut), [journal.Skipped(end, third[:40], True)])
+    assert journal.parse(cut + bytes(500)) == journal.parse(cut)  # zeros after it, the same
+    assert journal.parse(cut, final=False) == (records, end, [])
+    assert journal.parse(b"\0" * 64) == ([], 0, [])
+    assert journal.parse(b"\0" * 64, final=False) == ([], 0, [])
+    assert journal.parse(b"") == ([], 0, [])
     writer.close()
     writer.close()
-    assert journal.read(tmp_path / "missing", 0) == ([], 0)
+    assert journal.read(tmp_path / "missing", 0) == ([], 0, [])
+
+
+def records_of(n: int, size: int = 40) -> list[bytes]:
+    return [journal.encode(["n", k], b'{"v":"' + b"y" * size + b'"}') for k in range(n)]
+
+
+def test_reading_resynchronizes_past_a_bad_record() -> None:
+    parts = records_of(6)
+    data = bytearray(b"".join(parts))
+    starts = [sum(map(len, parts[:k])) for k in range(7)]
+    data[starts[2] + 30] ^= 0x01  # a flipped byte in the third record's body: its CRC fails
+    records, end, skipped = journal.parse(bytes(data))
+    assert [header[1] for header, _ in records] == [0, 1, 3, 4, 5]
+    assert end == len(data)
+    assert skipped == [journal.Skipped(starts[2], bytes(data[starts[2] : starts[3]]), False)]
+    # Damage in a head: a wrong magic, a length that runs past the end, lengths above the
+    # bound (a header length's top byte 0x40: 2**30 at least).
+    for where, value in ((0, 0x00), (10, 0x7F), (11, 0x40)):
+        bad = bytearray(b"".join(parts))
+        bad[starts[1] + where] = value
+        records, end, skipped = journal.parse(bytes(bad))
+        assert [header[1] for header, _ in records] == [0, 2, 3, 4, 5], where
+        assert [(s.offset, len(s.data)) for s in skipped] == [(starts[1], len(parts[1]))]
+    # Several damaged records in a row make one chunk; two stretches make two.
+    bad = bytearray(b"".join(parts))
+    for k in (1, 2, 4):
+        bad[starts[k] + 20] ^= 0xFF
+    records, _, skipped = journal.parse(bytes(bad))
+    assert [header[1] for header, _ in records] == [0, 3, 5]
+    assert [(s.offset, len(s.data)) for s in skipped] == [
+        (starts[1], starts[3] - starts[1]),
+        (starts[4], len(parts[4])),
+    ]
+    # A damaged last record, zeros after it: torn at the end.
+    bad = bytearray(b"".join(parts)) + bytes(100)
+    bad[starts[5] + 20] ^= 0xFF
+    records, end, skipped = journal.parse(bytes(bad))
+    assert len(records) == 5 and end == starts[6]
+    assert skipped == [journal.Skipped(starts[5], bytes(bad[starts[5] : starts[6]]), True)]
+    # Header JSON that is not a list, or not JSON, with a right CRC, is not a record either.
+    odd = journal.encode({"not": "a list"}, b"")  # type: ignore[arg-type]
+    broken = journal._HEAD.pack(journal._MAGIC, zlib.crc32(b"[1,"), 3, 0) + b"[1,"
+    for bad_record in (odd, broken):
+        records, _, skipped = journal.parse(parts[0] + bad_record + parts[1])
+        assert len(records) == 2 and [s.data for s in skipped] == [bad_record]
+
+
+def test_zeros_followed_by_records_are_damage_not_the_end() -> None:
+    parts = records_of(5)
+    starts = [sum(map(len, parts[:k])) for k in range(6)]
+    data = bytearray(b"".join(parts)) + bytes(64)
+    data[starts[1] : starts[3]] = bytes(starts[3] - starts[1])  # two records zeroed
+    records, end, skipped = journal.parse(bytes(data))
+    assert [header[1] for header, _ in records] == [0, 3, 4]
+    assert end == starts[5]
+    assert [(s.offset, len(s.data), s.torn) for s in skipped] == [
+        (starts[1], starts[3] - starts[1], False)
+    ]
+    # Not final (a live slice): an all-zero head is where writing has got to.
+    assert journal.parse(bytes(data), final=False) == (
+        [journal.parse(parts[0]).records[0]],
+        starts[1],
+        [],
+    )
+
+
+def test_event_data_cannot_forge_a_record_inside_a_body() -> None:
+    """A body holding the text of a whole record (magic, CRC, lengths and all, as JSON
+    writes it) inside a record that fails its checksum: resync finds the magic in the body
+    but the forged head's lengths, made of bytes >= 0x20, add up past the bound."""
+    inner = journal.encode(["forged"], b"{}")
+    text = inner.decode("latin-1")  # every byte as a character, control ones included
+    body = json.dumps({"note": "TGJ1" + text + "TGJ1" + "\u0001" * 12 + "[]"}).encode()
+    assert b"TGJ1" in body and not any(byte < 0x20 for byte in body)
+    parts = [journal.encode(["n", 0], b"{}"), journal.encode(["n", 1], body)]
+    parts.append(journal.encode(["n", 2], b"{}"))
+    data = bytearray(b"".join(parts))
+    data[len(parts[0]) + 4] ^= 0xFF  # the CRC of the record holding the text
+    records, _, skipped = journal.parse(bytes(data))
+    assert [header for header, _ in records] == [["n", 0], ["n", 2]]
+    assert [len(s.data) for s in skipped] == [len(parts[1])]
+    # The bound the argument rests on: four bytes >= 0x20 make a length of at least this.
+    least = int.from_bytes(b"\x20" * 4, "little")
+    assert 2 * least > journal._MAX_RECORD == 2**30 > least
+
+
+class _Claims(bytes):
+    """Bytes that say they are a gigabyte long, without taking one."""
+
+    def __len__(self) -> int:
+        return journal._MAX_RECORD
+
+
+def test_a_record_longer_than_a_reader_accepts_is_refused() -> None:
+    with pytest.raises(ValueError, match="at most"):
+        journal.encode(["n"], _Claims(b"{}"))
+
+
+def test_counting_stops_at_the_end_of_the_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal, "_COUNT_BLOCK", 100)  # records straddle the blocks
+    path = tmp_path / "j"
+    writer = journal.JournalWriter(path, capacity=8192)
+    parts = records_of(12)
+    for part in parts:
+        writer.append(part)
+    assert journal.count(path, 0) == 12
+    assert journal.count(path, len(parts[0]) + len(parts[1])) == 10
+    assert journal.count(path, writer.end) == 0
+    assert journal.count(tmp_path / "missing", 0) == 0
+    writer.close()
+
+
+def test_the_quarantine_file_is_self_describing(tmp_path: Path) -> None:
+    path = tmp_path / "q"
+    assert journal.quarantined(path) == []
+    chunks = [journal.Skipped(10, b"\x00bad\nbytes", False), journal.Skipped(99, b"tail", True)]
+    journal.quarantine(path, "o.db-intake-1-a-1", chunks, now=1234.5)
+    journal.quarantine(path, "o.db-intake-2-b-1", [journal.Skipped(0, b"", False)], now=1300.0)
+    assert path.stat().st_mode & 0o777 == 0o600
+    found = journal.quarantined(path)
+    assert [(q.journal, q.offset, q.length, q.time, q.reason) for q in found] == [
+        ("o.db-intake-1-a-1", 10, 10, 1234.5, "unreadable"),
+        ("o.db-intake-1-a-1", 99, 4, 1234.5, "torn"),
+        ("o.db-intake-2-b-1", 0, 0, 1300.0, "unreadable"),
+    ]
+    data = path.read_bytes()
+    assert data[found[0].position : found[0].position + 10] == b"\x00bad\nbytes"
+    first_line = data.split(b"\n", 1)[0]
+    assert first_line.startswith(b"TGQ1 ") and json.loads(first_line[5:])["length"] == 10
+    with open(path, "ab") as file:  # a chunk a process died writing ends the list
+        file.write(b'TGQ1 {"journal": "x", "offset": 0, "length": 50, "time": 1}\nabc')
+    assert len(journal.quarantined(path)) == 3
 
 
 def test_a_full_journal_file_grows(tmp_path: Path) -> None:

@@ -10,15 +10,96 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from engine.clients.identity import merge_identity
+from engine.destinations.base import Request
 from engine.sessions import Session, VisitorMemory
+from engine.stores.base import BaseOutbox, PushTransaction, Sessions
+from engine.values import copy_json
 
 __all__ = ["MemorySessions"]
 
 
-class MemorySessions:
+class _Saved:
+    """What a push may change in a session and its visitor's memory, as it was before."""
+
+    __slots__ = (
+        "firings",
+        "identity",
+        "last_seen",
+        "pageview",
+        "pushes",
+        "session_kept",
+        "state",
+        "visitor_firings",
+        "visitor_kept",
+    )
+
+    def __init__(self, session: Session) -> None:
+        # Shallow copies suffice: a state is replaced, never changed, and kept values are
+        # snapshots of it; a push changes only the top level of the identity (a local
+        # Sitecore browser id) and appends to firing lists.
+        self.state = session.state
+        self.pageview = dict(session.kept["pageview"])
+        self.session_kept = dict(session.kept["session"])
+        self.firings = {rule: list(times) for rule, times in session.firings.items()}
+        self.identity = dict(session.identity)
+        self.last_seen, self.pushes = session.last_seen, session.pushes
+        memory = session.visitor
+        with memory.lock:
+            self.visitor_kept = dict(memory.kept)
+            self.visitor_firings = {rule: list(times) for rule, times in memory.firings.items()}
+
+    def restore(self, session: Session) -> None:
+        """Put it back, in place: other code holds references to these dicts."""
+        session.state = self.state
+        for held, saved in (
+            (session.kept["pageview"], self.pageview),
+            (session.kept["session"], self.session_kept),
+            (session.firings, self.firings),
+            (session.identity, self.identity),
+        ):
+            held.clear()
+            held.update(saved)
+        session.last_seen, session.pushes = self.last_seen, self.pushes
+        memory = session.visitor
+        with memory.lock:
+            memory.kept.clear()
+            memory.kept.update(self.visitor_kept)
+            memory.firings.clear()
+            memory.firings.update(self.visitor_firings)
+
+
+class _Transaction(PushTransaction):
+    __slots__ = ("_saved", "committed", "session")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._saved = _Saved(session)
+        self.committed = False
+
+    def commit(
+        self,
+        items: Sequence[tuple[Request, str]],
+        outbox: BaseOutbox | None,
+        now: float,
+    ) -> bool:
+        if items and outbox is not None:
+            if outbox.max_backlog is not None:
+                outbox.check_bound(len(items))
+            outbox.append_many(items, now=now)  # raises: rolled back by begin()
+        self.committed = True
+        return True
+
+    def rollback(self) -> None:
+        if not self.committed:
+            self._saved.restore(self.session)
+
+
+class MemorySessions(Sessions):
     """A thread-safe, in-memory, bounded set of sessions.
 
     A session idle for ``idle_timeout`` seconds or more has expired; when ``max_sessions`` are
@@ -44,6 +125,7 @@ class MemorySessions:
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
         self._visitors: dict[str, VisitorMemory] = {}
         self._lock = threading.Lock()
+        self._visitor_locks: dict[str, list[Any]] = {}  # visitor id → [RLock, users]
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -70,6 +152,64 @@ class MemorySessions:
             )
             self._add(session)
             return session
+
+    @contextmanager
+    def begin(
+        self, session_id: str, visitor_id: str | None, now: float
+    ) -> Iterator[PushTransaction]:
+        """The live session, held for one push: the visitor's pushes (all its sessions) one at
+        a time, and on an exception or a failed commit everything the push changed undone."""
+        session = self.get(session_id, visitor_id, now)
+        with self._visitor_lock(session.visitor_id), session.lock:
+            transaction = _Transaction(session)
+            try:
+                yield transaction
+            except BaseException:
+                transaction.rollback()
+                raise
+
+    def read(self, session_id: str) -> Session | None:
+        return self.peek(session_id)
+
+    def identity(self, session_id: str) -> dict[str, Any] | None:
+        session = self.peek(session_id)
+        if session is None:
+            return None
+        with session.lock:
+            return copy_json(session.identity)  # type: ignore[no-any-return]
+
+    def merge_identity(
+        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
+    ) -> None:
+        session = self.peek(session_id)
+        if session is not None:
+            with session.lock:
+                merge_identity(session.identity, base, result)
+
+    def update_identity(
+        self, session_id: str, visitor_id: str | None, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        session = self.get(session_id, visitor_id)
+        with session.lock:
+            change(session.identity)
+
+    @contextmanager
+    def _visitor_lock(self, visitor_id: str) -> Iterator[None]:
+        # One visitor's pushes one at a time, whichever of its sessions: they share its
+        # memory, which a failed push puts back as it was. Held while the lock is wanted.
+        with self._lock:
+            held = self._visitor_locks.get(visitor_id)
+            if held is None:
+                held = self._visitor_locks[visitor_id] = [threading.RLock(), 0]
+            held[1] += 1
+        try:
+            with held[0]:
+                yield
+        finally:
+            with self._lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._visitor_locks[visitor_id]
 
     def peek(self, session_id: str) -> Session | None:
         """The live session ``session_id``, or ``None``; neither creates nor marks it used."""

@@ -12,7 +12,9 @@ Two ways in. :meth:`Outbox.put` and :meth:`Outbox.put_many` insert and commit, a
 :meth:`Outbox.append_many`, the background push's path, appends the sends to this process's
 intake journal (:mod:`engine.stores.journal`): a copy into a file mapped in memory, with no system
 call and a fraction of a transaction's cost; the next operation on the outbox moves them into
-``entries``, in order.
+``entries``, in order. A process that only pushes calls :meth:`Outbox.ingest` now and then to
+do that; a delivering process calls :meth:`Outbox.adopt` now and then to read in the journals
+of processes that died.
 
 Guarantees:
 
@@ -27,7 +29,25 @@ Guarantees:
   :meth:`Outbox.purge` (an operator's decision). :meth:`Outbox.recover` puts what a crash left
   in flight back to pending, so it may be delivered twice; Edge de-duplicates on ``xdm._id``.
   A journal a dead process left behind is read in by the next :class:`Outbox` opened on the
-  file, or by :meth:`Outbox.recover`; a record it was writing as it died is ignored.
+  file, by :meth:`Outbox.adopt` or by :meth:`Outbox.recover`, from where the ``intake`` table
+  says its process had read it; a journal with no row there (the row was lost with the
+  ``-wal``, say) is read from its start, so sends already read in may go twice.
+- **A journal outlives the WAL.** A journal file is deleted (read to its end by its process
+  at close or when it rotates to a new file, or adopted from a dead one) only after a
+  ``wal_checkpoint(FULL)`` that completed: what it held is then in the database file itself,
+  synced, so losing the ``-wal`` (removed after a crash) cannot take it along. When the
+  checkpoint cannot complete (another connection is reading), the file stays, its ``intake``
+  row at its end, and a later adoption deletes it.
+- **Nothing unreadable is dropped silently.** Reading a journal resynchronizes past a damaged
+  record to the next one that validates (:mod:`engine.stores.journal`); the bytes passed over,
+  and a record cut short by a kill (never acknowledged), are appended to the quarantine file
+  (``<database>-quarantine``, :attr:`Outbox.quarantine_path`) before the journal goes, logged
+  at WARNING on ``engine.outbox`` with the journal's name, and counted by
+  :meth:`Outbox.backlog`. Quarantined bytes are not delivered.
+- **Private files.** The database, its ``-wal`` and ``-shm``, the journals and the quarantine
+  file are created with mode 0600 (SQLite gives ``-wal`` and ``-shm`` the database file's
+  mode, so the file is made before SQLite opens it); an existing database that group or
+  others could read is made 0600, with its ``-wal`` and ``-shm``, and a WARNING says so.
 - **Per-session order.** ``session`` is an ordering key: :meth:`Outbox.claim` hands out at most
   one entry per session at a time, always the session's lowest ``seq``, and only when nothing
   of that session is in flight. A later send is never claimed while an earlier one of its
@@ -37,6 +57,10 @@ Guarantees:
   the head unblocks the session; a revived dead letter keeps its ``seq`` and goes ahead of
   later pending ones.
   Sends appended by one process keep their order among themselves and with its ``put`` ones.
+- **Several deliverers.** Processes of one host may claim from one file at once: each claim
+  records its owner (``pid:random``), and :meth:`Outbox.recover` without ``older_than`` puts
+  back only what owners that are gone left in flight (a process that no longer runs, or a
+  closed :class:`Outbox` of this one), never a live deliverer's sends.
 - **Never drops.** There is no capacity limit; a write that cannot be made (disk full, file
   unreadable) raises :class:`OutboxError` to the caller instead of being lost silently.
 - **Threads and processes.** One connection per :class:`Outbox`, serialized by a lock; other
@@ -53,6 +77,8 @@ import json
 import logging
 import os
 import sqlite3
+import stat
+import sys
 import threading
 import time
 import uuid
@@ -66,6 +92,7 @@ from typing import Any, Literal, cast
 from engine.destinations.base import Destination, Kind, Request, parse_bytes
 from engine.errors import OutboxError
 from engine.stores import journal
+from engine.stores.base import Backlog, BaseOutbox
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
 
@@ -112,6 +139,9 @@ def _columns(**override: str) -> str:
 # without a new schema version: processes of the previous release ignore the table, so they
 # keep working on a file a newer one opened (a rolling deploy).
 _INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
+# The oldest entry for backlog() without a scan. Added to existing files the same way: an
+# index changes nothing a previous release reads or writes (SQLite keeps it up to date).
+_CREATED_INDEX = "CREATE INDEX IF NOT EXISTS entries_created ON entries (created)"
 
 _SCHEMA = f"""
 CREATE TABLE entries (
@@ -133,6 +163,7 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_session ON dead_letters (session, seq);
 {_INTAKE_TABLE};
+{_CREATED_INDEX};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
@@ -158,6 +189,7 @@ _ROTATE_AT = 4 << 20  # bytes: a journal read to its end past this is replaced b
 _UNFINISHED_AFTER = 60.0  # seconds after which a journal file still being made was abandoned
 _IDS_PER_STATEMENT = 500  # ids bound in one `IN (...)` (SQLite allows 999 before 3.32)
 _INGEST_CHUNK = 256 << 10  # bytes of journal read into `entries` per transaction, at most
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 _CLAIMABLE = f"""
 SELECT id, {_COLUMNS}, state, NULL FROM entries AS e
@@ -348,12 +380,13 @@ def _id_list(ids: Iterable[int] | None) -> list[int] | None:
     return None if ids is None else sorted({int(i) for i in ids})
 
 
-class Outbox:
+class Outbox(BaseOutbox):
     """A durable, ordered store of sends; see the module docstring for the guarantees.
 
-    ``path`` names the SQLite file (created if missing unless ``create=False``); ``None`` or
-    ``":memory:"`` keeps it in memory, with the same API and no durability. Opening never
-    changes entries: call :meth:`recover` once when the dispatching process starts.
+    ``path`` names the SQLite file (created with mode 0600 if missing, unless
+    ``create=False``); ``None`` or ``":memory:"`` keeps it in memory, with the same API and no
+    durability. Opening reads in the journals of dead processes (:meth:`adopt`) but changes
+    no entry in flight: a dispatching process calls :meth:`recover` once as it starts.
 
     Thread safety: one connection guarded by a lock. SQLite admits one writer at a time anyway,
     so per-thread connections would only add lock contention on the file (``SQLITE_BUSY``
@@ -383,10 +416,12 @@ class Outbox:
         self._closed = False
         self._pid = os.getpid()
         self._owner = f"{self._pid}:{uuid.uuid4().hex[:12]}"
+        self._quarantine = None if self._memory else str(journal.quarantine_file(self._path))
+        self._quarantine_seen: tuple[tuple[int, int, int], int] | None = None  # stat, chunks
         self._reset_intake()
         with self._locked():
             self._connection()  # fail now, not at the first put, on a bad file
-            self._adopt()
+            self._adopt(tidy=True)
         _INSTANCES.add(self)
 
     # -- connection, fork -------------------------------------------------------------------
@@ -398,6 +433,8 @@ class Outbox:
             target, uri = self._path, False
         else:
             target, uri = Path(self._path).resolve().as_uri() + "?mode=rw", True
+        if not self._memory:
+            self._make_private()
         try:
             conn = sqlite3.connect(
                 target,
@@ -440,13 +477,49 @@ class Outbox:
                 )
             elif version != SCHEMA_VERSION or not {"entries", "dead_letters"} <= tables:
                 raise OutboxError(f"{self.name} is not a tagengine outbox")
-            elif "intake" not in tables:
-                conn.execute(_INTAKE_TABLE)  # a file of the previous release
+            else:  # a file of an earlier release gains what was added since (no-ops else)
+                if "intake" not in tables:
+                    conn.execute(_INTAKE_TABLE)
+                if "entries_created" not in tables:
+                    conn.execute(_CREATED_INDEX)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _make_private(self) -> None:
+        """Create the database file with mode 0600 if it is missing (SQLite then gives its
+        ``-wal`` and ``-shm`` that mode too), and take group and other access away from
+        existing ones, saying so."""
+        if self._create:
+            try:
+                fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+            except OSError:
+                pass  # there already (or a missing folder, which SQLite reports)
+            else:
+                os.close(fd)  # SQLite takes an empty file for a new database
+        made: list[str] = []
+        for name in (self._path, f"{self._path}-wal", f"{self._path}-shm"):
+            try:
+                mode = os.stat(name).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode) or not mode & 0o077:
+                continue
+            try:
+                os.chmod(name, 0o600)
+            except OSError as exc:  # another user's file, say
+                log.warning("outbox %s: %s is readable by others: %s", self.name, name, exc)
+            else:
+                made.append(name)
+        if made:
+            log.warning(
+                "outbox %s: %s could be read by other users (it holds visitors' data): made "
+                "private (mode 0600)",
+                self.name,
+                ", ".join(made),
+            )
 
     def _connection(self) -> sqlite3.Connection:
         if self._closed:
@@ -502,6 +575,7 @@ class Outbox:
             conn = self._connection()
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._read_in = 0
                 try:
                     self._ingest(conn)
                     yield conn
@@ -546,6 +620,7 @@ class Outbox:
         self._cursor = 0
         self._queued: list[bytes] = []  # in memory: appended records not yet ingested
         self._taken: list[bytes] = []  # ...taken from _queued by the open transaction
+        self._read_in = 0  # records read into the open transaction (for ingest's count)
 
     def _journal_path(self, generation: int) -> str:
         return f"{self._path}-intake-{self._owner.replace(':', '-')}-{generation}"
@@ -563,9 +638,10 @@ class Outbox:
         For a file outbox the sends are copied into this process's intake journal
         (:mod:`engine.stores.journal`, mapped in memory; flushed to disk with ``synchronous="FULL"``),
         with the same durability as :meth:`put_many`; the next operation on the outbox (a worker's
-        :meth:`claim`, say) moves them into the database. Other processes see them then, or,
-        if this process dies first, when they open the outbox or :meth:`recover`. Where there
-        is no journal (Windows: :data:`engine.stores.journal.AVAILABLE`), this is :meth:`put_many`.
+        :meth:`claim`, or :meth:`ingest` in a process that only pushes) moves them into the
+        database. Other processes see them then, or, if this process dies first, when they
+        open the outbox, :meth:`adopt` or :meth:`recover`. Where there is no journal
+        (Windows: :data:`engine.stores.journal.AVAILABLE`), this is :meth:`put_many`.
         """
         stamp = time.time() if now is None else now
         if not self._memory and not journal.AVAILABLE:
@@ -598,8 +674,10 @@ class Outbox:
                 f"outbox {self.name}: cannot write the intake journal: {exc}"
             ) from exc
 
-    def _start_journal(self) -> None:
-        """Create this process's next journal file and record it (called with the lock)."""
+    def _start_journal(self) -> journal.JournalWriter | None:
+        """Create this process's next journal file and record it (called with the lock); the
+        journal it replaces, read to its end, for the caller to :meth:`_discard` and close
+        once appends go to the new one."""
         generation = self._journal_gen + 1
         path = self._journal_path(generation)
         try:
@@ -608,15 +686,11 @@ class Outbox:
             raise OutboxError(f"outbox {self.name}: cannot create {path}: {exc}") from exc
         try:
             with self._write() as conn:
+                # The replaced file's row stays, at its end, until the file is gone.
                 conn.execute(
                     "INSERT OR REPLACE INTO intake (name, offset) VALUES (?, 0)",
                     (os.path.basename(path),),
                 )
-                if self._journal is not None:
-                    conn.execute(
-                        "DELETE FROM intake WHERE name = ?",
-                        (os.path.basename(self._journal.path),),
-                    )
         except BaseException:
             writer.close()
             with contextlib.suppress(OSError):
@@ -624,10 +698,7 @@ class Outbox:
             raise
         old, self._journal = self._journal, writer
         self._journal_gen, self._ingested, self._cursor = generation, 0, 0
-        if old is not None:
-            old.close()
-            with contextlib.suppress(OSError):
-                os.unlink(old.path)
+        return old
 
     def _ingest(self, conn: sqlite3.Connection) -> None:
         """Move what this process appended into ``entries`` (inside a write transaction)."""
@@ -635,8 +706,9 @@ class Outbox:
             with self._journal_lock:
                 chunks, self._queued = self._queued, []
             self._taken.extend(chunks)
-            records, _ = journal.parse(b"".join(chunks))
+            records = journal.parse(b"".join(chunks)).records
             conn.executemany(_INSERT, [_row(*record) for record in records])
+            self._read_in += len(records)
             return
         if self._journal is not None:
             # A bounded slice per transaction: a backlog is read in over several claims rather
@@ -659,25 +731,32 @@ class Outbox:
         if box.end <= start:
             return
         stop = box.end if chunk is None else min(box.end, start + chunk)
-        records, used = journal.parse(box.view(start, stop))
-        if not records and stop < box.end:  # one record longer than the slice
+        parsed = journal.parse(box.view(start, stop), final=stop == box.end)
+        if not parsed.records and not parsed.skipped and stop < box.end:
+            # One record longer than the slice: read it whole.
             length = journal.record_length(box.view(start, min(box.end, start + 64)))
-            records, used = journal.parse(box.view(start, min(box.end, start + length)))
-        offset = start + used
-        if not records:
-            # Unreadable bytes in this process's own journal (it writes whole records only):
-            # say so and go past them, rather than stop delivering everything after them.
-            log.error(
-                "outbox %s: %d unreadable bytes in %s skipped",
-                self.name,
-                box.end - start,
-                box.path,
-            )
-            offset = box.end
-        conn.executemany(_INSERT, [_row(*record) for record in records])
+            if length:
+                stop = min(box.end, start + length)
+                parsed = journal.parse(box.view(start, stop), final=stop == box.end)
+        if (parsed.skipped or not parsed.records) and stop < box.end:
+            # Bytes that are not records: this process writes whole records only, so
+            # something else wrote there. The next record may lie past the slice; the end of
+            # what was written is a record's end for sure.
+            stop = box.end
+            parsed = journal.parse(box.view(start, stop), final=True)
+        skipped = [journal.Skipped(start + s.offset, s.data, False) for s in parsed.skipped]
+        offset = start + parsed.end
+        if stop == box.end and offset < stop:  # zeros where whole records were written
+            skipped.append(journal.Skipped(offset, box.view(offset, stop), False))
+            offset = stop
+        if skipped:
+            # Pass over them even if they cannot be kept: not stop delivering what follows.
+            self._quarantine_chunks(box.path, skipped)
+        conn.executemany(_INSERT, [_row(*record) for record in parsed.records])
         conn.execute(
             "UPDATE intake SET offset = ? WHERE name = ?", (offset, os.path.basename(box.path))
         )
+        self._read_in += len(parsed.records)
         self._cursor = offset
 
     def _ingest_committed(self) -> None:
@@ -698,44 +777,132 @@ class Outbox:
         if box is None or self._ingested < _ROTATE_AT or box.end != self._ingested:
             return
         # Lock order, everywhere: the outbox's lock, then the journal's.
-        with self._locked(), self._journal_lock:  # no append while the files change
-            if self._journal is box and box.end == self._ingested:
-                with contextlib.suppress(OutboxError):  # the current file serves on
-                    self._start_journal()
+        with self._locked():
+            with self._journal_lock:  # no append while the files change
+                if self._journal is not box or box.end != self._ingested:
+                    return
+                try:
+                    old = self._start_journal()
+                except OutboxError:
+                    return  # the current file serves on
+            # Outside the journal's lock: pushes go on into the new file meanwhile.
+            if old is not None:
+                self._discard([old.path])
+                old.close()
 
-    def _adopt_orphans(self, conn: sqlite3.Connection) -> list[str]:
-        """Move into ``entries`` what dead processes left in their journals (inside a write
-        transaction); the files to delete once it commits."""
-        offsets = dict(conn.execute("SELECT name, offset FROM intake").fetchall())
-        own = None if self._journal is None else os.path.basename(self._journal.path)
-        done: list[str] = []
-        for path in journal.journal_files(self._path):
-            if path.name == own:
+    def _checkpoint(self) -> bool:
+        """Copy every committed transaction from the ``-wal`` into the database file, synced;
+        whether it all went (no other connection held it back)."""
+        try:
+            row = self._connection().execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+        except sqlite3.Error as exc:
+            log.info("outbox %s: checkpoint failed: %s", self.name, exc)
+            return False
+        # (busy, frames in the -wal, frames checkpointed); not in WAL mode: (0, -1, -1).
+        return row is not None and row[0] == 0
+
+    def _discard(self, paths: Sequence[str]) -> None:
+        """Delete journal files whose records are all committed to ``entries``, once the
+        database file itself holds them (:meth:`_checkpoint`); else keep them, their
+        ``intake`` rows at their ends, for a later adoption to delete."""
+        if not paths:
+            return
+        if not self._checkpoint():
+            log.info(
+                "outbox %s: the database could not be checkpointed (a connection is reading): "
+                "%s kept until a later try",
+                self.name,
+                ", ".join(paths),
+            )
+            return
+        gone: list[str] = []
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("outbox %s: cannot delete %s: %s", self.name, path, exc)
                 continue
-            with journal.claim_orphan(path) as orphan:
-                if not orphan:
-                    continue  # a live process's
-                offset = offsets.pop(path.name, None)
-                if offset is not None:
-                    records, _ = journal.read(path, offset)
-                    conn.executemany(_INSERT, [_row(*record) for record in records])
-                    conn.execute("DELETE FROM intake WHERE name = ?", (path.name,))
-                done.append(str(path))
-        for path in journal.unfinished_files(self._path):
-            with contextlib.suppress(OSError), journal.claim_orphan(path) as orphan:
-                # Old, so not one a live process is making right now (not locked yet).
-                if orphan and time.time() - path.stat().st_mtime > _UNFINISHED_AFTER:
-                    done.append(str(path))
+            gone.append(os.path.basename(path))
+        # Its row goes after the file (a crash in between leaves a row that _adopt_orphans
+        # drops), never before: a file without a row is read again from its start.
+        with contextlib.suppress(OutboxError), self._write() as conn:
+            conn.executemany("DELETE FROM intake WHERE name = ?", [(name,) for name in gone])
+
+    def _quarantine_chunks(self, source: str, chunks: list[journal.Skipped]) -> bool:
+        """Append ``chunks``, passed over in the journal file ``source``, to the quarantine
+        file, and say so; whether they are kept there."""
+        target = cast(str, self._quarantine)
+        size = sum(len(chunk.data) for chunk in chunks)
+        try:
+            journal.quarantine(target, os.path.basename(source), chunks)
+        except OSError as exc:
+            log.error(
+                "outbox %s: %s: %d unreadable chunk(s), %d byte(s), could not be quarantined "
+                "in %s: %s",
+                self.name,
+                source,
+                len(chunks),
+                size,
+                target,
+                exc,
+            )
+            return False
+        torn = " (the last cut short at the end: a write its process died in)"
+        log.warning(
+            "outbox %s: %s: %d unreadable chunk(s), %d byte(s), quarantined in %s, not delivered%s",
+            self.name,
+            source,
+            len(chunks),
+            size,
+            target,
+            torn if chunks[-1].torn else "",
+        )
+        return True
+
+    def _adopt_orphans(
+        self, conn: sqlite3.Connection, orphans: Sequence[Path]
+    ) -> tuple[int, list[str]]:
+        """Move into ``entries`` what the dead processes' journals ``orphans`` (locked by
+        this process) hold past what was read of them (inside a write transaction); how many
+        records, and the files to :meth:`_discard` once it commits."""
+        offsets = dict(conn.execute("SELECT name, offset FROM intake").fetchall())
+        count = 0
+        done: list[str] = []
+        for path in orphans:
+            offset = offsets.get(path.name)
+            parsed = journal.read(path, 0 if offset is None else offset)
+            # Kept before the journal can go. (Should this transaction fail, the next
+            # adoption quarantines them again: twice rather than never.)
+            if parsed.skipped and not self._quarantine_chunks(str(path), parsed.skipped):
+                continue  # the journal stays, for a later try
+            if offset is None and parsed.records:
+                log.warning(
+                    "outbox %s: %s has no intake row (lost with the -wal?): read from its "
+                    "start, so sends already read in may go twice",
+                    self.name,
+                    path,
+                )
+            conn.executemany(_INSERT, [_row(*record) for record in parsed.records])
+            conn.execute(
+                "INSERT OR REPLACE INTO intake (name, offset) VALUES (?, ?)",
+                (path.name, parsed.end),
+            )
+            count += len(parsed.records)
+            done.append(str(path))
+        own = None if self._journal is None else os.path.basename(self._journal.path)
         live = {path.name for path in journal.journal_files(self._path)}
         conn.executemany(
             "DELETE FROM intake WHERE name = ?",
             [(name,) for name in offsets if name not in live and name != own],
         )
-        return done
+        return count, done
 
     def _retire_journal(self) -> None:
         """At close: move what is left in this process's journal into ``entries`` and delete
-        the file. If that fails, the file stays for the next process to adopt."""
+        the file (:meth:`_discard`). If that fails, the file stays for the next process to
+        adopt."""
         with self._journal_lock:  # no append while the file goes
             box, self._journal = self._journal, None
             if box is None and not self._queued:
@@ -744,26 +911,76 @@ class Outbox:
                 with self._write() as conn:
                     if box is not None:
                         self._ingest_from(conn, box)
-                        conn.execute(
-                            "DELETE FROM intake WHERE name = ?", (os.path.basename(box.path),)
-                        )
             except OutboxError:
                 if box is not None:
                     box.close()
                 return
-            if box is not None:
-                box.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(box.path)
+        if box is not None:
+            self._discard([box.path])
+            box.close()
 
-    def _adopt(self) -> None:
+    def adopt(self) -> int:
+        """Read in what dead processes left in their journals, and delete those journals once
+        the database file holds it; how many sends. Each is read from where its process had
+        read it in, or from its start when the database has no row for it (at-least-once:
+        Edge de-duplicates on ``xdm._id``); what cannot be read is quarantined.
+
+        Opening the outbox and :meth:`recover` do this too; a delivering process calls it
+        every second or so. With nothing to adopt it costs a directory listing and a failed
+        ``flock`` per running process's journal: no transaction.
+        """
+        if self._closed:
+            raise OutboxError(f"outbox {self.name} is closed")
+        with self._locked():
+            return self._adopt()
+
+    def _adopt(self, *, tidy: bool = False) -> int:
+        """:meth:`adopt`; with ``tidy`` (at open), a transaction even without orphans, which
+        drops the ``intake`` rows of journals that are gone."""
         if self._memory:
-            return
-        with self._write() as conn:
-            done = self._adopt_orphans(conn)
-        for path in done:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            return 0
+        own = None if self._journal is None else os.path.basename(self._journal.path)
+        held: dict[Path, int] = {}
+        count = 0
+        try:
+            for path in journal.journal_files(self._path):
+                fd = None if path.name == own else journal.lock_orphan(path)
+                if fd is not None:
+                    held[path] = fd
+            if held or tidy:
+                with self._write() as conn:
+                    count, done = self._adopt_orphans(conn, list(held))
+                self._discard(done)  # still locked: no one reads them meanwhile
+        finally:
+            for fd in held.values():
+                os.close(fd)
+        for path in journal.unfinished_files(self._path):
+            with contextlib.suppress(OSError), journal.claim_orphan(path) as orphan:
+                # Old, so not one a live process is making right now (not locked yet). It
+                # never got its name, so nothing was appended to it.
+                if orphan and time.time() - path.stat().st_mtime > _UNFINISHED_AFTER:
+                    os.unlink(path)
+        return count
+
+    def ingest(self) -> int:
+        """Move everything this process has appended (:meth:`append_many`) into ``entries``, in
+        one transaction, where every process sees it; how many sends. With nothing to move
+        (the usual case between pushes) it returns 0 without a transaction.
+
+        Delivery reads a process's appends in as it claims; a process that only pushes calls
+        this on a timer instead, so its sends reach the delivering processes while it runs
+        (and do not pile up in its journal, which this rotates like a claim does).
+        """
+        if self._closed:
+            raise OutboxError(f"outbox {self.name} is closed")
+        if os.getpid() == self._pid and not self._unread():
+            return 0
+        with self._locked():
+            with self._write() as conn:
+                self._ingest_all(conn)
+            count = self._read_in
+        self._maybe_rotate()
+        return count
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -899,14 +1116,22 @@ class Outbox:
         return moved > 0
 
     def recover(self, *, older_than: float | None = None, now: float | None = None) -> int:
-        """Put entries left in flight back to pending (at-least-once); how many.
+        """Put entries left in flight back to pending (at-least-once); how many. The journals
+        of dead processes are adopted first (:meth:`adopt`).
 
-        Call once when the dispatching process starts, before it claims: every entry in
-        flight then belongs to a process that stopped. Each counts as one failed attempt
-        (``last_error`` says it was interrupted), so a send that crashes the process every
-        time still exhausts its attempts. Entries claimed by this instance are left alone.
-        When several processes dispatch from one file, pass ``older_than`` (seconds, above
-        the longest a send can take) to reset only entries claimed that long ago.
+        Without ``older_than``: the entries whose owner is gone, that is a process of this
+        host that no longer runs (``os.kill(pid, 0)`` finds none) or an :class:`Outbox` of
+        this process that was closed. A live owner's are left alone, so several delivering
+        processes may share one file and each call this as it starts. (A pid reused by
+        another process since makes a dead owner look alive; ``older_than`` covers that.
+        Where liveness cannot be asked, on Windows, every owner but this process's open
+        outboxes counts as gone: run one deliverer per file there.)
+
+        With ``older_than`` (seconds, above the longest a send can take): the entries claimed
+        that long ago, whoever claimed them, except this instance.
+
+        Each counts as one failed attempt (``last_error`` says it was interrupted), so a send
+        that crashes the process every time still exhausts its attempts.
         """
         stamp = time.time() if now is None else now
         sql = (
@@ -916,15 +1141,19 @@ class Outbox:
             " WHERE state = 'inflight' AND (owner IS NULL OR owner != :owner)"
         )
         params: dict[str, Any] = {"owner": self._owner, "now": stamp}
-        if older_than is not None:
-            sql += " AND claimed_at <= :cutoff"
-            params["cutoff"] = stamp - older_than
+        self.adopt()
         with self._write() as conn:
-            done = self._adopt_orphans(conn)
+            if older_than is not None:
+                sql += " AND claimed_at <= :cutoff"
+                params["cutoff"] = stamp - older_than
+            else:
+                owners = conn.execute(
+                    "SELECT DISTINCT owner FROM entries WHERE state = 'inflight'"
+                ).fetchall()
+                gone = [o for (o,) in owners if o is not None and not _owner_alive(o)]
+                sql += " AND (owner IS NULL OR owner IN (SELECT value FROM json_each(:gone)))"
+                params["gone"] = json.dumps(gone)
             count: int = conn.execute(sql, params).rowcount
-        for path in done:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
         return count
 
     def revive(self, ids: Iterable[int] | None = None, *, now: float | None = None) -> int:
@@ -1003,17 +1232,70 @@ class Outbox:
         return _entry(rows[0]) if rows else None
 
     def journaled(self) -> int:
-        """How many sends other running processes have appended to their intake journals
-        and not read into this file yet: they join :meth:`pending` at those processes' next
-        claim (this process's own are read in first)."""
+        """How many sends other processes have appended to their intake journals and not read
+        into this file yet: they join :meth:`pending` at those processes' next claim or
+        :meth:`ingest` (or, for a dead process's, at the next :meth:`adopt`); this process's
+        own are read in first."""
+        if self._memory:
+            return 0
         offsets = dict(self._read("SELECT name, offset FROM intake"))
         own = None if self._journal is None else os.path.basename(self._journal.path)
-        unread = 0
-        for path in journal.journal_files(self._path):
-            if path.name != own and path.name in offsets:
-                records, _ = journal.read(path, offsets[path.name])
-                unread += len(records)
-        return unread
+        return sum(
+            journal.count(path, offsets.get(path.name, 0))
+            for path in journal.journal_files(self._path)
+            if path.name != own
+        )
+
+    def backlog(self, *, now: float | None = None) -> Backlog:
+        """The outbox's figures (:class:`~engine.stores.base.Backlog`): cheap enough to call
+        every second (counts over indexes, the oldest through ``entries_created``, a read of
+        each running process's journal past what was read in, a ``stat`` of the quarantine
+        file)."""
+        pending, inflight, oldest, dead = self._read(
+            "SELECT (SELECT COUNT(*) FROM entries),"
+            " (SELECT COUNT(*) FROM entries WHERE state = 'inflight'),"
+            " (SELECT MIN(created) FROM entries),"
+            " (SELECT COUNT(*) FROM dead_letters)"
+        )[0]
+        stamp = time.time() if now is None else now
+        return Backlog(
+            pending=pending,
+            inflight=inflight,
+            oldest_age=None if oldest is None else max(0.0, stamp - oldest),
+            dead=dead,
+            journaled=self.journaled(),
+            quarantined=self._quarantined_count(),
+        )
+
+    @property
+    def quarantine_path(self) -> str | None:
+        """The file unreadable journal bytes are kept in (``<database>-quarantine``; it
+        exists once something was quarantined), or ``None`` in memory."""
+        return self._quarantine
+
+    def quarantined(self) -> list[journal.Quarantined]:
+        """The chunks in the quarantine file, oldest first (see :mod:`engine.stores.journal`
+        for its format)."""
+        return [] if self._quarantine is None else journal.quarantined(self._quarantine)
+
+    def _quarantined_count(self) -> int:
+        if self._quarantine is None:
+            return 0
+        try:
+            info = os.stat(self._quarantine)
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise OutboxError(f"outbox {self.name}: {exc}") from exc
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        seen = self._quarantine_seen
+        if seen is None or seen[0] != key:  # read only when it changed
+            try:
+                seen = (key, len(journal.quarantined(self._quarantine)))
+            except OSError as exc:
+                raise OutboxError(f"outbox {self.name}: {exc}") from exc
+            self._quarantine_seen = seen
+        return seen[1]
 
     def counts(self) -> dict[str, int]:
         """``{"pending": n, "inflight": n, "dead": n}``."""
@@ -1065,6 +1347,30 @@ class Outbox:
 
     def __repr__(self) -> str:
         return f"Outbox({self.name!r})"
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the claimer ``owner`` (``"pid:random"``, :attr:`Outbox._owner`) may still settle
+    what it claimed: an open :class:`Outbox` of this process, or a process that runs."""
+    pid_text, _, _ = owner.partition(":")
+    if not (pid_text.isascii() and pid_text.isdigit()) or int(pid_text) <= 0:
+        return False  # not one of ours: nobody will settle it
+    pid = int(pid_text)
+    if pid == os.getpid():
+        while True:
+            try:
+                return any(box._owner == owner and not box._closed for box in list(_INSTANCES))
+            except RuntimeError:  # another thread opened an outbox meanwhile: look again
+                continue
+    if sys.platform == "win32":  # os.kill(pid, 0) would stop it there
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's, alive
+        return True
+    return True
 
 
 # -- fork handling (module level: one set of hooks for every instance) -----------------------

@@ -1,0 +1,214 @@
+"""The two interfaces every store implements: :class:`Sessions` (where a visitor's session
+lives between pushes) and :class:`BaseOutbox` (where sends wait for delivery), and what an
+outbox reports about itself (:class:`Backlog`).
+
+An operator (``tagengine outbox list``), an app (``Engine.backlog()``) and a push-only process
+with a bound (``Engine(max_backlog=N)``) read the same figures from a SQLite outbox and a
+Redis one.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.destinations.base import Request
+from engine.errors import BacklogFull
+from engine.sessions import Session
+
+if TYPE_CHECKING:
+    from engine.stores.sqlite import Entry
+
+__all__ = ["Backlog", "BacklogFull", "BaseOutbox", "PushTransaction", "Sessions"]
+
+Which = Literal["dead", "pending", "all"]
+_BOUND_READ_EVERY = 1.0  # seconds between two reads of the backlog for max_backlog
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """An outbox's backlog at one moment.
+
+    ``pending``: sends not delivered yet, those in flight included; ``inflight``: of those,
+    the ones a worker is delivering now; ``oldest_age``: seconds since the oldest of them
+    was stored (``None`` when there is none); ``dead``: dead letters; ``journaled``: sends
+    running processes have appended to their intake journals and not read in yet (SQLite
+    only); ``quarantined``: unreadable journal records kept aside, not delivered (SQLite
+    only).
+    """
+
+    pending: int
+    inflight: int
+    oldest_age: float | None
+    dead: int
+    journaled: int = 0
+    quarantined: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PushTransaction(ABC):
+    """One push's hold on its session (:meth:`Sessions.begin`): ``session`` is what the push
+    changes; :meth:`commit` stores the change and the push's sends together, or neither."""
+
+    session: Session
+
+    @abstractmethod
+    def commit(
+        self, items: Sequence[tuple[Request, str]], outbox: BaseOutbox | None, now: float
+    ) -> bool:
+        """Store the session as the push left it and ``items`` (``(request, session id)``
+        sends, dated ``now``) in ``outbox``, as one step; ``outbox`` ``None`` stores the session alone.
+        False when another process changed the session meanwhile: nothing was stored, and
+        the push must run again on a fresh :meth:`Sessions.begin`. Raises
+        :class:`~engine.errors.OutboxError` (nothing stored, the session as it was) when
+        either cannot be written, and :class:`BacklogFull` when the outbox is over its
+        bound."""
+
+
+class Sessions(ABC):
+    """Where sessions live between pushes: in this process's memory
+    (:class:`~engine.stores.memory.MemorySessions`) or in Redis, shared by every process
+    (:class:`~engine.stores.redis_sessions.RedisSessions`).
+
+    A push runs inside :meth:`begin`, which hands it the session and serializes it with the
+    session's other pushes; delivery reads the visitor's identity with :meth:`identity` and
+    writes back what an answer changed with :meth:`merge_identity`, so whichever process
+    delivers, the visitor keeps one ECID and one Sitecore browser id.
+    """
+
+    idle_timeout: float
+
+    @abstractmethod
+    def begin(
+        self, session_id: str, visitor_id: str | None, now: float
+    ) -> AbstractContextManager[PushTransaction]:
+        """Hold the session ``session_id`` (created on first use or after it expired) for one
+        push. Nothing the block changed is kept unless it commits; an exception out of the
+        block leaves the session as it was."""
+
+    @abstractmethod
+    def read(self, session_id: str) -> Session | None:
+        """The live session, as it is now, or ``None``; a copy where the store is shared."""
+
+    @abstractmethod
+    def identity(self, session_id: str) -> dict[str, Any] | None:
+        """A copy of the session's identity (ECID, state entries, Sitecore browser id), or
+        ``None`` when the session is not held (expired, never seen)."""
+
+    @abstractmethod
+    def merge_identity(
+        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
+    ) -> None:
+        """Apply what a delivery changed from ``base`` (:meth:`identity` as it started) to
+        ``result`` onto the session's identity as it is now
+        (:func:`~engine.clients.identity.merge_identity`); nothing when the session is gone."""
+
+    @abstractmethod
+    def update_identity(
+        self, session_id: str, visitor_id: str | None, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        """Run ``change`` on the session's identity and store it (the session is created if
+        needed): the visitor's cookies taken in, say."""
+
+    @abstractmethod
+    def restore(self, data: dict[str, Any]) -> Session:
+        """Put back an exported session (replacing a live one of the same id)."""
+
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
+        """Release what the store holds (connections)."""
+
+
+class BaseOutbox(ABC):
+    """A durable, ordered store of sends, claimed and settled by delivery workers
+    (:class:`~engine.background.BackgroundDelivery`): the SQLite
+    :class:`~engine.stores.sqlite.Outbox` or :class:`~engine.stores.redis_outbox.RedisOutbox`.
+    Each keeps the sends of one session in order and hands out at most one request of a
+    session at a time."""
+
+    name: str
+    max_backlog: int | None = None
+    """The most sends the outbox may hold before pushes are refused (:class:`BacklogFull`)."""
+    _bound_seen: tuple[float, int] = (-1e9, 0)  # (monotonic time read, backlog then + added)
+
+    def check_bound(self, adding: int) -> None:
+        """Raise :class:`BacklogFull` when ``adding`` more sends would take the outbox past
+        :attr:`max_backlog`. The backlog is read at most once a second and counted up in
+        between, so a check costs a push nothing; it may overshoot by a second of pushes."""
+        bound = self.max_backlog
+        if bound is None:
+            return
+        now = time.monotonic()
+        read_at, count = self._bound_seen
+        if now - read_at >= _BOUND_READ_EVERY:
+            backlog = self.backlog()
+            read_at, count = now, backlog.pending + backlog.journaled
+        if count + adding > bound:
+            self._bound_seen = (read_at, count)
+            raise BacklogFull(
+                f"outbox {self.name}: {count} sends waiting, at its bound of {bound} "
+                "(max_backlog): is delivery running? (tagengine deliver, tagengine outbox list)",
+                count,
+                bound,
+            )
+        self._bound_seen = (read_at, count + adding)
+
+    @abstractmethod
+    def append_many(
+        self, items: Iterable[tuple[Request, str]], *, now: float | None = None
+    ) -> None: ...
+
+    @abstractmethod
+    def claim(self, now: float | None = None, limit: int = 100) -> list[Entry]: ...
+
+    @abstractmethod
+    def claim_behind(
+        self,
+        entry: Entry,
+        *,
+        limit: int,
+        select: Callable[[list[Entry]], int] | None = None,
+        now: float | None = None,
+    ) -> list[Entry]: ...
+
+    @abstractmethod
+    def ack_many(self, ids: Iterable[int]) -> int: ...
+
+    @abstractmethod
+    def retry_later(self, entry_id: int, error: str, at: float) -> bool: ...
+
+    @abstractmethod
+    def bury(self, entry_id: int, error: str, *, now: float | None = None) -> bool: ...
+
+    @abstractmethod
+    def recover(self, *, older_than: float | None = None, now: float | None = None) -> int: ...
+
+    @abstractmethod
+    def next_due(self) -> float | None: ...
+
+    @abstractmethod
+    def pending(self, limit: int | None = None) -> list[Entry]: ...
+
+    @abstractmethod
+    def dead(self, limit: int | None = None) -> list[Entry]: ...
+
+    @abstractmethod
+    def revive(self, ids: Iterable[int] | None = None, *, now: float | None = None) -> int: ...
+
+    @abstractmethod
+    def purge(self, which: Which = "dead", ids: Iterable[int] | None = None) -> int: ...
+
+    @abstractmethod
+    def backlog(self) -> Backlog: ...
+
+    def adopt(self) -> int:
+        """Read in what dead processes left behind (the SQLite journals); how many."""
+        return 0
+
+    @abstractmethod
+    def close(self) -> None: ...

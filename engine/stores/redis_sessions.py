@@ -1,0 +1,383 @@
+"""Sessions in Redis, shared by every process and host of an app.
+
+Each session is a hash ``P s:<session id>`` holding a version ``v`` and the session ``d``
+(compact JSON: data-layer state, kept values, ``per session`` firings, identity, times); each
+visitor a hash ``P v:<visitor id>`` (``keep visitor`` values and the firings behind
+``per visitor|minute|hour|day``). Both expire after ``idle_timeout`` seconds without a push
+(a sliding expiry, renewed by every push), as in-memory sessions do.
+
+A push reads both (one round trip), runs in this process, and stores them with its sends in
+one Lua script (:data:`_PUSH`): the script checks that neither version moved meanwhile,
+writes the session, the visitor and every send (``XADD`` to the session's outbox stream,
+:class:`~engine.stores.redis_outbox.RedisOutbox`), all or nothing. When another process
+changed the session meanwhile, nothing is written and the push runs again on what that
+process stored (optimistic concurrency: pushes of one session apply one at a time, each on
+the state the one before left, and none is lost). No lock is held across the network, so a
+process killed mid-push holds nothing up. In one process, pushes of one session wait for
+each other rather than race.
+
+Delivery reads a session's identity here and writes back what an answer changed (the ECID,
+``state:store`` entries, the Sitecore browser id) the same way, so every worker on every
+host sends the visitor's one identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from engine.clients.identity import merge_identity
+from engine.destinations.base import Request, parse_bytes, serialize_bytes
+from engine.errors import BacklogFull, OutboxError
+from engine.sessions import KEEP_SCOPES, Session, VisitorMemory
+from engine.stores.base import BaseOutbox, PushTransaction, Sessions
+from engine.stores.redis_client import RedisTarget, connect, translated
+from engine.stores.redis_outbox import RedisOutbox, fields_of
+
+__all__ = ["RedisSessions"]
+
+log = logging.getLogger("engine.sessions")
+
+_MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never seen past 3)
+
+# KEYS: session, visitor, stream (or the session again), then the partitions (bound only)
+# ARGV: session version, visitor version, session data, visitor data ('' = unchanged),
+#       ttl ms, bound (0 = none), number of sends, then header, body of each send
+_PUSH = """
+local sv = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if sv ~= tonumber(ARGV[1]) then return {-1, sv} end
+local vv = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
+if vv ~= tonumber(ARGV[2]) then return {-1, vv} end
+local n = tonumber(ARGV[7])
+local bound = tonumber(ARGV[6])
+if n > 0 and bound > 0 then
+  local total = 0
+  for i = 4, #KEYS do total = total + redis.call('XLEN', KEYS[i]) end
+  if total + n > bound then return {-2, total} end
+end
+redis.call('HSET', KEYS[1], 'v', sv + 1, 'd', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'v', vv + 1, 'd', ARGV[4]) end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+for i = 0, n - 1 do
+  redis.call('XADD', KEYS[3], '*', 'h', ARGV[8 + 2 * i], 'b', ARGV[9 + 2 * i])
+end
+return {sv + 1, 0}
+"""
+
+
+def _dumps(value: Any) -> bytes:
+    return serialize_bytes(value, rule="")
+
+
+def _session_data(session: Session) -> bytes:
+    return _dumps(
+        {
+            "vi": session.visitor_id,
+            "st": session.state,
+            "kp": session.kept["pageview"],
+            "ks": session.kept["session"],
+            "f": session.firings,
+            "id": session.identity,
+            "c": session.created,
+            "l": session.last_seen,
+            "n": session.pushes,
+        }
+    )
+
+
+def _visitor_data(memory: VisitorMemory) -> bytes:
+    return _dumps({"k": memory.kept, "f": memory.firings}) if memory.kept or memory.firings else b""
+
+
+def _decode(data: bytes | None, what: str) -> dict[str, Any] | None:
+    if not data:
+        return None
+    try:
+        value = parse_bytes(data)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        # Not what this engine wrote: the push goes on with a fresh one, loudly.
+        log.error("%s is unreadable; starting it afresh", what)
+        return None
+    return value
+
+
+class _Loaded:
+    """A session as read from Redis, and the versions a push's commit must find unchanged."""
+
+    __slots__ = ("session", "session_version", "visitor_data", "visitor_version")
+
+    def __init__(
+        self, session: Session, session_version: int, visitor_version: int, visitor_data: bytes
+    ) -> None:
+        self.session = session
+        self.session_version = session_version
+        self.visitor_version = visitor_version
+        self.visitor_data = visitor_data
+
+
+class _Transaction(PushTransaction):
+    __slots__ = ("_loaded", "_store", "session")
+
+    def __init__(self, store: RedisSessions, loaded: _Loaded) -> None:
+        self._store = store
+        self._loaded = loaded
+        self.session = loaded.session
+
+    def commit(
+        self,
+        items: Sequence[tuple[Request, str]],
+        outbox: BaseOutbox | None,
+        now: float,
+    ) -> bool:
+        sends: list[bytes] = []
+        stream = None
+        bound = 0
+        partitions: list[str] = []
+        if items and outbox is not None:
+            if not isinstance(outbox, RedisOutbox) or outbox.target.url != self._store.url:
+                raise OutboxError(
+                    "sessions in Redis store a push's sends in the same step: the outbox must "
+                    f"be the same Redis ({self._store.name}), not {outbox.name}"
+                )
+            outbox.ensure_ready()
+            sends = fields_of(items, now)
+            stream = outbox.stream_key(self.session.id)
+            if outbox.max_backlog is not None:
+                bound, partitions = outbox.max_backlog, outbox.streams
+        return self._store._commit(self._loaded, stream, sends, bound, partitions)
+
+
+class RedisSessions(Sessions):
+    """Sessions in Redis at ``url`` (see the module docstring); ``idle_timeout`` seconds
+    without a push end a session, as in memory. ``clock`` is the time pushes are made at
+    (tests); expiry itself is Redis's."""
+
+    def __init__(
+        self,
+        url: str | RedisTarget,
+        *,
+        idle_timeout: float = 1800.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        self._target = connect(url) if isinstance(url, str) else url
+        self.url = self._target.url
+        self.name = f"redis {self._target.name}"
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self._ttl_ms = max(1, int(idle_timeout * 1000))
+        client = self._target.client
+        self._push = client.register_script(_PUSH)
+        self._locks: dict[str, list[Any]] = {}  # session id → [lock, users]: in-process order
+        self._locks_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RedisSessions({self._target.name!r})"
+
+    @property
+    def target(self) -> RedisTarget:
+        return self._target
+
+    def _session_key(self, session_id: str) -> str:
+        return self._target.key("s", session_id)
+
+    def _visitor_key(self, visitor_id: str) -> str:
+        return self._target.key("v", visitor_id)
+
+    # ------------------------------------------------------------------ a push
+    @contextmanager
+    def begin(
+        self, session_id: str, visitor_id: str | None, now: float
+    ) -> Iterator[PushTransaction]:
+        """Read the session and its visitor; the block's commit stores them (see
+        :class:`_Transaction`). Pushes of one session in this process wait for each other
+        (no point racing through Redis); other processes are kept apart by the versions."""
+        with self._local(session_id):
+            loaded = self._load(session_id, visitor_id, now, create=True)
+            assert loaded is not None
+            yield _Transaction(self, loaded)
+
+    @contextmanager
+    def _local(self, session_id: str) -> Iterator[None]:
+        with self._locks_lock:
+            held = self._locks.get(session_id)
+            if held is None:
+                held = self._locks[session_id] = [threading.RLock(), 0]
+            held[1] += 1
+        try:
+            with held[0]:
+                yield
+        finally:
+            with self._locks_lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._locks[session_id]
+
+    def _load(
+        self, session_id: str, visitor_id: str | None, now: float, *, create: bool
+    ) -> _Loaded | None:
+        client = self._target.client
+        guess = session_id if visitor_id is None else visitor_id
+        skey = self._session_key(session_id)
+        with translated(self._target, f"reading session {session_id!r}"):
+            pipe = client.pipeline(transaction=False)
+            pipe.hmget(skey, "v", "d")
+            pipe.hmget(self._visitor_key(guess), "v", "d")
+            (sv, sd), (vv, vd) = pipe.execute()
+        data = _decode(sd, f"{self.name}: session {session_id!r}")
+        if data is not None and now - float(data.get("l", now)) >= self.idle_timeout:
+            data = None  # expired by the engine's clock (Redis's expiry is the other way)
+        if data is None and not create:
+            return None
+        owner = data.get("vi") if data is not None else None
+        if isinstance(owner, str) and owner and owner != guess:
+            # A session keeps the visitor it was created with.
+            guess = owner
+            with translated(self._target, f"reading visitor {owner!r}"):
+                vv, vd = client.hmget(self._visitor_key(owner), "v", "d")
+        memory = VisitorMemory(guess)
+        visitor = _decode(vd, f"{self.name}: visitor {guess!r}")
+        if visitor is not None:
+            memory.kept.update(visitor.get("k") or {})
+            memory.firings.update(visitor.get("f") or {})
+        session = Session(session_id, guess, now=now, visitor=memory)
+        if data is not None:
+            session.state = data.get("st") or {}
+            session.kept["pageview"].update(data.get("kp") or {})
+            session.kept["session"].update(data.get("ks") or {})
+            session.firings = data.get("f") or {}
+            session.identity = data.get("id") or {}
+            session.created = float(data.get("c", now))
+            session.last_seen = max(float(data.get("l", now)), now)
+            session.pushes = int(data.get("n", 0))
+        return _Loaded(session, int(sv or 0), int(vv or 0), vd or b"")
+
+    def _commit(
+        self,
+        loaded: _Loaded,
+        stream: str | None,
+        sends: list[bytes],
+        bound: int,
+        partitions: list[str],
+    ) -> bool:
+        session = loaded.session
+        visitor_data = _visitor_data(session.visitor)
+        changed = b"" if visitor_data == loaded.visitor_data else visitor_data
+        if not changed and loaded.visitor_data and not visitor_data:
+            changed = _dumps({"k": {}, "f": {}})  # emptied: written as empty, not left as was
+        skey = self._session_key(session.id)
+        keys = [skey, self._visitor_key(session.visitor_id), stream or skey, *partitions]
+        args: list[Any] = [
+            loaded.session_version,
+            loaded.visitor_version,
+            _session_data(session),
+            changed,
+            self._ttl_ms,
+            bound,
+            len(sends) // 2,
+            *sends,
+        ]
+        with translated(self._target, f"storing session {session.id!r}"):
+            code, value = self._push(keys=keys, args=args)
+        if code == -1:
+            return False
+        if code == -2:
+            raise BacklogFull(
+                f"outbox {self.name}: {value} sends waiting, at its bound of {bound} "
+                "(max_backlog): is delivery running? (tagengine deliver, tagengine outbox list)",
+                int(value),
+                bound,
+            )
+        loaded.session_version = int(code)
+        return True
+
+    # ------------------------------------------------------------------ reading, identity
+    def read(self, session_id: str) -> Session | None:
+        loaded = self._load(session_id, None, self.clock(), create=False)
+        return None if loaded is None else loaded.session
+
+    def identity(self, session_id: str) -> dict[str, Any] | None:
+        session = self.read(session_id)
+        return None if session is None else session.identity
+
+    def _change(
+        self,
+        session_id: str,
+        visitor_id: str | None,
+        change: Callable[[Session], bool],
+        *,
+        create: bool,
+    ) -> None:
+        """Apply ``change`` (true when it changed something) to the session as stored, and
+        store it; again on a fresh read while another process wrote meanwhile."""
+        with self._local(session_id):
+            for _ in range(_MAX_ATTEMPTS):
+                loaded = self._load(session_id, visitor_id, self.clock(), create=create)
+                if loaded is None or not change(loaded.session):
+                    return
+                if self._commit(loaded, None, [], 0, []):
+                    return
+        raise OutboxError(
+            f"{self.name}: session {session_id!r} changed by others {_MAX_ATTEMPTS} times "
+            "in a row while being stored"
+        )
+
+    def merge_identity(
+        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
+    ) -> None:
+        if base == result:
+            return
+
+        def merged(session: Session) -> bool:
+            before = dict(session.identity)
+            merge_identity(session.identity, base, result)
+            return session.identity != before
+
+        self._change(session_id, None, merged, create=False)
+
+    def update_identity(
+        self, session_id: str, visitor_id: str | None, change: Callable[[dict[str, Any]], None]
+    ) -> None:
+        def changed(session: Session) -> bool:
+            change(session.identity)
+            return True
+
+        self._change(session_id, visitor_id, changed, create=True)
+
+    def restore(self, data: dict[str, Any]) -> Session:
+        """Store an exported session, replacing the one of its id. Its visitor memory joins
+        the visitor's as stored: the stored values win, the export fills in the rest."""
+        exported = Session.from_export(data)  # checks it (PushError)
+        stored = self.read(exported.id)
+        if stored is not None and stored.visitor_id != exported.visitor_id:
+            self.delete(exported.id)  # replaced by a session of another visitor
+        restored: list[Session] = []
+
+        def replaced(session: Session) -> bool:
+            merged = Session.from_export(data, visitor=session.visitor)
+            session.state = merged.state
+            for scope in KEEP_SCOPES[:2]:
+                session.kept[scope].clear()
+                session.kept[scope].update(merged.kept[scope])
+            session.firings = merged.firings
+            session.identity = merged.identity
+            session.created = merged.created
+            session.pushes = merged.pushes
+            restored.append(session)
+            return True
+
+        self._change(exported.id, exported.visitor_id, replaced, create=True)
+        return restored[-1]
+
+    def delete(self, session_id: str) -> None:
+        """Forget a session (its visitor memory stays with the visitor's other sessions)."""
+        with translated(self._target, f"deleting session {session_id!r}"):
+            self._target.client.delete(self._session_key(session_id))
