@@ -15,9 +15,33 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import PushError
-from engine.values import copy_json
+from engine.values import INT_MAX, INT_MIN, copy_json
 
-__all__ = ["Path", "merge", "merge_acdl", "merge_gtm", "split", "validate"]
+__all__ = [
+    "INT_MAX",
+    "INT_MIN",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "Path",
+    "merge",
+    "merge_acdl",
+    "merge_gtm",
+    "split",
+    "validate",
+]
+
+# A push's limits. MAX_DEPTH bounds the state as well: both merges put every pushed value at
+# the depth it has in its push (GTM's dotted keys are checked once expanded), so no sequence of
+# pushes builds a state deeper than one push may be (sessions.py restores what this admits).
+MAX_DEPTH = 32
+MAX_ITEMS = 10_000
+# Integers: exactly what every later step carries. JavaScript data layers stop at 2**53, but a
+# server-side push may hold a 64-bit id, signed or unsigned, which must be stored, sent and
+# restored exactly. [-2**63, 2**64 - 1] is what orjson writes and reads back exactly (request
+# bodies, and an export an app stores with it); beyond it orjson refuses to write at all, and
+# json fails past sys.get_int_max_str_digits() digits (4,300 by default, an app may set 640)
+# in bodies, reasons, traces and exports alike. A larger number travels as a string.
+# (INT_MIN and INT_MAX live in engine.values, whose arithmetic keeps to them too.)
 
 Path = tuple[str | int, ...]
 
@@ -55,15 +79,16 @@ def _render(root: str, steps: list[str | int]) -> str:
 
 
 def validate(
-    item: object, *, max_depth: int = 32, max_items: int = 10_000, label: str = "push"
+    item: object, *, max_depth: int = MAX_DEPTH, max_items: int = MAX_ITEMS, label: str = "push"
 ) -> dict[str, Any]:
     """A deep copy of ``item`` if it is a JSON-like object within the limits, else
     :class:`PushError` naming the offending place (``push.cart.items[2].price: …``).
 
-    JSON-like means exactly the types dict (str keys), list, str, int, float (finite), bool and
-    None; subclasses, tuples and sets are refused. ``max_depth`` bounds the nesting of
-    containers (the item itself is level 1); ``max_items`` bounds the number of values in it,
-    containers included. ``label`` names the root in messages.
+    JSON-like means exactly the types dict (str keys), list, str (valid Unicode), int (from
+    ``INT_MIN`` to ``INT_MAX``: 64 bits, signed or unsigned), float (finite), bool and None;
+    subclasses, tuples and sets are refused. ``max_depth`` bounds the nesting of containers
+    (the item itself is level 1); ``max_items`` bounds the number of values in it, containers
+    included. ``label`` names the root in messages.
     """
     if type(item) is not dict:
         raise PushError(f"{label}: expected an object, got {_type_name(item)}")
@@ -119,6 +144,8 @@ def _checked_copy(
             if _SURROGATE.search(value):
                 raise _Invalid("text is not valid Unicode (a lone surrogate)")
             return value
+        if kind is int and not INT_MIN <= value <= INT_MAX:
+            raise _Invalid(f"{_big_int(value)} is beyond the 64-bit range of integers ({_RANGE})")
         if kind in _SCALARS:
             return value
         raise _Invalid(
@@ -133,6 +160,15 @@ def _checked_copy(
     except RecursionError:
         raise PushError(f"{label}: nested too deeply") from None
     return result
+
+
+_RANGE = "-2**63 to 2**64-1; send larger numbers as strings"
+
+
+def _big_int(value: int) -> str:
+    # Never all the digits: past sys.get_int_max_str_digits() they cannot even be written.
+    bits = value.bit_length()
+    return str(value) if bits <= 128 else f"an integer of {bits:,} bits"
 
 
 class _Refused(Exception):
@@ -158,10 +194,13 @@ def _quick_dict(value: dict[Any, Any], depth: int, limits: list[int]) -> dict[st
             child = _quick_dict(child, depth + 1, limits)
         elif kind is list:
             child = _quick_list(child, depth + 1, limits)
+        elif kind is int:
+            if child > INT_MAX or child < INT_MIN:
+                raise _Refused
         elif kind is float:
             if not _isfinite(child):
                 raise _Refused
-        elif kind is not int and kind is not bool and child is not None:
+        elif kind is not bool and child is not None:
             raise _Refused
         out[key] = child
     return out
@@ -181,10 +220,13 @@ def _quick_list(value: list[Any], depth: int, limits: list[int]) -> list[Any]:
             child = _quick_dict(child, depth + 1, limits)
         elif kind is list:
             child = _quick_list(child, depth + 1, limits)
+        elif kind is int:
+            if child > INT_MAX or child < INT_MIN:
+                raise _Refused
         elif kind is float:
             if not _isfinite(child):
                 raise _Refused
-        elif kind is not int and kind is not bool and child is not None:
+        elif kind is not bool and child is not None:
             raise _Refused
         out.append(child)
     return out
@@ -264,13 +306,25 @@ def _gtm_dict(
     prefix: Path,
     changed: list[Path] | None,
     expand: bool = False,
+    max_depth: int = MAX_DEPTH,
 ) -> dict[str, Any]:
     result = {} if old is None else dict(old)
     clear = "_clear" in data and _js_truthy(data["_clear"])
     for key, value in data.items():
         if expand and "." in key:
             # data-layer-helper expands dotted keys of the pushed object itself, not deeper ones
-            key, *rest = key.split(".")
+            parts = key.split(".")
+            # The parts are levels 1 to len(parts) of the state, the value's containers go below:
+            # the push's depth limit holds once expanded, so no state is deeper than a push.
+            # (Raising here changes nothing: the merge only builds new containers.)
+            room = max_depth - len(parts)
+            if room < 0 or ((type(value) is dict or type(value) is list) and _taller(value, room)):
+                raise PushError(
+                    f"{_render('push', [_shortened(key)])}: a dotted key of {len(parts)} parts "
+                    f"nests its value deeper than {max_depth} levels once expanded "
+                    "(the depth limit of a push)"
+                )
+            key, *rest = parts
             for step in reversed(rest):
                 value = {step: value}
         if key == "_clear":
@@ -283,6 +337,24 @@ def _gtm_dict(
         else:
             result[key] = _gtm_value(result.get(key), value, path, changed)
     return result
+
+
+def _taller(value: Any, levels: int) -> bool:
+    """Whether ``value`` has more than ``levels`` levels of containers (a scalar has none)."""
+    if levels < 0:
+        return True
+    kind = type(value)
+    if kind is dict:
+        children: Any = value.values()
+    elif kind is list:
+        children = value
+    else:
+        return False
+    return levels == 0 or any(_taller(child, levels - 1) for child in children)
+
+
+def _shortened(key: str, size: int = 40) -> str:
+    return key if len(key) <= size else key[: size - 1] + "…"
 
 
 def _gtm_list(old: list[Any] | None, data: list[Any]) -> list[Any]:
@@ -312,25 +384,32 @@ def _gtm_value(current: Any, value: Any, path: Path, changed: list[Path] | None)
     return value
 
 
-def merge_gtm(state: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], list[Path]]:
+def merge_gtm(
+    state: dict[str, Any], data: dict[str, Any], *, max_depth: int = MAX_DEPTH
+) -> tuple[dict[str, Any], list[Path]]:
     """Merge ``data`` into ``state`` the way Google's data-layer-helper does: objects merge
     recursively, arrays merge by index, ``null`` is a value, a truthy ``_clear`` at a level
     assigns that level's values instead of merging them (``_clear`` itself never reaches the
     state), and dotted top-level keys expand (``{"a.b": 1}`` sets ``a.b``).
+
+    A dotted key whose expansion would nest ``data`` deeper than ``max_depth`` levels (the
+    object itself is level 1, as in :func:`validate`) raises :class:`PushError`.
 
     Returns the new state and the leaf paths the push set; under ``_clear`` each replaced key
     is one path. Neither argument is changed; the result shares nothing with ``data`` and
     shares with ``state`` every subtree the push did not touch.
     """
     changed: list[Path] = []
-    return _gtm_dict(state, data, (), changed, expand=True), changed
+    return _gtm_dict(state, data, (), changed, expand=True, max_depth=max_depth), changed
 
 
 def merge(
     mode: str, state: dict[str, Any], data: dict[str, Any], *, copy: bool = True
 ) -> tuple[dict[str, Any], list[Path]]:
     """:func:`merge_acdl` for ``"acdl"``, :func:`merge_gtm` for ``"gtm"`` (which builds new
-    containers for what it merges, so ``copy`` only matters for ACDL)."""
+    containers for what it merges, so ``copy`` only matters for ACDL). Raises
+    :class:`PushError` for what the merge refuses (GTM: too deep a dotted key), before
+    anything is changed."""
     if mode == "acdl":
         return merge_acdl(state, data, copy=copy)
     if mode == "gtm":

@@ -21,6 +21,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from engine import ast
 from engine.diagnostics import Diagnostic, Span
+from engine.values import INT_MAX
 
 __all__ = ["GRAMMAR", "ParseResult", "parse", "parse_template"]
 
@@ -276,10 +277,15 @@ class Builder(lark.Transformer[Token, Any]):
                 return 0
             return value
         try:
-            return int(text)
+            number = int(text)
         except ValueError:  # more digits than Python converts
-            self.errors.append(_diag(self.span(token), "number is too large", self.lines))
+            number = INT_MAX + 1
+        if number > INT_MAX:  # a value pushes could not carry: exports would not restore
+            self.errors.append(
+                _diag(self.span(token), "number is too large (64 bits at most)", self.lines)
+            )
             return 0
+        return number
 
     def integer(self, token: Token, what: str) -> int:
         value = self.number(token)

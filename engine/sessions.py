@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import threading
 import time
 from bisect import bisect_right, insort
 from collections.abc import Iterable
 from typing import Any
 
-from engine.datalayer import validate
+from engine.datalayer import MAX_DEPTH, validate
 from engine.errors import PushError
 from engine.values import copy_json
 
@@ -31,9 +32,21 @@ KEEP_SCOPES = ("pageview", "session", "visitor")
 WINDOWS: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 LIMIT_UNITS = frozenset({"session", "visitor", *WINDOWS})
 
-# Restored JSON may be deeper and larger than one push (merges and GTM dotted keys add up).
-_RESTORE_DEPTH = 256
-_RESTORE_ITEMS = 10_000_000
+# What restore admits must take every session pushes can build, so the limits follow from the
+# push limits (engine/datalayer.py). Depth: no state is deeper than one push may be
+# (MAX_DEPTH), in either merge mode: a merge puts each pushed value at the depth it had in its
+# push, and GTM's dotted keys are checked once expanded. A kept value is an element's value:
+# a state or pushed subtree (MAX_DEPTH at most) inside the containers the rule's expression
+# builds around it, two levels below `kept` (scope, name); identity holds what destinations
+# answered. 256 covers all of that with room for those containers (bounded by the rules, not by
+# pushes) and for states exported before dotted keys were checked (up to 255 parts).
+_RESTORE_DEPTH = max(256, MAX_DEPTH + 2)
+# Size: no count follows from the push limits. Each push may add MAX_ITEMS values under new
+# keys and a session takes any number of pushes, so a state grows without bound; refusing a
+# push because of what earlier ones built would fail pushes that are valid on their own. And
+# an export is already in memory when restore reads it, so a count would save no memory: any
+# size is restored.
+_RESTORE_ITEMS = sys.maxsize
 
 
 class VisitorMemory:

@@ -17,6 +17,12 @@ from typing import Any
 
 Step = str | int
 
+# The integers the engine carries exactly: 64 bits, signed or unsigned. Pushes are refused
+# beyond them (engine/datalayer.py says why) and numbers the rules compute beyond them become
+# floats, as every number is in JavaScript (see _bounded).
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
 
 # ------------------------------------------------------------------ lookup
 def lookup(value: Any, path: tuple[Step, ...]) -> Any:
@@ -192,13 +198,26 @@ COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 # ------------------------------------------------------------------ arithmetic
+def _bounded(value: int) -> int | float | None:
+    """An integer the engine carries: itself within INT_MIN..INT_MAX, else the nearest float
+    (what JavaScript would compute), else null. A kept or sent result then stays JSON that
+    orjson writes and a restored session reads back exactly."""
+    if INT_MIN <= value <= INT_MAX:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _number_result(value: float | int) -> int | float | None:
     if type(value) is float:
         if not math.isfinite(value):
             return None
         if value.is_integer() and abs(value) < 2**53:
             return int(value)
-    return value
+        return value
+    return _bounded(value)  # type: ignore[arg-type]
 
 
 def add(a: Any, b: Any) -> Any:
@@ -240,7 +259,10 @@ ARITHMETIC: dict[str, Callable[[Any, Any], Any]] = {
 
 def negate(value: Any) -> Any:
     number = as_number(value) if type(value) is not bool else None
-    return None if number is None else -number
+    if number is None:
+        return None
+    negated = -number
+    return _bounded(negated) if type(negated) is int else negated
 
 
 # ------------------------------------------------------------------ filters
@@ -263,7 +285,8 @@ def f_clean(v: Any) -> Any:
 def f_number(v: Any) -> Any:
     if type(v) is bool:
         return int(v)
-    return as_number(v)
+    number = as_number(v)  # a numeric string may hold up to 299 digits
+    return _bounded(number) if type(number) is int else number
 
 
 def f_string(v: Any) -> Any:
@@ -284,7 +307,7 @@ def f_round(v: Any, digits: Any = 0) -> Any:
         return v if type(v) is not str else None
     places = int(digits) if type(digits) in (int, float) else 0
     if abs(number) >= 1e15:  # no decimals left to round at this size
-        return number
+        return _bounded(number) if type(number) is int else number
     quantum = Decimal(1).scaleb(-places)
     rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
     return int(rounded) if places <= 0 else float(rounded)

@@ -259,16 +259,18 @@ def test_a_stored_integer_beyond_64_bits_reads_back_exactly(tmp_path: Path) -> N
     assert read == {"a": post, "b": get, "c": post, "d": get}
 
 
-def test_background_delivery_sends_an_integer_beyond_64_bits_as_pushed(
+def test_background_delivery_sends_a_64_bit_integer_as_pushed(
     emulator: EmulatorServer, harness: HarnessFactory, tmp_path: Path
 ) -> None:
     """End to end: the Edge client refreshes ``meta.state`` from the session's identity
     (with_state) and, when the entries changed since the send was built (an earlier
     response stored one), re-serializes the body read back from the outbox: the event then
-    carries 1.8446744073709552e+19 instead of the integer pushed."""
+    carries 1.8446744073709552e+19 instead of the integer pushed. (A push takes integers up
+    to 64 bits: the largest, beyond JavaScript's 2**53.)"""
     h = harness(emulator.url, Outbox(tmp_path / "out.db"), rules=EXITS, start=False)
     identified(h, emulator.url, "v")
-    for link in (BIG, BIG + 2):  # two sends: one merged request
+    largest = 2**64 - 1
+    for link in (largest - 2, largest):  # two sends: one merged request
         result = h.engine.session("v").push({"event": "exit", "link": link})
         h.background.submit(result, "v")
     live = h.engine.sessions.peek("v")
@@ -280,7 +282,7 @@ def test_background_delivery_sends_an_integer_beyond_64_bits_as_pushed(
     h.background.start()
     assert h.background.flush(10)
     sent: list[list[Any]] = collected(emulator)[-1:]
-    assert sent == [[BIG, BIG + 2]]
+    assert sent == [[largest - 2, largest]]
 
 
 # ------------------------------------------------------------- a batch packed to the limit

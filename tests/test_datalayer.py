@@ -15,7 +15,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.datalayer import Path, _checked_copy, merge, merge_acdl, merge_gtm, split, validate
+from engine.datalayer import (
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    Path,
+    _checked_copy,
+    merge,
+    merge_acdl,
+    merge_gtm,
+    split,
+    validate,
+)
 from engine.errors import PushError
 from engine.values import lookup
 
@@ -236,8 +247,38 @@ def test_item_count_limit_includes_containers() -> None:
 
 
 def test_scalars_of_every_kind_are_accepted() -> None:
-    item = {"s": "x", "i": -3, "big": 2**70, "f": 0.5, "t": True, "f2": False, "n": None}
+    item = {"s": "x", "i": -3, "big": INT_MAX, "f": 0.5, "t": True, "f2": False, "n": None}
     assert validate(item) == item
+    assert validate({"low": [INT_MIN], "ids": [2**53 + 1, 2**63]}) == {
+        "low": [INT_MIN],
+        "ids": [2**53 + 1, 2**63],
+    }
+
+
+def test_the_integer_range_is_64_bits_signed_or_unsigned() -> None:
+    assert (INT_MIN, INT_MAX) == (-(2**63), 2**64 - 1)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"id": 2**64}, "push.id: 18446744073709551616 is beyond the 64-bit range of integers"),
+        ({"a": [1, -(2**63) - 1]}, "push.a[1]: -9223372036854775809 is beyond the 64-bit range"),
+        ({"n": 2**128 - 1}, f"push.n: {2**128 - 1} is beyond"),
+        # never the digits of a long one: past 4,300 of them Python cannot even write them
+        ({"n": {"m": 2**129}}, "push.n.m: an integer of 130 bits is beyond"),
+        ({"n": -(10**5000)}, "push.n: an integer of 16,610 bits is beyond"),
+        ({"eventInfo": {"id": 2**100_000}}, "push.eventInfo.id: an integer of 100,001 bits"),
+    ],
+    ids=["2**64", "-2**63-1", "128-bits", "129-bits", "5001-digits", "2**100000"],
+)
+def test_integers_beyond_64_bits_are_refused_with_the_place_named(
+    item: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PushError) as caught:
+        validate(item)
+    assert str(caught.value).startswith(message)
+    assert str(caught.value).endswith("(-2**63 to 2**64-1; send larger numbers as strings)")
 
 
 def test_validate_returns_a_deep_copy() -> None:  # checklist 11
@@ -252,6 +293,9 @@ def test_validate_returns_a_deep_copy() -> None:  # checklist 11
 # Values validate must take and values it must refuse, mixed: tuples, sets, non-string keys,
 # non-finite floats, lone surrogates, dict and str subclasses.
 _ODD = [
+    INT_MAX + 1,
+    INT_MIN - 1,
+    10**4000,
     math.inf,
     -math.inf,
     math.nan,
@@ -332,6 +376,121 @@ def test_a_refused_push_leaves_state_untouched(mode: str, bad: Any) -> None:  # 
         _, data = split(validate(bad))
         state, _ = merge(mode, state, data)
     assert state == before
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [{"a": [INT_MAX + 1]}, {"b": {"c": -(10**4400)}}])
+def test_a_push_with_too_large_an_integer_leaves_state_untouched(mode: str, bad: Any) -> None:
+    state = push_all(mode, {"page": {"title": "A"}})
+    with pytest.raises(PushError, match="beyond the 64-bit range"):
+        push_all(mode, {"page": {"title": "A"}}, bad)
+    assert state == {"page": {"title": "A"}}
+
+
+# ------------------------------------------------------------------ GTM dotted keys and depth
+def _height(value: Any) -> int:
+    """Levels of containers in ``value`` (a scalar has none)."""
+    if type(value) is dict:
+        return 1 + max(map(_height, value.values()), default=0)
+    if type(value) is list:
+        return 1 + max(map(_height, value), default=0)
+    return 0
+
+
+def _dotted(parts: int) -> str:
+    return ".".join(f"k{index}" for index in range(parts))
+
+
+@pytest.mark.parametrize(
+    ("parts", "value", "fits"),
+    [
+        (2, 1, True),
+        (MAX_DEPTH, 1, True),
+        (MAX_DEPTH, {}, False),  # an empty object is a level too, as in validate
+        (MAX_DEPTH, [], False),
+        (MAX_DEPTH + 1, 1, False),
+        (MAX_DEPTH - 1, {"x": 1}, True),
+        (MAX_DEPTH - 1, [[1]], False),
+        (MAX_DEPTH - 3, {"a": [1, {"b": None}]}, True),
+        (MAX_DEPTH - 3, {"a": [1, {"b": {}}]}, False),
+        (500, 1, False),  # was a RecursionError
+        (100_000, 1, False),
+    ],
+)
+def test_a_gtm_dotted_key_must_keep_the_state_within_the_depth_limit(
+    parts: int, value: Any, fits: bool
+) -> None:
+    """The key's parts are levels 1..parts of the state and the value's containers come below:
+    a dotted key is accepted exactly when its expansion would pass validate."""
+    state = push_all("gtm", {"page": {"title": "A"}})
+    item = {"event": "x", _dotted(parts): value}
+    assert (parts + _height(value) <= MAX_DEPTH) is fits
+    if fits:
+        new, _ = merge_gtm(state, split(validate(item))[1])
+        assert _height(new) == max(parts + _height(value), 2)
+        validate(new)  # the state is as valid as a push
+        return
+    with pytest.raises(PushError) as caught:
+        merge_gtm(state, split(validate(item))[1])
+    message = str(caught.value)
+    shown = _dotted(parts) if len(_dotted(parts)) <= 40 else _dotted(parts)[:39] + "…"
+    assert message == (
+        f"push[{json.dumps(shown, ensure_ascii=False)}]: a dotted key of {parts} parts nests "
+        f"its value deeper than {MAX_DEPTH} levels once expanded (the depth limit of a push)"
+    )
+    assert state == {"page": {"title": "A"}}
+
+
+def test_the_gtm_depth_limit_can_be_given() -> None:
+    assert merge_gtm({}, {"a.b": {"c": 1}}, max_depth=3)[0] == {"a": {"b": {"c": 1}}}
+    with pytest.raises(PushError, match=r'^push\["a\.b"\]: .* 2 parts .* deeper than 2 levels'):
+        merge_gtm({}, {"a.b": {"c": 1}}, max_depth=2)
+    with pytest.raises(PushError, match="deeper than 32 levels"):
+        merge("gtm", {}, {_dotted(33): 1})
+
+
+def test_acdl_and_nested_gtm_dotted_keys_are_literal_whatever_their_parts() -> None:
+    key = _dotted(1_000)
+    assert push_all("acdl", {key: {"x": 1}}) == {key: {"x": 1}}
+    assert push_all("gtm", {"a": {key: 1}}) == {"a": {key: 1}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.sampled_from(["a", "b.c", "a.b.c.d", "_clear"]),
+            st.recursive(
+                st.integers(0, 1),
+                lambda inner: (
+                    st.lists(inner, max_size=2)
+                    | st.dictionaries(st.sampled_from(["a", "b", "_clear"]), inner, max_size=2)
+                ),
+                max_leaves=8,
+            ),
+        ),
+        max_size=5,
+    ),
+    st.integers(2, 6),
+)
+def test_no_merge_builds_a_state_deeper_than_a_push(
+    pushes: list[dict[str, Any]], depth: int
+) -> None:
+    """Whatever pushes are accepted, in either mode, the state stays within the push depth
+    limit, so whatever a session holds restores under the same limit."""
+    for mode in MODES:
+        state: dict[str, Any] = {}
+        for item in pushes:
+            try:
+                data = split(validate(item, max_depth=depth))[1]
+                if mode == "gtm":
+                    state, _ = merge_gtm(state, data, max_depth=depth)
+                else:
+                    state, _ = merge(mode, state, data)
+            except PushError:
+                continue
+            assert _height(state) <= depth
+            validate(state, max_depth=depth)
 
 
 def test_a_label_names_the_root() -> None:

@@ -12,9 +12,20 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import pytest
 
-from engine.datalayer import merge_acdl
+from engine import sessions as sessions_module
+from engine.datalayer import (
+    INT_MAX,
+    INT_MIN,
+    MAX_DEPTH,
+    MAX_ITEMS,
+    merge,
+    merge_acdl,
+    split,
+    validate,
+)
 from engine.errors import PushError
 from engine.scope import Scope
 from engine.sessions import Session, VisitorMemory
@@ -172,6 +183,100 @@ def test_store_restore_replaces_a_live_session_of_the_same_id() -> None:
     assert restored is not first and store.get("s1") is restored and len(store) == 1
     # the visitor memory survived the swap and is still registered for new sessions
     assert store.get("s9", "v1").kept["visitor"] is restored.kept["visitor"]
+
+
+# ------------------------------------------------------------------ restore limits
+def _deep(levels: int) -> Any:
+    """A value with ``levels`` levels of containers."""
+    value: Any = 1
+    for index in range(levels):
+        value = {"n": value} if index % 2 else [value]
+    return value
+
+
+def _pushed(mode: str, *items: Any) -> Session:
+    """A session whose state is what ``items`` build, as pushes (validate, split, merge)."""
+    session = Session("s1", "v1", now=100.0)
+    for item in items:
+        session.state, _ = merge(mode, session.state, split(validate(item))[1])
+    return session
+
+
+def _round_trip(session: Session) -> Session:
+    """Through JSON text (both encoders write it) and back: the same export."""
+    exported = session.export()
+    text = json.dumps(exported, allow_nan=False)
+    assert orjson.loads(orjson.dumps(exported)) == json.loads(text)
+    restored = Session.from_export(json.loads(text))
+    assert json.dumps(restored.export(), sort_keys=True) == json.dumps(exported, sort_keys=True)
+    return restored
+
+
+def test_restore_limits_follow_from_the_push_limits() -> None:
+    # a state is at most MAX_DEPTH deep; a kept copy of it sits two levels below `kept`
+    assert sessions_module._RESTORE_DEPTH >= MAX_DEPTH + 2
+    # states grow past any one push: restore takes any size
+    assert sessions_module._RESTORE_ITEMS >= 2**62
+
+
+@pytest.mark.parametrize("mode", ["acdl", "gtm"])
+def test_the_deepest_state_pushes_can_build_restores_and_so_do_kept_copies(mode: str) -> None:
+    items = [{"a": _deep(MAX_DEPTH - 1)}, {"b": {"c": _deep(MAX_DEPTH - 2)}}]
+    if mode == "gtm":  # a dotted key's parts count as levels
+        items.append({".".join(["d"] * (MAX_DEPTH - 3)): [[1]]})
+    session = _pushed(mode, *items)
+    with pytest.raises(PushError):
+        _pushed(mode, {"a": _deep(MAX_DEPTH)})
+    session.kept["session"]["whole"] = session.state  # `element whole = state keep session`
+    session.kept["visitor"]["event"] = {"a": _deep(MAX_DEPTH - 1)}  # the pushed item itself
+    restored = _round_trip(session)
+    assert restored.state == session.state
+    assert restored.kept["session"]["whole"] == session.state
+
+
+@pytest.mark.parametrize("mode", ["acdl", "gtm"])
+def test_a_state_larger_than_any_push_restores(mode: str) -> None:
+    chunk = MAX_ITEMS - 10
+    items = [{f"k{index}": list(range(chunk))} for index in range(6)]
+    session = _pushed(mode, *items)
+    assert sum(len(value) for value in session.state.values()) == 6 * chunk
+    assert _round_trip(session).state == session.state
+
+
+@pytest.mark.parametrize("number", [INT_MAX, INT_MIN, 2**63, -(2**53) - 1])
+def test_64_bit_integers_restore_exactly(number: int) -> None:
+    session = _pushed("acdl", {"id": number, "ids": [number]})
+    restored = _round_trip(session)
+    assert restored.state == {"id": number, "ids": [number]}
+    assert type(restored.state["id"]) is int
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("state", "session export: state.n: 18446744073709551616 is beyond the 64-bit range"),
+        ("kept", "session export: kept.session.n: 18446744073709551616 is beyond"),
+    ],
+)
+def test_an_export_with_an_integer_beyond_64_bits_is_refused(where: str, message: str) -> None:
+    data = busy_session().export()
+    if where == "state":
+        data["state"]["n"] = 2**64
+    else:
+        data["kept"]["session"]["n"] = 2**64
+    with pytest.raises(PushError) as caught:
+        Session.from_export(data)
+    assert str(caught.value).startswith(message)
+
+
+def test_an_export_deeper_than_the_restore_limit_is_refused_not_a_crash() -> None:
+    data = busy_session().export()
+    data["state"] = {"a": _deep(sessions_module._RESTORE_DEPTH)}
+    with pytest.raises(PushError, match=r"^session export: state\.a.*nested deeper than"):
+        Session.from_export(data)
+    data["state"] = {"a": _deep(100_000)}
+    with pytest.raises(PushError, match=r"^session export: state"):
+        Session.from_export(data)
 
 
 def test_from_export_refuses_another_visitors_memory() -> None:

@@ -131,16 +131,23 @@ class MemorySessions(Sessions):
         return len(self._sessions)
 
     def get(
-        self, session_id: str, visitor_id: str | None = None, now: float | None = None
+        self,
+        session_id: str,
+        visitor_id: str | None = None,
+        now: float | None = None,
+        *,
+        touch: bool = True,
     ) -> Session:
         """The live session ``session_id``, created on first use or after it expired, and
-        marked as used at ``now``. A session keeps the visitor id it was created with."""
+        marked as used at ``now`` (unless ``touch`` is false: a push marks it itself, once it
+        is through). A session keeps the visitor id it was created with."""
         now = self.clock() if now is None else now
         with self._lock:
             session = self._sessions.get(session_id)
             if session is not None:
                 if not self._expired(session, now):
-                    session.last_seen = max(session.last_seen, now)
+                    if touch:
+                        session.last_seen = max(session.last_seen, now)
                     self._sessions.move_to_end(session_id)
                     return session
                 self._drop(session_id)
@@ -159,7 +166,7 @@ class MemorySessions(Sessions):
     ) -> Iterator[PushTransaction]:
         """The live session, held for one push: the visitor's pushes (all its sessions) one at
         a time, and on an exception or a failed commit everything the push changed undone."""
-        session = self.get(session_id, visitor_id, now)
+        session = self.get(session_id, visitor_id, now, touch=False)
         with self._visitor_lock(session.visitor_id), session.lock:
             transaction = _Transaction(session)
             try:
