@@ -145,7 +145,10 @@ class Engine:
     ``token_url``; or, when a ``transport`` is given (a
     :class:`~engine.transports.RecordingTransport` in tests), handed to it instead.
     A push returns when its sends have answered; a session's sends go out in order.
-    ``sessions`` is the session store (in memory by default: idle expiry and a maximum count).
+    ``sessions`` is the session store: in this process's memory by default (idle expiry and a
+    maximum count), or ``"redis://HOST:PORT/DB"`` (a
+    :class:`~engine.stores.RedisSessions`), shared by every process and host of the app. A
+    push is atomic: the session's change and its sends are stored together or not at all.
 
     ``background=True`` returns from a push once its sends are in the durable ``outbox`` (a
     file name, an :class:`~engine.stores.Outbox`, or in memory when none); up to ``workers``
@@ -153,7 +156,13 @@ class Engine:
     hears how each one ended, and :meth:`flush`/:meth:`close` wait at most
     ``flush_timeout`` seconds by default. A send whose retries (``policy``) ran out on a
     retryable failure is delivered again later, as ``redelivery`` says (by default up to 10
-    rounds, backing off from 1 s to 5 minutes), and then goes to the dead letters.
+    rounds, backing off from 1 s to 5 minutes), and then goes to the dead letters. With
+    sessions in Redis the outbox is the same Redis (Streams) unless another is given.
+
+    ``deliver=False`` makes a process that only pushes: a push returns once its sends are in
+    the ``outbox`` (a SQLite file the host's processes share, or Redis), and ``tagengine
+    deliver`` processes deliver them. ``max_backlog`` bounds the sends an outbox may hold: a
+    push past it raises :class:`~engine.errors.BacklogFull` and changes nothing.
     """
 
     def __init__(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -47,11 +48,14 @@ _MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never s
 # KEYS: session, visitor, stream (or the session again), then the partitions (bound only)
 # ARGV: session version, visitor version, session data, visitor data ('' = unchanged),
 #       ttl ms, bound (0 = none), number of sends, then header, body of each send
+# Returns {new session version, 0}; {-2, backlog} over the bound; {-1, and what is stored:
+# session version and data, visitor version and data} when either moved meanwhile.
 _PUSH = """
 local sv = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if sv ~= tonumber(ARGV[1]) then return {-1, sv} end
 local vv = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
-if vv ~= tonumber(ARGV[2]) then return {-1, vv} end
+if sv ~= tonumber(ARGV[1]) or vv ~= tonumber(ARGV[2]) then
+  return {-1, sv, redis.call('HGET', KEYS[1], 'd') or '', vv, redis.call('HGET', KEYS[2], 'd') or ''}
+end
 local n = tonumber(ARGV[7])
 local bound = tonumber(ARGV[6])
 if n > 0 and bound > 0 then
@@ -108,6 +112,18 @@ def _decode(data: bytes | None, what: str) -> dict[str, Any] | None:
     return value
 
 
+_Raw = tuple[int, bytes | None, int, bytes | None, str]
+"""A session as Redis holds it: its version and data, its visitor's version and data, and
+that visitor's id."""
+
+
+def _owner(data: bytes | None) -> str | None:
+    """The visitor a stored session belongs to (cheaply: its first field)."""
+    decoded = _decode(data, "session") if data else None
+    owner = decoded.get("vi") if decoded is not None else None
+    return owner if isinstance(owner, str) and owner else None
+
+
 class _Loaded:
     """A session as read from Redis, and the versions a push's commit must find unchanged."""
 
@@ -157,7 +173,8 @@ class _Transaction(PushTransaction):
 class RedisSessions(Sessions):
     """Sessions in Redis at ``url`` (see the module docstring); ``idle_timeout`` seconds
     without a push end a session, as in memory. ``clock`` is the time pushes are made at
-    (tests); expiry itself is Redis's."""
+    (tests); expiry itself is Redis's. ``cache`` bounds the sessions this process keeps as it
+    stored them, to push on them without reading them first (:meth:`begin`)."""
 
     def __init__(
         self,
@@ -165,9 +182,12 @@ class RedisSessions(Sessions):
         *,
         idle_timeout: float = 1800.0,
         clock: Callable[[], float] = time.time,
+        cache: int = 10_000,
     ) -> None:
         if idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        if cache < 0:
+            raise ValueError("cache cannot be negative")
         self._target = connect(url) if isinstance(url, str) else url
         self.url = self._target.url
         self.name = f"redis {self._target.name}"
@@ -178,6 +198,10 @@ class RedisSessions(Sessions):
         self._push = client.register_script(_PUSH)
         self._locks: dict[str, list[Any]] = {}  # session id → [lock, users]: in-process order
         self._locks_lock = threading.Lock()
+        # Sessions as this process last stored them (see begin): at most `cache` of them.
+        self._cache: OrderedDict[str, _Raw] = OrderedDict()
+        self._cache_size = cache
+        self._cache_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisSessions({self._target.name!r})"
@@ -197,11 +221,22 @@ class RedisSessions(Sessions):
     def begin(
         self, session_id: str, visitor_id: str | None, now: float
     ) -> Iterator[PushTransaction]:
-        """Read the session and its visitor; the block's commit stores them (see
+        """The session and its visitor, for one push; the block's commit stores them (see
         :class:`_Transaction`). Pushes of one session in this process wait for each other
-        (no point racing through Redis); other processes are kept apart by the versions."""
+        (no point racing through Redis); other processes are kept apart by the versions.
+
+        A session this process stored last is taken from its cache, as stored, without a
+        round trip: the commit checks its versions as for any other, and when another
+        process (a push, a delivery) wrote since, it brings back what is stored and the push
+        runs again on that. So a visitor whose pushes reach one process costs one round trip
+        a push, and one whose pushes go anywhere at most two, as without the cache."""
         with self._local(session_id):
-            loaded = self._load(session_id, visitor_id, now, create=True)
+            raw = self._cached(session_id)
+            loaded = None if raw is None else self._build(session_id, raw, now, create=True)
+            if loaded is None:
+                loaded = self._build(
+                    session_id, self._fetch(session_id, visitor_id), now, create=True
+                )
             assert loaded is not None
             yield _Transaction(self, loaded)
 
@@ -221,34 +256,60 @@ class RedisSessions(Sessions):
                 if not held[1]:
                     del self._locks[session_id]
 
-    def _load(
-        self, session_id: str, visitor_id: str | None, now: float, *, create: bool
-    ) -> _Loaded | None:
+    def _cached(self, session_id: str) -> _Raw | None:
+        with self._cache_lock:
+            raw = self._cache.get(session_id)
+            if raw is not None:
+                self._cache.move_to_end(session_id)
+            return raw
+
+    def _remember(self, session_id: str, raw: _Raw | None) -> None:
+        if not self._cache_size:
+            return
+        with self._cache_lock:
+            if raw is None or raw[1] is None:
+                self._cache.pop(session_id, None)
+                return
+            self._cache[session_id] = raw
+            self._cache.move_to_end(session_id)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _fetch(self, session_id: str, visitor_id: str | None) -> _Raw:
+        """What Redis holds of the session and of its visitor (the one it was created with)."""
         client = self._target.client
         guess = session_id if visitor_id is None else visitor_id
-        skey = self._session_key(session_id)
         with translated(self._target, f"reading session {session_id!r}"):
             pipe = client.pipeline(transaction=False)
-            pipe.hmget(skey, "v", "d")
+            pipe.hmget(self._session_key(session_id), "v", "d")
             pipe.hmget(self._visitor_key(guess), "v", "d")
             (sv, sd), (vv, vd) = pipe.execute()
+        owner = _owner(sd)
+        if owner is not None and owner != guess:
+            # A session keeps the visitor it was created with.
+            guess = owner
+            with translated(self._target, f"reading visitor {owner!r}"):
+                vv, vd = client.hmget(self._visitor_key(owner), "v", "d")
+        return int(sv or 0), sd or None, int(vv or 0), vd or None, guess
+
+    def _build(self, session_id: str, raw: _Raw, now: float, *, create: bool) -> _Loaded | None:
+        """The session ``raw`` describes; ``None`` when there is none (and not ``create``)
+        or ``raw`` holds another visitor's memory than the session's own."""
+        sv, sd, vv, vd, visitor_id = raw
         data = _decode(sd, f"{self.name}: session {session_id!r}")
         if data is not None and now - float(data.get("l", now)) >= self.idle_timeout:
             data = None  # expired by the engine's clock (Redis's expiry is the other way)
         if data is None and not create:
             return None
         owner = data.get("vi") if data is not None else None
-        if isinstance(owner, str) and owner and owner != guess:
-            # A session keeps the visitor it was created with.
-            guess = owner
-            with translated(self._target, f"reading visitor {owner!r}"):
-                vv, vd = client.hmget(self._visitor_key(owner), "v", "d")
-        memory = VisitorMemory(guess)
-        visitor = _decode(vd, f"{self.name}: visitor {guess!r}")
+        if isinstance(owner, str) and owner and owner != visitor_id:
+            return None
+        memory = VisitorMemory(visitor_id)
+        visitor = _decode(vd, f"{self.name}: visitor {visitor_id!r}")
         if visitor is not None:
             memory.kept.update(visitor.get("k") or {})
             memory.firings.update(visitor.get("f") or {})
-        session = Session(session_id, guess, now=now, visitor=memory)
+        session = Session(session_id, visitor_id, now=now, visitor=memory)
         if data is not None:
             session.state = data.get("st") or {}
             session.kept["pageview"].update(data.get("kp") or {})
@@ -258,7 +319,12 @@ class RedisSessions(Sessions):
             session.created = float(data.get("c", now))
             session.last_seen = max(float(data.get("l", now)), now)
             session.pushes = int(data.get("n", 0))
-        return _Loaded(session, int(sv or 0), int(vv or 0), vd or b"")
+        return _Loaded(session, sv, vv, vd or b"")
+
+    def _load(
+        self, session_id: str, visitor_id: str | None, now: float, *, create: bool
+    ) -> _Loaded | None:
+        return self._build(session_id, self._fetch(session_id, visitor_id), now, create=create)
 
     def _commit(
         self,
@@ -275,28 +341,45 @@ class RedisSessions(Sessions):
             changed = _dumps({"k": {}, "f": {}})  # emptied: written as empty, not left as was
         skey = self._session_key(session.id)
         keys = [skey, self._visitor_key(session.visitor_id), stream or skey, *partitions]
+        data = _session_data(session)
         args: list[Any] = [
             loaded.session_version,
             loaded.visitor_version,
-            _session_data(session),
+            data,
             changed,
             self._ttl_ms,
             bound,
             len(sends) // 2,
             *sends,
         ]
-        with translated(self._target, f"storing session {session.id!r}"):
-            code, value = self._push(keys=keys, args=args)
+        try:
+            with translated(self._target, f"storing session {session.id!r}"):
+                answer = self._push(keys=keys, args=args)
+        except OutboxError:
+            self._remember(session.id, None)  # stored or not: read it afresh next time
+            raise
+        code = int(answer[0])
         if code == -1:
+            _, sv, sd, vv, vd = answer
+            self._remember(
+                session.id, (int(sv), sd or None, int(vv), vd or None, session.visitor_id)
+            )
             return False
         if code == -2:
             raise BacklogFull(
-                f"outbox {self.name}: {value} sends waiting, at its bound of {bound} "
+                f"outbox {self.name}: {answer[1]} sends waiting, at its bound of {bound} "
                 "(max_backlog): is delivery running? (tagengine deliver, tagengine outbox list)",
-                int(value),
+                int(answer[1]),
                 bound,
             )
-        loaded.session_version = int(code)
+        loaded.session_version = code
+        if changed:
+            loaded.visitor_version += 1
+            loaded.visitor_data = changed
+        self._remember(
+            session.id,
+            (code, data, loaded.visitor_version, loaded.visitor_data or None, session.visitor_id),
+        )
         return True
 
     # ------------------------------------------------------------------ reading, identity
@@ -330,9 +413,7 @@ class RedisSessions(Sessions):
             "in a row while being stored"
         )
 
-    def merge_identity(
-        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
-    ) -> None:
+    def merge_identity(self, session_id: str, base: dict[str, Any], result: dict[str, Any]) -> None:
         if base == result:
             return
 
