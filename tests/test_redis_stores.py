@@ -386,3 +386,50 @@ def test_awaited_pushes_of_one_session_keep_their_order(redis_url: str) -> None:
             assert engine._async_locks == {}  # dropped once nobody waits
 
     asyncio.run(main())
+
+
+def tagengine(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_outbox_commands_on_redis(redis_url: str) -> None:
+    """`tagengine outbox list|retry|purge --outbox redis://…`: the backlog, a dead letter
+    revived to the end of its session's queue, a purge."""
+    ruleset = load_text(RULES)
+    with Engine(ruleset, sessions=redis_url, deliver=False) as engine:
+        engine.session("s").push({"event": "page.view", "n": 1})  # 3 sends
+    worker = RedisOutbox(redis_url)
+    head = worker.claim(limit=10)[0]
+    assert worker.bury(head.id, "HTTP 400: refused")
+    worker.close()
+
+    listed = tagengine("outbox", "list", "--outbox", redis_url, "--json", "--with-backlog")
+    assert listed.returncode == 0, listed.stderr
+    document = json.loads(listed.stdout)
+    assert document["backlog"]["pending"] == 2 and document["backlog"]["dead"] == 1
+    assert [e["rule"] for e in document["entries"]] == ["View", "Once"]
+    dead = json.loads(tagengine("outbox", "list", "--outbox", redis_url, "--dead", "--json").stdout)
+    assert [(e["rule"], e["last_error"], e["state"]) for e in dead] == [
+        ("View", "HTTP 400: refused", "dead")
+    ]
+    shown = tagengine("outbox", "list", "--outbox", redis_url)
+    assert "2 pending" in shown.stdout and "1 dead" in shown.stdout
+
+    revived = tagengine("outbox", "retry", "--outbox", redis_url, str(dead[0]["id"]))
+    assert revived.returncode == 0 and "1 dead letter back to pending" in revived.stdout
+    after = RedisOutbox(redis_url)
+    assert [e.rule for e in after.pending()] == ["View", "Once", "View"]  # at the end
+    assert after.backlog().dead == 0
+    purged = tagengine("outbox", "purge", "--outbox", redis_url, "--pending")
+    assert purged.returncode == 0 and "3 entries purged" in purged.stdout
+    assert after.backlog().pending == 0
+
+
+def test_the_outbox_commands_say_when_redis_is_unreachable() -> None:
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    done = tagengine("outbox", "list", "--outbox", gone)
+    assert done.returncode == 1
+    assert f"redis {gone} unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
