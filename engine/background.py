@@ -51,7 +51,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from engine.clients import DeliveryError
 from engine.clients.edge import state_entries, with_state
@@ -81,8 +81,12 @@ _SMOOTHING = 0.2  # weight of the latest delivery in the moving averages
 
 _INTERRUPTED = "interrupted: delivery stopped during a retry wait"
 _ADOPT_EVERY = 1.0  # seconds between two looks for what dead processes left behind
+_STORE_RETRY_MIN = 0.05  # seconds before trying an unreachable store again, doubling...
+_STORE_RETRY_MAX = 1.0  # ...up to this
 _INTAKE_EVERY = 0.05  # seconds between two readings-in of a push-only process's journal
 _UNGUARDED = contextlib.nullcontext()
+
+_T = TypeVar("_T")
 
 OnResult = Callable[[str, Send], None]
 """Called with ``(session_id, send)`` once per send, when it is delivered or buried."""
@@ -148,7 +152,8 @@ class BackgroundDelivery:
     ``stale_after`` seconds after a claim, an entry still in flight is taken to
     belong to a process that died (a forked child killed, say) and is put back to pending;
     ``poll_interval`` bounds how long an idle worker waits before looking at the outbox again
-    (other processes may write to it).
+    (other processes may write to it). ``rewrite`` changes each request before it is sent
+    (``tagengine deliver --edge URL``: another host than the one it was stored for).
 
     ``workers`` bounds the deliveries in flight. Delivery starts on one thread and adds one,
     up to ``workers``, whenever claimed sends are waiting while deliveries spend most of their
@@ -180,6 +185,7 @@ class BackgroundDelivery:
         stale_after: float | None = 600.0,
         poll_interval: float = 1.0,
         random: Callable[[float, float], float] = _random.uniform,
+        rewrite: Callable[[Request], Request] | None = None,
         start: bool = True,
     ) -> None:
         if workers < 1 or batch < 1:
@@ -201,6 +207,7 @@ class BackgroundDelivery:
         self._stale_after = stale_after
         self._poll = poll_interval
         self._random = random
+        self._rewrite = rewrite
         self._started = False
         self._closing = False  # no new work
         self._stopping = False  # workers stop
@@ -531,13 +538,18 @@ class BackgroundDelivery:
         try:
             self.outbox.ack_many(acks)
         except OutboxError as problem:
-            # They stay in flight: the next start (or a sweep) delivers them again.
-            log.error(
-                "outbox %s: %d delivered send(s) not acknowledged: %s",
+            # Acknowledged later: until then the sessions wait (not sent twice, not reordered).
+            log.warning(
+                "outbox %s: %d delivered send(s) not acknowledged yet: %s",
                 self.outbox,
                 len(acks),
                 problem,
             )
+            with self._cond:
+                self._acks[:0] = acks
+                self._acks_since = time.monotonic()
+            self._halt.wait(_STORE_RETRY_MAX)
+            return
         self._progressed(len(acks))
 
     def _sweep(self) -> None:
@@ -565,23 +577,33 @@ class BackgroundDelivery:
                 self._stale_after,
             )
 
-    def _release(self, entries: list[Entry]) -> None:
-        """Put claimed entries nobody will start back to pending (delivery is stopping)."""
+    def _release(self, entries: list[Entry], *, unclaim: bool = False) -> None:
+        """Put claimed entries nobody will start back to pending (delivery is stopping);
+        with ``unclaim``, as they were, no attempt counted."""
         if not entries:
             return
-        for entry in entries:
+        if unclaim:
             with contextlib.suppress(OutboxError):
-                self.outbox.retry_later(
-                    entry.id, "released unsent: delivery stopped", self._clock()
-                )
+                self.outbox.unclaim([entry.id for entry in entries])
+        else:
+            for entry in entries:
+                with contextlib.suppress(OutboxError):
+                    self.outbox.retry_later(
+                        entry.id, "released unsent: delivery stopped", self._clock()
+                    )
         self._progressed(len(entries))
 
     def _deliver(self, entry: Entry) -> bool:
         """Deliver ``entry`` (with the Edge collect sends right behind it that can share its
         request: :meth:`_batch_behind`) and settle it; whether it went through at the first
         attempt (its time was then one round trip, no retry waits)."""
-        with self._guarded():
-            held = self._sessions.identity(entry.session)
+        try:
+            held = self._stored(
+                "reading the visitor's identity", self._sessions.identity, entry.session
+            )
+        except _Halted:
+            self._release([entry], unclaim=True)
+            return False
         base = {} if held is None else held
         identity: dict[str, Any] = copy_json(base)
         request, behind = self._batch_behind(entry, identity)
@@ -594,8 +616,16 @@ class BackgroundDelivery:
             # each goes again alone, in order, and is settled by its own answer.
             failures = [self._alone(send, identity) for send in sends]
         if held is not None:
-            with self._guarded():
-                self._sessions.merge_identity(entry.session, base, identity)
+            # Kept before the sends are acknowledged: the next send of the visitor, whichever
+            # worker makes it, must carry the identity this answer gave.
+            with contextlib.suppress(_Halted):
+                self._stored(
+                    "keeping the visitor's identity",
+                    self._sessions.merge_identity,
+                    entry.session,
+                    base,
+                    identity,
+                )
         delivered = [e.id for e, failed in zip(entries, failures, strict=True) if failed is None]
         if delivered:
             with self._cond:
@@ -668,6 +698,22 @@ class BackgroundDelivery:
             return head, []
         return (merged[0] if behind else head), behind
 
+    def _stored(self, doing: str, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` on the session store, again while the store cannot be reached (a
+        Redis restart), backing off up to a second; :class:`_Halted` when delivery stops."""
+        delay, warned = _STORE_RETRY_MIN, False
+        while True:
+            try:
+                with self._guarded():
+                    return call(*args)
+            except OutboxError as problem:
+                if not warned:
+                    log.warning("background delivery: %s: %s (trying again)", doing, problem)
+                    warned = True
+            if self._halt.wait(delay):
+                raise _Halted
+            delay = min(delay * 2, _STORE_RETRY_MAX)
+
     def _guarded(self) -> contextlib.AbstractContextManager[object]:
         """Around a look at a session of this process's memory: no fork in the middle of its
         lock (the child would inherit it held). A shared store's sessions hold no lock here,
@@ -681,6 +727,8 @@ class BackgroundDelivery:
         ``identity``; record the answer on each send; the failure, if any."""
         started = time.perf_counter()
         failure: BaseException
+        if self._rewrite is not None:
+            request = self._rewrite(request)
         try:
             return self._dispatcher().send(request, sends, identity, self._targets())
         except _Halted as problem:
@@ -715,8 +763,11 @@ class BackgroundDelivery:
             self.outbox.retry_later(entry.id, error, at)
             return False
         except OutboxError as problem:
-            # Stays in flight: the next start (or another process's sweep) redelivers it.
+            # Back to pending here (it goes again, at once) or, if even that cannot be
+            # written, in flight until a sweep or the next start.
             log.error("outbox %s: send %d could not be settled: %s", self.outbox, entry.id, problem)
+            with contextlib.suppress(OutboxError):
+                self.outbox.unclaim([entry.id])
             return False
 
     def _progressed(self, count: int) -> None:

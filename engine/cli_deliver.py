@@ -14,8 +14,8 @@ on one host or many (Redis): each delivers its share of the sessions, in order p
 Each visitor's identity (ECID, state entries, Sitecore browser id) is read from and written
 to the session store (``--sessions``; by default the outbox's Redis), so whichever worker
 delivers, the visitor keeps one. The rules give the destination settings: credentials (from
-the environment), the Sitecore client key; ``--edge``/``--sitecore``/``--emulator`` move the
-destinations, as for ``tagengine run``.
+the environment), the Sitecore client key; ``--edge``/``--sitecore``/``--emulator`` send to
+other hosts than the ones the sends were stored for (the path and query stay).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from engine.background import BackgroundDelivery
+from engine.destinations.base import Request, with_origin
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
@@ -179,6 +181,7 @@ def deliver(
         flush_timeout=grace,
         on_result=counts.heard,
         poll_interval=0.05,  # other processes' sends: found within 50 ms
+        rewrite=_moving(edge_url, sitecore_url),
     )
     _status(as_json, "started", box.name, counts, box)
     try:
@@ -190,6 +193,20 @@ def deliver(
         _status(as_json, "stopped", box.name, counts, box)
         box.close()
         store.close()
+
+
+def _moving(edge: str | None, sitecore: str | None) -> Callable[[Request], Request] | None:
+    """What ``--edge``/``--sitecore``/``--emulator`` do to a stored send: its URL was fixed
+    by the process that pushed it; it goes to the given host instead."""
+    if not edge and not sitecore:
+        return None
+    bases = {"edge": edge, "sitecore": sitecore}
+
+    def move(request: Request) -> Request:
+        base = bases.get(request.destination)
+        return with_origin(request, base) if base else request
+
+    return move
 
 
 def _status(as_json: bool, state: str, name: str, counts: _Counts, box: BaseOutbox) -> None:

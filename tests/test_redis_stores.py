@@ -433,3 +433,18 @@ def test_the_outbox_commands_say_when_redis_is_unreachable() -> None:
     assert done.returncode == 1
     assert f"redis {gone} unreachable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_identity_is_stored_again_only_when_it_changed_more_than_a_renewal() -> None:
+    from engine.stores.redis_sessions import _worth_storing
+
+    now = 1_000_000.0
+    entry = {"key": "kndctr_ORG_cluster", "value": "or2", "expires": now + 1800}
+    before = {"ecid": "1", "entries": [entry], "location_hint": "or2"}
+    renewed = {**before, "entries": [{**entry, "expires": now + 1800 + 60}]}
+    assert not _worth_storing(before, renewed, now)  # a minute on a 30-minute entry
+    later = {**before, "entries": [{**entry, "expires": now + 1800 + 600}]}
+    assert _worth_storing(before, later, now)
+    assert _worth_storing(before, {**before, "ecid": "2"}, now)
+    assert _worth_storing(before, {**before, "entries": [{**entry, "value": "va6"}]}, now)
+    assert not _worth_storing(before, before, now)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -292,3 +293,11 @@ def is_finite_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, str | bool | int)
+
+
+def with_origin(request: Request, base: str) -> Request:
+    """``request`` sent to the scheme and host of ``base`` instead, path and query kept (a
+    send stored for one Edge or Sitecore, delivered to another: the emulator, a proxy)."""
+    target, url = urlsplit(base), urlsplit(request.url)
+    moved = urlunsplit((target.scheme, target.netloc, url.path, url.query, url.fragment))
+    return request if moved == request.url else replace(request, url=moved)

@@ -102,9 +102,7 @@ class Sessions(ABC):
         ``None`` when the session is not held (expired, never seen)."""
 
     @abstractmethod
-    def merge_identity(
-        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
-    ) -> None:
+    def merge_identity(self, session_id: str, base: dict[str, Any], result: dict[str, Any]) -> None:
         """Apply what a delivery changed from ``base`` (:meth:`identity` as it started) to
         ``result`` onto the session's identity as it is now
         (:func:`~engine.clients.identity.merge_identity`); nothing when the session is gone."""
@@ -181,6 +179,11 @@ class BaseOutbox(ABC):
 
     @abstractmethod
     def retry_later(self, entry_id: int, error: str, at: float) -> bool: ...
+
+    @abstractmethod
+    def unclaim(self, ids: Iterable[int]) -> None:
+        """Put claimed entries back to pending as they were: nothing was attempted (a
+        delivery that could not start), so no attempt is counted."""
 
     @abstractmethod
     def bury(self, entry_id: int, error: str, *, now: float | None = None) -> bool: ...

@@ -185,9 +185,7 @@ class MemorySessions(Sessions):
         with session.lock:
             return copy_json(session.identity)  # type: ignore[no-any-return]
 
-    def merge_identity(
-        self, session_id: str, base: dict[str, Any], result: dict[str, Any]
-    ) -> None:
+    def merge_identity(self, session_id: str, base: dict[str, Any], result: dict[str, Any]) -> None:
         session = self.peek(session_id)
         if session is not None:
             with session.lock:

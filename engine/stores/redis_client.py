@@ -52,6 +52,9 @@ class RedisTarget:
     # Any: redis-py annotates every reply as the union of all RESP types; the replies used
     # here are known per command.
     client: Any
+    # The same server without the transparent retry: for reads that must not run twice
+    # unseen (XREADGROUP hands entries out: a reply lost to a retry is never read again).
+    once: Any
     prefix: str
     partitions: int
     name: str
@@ -102,19 +105,26 @@ def _make(url: str) -> RedisTarget:
     password = os.environ.get("TAGENGINE_REDIS_PASSWORD")
     if password and not parts.password:
         options["password"] = password
-    try:
-        client = redis.Redis.from_url(
-            urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+    address = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+    def client(retries: int) -> Any:
+        return redis.Redis.from_url(
+            address,
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[redis.ConnectionError],
+            retry=Retry(NoBackoff(), retries),
+            retry_on_error=[redis.ConnectionError] if retries else [],
             health_check_interval=30,
             **options,
         )
+
+    try:
+        # Retried once: every write is idempotent (the scripts carry a token), so a command
+        # whose reply was lost may run again; a stale pooled connection (Redis restarted)
+        # is then replaced without the caller seeing it.
+        return RedisTarget(client(1), client(0), prefix, partitions, _shown(url), url)
     except ValueError as exc:
         raise OutboxError(f"{_shown(url)}: {exc}") from None
-    return RedisTarget(client, prefix, partitions, _shown(url), url)
 
 
 def _shown(url: str) -> str:

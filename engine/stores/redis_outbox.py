@@ -52,6 +52,7 @@ import redis
 
 from engine.destinations.base import Request, parse_bytes, serialize_bytes
 from engine.errors import OutboxError
+from engine.runtime import new_id
 from engine.stores.base import Backlog, BaseOutbox, Which
 from engine.stores.redis_client import RedisTarget, connect, translated
 from engine.stores.sqlite import Entry
@@ -72,6 +73,28 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Every write below is idempotent, so that the client's retry after a lost reply (one, on a
+# connection error) cannot store a send twice or bury it twice.
+# KEYS: a token key, then the stream of each send; ARGV: token ttl ms, then header, body.
+_APPEND = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+for i = 2, #KEYS do
+  redis.call('XADD', KEYS[i], '*', 'h', ARGV[2 * i - 2], 'b', ARGV[2 * i - 1])
+end
+return #KEYS - 1
+"""
+# KEYS: stream, dead letters, retry hash; ARGV: stream id, group, then the dead letter's
+# fields and values.
+_BURY = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local letter = {}
+for i = 3, #ARGV do letter[#letter + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], '*', unpack(letter))
+return 1
+"""
+_TOKEN_TTL_MS = 600_000  # longer than any retry of one write could come
 
 
 def _header(request: Request, session: str, now: float) -> list[Any]:
@@ -127,9 +150,7 @@ def _decode(
     retry: dict[str, Any] | None = None,
 ) -> Entry:
     header = parse_bytes(fields[b"h"])
-    session, destination, rule, method, url, headers, body, kind, event_id, request_id, now = (
-        header
-    )
+    session, destination, rule, method, url, headers, body, kind, event_id, request_id, now = header
     body_bytes = fields.get(b"b", b"")
     retry = retry or {}
     dead = partition is None
@@ -159,7 +180,16 @@ def _decode(
 class _Partition:
     """What a worker holds of one partition: its read entries, per session, in order."""
 
-    __slots__ = ("claimed", "index", "key", "queues", "releasing", "retry_key", "stream_ids")
+    __slots__ = (
+        "claimed",
+        "index",
+        "key",
+        "queues",
+        "releasing",
+        "resync",
+        "retry_key",
+        "stream_ids",
+    )
 
     def __init__(self, index: int, key: str, retry_key: str) -> None:
         self.index = index
@@ -169,6 +199,7 @@ class _Partition:
         self.claimed: dict[str, set[int]] = {}  # session → ids of its entries in flight
         self.stream_ids: dict[int, tuple[bytes, str]] = {}  # entry id → stream id, session
         self.releasing = False  # to be handed over: nothing more claimed from it
+        self.resync = False  # a read failed: read what this worker holds again (_resync)
 
     def size(self) -> int:
         return len(self.stream_ids)
@@ -241,6 +272,8 @@ class RedisOutbox(BaseOutbox):
         self._meta_key = target.key("meta")
         self._renew_script = target.client.register_script(_RENEW)
         self._release_script = target.client.register_script(_RELEASE)
+        self._append_script = target.client.register_script(_APPEND)
+        self._bury_script = target.client.register_script(_BURY)
         self._fixed_consumer = consumer
         self._lock = threading.RLock()
         self._checked = False
@@ -288,21 +321,19 @@ class RedisOutbox(BaseOutbox):
     def append_many(
         self, items: Iterable[tuple[Request, str]], *, now: float | None = None
     ) -> None:
-        """Add sends, all or none (one ``MULTI``), each behind its session's earlier ones."""
+        """Add sends, all or none (one script), each behind its session's earlier ones."""
         stamp = self._clock() if now is None else now
-        encoded = [
-            (self.stream_key(session), encode(request, session, stamp))
-            for request, session in items
-        ]
-        if not encoded:
+        keys = [self._target.key("token", new_id())]
+        args: list[Any] = [_TOKEN_TTL_MS]
+        for request, session in items:
+            keys.append(self.stream_key(session))
+            args.extend(encode(request, session, stamp))
+        if len(keys) == 1:
             return
         self._check_open()
         self.ensure_ready()
         with translated(self._target, "storing sends"):
-            pipe = self._target.client.pipeline(transaction=True)
-            for key, (head, body) in encoded:
-                pipe.xadd(key, {"h": head, "b": body})
-            pipe.execute()
+            self._append_script(keys=keys, args=args)
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -396,9 +427,6 @@ class RedisOutbox(BaseOutbox):
             if held is None:
                 return False
             part, entry, stream_id = held
-            record = {"a": entry.attempts + 1, "n": at, "e": error}
-            with translated(self._target, "rescheduling a send"):
-                self._target.client.hset(part.retry_key, stream_id, orjson.dumps(record))
             again = replace(
                 entry,
                 attempts=entry.attempts + 1,
@@ -406,7 +434,14 @@ class RedisOutbox(BaseOutbox):
                 last_error=error,
                 state="pending",
             )
-            part.settle(entry, again)
+            part.settle(entry, again)  # here first: this worker retries it in any case
+            record = {"a": again.attempts, "n": at, "e": error}
+            try:
+                with translated(self._target, "recording a retry"):
+                    self._target.client.hset(part.retry_key, stream_id, orjson.dumps(record))
+            except OutboxError as problem:
+                # Only a worker taking the partition over would miss it: it retries sooner.
+                log.warning("%s: %s", self.name, problem)
             return True
 
     def bury(self, entry_id: int, error: str, *, now: float | None = None) -> bool:
@@ -417,18 +452,28 @@ class RedisOutbox(BaseOutbox):
                 return False
             part, entry, stream_id = held
             head, body = encode(entry.request, entry.session, entry.created)
-            with translated(self._target, "moving a send to the dead letters"):
-                pipe = self._target.client.pipeline(transaction=True)
-                pipe.xadd(
-                    self._dead_key,
-                    {"h": head, "b": body, "e": error, "f": repr(stamp), "a": entry.attempts + 1},
-                )
-                pipe.xack(part.key, GROUP, stream_id)
-                pipe.xdel(part.key, stream_id)
-                pipe.hdel(part.retry_key, stream_id)
-                pipe.execute()
+            letter = ["h", head, "b", body, "e", error, "f", repr(stamp), "a", entry.attempts + 1]
+            self._move_to_dead(part, stream_id, letter, "moving a send to the dead letters")
             part.settle(entry, None)
             return True
+
+    def unclaim(self, ids: Iterable[int]) -> None:
+        """Put claimed entries back as they were, unsent, no attempt counted (a delivery that
+        could not start): here only, so it cannot fail."""
+        with self._lock:
+            for held in map(self._held_entry, set(ids)):
+                if held is not None:
+                    part, entry, _ = held
+                    part.settle(entry, replace(entry, state="pending"))
+
+    def _move_to_dead(
+        self, part: _Partition, stream_id: bytes, letter: list[Any], doing: str
+    ) -> None:
+        with translated(self._target, doing):
+            self._bury_script(
+                keys=[part.key, self._dead_key, part.retry_key],
+                args=[stream_id, GROUP, *letter],
+            )
 
     def recover(self, *, older_than: float | None = None, now: float | None = None) -> int:
         """Nothing to do: a worker taking a partition takes what its last worker left
@@ -519,9 +564,7 @@ class RedisOutbox(BaseOutbox):
                 if len(self._held) >= share:
                     break
                 with translated(self._target, "taking an outbox lease"):
-                    taken = client.set(
-                        self._lease_keys[index], self.consumer, nx=True, px=ttl_ms
-                    )
+                    taken = client.set(self._lease_keys[index], self.consumer, nx=True, px=ttl_ms)
                 if taken:
                     self._take(index)
 
@@ -582,16 +625,21 @@ class RedisOutbox(BaseOutbox):
 
     def _fill(self) -> None:
         """Read new entries of the held partitions that have room, in one round trip."""
+        for part in list(self._held.values()):
+            if part.resync:
+                self._resync(part)
         wanting = [part for part in self._held.values() if part.size() < self._buffer]
         if not wanting:
             return
         streams = {part.key: ">" for part in wanting}
         try:
             with translated(self._target, "reading the outbox"):
-                answer = self._target.client.xreadgroup(
+                answer = self._target.once.xreadgroup(
                     GROUP, self.consumer, streams, count=_BATCH_READ
                 )
         except OutboxError as problem:
+            for part in wanting:  # the read may have been made and its answer lost
+                part.resync = True
             if "NOGROUP" not in str(problem):
                 raise
             for part in wanting:  # purged meanwhile: the group goes with the stream
@@ -608,17 +656,45 @@ class RedisOutbox(BaseOutbox):
                     log.error("%s", problem)
                     self._quarantine(part, stream_id, fields, str(problem))
 
+    def _resync(self, part: _Partition) -> None:
+        """Read again what this worker was handed of ``part`` and has not settled, in order:
+        a read whose answer was lost handed out entries this worker never saw (they are its
+        own, pending in the group, and no other read returns them)."""
+        with translated(self._target, "reading the outbox again"):
+            answer = self._target.once.xreadgroup(
+                GROUP, self.consumer, {part.key: "0"}, count=self._buffer + _BATCH_READ
+            )
+            retries = {
+                k: orjson.loads(v) for k, v in self._target.client.hgetall(part.retry_key).items()
+            }
+        fresh = _Partition(part.index, part.key, part.retry_key)
+        fresh.releasing = part.releasing
+        for _, rows in answer or []:
+            for stream_id, fields in rows:
+                if not fields:
+                    continue  # deleted meanwhile (acknowledged, purged)
+                known = part.find(_entry_id(stream_id, part.index))
+                try:
+                    entry = known or self._read(stream_id, fields, part.index, retries)
+                except OutboxError as problem:
+                    log.error("%s", problem)
+                    self._quarantine(part, stream_id, fields, str(problem))
+                    continue
+                fresh.add(stream_id, entry)
+        for session, ids in part.claimed.items():  # in flight: still, if still held
+            ids = {i for i in ids if i in fresh.stream_ids}
+            if ids:
+                fresh.claimed[session] = ids
+        self._held[part.index] = fresh
+
     def _quarantine(
         self, part: _Partition, stream_id: bytes, fields: dict[bytes, bytes], why: str
     ) -> None:
-        with translated(self._target, "moving an unreadable entry to the dead letters"):
-            pipe = self._target.client.pipeline(transaction=True)
-            letter: dict[bytes | str, Any] = {k: v for k, v in fields.items() if k in (b"h", b"b")}
-            letter.update(e=why, f=repr(self._clock()), a=0, unreadable=1)
-            pipe.xadd(self._dead_key, letter)
-            pipe.xack(part.key, GROUP, stream_id)
-            pipe.xdel(part.key, stream_id)
-            pipe.execute()
+        letter: list[Any] = [x for k, v in fields.items() if k in (b"h", b"b") for x in (k, v)]
+        letter += ["e", why, "f", repr(self._clock()), "a", 0, "unreadable", 1]
+        self._move_to_dead(
+            part, stream_id, letter, "moving an unreadable entry to the dead letters"
+        )
 
     # -- reading and managing ---------------------------------------------------------------
 

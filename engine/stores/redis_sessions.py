@@ -34,10 +34,12 @@ from typing import Any
 from engine.clients.identity import merge_identity
 from engine.destinations.base import Request, parse_bytes, serialize_bytes
 from engine.errors import BacklogFull, OutboxError
+from engine.runtime import new_id
 from engine.sessions import KEEP_SCOPES, Session, VisitorMemory
 from engine.stores.base import BaseOutbox, PushTransaction, Sessions
 from engine.stores.redis_client import RedisTarget, connect, translated
 from engine.stores.redis_outbox import RedisOutbox, fields_of
+from engine.values import copy_json
 
 __all__ = ["RedisSessions"]
 
@@ -47,10 +49,15 @@ _MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never s
 
 # KEYS: session, visitor, stream (or the session again), then the partitions (bound only)
 # ARGV: session version, visitor version, session data, visitor data ('' = unchanged),
-#       ttl ms, bound (0 = none), number of sends, then header, body of each send
+#       ttl ms, bound (0 = none), number of sends, this write's token, then header, body
+#       of each send. The token makes the script idempotent: run again (a retry after a
+#       lost reply), it finds its own write and changes nothing.
 # Returns {new session version, 0}; {-2, backlog} over the bound; {-1, and what is stored:
 # session version and data, visitor version and data} when either moved meanwhile.
 _PUSH = """
+if redis.call('HGET', KEYS[1], 't') == ARGV[8] then
+  return {tonumber(redis.call('HGET', KEYS[1], 'v')), 0}
+end
 local sv = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 local vv = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 if sv ~= tonumber(ARGV[1]) or vv ~= tonumber(ARGV[2]) then
@@ -63,12 +70,12 @@ if n > 0 and bound > 0 then
   for i = 4, #KEYS do total = total + redis.call('XLEN', KEYS[i]) end
   if total + n > bound then return {-2, total} end
 end
-redis.call('HSET', KEYS[1], 'v', sv + 1, 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 'v', sv + 1, 'd', ARGV[3], 't', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'v', vv + 1, 'd', ARGV[4]) end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
 for i = 0, n - 1 do
-  redis.call('XADD', KEYS[3], '*', 'h', ARGV[8 + 2 * i], 'b', ARGV[9 + 2 * i])
+  redis.call('XADD', KEYS[3], '*', 'h', ARGV[9 + 2 * i], 'b', ARGV[10 + 2 * i])
 end
 return {sv + 1, 0}
 """
@@ -122,6 +129,48 @@ def _owner(data: bytes | None) -> str | None:
     decoded = _decode(data, "session") if data else None
     owner = decoded.get("vi") if decoded is not None else None
     return owner if isinstance(owner, str) and owner else None
+
+
+_RENEWAL = 0.1  # an expiry Edge pushed back by less than this share of what is left is not stored
+
+
+def _expiries(identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """An identity without its expiry times, and those times by entry."""
+    times: dict[str, float] = {}
+    rest = {k: v for k, v in identity.items() if k != "location_hint_expires"}
+    hint = identity.get("location_hint_expires")
+    if isinstance(hint, int | float):
+        times["location_hint"] = float(hint)
+    entries = identity.get("entries")
+    if isinstance(entries, list):
+        kept = []
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("expires"), int | float):
+                times[f"entry:{entry.get('key')}"] = float(entry["expires"])
+                entry = {k: v for k, v in entry.items() if k != "expires"}
+            kept.append(entry)
+        rest["entries"] = kept
+    return rest, times
+
+
+def _worth_storing(before: dict[str, Any], after: dict[str, Any], now: float) -> bool:
+    """Whether a delivery changed an identity in more than expiry times renewed a little.
+
+    Edge answers every request with the visitor's ``state:store`` entries, each expiry
+    pushed back to ``now + maxAge``: storing each would rewrite the session after every
+    send (and make a push of it running meanwhile start again). An expiry is stored once it
+    moved by a tenth of its remaining lifetime: a 30-minute cluster entry every 3 minutes."""
+    if before == after:
+        return False
+    rest_before, times_before = _expiries(before)
+    rest_after, times_after = _expiries(after)
+    if rest_before != rest_after or times_before.keys() != times_after.keys():
+        return True
+    return any(
+        times_after[key] != old
+        and abs(times_after[key] - old) >= _RENEWAL * max(times_after[key] - now, 0.0)
+        for key, old in times_before.items()
+    )
 
 
 class _Loaded:
@@ -350,6 +399,7 @@ class RedisSessions(Sessions):
             self._ttl_ms,
             bound,
             len(sends) // 2,
+            new_id(),
             *sends,
         ]
         try:
@@ -418,9 +468,9 @@ class RedisSessions(Sessions):
             return
 
         def merged(session: Session) -> bool:
-            before = dict(session.identity)
+            before = copy_json(session.identity)
             merge_identity(session.identity, base, result)
-            return session.identity != before
+            return _worth_storing(before, session.identity, self.clock())
 
         self._change(session_id, None, merged, create=False)
 

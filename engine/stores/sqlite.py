@@ -1097,6 +1097,20 @@ class Outbox(BaseOutbox):
             )
             return cursor.rowcount > 0
 
+    def unclaim(self, ids: Iterable[int]) -> None:
+        """Put claimed entries back to pending as they were (nothing was attempted)."""
+        chosen = sorted(set(ids))
+        if not chosen:
+            return
+        with self._write() as conn:
+            for first in range(0, len(chosen), _IDS_PER_STATEMENT):
+                some = chosen[first : first + _IDS_PER_STATEMENT]
+                conn.execute(
+                    "UPDATE entries SET state = 'pending', claimed_at = NULL, owner = NULL "
+                    f"WHERE state = 'inflight' AND id IN ({','.join('?' * len(some))})",
+                    some,
+                )
+
     def bury(self, entry_id: int, error: str, *, now: float | None = None) -> bool:
         """A final failure: count the attempt and move the entry, with ``error``, to the dead
         letters in one transaction; its session's later sends become claimable. False if
