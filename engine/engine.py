@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import threading
 import time
 from collections import deque
@@ -45,6 +46,8 @@ __all__ = ["Engine", "EngineSession"]
 
 MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
 MAX_PUSH_ATTEMPTS = 50  # runs of one push whose shared session others kept changing
+_MAX_BACKOFF = 0.02  # seconds, at most, between two of them
+_jitter = random.Random()
 
 
 class EngineSession:
@@ -400,7 +403,11 @@ class Engine:
         outbox = self._outbox
         if self._background is not None:
             self._background.check_open()
-        for _ in range(MAX_PUSH_ATTEMPTS):
+        for attempt in range(MAX_PUSH_ATTEMPTS):
+            if attempt:
+                # Lost a race for the session: step aside a random moment, growing, so that
+                # processes pushing to one session at once all get through (no livelock).
+                time.sleep(_jitter.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))
             now = self._clock()
             with self.sessions.begin(session_id, visitor_id, now) as transaction:
                 session = transaction.session

@@ -108,12 +108,14 @@ def test_pushes_of_one_session_from_several_processes_lose_nothing(
         subprocess.Popen(
             [sys.executable, "-c", script, f"p{i}", "60", str(start)],
             stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(4)
     ]
-    outputs = [json.loads(w.communicate(timeout=120)[0]) for w in workers]
-    assert all(w.returncode == 0 for w in workers)
+    done = [w.communicate(timeout=120) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err[-2000:] for _, err in done]
+    outputs = [json.loads(out) for out, _ in done]
     sessions = RedisSessions(redis_url)
     stored = sessions.read("shared")
     assert stored is not None

@@ -55,10 +55,9 @@ _MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never s
 # Returns {new session version, 0}; {-2, backlog} over the bound; {-1, and what is stored:
 # session version and data, visitor version and data} when either moved meanwhile.
 _PUSH = """
-if redis.call('HGET', KEYS[1], 't') == ARGV[8] then
-  return {tonumber(redis.call('HGET', KEYS[1], 'v')), 0}
-end
-local sv = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+local held = redis.call('HMGET', KEYS[1], 'v', 't')
+local sv = tonumber(held[1] or '0')
+if held[2] == ARGV[8] then return {sv, 0} end
 local vv = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
 if sv ~= tonumber(ARGV[1]) or vv ~= tonumber(ARGV[2]) then
   return {-1, sv, redis.call('HGET', KEYS[1], 'd') or '', vv, redis.call('HGET', KEYS[2], 'd') or ''}
@@ -73,7 +72,7 @@ end
 redis.call('HSET', KEYS[1], 'v', sv + 1, 'd', ARGV[3], 't', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'v', vv + 1, 'd', ARGV[4]) end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+if vv > 0 or ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
 for i = 0, n - 1 do
   redis.call('XADD', KEYS[3], '*', 'h', ARGV[9 + 2 * i], 'b', ARGV[10 + 2 * i])
 end
@@ -399,7 +398,7 @@ class RedisSessions(Sessions):
             self._ttl_ms,
             bound,
             len(sends) // 2,
-            new_id(),
+            new_id()[:13],  # enough to tell this write from the session's last one
             *sends,
         ]
         try:
