@@ -122,9 +122,7 @@ class EngineSession:
         the visitor (see :func:`~engine.clients.set_cookie_headers`)."""
         org = self._engine._org()
         identity = self._engine.sessions.identity(self._id) or {}
-        return set_cookie_headers(
-            identity, org, domain, now=self._engine._clock(), secure=secure
-        )
+        return set_cookie_headers(identity, org, domain, now=self._engine._clock(), secure=secure)
 
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""

@@ -149,7 +149,9 @@ def _check_rule(step: ExpectRuleStep, latest: dict[str, RuleOutcome]) -> str | N
 def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     """Run one test block against ``ruleset``."""
     report = TestReport(test.name, test.span)
-    engine = Engine(ruleset, dry_run=True, transport=RecordingTransport(), sessions=MemorySessions())
+    engine = Engine(
+        ruleset, dry_run=True, transport=RecordingTransport(), sessions=MemorySessions()
+    )
     session = engine.session(test.session or f"test-{next(_counter)}")
     sends: list[Send] = []
     latest: dict[str, RuleOutcome] = {}

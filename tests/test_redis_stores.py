@@ -327,7 +327,16 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_nothing_is_lost(
 
 def test_the_deliver_command_needs_a_known_outbox(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "deliver", "--outbox", f"redis://127.0.0.1:{free_port()}/0?bogus=1", "--rules", str(ROOT / "rules")],
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "deliver",
+            "--outbox",
+            f"redis://127.0.0.1:{free_port()}/0?bogus=1",
+            "--rules",
+            str(ROOT / "rules"),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -392,7 +401,11 @@ def test_awaited_pushes_of_one_session_keep_their_order(redis_url: str) -> None:
 
 def tagengine(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

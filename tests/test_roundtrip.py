@@ -499,7 +499,7 @@ def test_a_rule_literal_beyond_64_bits_is_a_load_error() -> None:
     """A kept literal the session could not export and restore is refused at load time."""
     from tests.conftest import rendered_errors
 
-    errors = rendered_errors('element big = 18446744073709551616 keep session\n')
+    errors = rendered_errors("element big = 18446744073709551616 keep session\n")
     assert len(errors) == 1
     assert "number is too large (64 bits at most)" in errors[0]
     assert "t.rules:1:15" in errors[0]

@@ -9,10 +9,11 @@ Redis one.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -27,6 +28,34 @@ __all__ = ["Backlog", "BacklogFull", "BaseOutbox", "PushTransaction", "Sessions"
 
 Which = Literal["dead", "pending", "all"]
 _BOUND_READ_EVERY = 1.0  # seconds between two reads of the backlog for max_backlog
+
+
+class KeyedLocks:
+    """A reentrant lock per key (a session or visitor id), made when first wanted and
+    dropped when nobody holds or waits for it, so that keys seen once cost nothing after."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, list[Any]] = {}  # key → [RLock, holders and waiters]
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                held = self._held[key] = [threading.RLock(), 0]
+            held[1] += 1
+        try:
+            with held[0]:
+                yield
+        finally:
+            with self._lock:
+                held[1] -= 1
+                if not held[1]:
+                    del self._held[key]
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
 from engine.sessions import Session, VisitorMemory
-from engine.stores.base import BaseOutbox, PushTransaction, Sessions
+from engine.stores.base import BaseOutbox, KeyedLocks, PushTransaction, Sessions
 from engine.values import copy_json
 
 __all__ = ["MemorySessions"]
@@ -125,7 +125,9 @@ class MemorySessions(Sessions):
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
         self._visitors: dict[str, VisitorMemory] = {}
         self._lock = threading.Lock()
-        self._visitor_locks: dict[str, list[Any]] = {}  # visitor id → [RLock, users]
+        # One visitor's pushes one at a time, whichever of its sessions: they share its
+        # memory, which a failed push puts back as it was.
+        self._visitor_locks = KeyedLocks()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -167,7 +169,7 @@ class MemorySessions(Sessions):
         """The live session, held for one push: the visitor's pushes (all its sessions) one at
         a time, and on an exception or a failed commit everything the push changed undone."""
         session = self.get(session_id, visitor_id, now, touch=False)
-        with self._visitor_lock(session.visitor_id), session.lock:
+        with self._visitor_locks.hold(session.visitor_id), session.lock:
             transaction = _Transaction(session)
             try:
                 yield transaction
@@ -197,24 +199,6 @@ class MemorySessions(Sessions):
         session = self.get(session_id, visitor_id)
         with session.lock:
             change(session.identity)
-
-    @contextmanager
-    def _visitor_lock(self, visitor_id: str) -> Iterator[None]:
-        # One visitor's pushes one at a time, whichever of its sessions: they share its
-        # memory, which a failed push puts back as it was. Held while the lock is wanted.
-        with self._lock:
-            held = self._visitor_locks.get(visitor_id)
-            if held is None:
-                held = self._visitor_locks[visitor_id] = [threading.RLock(), 0]
-            held[1] += 1
-        try:
-            with held[0]:
-                yield
-        finally:
-            with self._lock:
-                held[1] -= 1
-                if not held[1]:
-                    del self._visitor_locks[visitor_id]
 
     def peek(self, session_id: str) -> Session | None:
         """The live session ``session_id``, or ``None``; neither creates nor marks it used."""

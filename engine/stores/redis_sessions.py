@@ -36,7 +36,7 @@ from engine.destinations.base import Request, parse_bytes, serialize_bytes
 from engine.errors import BacklogFull, OutboxError
 from engine.runtime import new_id
 from engine.sessions import KEEP_SCOPES, Session, VisitorMemory
-from engine.stores.base import BaseOutbox, PushTransaction, Sessions
+from engine.stores.base import BaseOutbox, KeyedLocks, PushTransaction, Sessions
 from engine.stores.redis_client import RedisTarget, connect, translated
 from engine.stores.redis_outbox import RedisOutbox, fields_of
 from engine.values import copy_json
@@ -244,8 +244,7 @@ class RedisSessions(Sessions):
         self._ttl_ms = max(1, int(idle_timeout * 1000))
         client = self._target.client
         self._push = client.register_script(_PUSH)
-        self._locks: dict[str, list[Any]] = {}  # session id → [lock, users]: in-process order
-        self._locks_lock = threading.Lock()
+        self._locks = KeyedLocks()  # this process's pushes of one session, one at a time
         # Sessions as this process last stored them (see begin): at most `cache` of them.
         self._cache: OrderedDict[str, _Raw] = OrderedDict()
         self._cache_size = cache
@@ -278,7 +277,7 @@ class RedisSessions(Sessions):
         process (a push, a delivery) wrote since, it brings back what is stored and the push
         runs again on that. So a visitor whose pushes reach one process costs one round trip
         a push, and one whose pushes go anywhere at most two, as without the cache."""
-        with self._local(session_id):
+        with self._locks.hold(session_id):
             raw = self._cached(session_id)
             loaded = None if raw is None else self._build(session_id, raw, now, create=True)
             if loaded is None:
@@ -287,22 +286,6 @@ class RedisSessions(Sessions):
                 )
             assert loaded is not None
             yield _Transaction(self, loaded)
-
-    @contextmanager
-    def _local(self, session_id: str) -> Iterator[None]:
-        with self._locks_lock:
-            held = self._locks.get(session_id)
-            if held is None:
-                held = self._locks[session_id] = [threading.RLock(), 0]
-            held[1] += 1
-        try:
-            with held[0]:
-                yield
-        finally:
-            with self._locks_lock:
-                held[1] -= 1
-                if not held[1]:
-                    del self._locks[session_id]
 
     def _cached(self, session_id: str) -> _Raw | None:
         with self._cache_lock:
@@ -450,7 +433,7 @@ class RedisSessions(Sessions):
     ) -> None:
         """Apply ``change`` (true when it changed something) to the session as stored, and
         store it; again on a fresh read while another process wrote meanwhile."""
-        with self._local(session_id):
+        with self._locks.hold(session_id):
             for _ in range(_MAX_ATTEMPTS):
                 loaded = self._load(session_id, visitor_id, self.clock(), create=create)
                 if loaded is None or not change(loaded.session):
