@@ -640,8 +640,8 @@ def report(
     cores = with_delivery / host_core
     print(
         "\nPer-core limit and N hosts (on paper, from the figures above). One producer "
-        f"process pushes {rate1:,.0f}/s on one thread, as it waits for two Redis round trips a "
-        f"push; CPU-bound (more threads or processes than cores) a core does "
+        f"process pushes {rate1:,.0f}/s on one thread, as it waits for Redis (one round trip a "
+        f"push on a session it stored last, two otherwise); CPU-bound (more threads or processes than cores) a core does "
         f"{per_core:,.0f} pushes/s ({us(producer)} a push), or {host_core:,.0f} pushes/s "
         f"once the delivery of their {sends_per_push:.2f} sends a push is counted "
         f"({us(worker_send)} of worker CPU a send). Redis's one thread spends "
@@ -653,7 +653,7 @@ def report(
         "visitors must be split over several Redis servers (a session, its visitor and its "
         "outbox partition live on one), each with its own producers and workers. Between "
         "hosts, a round trip of ~0.2-0.5 ms instead of loopback's adds latency to a push "
-        "(two round trips), not CPU."
+        "(one or two round trips), not CPU."
     )
 
 

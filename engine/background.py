@@ -309,8 +309,9 @@ class BackgroundDelivery:
             with self._cond:
                 seen = self._progress
             checked = time.monotonic()
-            # Cheap: the lowest id, through the primary key (counts() scans every row).
-            if not self.outbox.pending(limit=1):
+            # Cheap: SQLite reads the lowest id, through the primary key; Redis only what
+            # this process stored (the outbox is shared: others' sends are theirs to flush).
+            if self.outbox.drained():
                 return True
             left = deadline - time.monotonic()
             if left <= 0 or self._running == 0 or self._stopping:

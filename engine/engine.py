@@ -212,6 +212,7 @@ class Engine:
                 raise EngineError(
                     "background delivery uses the destination clients, not a transport"
                 )
+            self._owns_outbox = not isinstance(outbox, BaseOutbox)
             if outbox is None and isinstance(self.sessions, RedisSessions):
                 outbox = RedisOutbox(self.sessions.target)  # the same Redis: atomic pushes
             if outbox is None and not deliver:
@@ -219,7 +220,6 @@ class Engine:
                     "deliver=False leaves the sends to another process (tagengine deliver): "
                     "give an outbox they share (a file on this host, or redis://...)"
                 )
-            self._owns_outbox = not isinstance(outbox, BaseOutbox)
             self._outbox = open_outbox(outbox)
             if isinstance(self.sessions, RedisSessions) and not (
                 isinstance(self._outbox, RedisOutbox)
@@ -428,17 +428,18 @@ class Engine:
                     continue
                 if self.dry_run:
                     return result
+                # Still holding the session (its lock here, or this process's turn on a
+                # shared one): its sends answer in order, and the identity the first one
+                # brings back is in the requests built after it.
                 if isinstance(self.sessions, MemorySessions):
-                    # Under the session's lock: its sends answer in order, and the identity
-                    # the first one brings back is in the requests built after it.
                     self._deliver(result, session, targets)
                     return result
-            # A shared store: deliver on the session as stored, then store what the answers
-            # changed of its identity (as a delivery worker does).
-            base = copy_json(session.identity)
-            self._deliver(result, session, targets)
-            self.sessions.merge_identity(session.id, base, session.identity)
-            return result
+                # A shared store: what the answers changed of the identity is stored, as a
+                # delivery worker does.
+                base = copy_json(session.identity)
+                self._deliver(result, session, targets)
+                self.sessions.merge_identity(session.id, base, session.identity)
+                return result
         raise EngineError(
             f"session {session_id!r} was changed by other processes {MAX_PUSH_ATTEMPTS} times "
             "while this push ran; nothing was stored"

@@ -463,3 +463,72 @@ def test_an_identity_is_stored_again_only_when_it_changed_more_than_a_renewal() 
     assert _worth_storing(before, {**before, "ecid": "2"}, now)
     assert _worth_storing(before, {**before, "entries": [{**entry, "value": "va6"}]}, now)
     assert not _worth_storing(before, before, now)
+
+
+def test_an_engine_hands_back_the_partitions_of_the_outbox_it_made(
+    redis_url: str, emulator: EmulatorServer
+) -> None:
+    ruleset = load_text(RULES)
+    options = {"edge_url": emulator.url, "sitecore_url": emulator.url}
+    engine = Engine(ruleset, sessions=redis_url, background=True, **options)  # type: ignore[arg-type]
+    engine.session("s").push({"event": "page.view", "n": 1})
+    assert engine.flush(10)
+    assert _leases(redis_url)  # it delivers: it holds partitions
+    engine.close()
+    assert _leases(redis_url) == []  # handed over at once, not left to renew forever
+
+
+def _leases(url: str) -> list[bytes]:
+    import redis as redis_py
+
+    return [key for key in redis_py.Redis.from_url(url).keys("*") if b":lease:" in key]
+
+
+def test_a_session_recreated_elsewhere_is_not_overwritten_from_a_stale_cache(
+    redis_url: str,
+) -> None:
+    """Process A stored a session last; it expires; process B starts it again. A's next push
+    must see B's session, not write over it from what A remembered."""
+    ruleset = load_text(RULES)
+    first = Engine(ruleset, sessions=RedisSessions(redis_url), dry_run=True)
+    second = Engine(ruleset, sessions=RedisSessions(redis_url), dry_run=True)
+    first.session("s").push({"event": "page.view", "n": 1, "a1": True})
+    first.sessions.delete("s")  # type: ignore[attr-defined]  # as if it had expired
+    second.session("s").push({"event": "page.view", "n": 2, "b1": True})
+    first.session("s").push({"event": "page.view", "n": 3, "a2": True})
+    stored = RedisSessions(redis_url).read("s")
+    assert stored is not None
+    assert stored.state == {"n": 3, "b1": True, "a2": True}
+    assert stored.pushes == 2
+
+
+def test_an_unreadable_entry_left_pending_is_dead_lettered_not_blocking(
+    redis_url: str, emulator: EmulatorServer
+) -> None:
+    """Garbage in a partition, read by a worker that died before it dealt with it: the next
+    worker dead-letters it and delivers the partition's sends."""
+    import redis as redis_py
+
+    ruleset = load_text(RULES)
+    outbox = RedisOutbox(redis_url)
+    with Engine(
+        ruleset, sessions=redis_url, deliver=False, edge_url=emulator.url, sitecore_url=emulator.url
+    ) as engine:
+        engine.session("s").push({"event": "page.view", "n": 1})
+    stream = outbox.stream_key("s")
+    raw = redis_py.Redis.from_url(redis_url)
+    raw.xgroup_create(stream, "tagengine", id="0", mkstream=True)
+    raw.xadd(stream, {"h": b"not json", "b": b""})
+    raw.xreadgroup("tagengine", "dead-worker", {stream: ">"})  # read, never settled
+    background, box = deliver_in_thread(redis_url, emulator)
+    try:
+        deadline = time.monotonic() + 20
+        while RedisOutbox(redis_url).backlog().pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert RedisOutbox(redis_url).backlog().pending == 0
+    finally:
+        background.close(5, drain=False)
+        box.close()
+    assert raw.xlen(outbox._dead_key) == 1  # kept aside, with why
+    sent = [r for r in emulator.requests() if "/event/create.json" in r.path or "/ee/" in r.path]
+    assert len(sent) == 3

@@ -63,7 +63,8 @@ class Backlog:
     """An outbox's backlog at one moment.
 
     ``pending``: sends not delivered yet, those in flight included; ``inflight``: of those,
-    the ones a worker is delivering now; ``oldest_age``: seconds since the oldest of them
+    the ones a worker is delivering now (Redis: that a worker has read and not yet
+    settled); ``oldest_age``: seconds since the oldest of them
     was stored (``None`` when there is none); ``dead``: dead letters; ``journaled``: sends
     running processes have appended to their intake journals and not read in yet (SQLite
     only); ``quarantined``: unreadable journal records kept aside, not delivered (SQLite
@@ -237,6 +238,10 @@ class BaseOutbox(ABC):
 
     @abstractmethod
     def backlog(self) -> Backlog: ...
+
+    def drained(self) -> bool:
+        """Whether nothing is left to deliver that a flush of this process waits for."""
+        return not self.pending(limit=1)
 
     def adopt(self) -> int:
         """Read in what dead processes left behind (the SQLite journals); how many."""

@@ -16,7 +16,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -58,7 +58,7 @@ class RedisTarget:
     prefix: str
     partitions: int
     name: str
-    url: str
+    url: str = field(repr=False)  # it may hold the password
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

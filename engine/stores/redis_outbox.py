@@ -42,6 +42,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -77,11 +78,12 @@ return 0
 # connection error) cannot store a send twice or bury it twice.
 # KEYS: a token key, then the stream of each send; ARGV: token ttl ms, then header, body.
 _APPEND = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return {} end
+local ids = {}
 for i = 2, #KEYS do
-  redis.call('XADD', KEYS[i], '*', 'h', ARGV[2 * i - 2], 'b', ARGV[2 * i - 1])
+  ids[#ids + 1] = redis.call('XADD', KEYS[i], '*', 'h', ARGV[2 * i - 2], 'b', ARGV[2 * i - 1])
 end
-return #KEYS - 1
+return ids
 """
 # KEYS: stream, dead letters, retry hash; ARGV: stream id, group, then the dead letter's
 # fields and values.
@@ -94,7 +96,7 @@ for i = 3, #ARGV do letter[#letter + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(letter))
 return 1
 """
-_TOKEN_TTL_MS = 600_000  # longer than any retry of one write could come
+_TOKEN_TTL_MS = 60_000  # longer than a retry of one write can come (a 5 s timeout, once)
 
 
 def _header(request: Request, session: str, now: float) -> list[Any]:
@@ -138,6 +140,11 @@ def _entry_id(stream_id: bytes | str, partition: int | None) -> int:
     return serial if partition is None else serial * 1000 + partition
 
 
+def _order(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _created(stream_id: bytes | str) -> float:
     text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     return int(text.partition("-")[0]) / 1000
@@ -170,7 +177,7 @@ def _decode(
         request_id=request_id,
         created=now,
         attempts=int(fields[b"a"]) if dead else int(retry.get("a", 0)),
-        next_attempt_at=float(retry.get("n", now)),
+        next_attempt_at=float(retry.get("n", 0.0)),  # not the producer's clock: hosts skew
         last_error=fields[b"e"].decode() if dead else retry.get("e"),
         state="dead" if dead else "pending",
         failed_at=float(fields[b"f"]) if dead else None,
@@ -184,6 +191,7 @@ class _Partition:
         "claimed",
         "index",
         "key",
+        "lost",
         "queues",
         "releasing",
         "resync",
@@ -200,6 +208,7 @@ class _Partition:
         self.stream_ids: dict[int, tuple[bytes, str]] = {}  # entry id → stream id, session
         self.releasing = False  # to be handed over: nothing more claimed from it
         self.resync = False  # a read failed: read what this worker holds again (_resync)
+        self.lost = False  # its lease ran out: kept only until what is in flight settles
 
     def size(self) -> int:
         return len(self.stream_ids)
@@ -275,10 +284,10 @@ class RedisOutbox(BaseOutbox):
         self._append_script = target.client.register_script(_APPEND)
         self._bury_script = target.client.register_script(_BURY)
         self._fixed_consumer = consumer
-        self._lock = threading.RLock()
         self._checked = False
         self._closed = False
         self._reset()
+        _INSTANCES.add(self)
 
     def _reset(self) -> None:
         """No leases, nothing read (at construction and in a forked child)."""
@@ -287,7 +296,10 @@ class RedisOutbox(BaseOutbox):
             f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
         self._held: dict[int, _Partition] = {}
+        self._stored: dict[str, str] = {}  # stream → the last entry this process added to it
         self._maintained = -math.inf  # monotonic time of the last lease round
+        self._renewed = -math.inf  # ...and of the last one that reached Redis
+        self._lock = threading.RLock()  # new in a forked child: the parent's may be held
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -333,7 +345,38 @@ class RedisOutbox(BaseOutbox):
         self._check_open()
         self.ensure_ready()
         with translated(self._target, "storing sends"):
-            self._append_script(keys=keys, args=args)
+            ids = self._append_script(keys=keys, args=args)
+        for key, stream_id in zip(keys[1:], ids or (), strict=False):
+            self.stored(key, stream_id)
+
+    def stored(self, stream: str, stream_id: bytes | str) -> None:
+        """This process added entries to ``stream`` up to ``stream_id``: :meth:`drained`
+        waits for them."""
+        text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+        with self._lock:
+            known = self._stored.get(stream)
+            if known is None or _order(text) > _order(known):
+                self._stored[stream] = text
+
+    def drained(self) -> bool:
+        """Whether every send this process stored is settled (delivered or dead-lettered),
+        with all that other processes stored before them: what a flush waits for. The
+        outbox is shared: sends others stored since are theirs to wait for."""
+        with self._lock:
+            marks = dict(self._stored)
+        if not marks:
+            return True
+        with translated(self._target, "reading the outbox"):
+            pipe = self._target.client.pipeline(transaction=False)
+            for stream, mark in marks.items():
+                pipe.xrange(stream, max=mark, count=1)
+            answers = pipe.execute()
+        left = {stream for stream, rows in zip(marks, answers, strict=True) if rows}
+        with self._lock:
+            for stream, mark in marks.items():
+                if stream not in left and self._stored.get(stream) == mark:
+                    del self._stored[stream]
+        return not left
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -346,6 +389,8 @@ class RedisOutbox(BaseOutbox):
             self._start_renewer()
             if time.monotonic() - self._maintained >= self.lease_ttl / 4:
                 self._maintain()
+            if time.monotonic() - self._renewed > self.lease_ttl * 0.8:
+                return []  # the leases may have run out: claim nothing until renewed
             self._fill()
             chosen: list[Entry] = []
             held = list(self._held.values())
@@ -536,13 +581,25 @@ class RedisOutbox(BaseOutbox):
                 )
             answers = pipe.execute()
         for index, renewed in zip(list(self._held), answers[3:], strict=True):
-            if not renewed:
+            part = self._held[index]
+            if renewed:
+                part.lost = False
+                continue
+            if not part.lost:
                 log.warning(
-                    "%s: lease of partition %d lost (another worker took it over)",
+                    "%s: lease of partition %d lost (Redis unreachable too long, or this "
+                    "process stalled): %d send(s) in flight finish here, nothing more is "
+                    "claimed from it",
                     self.name,
                     index,
+                    sum(len(ids) for ids in part.claimed.values()),
                 )
+            # Kept, unclaimable, until what is in flight settles: taken back meanwhile, its
+            # sends in flight would be handed out a second time.
+            part.lost = part.releasing = True
+            if not part.claimed:
                 del self._held[index]
+        self._renewed = time.monotonic()
         share = math.ceil(len(self.streams) / max(1, int(answers[2])))
         extra = len(self._held) - share
         # Those already on their way out first, so that each round drains the same ones.
@@ -551,12 +608,12 @@ class RedisOutbox(BaseOutbox):
                 break
             part = self._held[index]
             part.releasing = True  # claim nothing more from it; handed over once settled
-            if not part.claimed:
+            if not part.claimed and not part.lost:
                 self._let_go(index)
             extra -= 1
         if extra < 0:
             for part in self._held.values():
-                part.releasing = False  # a worker left meanwhile: keep it after all
+                part.releasing = part.lost  # a worker left meanwhile: keep it after all
         if len(self._held) < share:
             free = [i for i in range(len(self.streams)) if i not in self._held]
             random.shuffle(free)
@@ -592,9 +649,15 @@ class RedisOutbox(BaseOutbox):
                     )
                     start, claimed = answer[0], answer[1]
                     for stream_id, fields in claimed:
-                        if fields:
+                        if not fields:
+                            continue
+                        try:
                             part.add(stream_id, self._read(stream_id, fields, index, retries))
-                            taken += 1
+                        except OutboxError as problem:  # dead-lettered, never blocks the rest
+                            log.error("%s", problem)
+                            self._quarantine(part, stream_id, fields, str(problem))
+                            continue
+                        taken += 1
                     if start in (b"0-0", "0-0"):
                         break
         except OutboxError:
@@ -654,7 +717,9 @@ class RedisOutbox(BaseOutbox):
                     part.add(stream_id, self._read(stream_id, fields, part.index))
                 except OutboxError as problem:
                     log.error("%s", problem)
+                    part.resync = True  # if the quarantine fails, what follows is read again
                     self._quarantine(part, stream_id, fields, str(problem))
+                    part.resync = False
 
     def _resync(self, part: _Partition) -> None:
         """Read again what this worker was handed of ``part`` and has not settled, in order:
@@ -814,8 +879,11 @@ class RedisOutbox(BaseOutbox):
             if os.getpid() != self._pid:
                 return
             with contextlib.suppress(OutboxError, redis.RedisError):
-                for index in list(self._held):
-                    self._let_go(index)
+                for index, part in list(self._held.items()):
+                    # One with sends still in flight is left to expire: handed over now, they
+                    # would go again while the first request may still land.
+                    if not part.claimed and not part.lost:
+                        self._let_go(index)
                 self._target.client.zrem(self._workers_key, self.consumer)
 
     def held(self) -> list[int]:
@@ -830,3 +898,15 @@ def fields_of(items: Sequence[tuple[Request, str]], now: float) -> list[bytes]:
     for request, session in items:
         flat.extend(encode(request, session, now))
     return flat
+
+
+_INSTANCES: weakref.WeakSet[RedisOutbox] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for outbox in list(_INSTANCES):
+        outbox._reset()  # the parent's leases, reads and locks are not the child's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,13 +1,14 @@
 """Sessions in Redis, shared by every process and host of an app.
 
-Each session is a hash ``P s:<session id>`` holding a version ``v`` and the session ``d``
+Each session is a hash ``P s:<session id>`` holding its last write's token ``t`` and the session ``d``
 (compact JSON: data-layer state, kept values, ``per session`` firings, identity, times); each
 visitor a hash ``P v:<visitor id>`` (``keep visitor`` values and the firings behind
 ``per visitor|minute|hour|day``). Both expire after ``idle_timeout`` seconds without a push
 (a sliding expiry, renewed by every push), as in-memory sessions do.
 
 A push reads both (one round trip), runs in this process, and stores them with its sends in
-one Lua script (:data:`_PUSH`): the script checks that neither version moved meanwhile,
+one Lua script (:data:`_PUSH`): the script checks that neither was written meanwhile (each
+write leaves a token of its own),
 writes the session, the visitor and every send (``XADD`` to the session's outbox stream,
 :class:`~engine.stores.redis_outbox.RedisOutbox`), all or nothing. When another process
 changed the session meanwhile, nothing is written and the push runs again on what that
@@ -24,8 +25,10 @@ host sends the visitor's one identity.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -48,19 +51,20 @@ log = logging.getLogger("engine.sessions")
 _MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never seen past 3)
 
 # KEYS: session, visitor, stream (or the session again), then the partitions (bound only)
-# ARGV: session version, visitor version, session data, visitor data ('' = unchanged),
-#       ttl ms, bound (0 = none), number of sends, this write's token, then header, body
-#       of each send. The token makes the script idempotent: run again (a retry after a
-#       lost reply), it finds its own write and changes nothing.
-# Returns {new session version, 0}; {-2, backlog} over the bound; {-1, and what is stored:
-# session version and data, visitor version and data} when either moved meanwhile.
+# ARGV: the session's token and the visitor's as read ('' when none is stored), session data,
+#       visitor data ('' = unchanged), ttl ms, bound (0 = none), number of sends, this
+#       write's token, then header, body of each send.
+# Each write leaves a token of its own: a push commits only when both tokens are still those
+# it read (a token is never reused, as a counter restarting after an expiry would be), and
+# run again (a retry after a lost reply) it finds its own token and changes nothing.
+# Returns {1, the last send's stream id or ''}; {-2, backlog} over the bound; {-1, and what is stored: session token and
+# data, visitor token and data} when either moved meanwhile.
 _PUSH = """
-local held = redis.call('HMGET', KEYS[1], 'v', 't')
-local sv = tonumber(held[1] or '0')
-if held[2] == ARGV[8] then return {sv, 0} end
-local vv = tonumber(redis.call('HGET', KEYS[2], 'v') or '0')
-if sv ~= tonumber(ARGV[1]) or vv ~= tonumber(ARGV[2]) then
-  return {-1, sv, redis.call('HGET', KEYS[1], 'd') or '', vv, redis.call('HGET', KEYS[2], 'd') or ''}
+local st = redis.call('HGET', KEYS[1], 't') or ''
+if st == ARGV[8] then return {1} end
+local vt = redis.call('HGET', KEYS[2], 't') or ''
+if st ~= ARGV[1] or vt ~= ARGV[2] then
+  return {-1, st, redis.call('HGET', KEYS[1], 'd') or '', vt, redis.call('HGET', KEYS[2], 'd') or ''}
 end
 local n = tonumber(ARGV[7])
 local bound = tonumber(ARGV[6])
@@ -69,14 +73,15 @@ if n > 0 and bound > 0 then
   for i = 4, #KEYS do total = total + redis.call('XLEN', KEYS[i]) end
   if total + n > bound then return {-2, total} end
 end
-redis.call('HSET', KEYS[1], 'v', sv + 1, 'd', ARGV[3], 't', ARGV[8])
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 't', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'v', vv + 1, 'd', ARGV[4]) end
-if vv > 0 or ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'd', ARGV[4], 't', ARGV[8]) end
+if vt ~= '' or ARGV[4] ~= '' then redis.call('PEXPIRE', KEYS[2], ARGV[5]) end
+local last = ''
 for i = 0, n - 1 do
-  redis.call('XADD', KEYS[3], '*', 'h', ARGV[9 + 2 * i], 'b', ARGV[10 + 2 * i])
+  last = redis.call('XADD', KEYS[3], '*', 'h', ARGV[9 + 2 * i], 'b', ARGV[10 + 2 * i])
 end
-return {sv + 1, 0}
+return {1, last}
 """
 
 
@@ -118,9 +123,13 @@ def _decode(data: bytes | None, what: str) -> dict[str, Any] | None:
     return value
 
 
-_Raw = tuple[int, bytes | None, int, bytes | None, str]
-"""A session as Redis holds it: its version and data, its visitor's version and data, and
-that visitor's id."""
+_Raw = tuple[str, bytes | None, str, bytes | None, str]
+"""A session as Redis holds it: its last write's token and its data, its visitor's token and
+data, and that visitor's id."""
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
 
 
 def _owner(data: bytes | None) -> str | None:
@@ -173,12 +182,13 @@ def _worth_storing(before: dict[str, Any], after: dict[str, Any], now: float) ->
 
 
 class _Loaded:
-    """A session as read from Redis, and the versions a push's commit must find unchanged."""
+    """A session as read from Redis, and the write tokens (its own and its visitor's) a
+    push's commit must find unchanged."""
 
     __slots__ = ("session", "session_version", "visitor_data", "visitor_version")
 
     def __init__(
-        self, session: Session, session_version: int, visitor_version: int, visitor_data: bytes
+        self, session: Session, session_version: str, visitor_version: str, visitor_data: bytes
     ) -> None:
         self.session = session
         self.session_version = session_version
@@ -215,7 +225,10 @@ class _Transaction(PushTransaction):
             stream = outbox.stream_key(self.session.id)
             if outbox.max_backlog is not None:
                 bound, partitions = outbox.max_backlog, outbox.streams
-        return self._store._commit(self._loaded, stream, sends, bound, partitions)
+        last = self._store._commit(self._loaded, stream, sends, bound, partitions)
+        if last and stream is not None and isinstance(outbox, RedisOutbox):
+            outbox.stored(stream, last)  # what a flush waits for
+        return last is not None
 
 
 class RedisSessions(Sessions):
@@ -249,6 +262,13 @@ class RedisSessions(Sessions):
         self._cache: OrderedDict[str, _Raw] = OrderedDict()
         self._cache_size = cache
         self._cache_lock = threading.Lock()
+        _INSTANCES.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        # Another thread of the parent may have held these at the fork: new ones, empty.
+        self._locks = KeyedLocks()
+        self._cache_lock = threading.Lock()
+        self._cache = OrderedDict()
 
     def __repr__(self) -> str:
         return f"RedisSessions({self._target.name!r})"
@@ -312,16 +332,16 @@ class RedisSessions(Sessions):
         guess = session_id if visitor_id is None else visitor_id
         with translated(self._target, f"reading session {session_id!r}"):
             pipe = client.pipeline(transaction=False)
-            pipe.hmget(self._session_key(session_id), "v", "d")
-            pipe.hmget(self._visitor_key(guess), "v", "d")
+            pipe.hmget(self._session_key(session_id), "t", "d")
+            pipe.hmget(self._visitor_key(guess), "t", "d")
             (sv, sd), (vv, vd) = pipe.execute()
         owner = _owner(sd)
         if owner is not None and owner != guess:
             # A session keeps the visitor it was created with.
             guess = owner
             with translated(self._target, f"reading visitor {owner!r}"):
-                vv, vd = client.hmget(self._visitor_key(owner), "v", "d")
-        return int(sv or 0), sd or None, int(vv or 0), vd or None, guess
+                vv, vd = client.hmget(self._visitor_key(owner), "t", "d")
+        return _text(sv), sd or None, _text(vv), vd or None, guess
 
     def _build(self, session_id: str, raw: _Raw, now: float, *, create: bool) -> _Loaded | None:
         """The session ``raw`` describes; ``None`` when there is none (and not ``create``)
@@ -364,7 +384,9 @@ class RedisSessions(Sessions):
         sends: list[bytes],
         bound: int,
         partitions: list[str],
-    ) -> bool:
+    ) -> str | None:
+        """Store the session and ``sends``: the last send's stream id ('' with none), or
+        ``None`` when another write came first (nothing stored)."""
         session = loaded.session
         visitor_data = _visitor_data(session.visitor)
         changed = b"" if visitor_data == loaded.visitor_data else visitor_data
@@ -373,6 +395,7 @@ class RedisSessions(Sessions):
         skey = self._session_key(session.id)
         keys = [skey, self._visitor_key(session.visitor_id), stream or skey, *partitions]
         data = _session_data(session)
+        token = new_id()[:18]  # 64 random bits: never the same twice for one session
         args: list[Any] = [
             loaded.session_version,
             loaded.visitor_version,
@@ -381,7 +404,7 @@ class RedisSessions(Sessions):
             self._ttl_ms,
             bound,
             len(sends) // 2,
-            new_id()[:13],  # enough to tell this write from the session's last one
+            token,
             *sends,
         ]
         try:
@@ -394,9 +417,9 @@ class RedisSessions(Sessions):
         if code == -1:
             _, sv, sd, vv, vd = answer
             self._remember(
-                session.id, (int(sv), sd or None, int(vv), vd or None, session.visitor_id)
+                session.id, (_text(sv), sd or None, _text(vv), vd or None, session.visitor_id)
             )
-            return False
+            return None
         if code == -2:
             raise BacklogFull(
                 f"outbox {self.name}: {answer[1]} sends waiting, at its bound of {bound} "
@@ -404,15 +427,15 @@ class RedisSessions(Sessions):
                 int(answer[1]),
                 bound,
             )
-        loaded.session_version = code
+        loaded.session_version = token
         if changed:
-            loaded.visitor_version += 1
+            loaded.visitor_version = token
             loaded.visitor_data = changed
         self._remember(
             session.id,
-            (code, data, loaded.visitor_version, loaded.visitor_data or None, session.visitor_id),
+            (token, data, loaded.visitor_version, loaded.visitor_data or None, session.visitor_id),
         )
-        return True
+        return _text(answer[1]) if len(answer) > 1 else ""
 
     # ------------------------------------------------------------------ reading, identity
     def read(self, session_id: str) -> Session | None:
@@ -438,7 +461,7 @@ class RedisSessions(Sessions):
                 loaded = self._load(session_id, visitor_id, self.clock(), create=create)
                 if loaded is None or not change(loaded.session):
                     return
-                if self._commit(loaded, None, [], 0, []):
+                if self._commit(loaded, None, [], 0, []) is not None:
                     return
         raise OutboxError(
             f"{self.name}: session {session_id!r} changed by others {_MAX_ATTEMPTS} times "
@@ -494,3 +517,15 @@ class RedisSessions(Sessions):
         """Forget a session (its visitor memory stays with the visitor's other sessions)."""
         with translated(self._target, f"deleting session {session_id!r}"):
             self._target.client.delete(self._session_key(session_id))
+
+
+_INSTANCES: weakref.WeakSet[RedisSessions] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sessions in list(_INSTANCES):
+        sessions._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
