@@ -74,11 +74,11 @@ class _Saved:
 
 
 class _Transaction(PushTransaction):
-    __slots__ = ("_saved", "committed", "session")
+    __slots__ = ("committed", "saved", "session")
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self._saved = _Saved(session)
+        self.saved = _Saved(session)
         self.committed = False
 
     def commit(
@@ -96,7 +96,7 @@ class _Transaction(PushTransaction):
 
     def rollback(self) -> None:
         if not self.committed:
-            self._saved.restore(self.session)
+            self.saved.restore(self.session)
 
 
 class MemorySessions(Sessions):
@@ -133,25 +133,26 @@ class MemorySessions(Sessions):
         return len(self._sessions)
 
     def get(
-        self,
-        session_id: str,
-        visitor_id: str | None = None,
-        now: float | None = None,
-        *,
-        touch: bool = True,
+        self, session_id: str, visitor_id: str | None = None, now: float | None = None
     ) -> Session:
         """The live session ``session_id``, created on first use or after it expired, and
-        marked as used at ``now`` (unless ``touch`` is false: a push marks it itself, once it
-        is through). A session keeps the visitor id it was created with."""
+        marked as used at ``now``. A session keeps the visitor id it was created with."""
+        return self._checkout(session_id, visitor_id, now)[0]
+
+    def _checkout(
+        self, session_id: str, visitor_id: str | None, now: float | None
+    ) -> tuple[Session, float]:
+        """:meth:`get`, and when the session was last used before (what a push that fails
+        puts back)."""
         now = self.clock() if now is None else now
         with self._lock:
             session = self._sessions.get(session_id)
             if session is not None:
                 if not self._expired(session, now):
-                    if touch:
-                        session.last_seen = max(session.last_seen, now)
+                    before = session.last_seen
+                    session.last_seen = max(session.last_seen, now)
                     self._sessions.move_to_end(session_id)
-                    return session
+                    return session, before
                 self._drop(session_id)
             session = Session(
                 session_id,
@@ -160,7 +161,7 @@ class MemorySessions(Sessions):
                 visitor=self._visitor(session_id if visitor_id is None else visitor_id),
             )
             self._add(session)
-            return session
+            return session, session.last_seen
 
     @contextmanager
     def begin(
@@ -168,9 +169,12 @@ class MemorySessions(Sessions):
     ) -> Iterator[PushTransaction]:
         """The live session, held for one push: the visitor's pushes (all its sessions) one at
         a time, and on an exception or a failed commit everything the push changed undone."""
-        session = self.get(session_id, visitor_id, now, touch=False)
+        # Marked used at once (a push of it arriving meanwhile must not find it expired),
+        # and put back as it was if this push fails.
+        session, before = self._checkout(session_id, visitor_id, now)
         with self._visitor_locks.hold(session.visitor_id), session.lock:
             transaction = _Transaction(session)
+            transaction.saved.last_seen = before
             try:
                 yield transaction
             except BaseException:

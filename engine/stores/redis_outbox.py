@@ -96,6 +96,12 @@ for i = 3, #ARGV do letter[#letter + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], '*', unpack(letter))
 return 1
 """
+# KEYS: dead letters, the session's stream; ARGV: dead letter id, header, body.
+_REVIVE = """
+if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'h', ARGV[2], 'b', ARGV[3])
+return 1
+"""
 _TOKEN_TTL_MS = 60_000  # longer than a retry of one write can come (a 5 s timeout, once)
 
 
@@ -283,6 +289,7 @@ class RedisOutbox(BaseOutbox):
         self._release_script = target.client.register_script(_RELEASE)
         self._append_script = target.client.register_script(_APPEND)
         self._bury_script = target.client.register_script(_BURY)
+        self._revive_script = target.client.register_script(_REVIVE)
         self._fixed_consumer = consumer
         self._checked = False
         self._closed = False
@@ -798,20 +805,20 @@ class RedisOutbox(BaseOutbox):
         wanted = None if ids is None else set(ids)
         with translated(self._target, "reviving dead letters"):
             rows = self._target.client.xrange(self._dead_key)
-            pipe = self._target.client.pipeline(transaction=True)
-            count = 0
+            pipe = self._target.client.pipeline(transaction=False)
             for stream_id, fields in rows:
                 if wanted is not None and _entry_id(stream_id, None) not in wanted:
                     continue
                 if b"unreadable" in fields:
                     continue  # no send to make of it
                 session = parse_bytes(fields[b"h"])[0]
-                pipe.xadd(self.stream_key(session), {"h": fields[b"h"], "b": fields[b"b"]})
-                pipe.xdel(self._dead_key, stream_id)
-                count += 1
-            if count:
-                pipe.execute()
-        return count
+                self._revive_script(
+                    keys=[self._dead_key, self.stream_key(session)],
+                    args=[stream_id, fields[b"h"], fields[b"b"]],
+                    client=pipe,
+                )
+            # Each letter moves once, even if two operators revive it at the same moment.
+            return sum(int(moved) for moved in pipe.execute())
 
     def purge(self, which: Which = "dead", ids: Iterable[int] | None = None) -> int:
         if which not in ("dead", "pending", "all"):
