@@ -365,7 +365,7 @@ class Engine:
         if visitor is not None and (not isinstance(visitor, str) or not visitor):
             raise EngineError("a visitor id is a non-empty string")
         live = None
-        if isinstance(self.sessions, MemorySessions):
+        if isinstance(self.sessions, MemorySessions):  # made now, as it always was
             live = self.sessions.get(session_id, visitor)
         return EngineSession(self, session_id, visitor, live)
 

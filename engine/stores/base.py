@@ -43,19 +43,31 @@ class KeyedLocks:
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
+        lock = self.acquire(key)
+        try:
+            yield
+        finally:
+            self.release(key, lock)
+
+    def acquire(self, key: str) -> threading.RLock:
+        """Take ``key``'s lock (waiting for it); give it back with :meth:`release`. (The
+        push path's form of :meth:`hold`: no generator to make.)"""
         with self._lock:
             held = self._held.get(key)
             if held is None:
                 held = self._held[key] = [threading.RLock(), 0]
             held[1] += 1
-        try:
-            with held[0]:
-                yield
-        finally:
-            with self._lock:
-                held[1] -= 1
-                if not held[1]:
-                    del self._held[key]
+        lock: threading.RLock = held[0]
+        lock.acquire()
+        return lock
+
+    def release(self, key: str, lock: threading.RLock) -> None:
+        lock.release()
+        with self._lock:
+            held = self._held[key]
+            held[1] -= 1
+            if not held[1]:
+                del self._held[key]
 
 
 @dataclass(frozen=True, slots=True)

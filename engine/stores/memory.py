@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any
 
 from engine.clients.identity import merge_identity
@@ -42,16 +42,19 @@ class _Saved:
         # Shallow copies suffice: a state is replaced, never changed, and kept values are
         # snapshots of it; a push changes only the top level of the identity (a local
         # Sitecore browser id) and appends to firing lists.
+        # No lock for the visitor's memory: the pushes that change it are this one and
+        # others of the visitor, which wait for this one (MemorySessions.begin).
+        kept, memory = session.kept, session.visitor
         self.state = session.state
-        self.pageview = dict(session.kept["pageview"])
-        self.session_kept = dict(session.kept["session"])
-        self.firings = {rule: list(times) for rule, times in session.firings.items()}
+        self.pageview = dict(kept["pageview"])
+        self.session_kept = dict(kept["session"])
+        firings = session.firings
+        self.firings = {rule: list(times) for rule, times in firings.items()} if firings else {}
         self.identity = dict(session.identity)
         self.last_seen, self.pushes = session.last_seen, session.pushes
-        memory = session.visitor
-        with memory.lock:
-            self.visitor_kept = dict(memory.kept)
-            self.visitor_firings = {rule: list(times) for rule, times in memory.firings.items()}
+        self.visitor_kept = dict(memory.kept)
+        shared = memory.firings
+        self.visitor_firings = {rule: list(t) for rule, t in shared.items()} if shared else {}
 
     def restore(self, session: Session) -> None:
         """Put it back, in place: other code holds references to these dicts."""
@@ -97,6 +100,49 @@ class _Transaction(PushTransaction):
     def rollback(self) -> None:
         if not self.committed:
             self.saved.restore(self.session)
+
+
+class _Hold:
+    """:meth:`MemorySessions.begin`'s context (a class, not a generator: it is on every
+    push's path)."""
+
+    __slots__ = ("_lock", "_now", "_session_id", "_store", "_transaction", "_visitor_id")
+
+    def __init__(
+        self, store: MemorySessions, session_id: str, visitor_id: str | None, now: float
+    ) -> None:
+        self._store = store
+        self._session_id, self._visitor_id, self._now = session_id, visitor_id, now
+
+    def __enter__(self) -> _Transaction:
+        store = self._store
+        # Marked used at once (a push of it arriving meanwhile must not find it expired),
+        # and put back as it was if this push fails.
+        session, before = store._checkout(self._session_id, self._visitor_id, self._now)
+        self._visitor_id = session.visitor_id
+        self._lock = store._visitor_locks.acquire(session.visitor_id)
+        try:
+            session.lock.acquire()
+        except BaseException:
+            store._visitor_locks.release(session.visitor_id, self._lock)
+            raise
+        self._transaction = _Transaction(session)
+        self._transaction.saved.last_seen = before
+        return self._transaction
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        transaction = self._transaction
+        try:
+            if kind is not None:
+                transaction.rollback()
+        finally:
+            transaction.session.lock.release()
+            self._store._visitor_locks.release(transaction.session.visitor_id, self._lock)
 
 
 class MemorySessions(Sessions):
@@ -163,23 +209,10 @@ class MemorySessions(Sessions):
             self._add(session)
             return session, session.last_seen
 
-    @contextmanager
-    def begin(
-        self, session_id: str, visitor_id: str | None, now: float
-    ) -> Iterator[PushTransaction]:
+    def begin(self, session_id: str, visitor_id: str | None, now: float) -> _Hold:
         """The live session, held for one push: the visitor's pushes (all its sessions) one at
         a time, and on an exception or a failed commit everything the push changed undone."""
-        # Marked used at once (a push of it arriving meanwhile must not find it expired),
-        # and put back as it was if this push fails.
-        session, before = self._checkout(session_id, visitor_id, now)
-        with self._visitor_locks.hold(session.visitor_id), session.lock:
-            transaction = _Transaction(session)
-            transaction.saved.last_seen = before
-            try:
-                yield transaction
-            except BaseException:
-                transaction.rollback()
-                raise
+        return _Hold(self, session_id, visitor_id, now)
 
     def read(self, session_id: str) -> Session | None:
         return self.peek(session_id)
