@@ -8,7 +8,8 @@
 
 It runs :class:`~engine.background.BackgroundDelivery` over the outbox until SIGTERM or
 SIGINT, then stops taking new sends, finishes (within ``--grace`` seconds) what it has in
-flight and leaves the rest in the outbox for the next worker. Several may run on one outbox,
+flight and leaves the rest in the outbox for the next worker; a second signal stops it at
+once (what was in flight goes again, from the next worker). Several may run on one outbox,
 on one host or many (Redis): each delivers its share of the sessions, in order per session.
 
 Each visitor's identity (ECID, state entries, Sitecore browser id) is read from and written
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -168,6 +170,9 @@ def deliver(
     stop = threading.Event()
 
     def stopping(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():  # asked twice: stop now; what is in flight goes again later
+            log.warning("stopped without waiting for the sends in flight")
+            os._exit(128 + signum)
         stop.set()
 
     signal.signal(signal.SIGTERM, stopping)
