@@ -134,6 +134,8 @@ def deliver(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    for chatty in ("httpx", "httpcore"):  # a line per request: the status lines say enough
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         ruleset = load_ruleset(rules_path)
     except RuleError as error:

@@ -55,11 +55,11 @@ def test_pushing_processes_and_two_deliverers_share_one_file(
     )
     deliver = [sys.executable, "-m", "engine", "deliver", "--outbox", str(outbox)]
     deliver += ["--rules", str(rules), "--emulator", emulator.url, "--workers", "2", "--json"]
+    # Their logs go to files: a pipe nobody reads until the end would fill and stop them.
+    logs = [(tmp_path / f"deliver-{n}.log").open("w") for n in range(2)]
     workers = [
-        subprocess.Popen(
-            deliver, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
+        subprocess.Popen(deliver, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+        for log in logs
     ]
     try:
         calm = subprocess.run(
@@ -88,10 +88,11 @@ def test_pushing_processes_and_two_deliverers_share_one_file(
                 time.sleep(0.1)
     finally:
         outputs = []
-        for worker in workers:
+        for worker, log in zip(workers, logs, strict=True):
             worker.send_signal(signal.SIGTERM)
-            out, err = worker.communicate(timeout=30)
-            outputs.append((worker.returncode, out, err))
+            out, _ = worker.communicate(timeout=30)
+            log.close()
+            outputs.append((worker.returncode, out, Path(log.name).read_text()))
     for returncode, out, err in outputs:
         assert returncode == 0, err
         assert json.loads(out.splitlines()[-1])["state"] == "stopped"

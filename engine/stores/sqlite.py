@@ -34,7 +34,7 @@ Guarantees:
   ``-wal``, say) is read from its start, so sends already read in may go twice.
 - **A journal outlives the WAL.** A journal file is deleted (read to its end by its process
   at close or when it rotates to a new file, or adopted from a dead one) only after a
-  ``wal_checkpoint(FULL)`` that completed: what it held is then in the database file itself,
+  checkpoint that copied the whole ``-wal``: what it held is then in the database file itself,
   synced, so losing the ``-wal`` (removed after a crash) cannot take it along. When the
   checkpoint cannot complete (another connection is reading), the file stays, its ``intake``
   row at its end, and a later adoption deletes it.
@@ -794,12 +794,15 @@ class Outbox(BaseOutbox):
         """Copy every committed transaction from the ``-wal`` into the database file, synced;
         whether it all went (no other connection held it back)."""
         try:
-            row = self._connection().execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            # PASSIVE: never waits for the other connections (a FULL one waits out the busy
+            # timeout while a deliverer of another process reads or writes, again and again,
+            # with this process's claims held meanwhile); it says whether it got through.
+            row = self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
             log.info("outbox %s: checkpoint failed: %s", self.name, exc)
             return False
         # (busy, frames in the -wal, frames checkpointed); not in WAL mode: (0, -1, -1).
-        return row is not None and row[0] == 0
+        return row is not None and row[0] == 0 and row[1] == row[2]
 
     def _discard(self, paths: Sequence[str]) -> None:
         """Delete journal files whose records are all committed to ``entries``, once the
