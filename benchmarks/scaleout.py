@@ -15,6 +15,9 @@ rows of each comparison taken in turns, several rounds, medians printed:
   them), for information: a thread waiting on Redis leaves the CPU to the other. Each row
   shows how many CPUs the producers and redis-server kept busy, and the most the CPU of a
   push allows on 2 CPUs is worked out from the CPU figures (producer and Redis per push);
+- **the machine's own ceiling**: a bare loop of the same shape, no engine (a producer's CPU
+  per push burnt, then one Lua script storing a session hash and two stream entries), in 1
+  and 2 processes, in turns with the rows above: how far any such loop scales here;
 - **CPU per push** (``time.process_time`` in the producer, its threads included) with
   ``deliver=False`` on Redis against a dry run on the same Redis sessions (the session is
   still read and stored; only the sends are not), and, for information, in-memory sessions
@@ -105,6 +108,64 @@ def workload(prefix: str, count: int) -> list[tuple[str, dict[str, Any]]]:
                 if step < len(pushes):
                     out.append((f"{prefix}-{replica}-{name}", pushes[step]))
     return out[:count]
+
+
+# ---------------------------------------------------------------------- a bare loop of the same shape
+# No engine: burn a producer's CPU per push, then one Lua script storing what a push stores
+# (a session hash and two stream entries, of the sizes measured). Run as 1 and 2 processes
+# beside the engine's rows, it shows how far these two cores and one redis-server let any
+# such loop scale, whatever runs between its round trips.
+BARE_SCRIPT = """
+local token = redis.call('HGET', KEYS[1], 't') or ''
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 't', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 1800000)
+redis.call('XADD', KEYS[2], '*', 'h', ARGV[2], 'b', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 'h', ARGV[2], 'b', ARGV[1])
+return {1, token}
+"""
+
+
+def bare_main(argv: Sequence[str]) -> int:
+    import redis
+
+    port, spin, seconds, start, name = argv
+    client = redis.Redis(host="127.0.0.1", port=int(port))
+    script = client.register_script(BARE_SCRIPT)
+    data, head = b"d" * 1500, b"h" * 300
+    while time.time() < float(start):
+        time.sleep(0.001)
+    count, began, cpu = 0, time.perf_counter(), time.process_time
+    while time.perf_counter() - began < float(seconds):
+        until = cpu() + float(spin)
+        while cpu() < until:
+            pass
+        script(
+            keys=[f"bare:s:{name}:{count % 1000}", f"bare:out:{count % 16}"],
+            args=[data, head, count],
+        )
+        count += 1
+    print(json.dumps({"rate": count / (time.perf_counter() - began)}), flush=True)
+    return 0
+
+
+def bare_scaling(port: int, spin: float, seconds: float, rounds: int) -> tuple[float, float]:
+    """Median pushes/s of the bare loop in 1 and in 2 processes, in turns."""
+    found: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(rounds):
+        for processes in (1, 2):
+            start = time.time() + 1.0
+            children = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "benchmarks.scaleout", "--bare", str(port),
+                     repr(spin), repr(seconds), repr(start), str(n)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for n in range(processes)
+            ]  # fmt: skip
+            rates = [json.loads(child.communicate()[0])["rate"] for child in children]
+            found[processes].append(sum(rates))
+    return statistics.median(found[1]), statistics.median(found[2])
 
 
 # ---------------------------------------------------------------------- a producer process
@@ -445,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["--child"]:
         return child_main(args[1:])
+    if args[:1] == ["--bare"]:
+        return bare_main(args[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer pushes and rounds")
     options = parser.parse_args(args)
@@ -478,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for key, (processes, threads) in SCALING.items():
                     group = setup.run(["redis"] * processes, f"{key}{r}", threads=threads)
                     scaling[key].append(group)
+            one = scaling["1x1"]
+            spin = statistics.median(g.producer_cpu for g in one)
+            bare = bare_scaling(server.port, spin, 2.0 if options.quick else 4.0, rounds)
             by_mode: dict[str, list[Group]] = {mode: [] for mode in MODES}
             for r in range(rounds):
                 for mode in MODES:
@@ -493,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emulator.stop()
         server.close()
 
-    report(scaling, by_mode, delivery, memory)
+    report(scaling, by_mode, delivery, memory, bare)
     print(f"\n(whole run: {time.monotonic() - started:.0f} s)")
     return 0
 
@@ -535,6 +601,7 @@ def report(
     by_mode: dict[str, list[Group]],
     delivery: Delivery,
     memory: dict[str, float],
+    bare: tuple[float, float],
 ) -> None:
     # ---- the figures
     one, two = scaling["1x1"], scaling["2x1"]
@@ -580,6 +647,11 @@ def report(
         f"        the CPU of a push (producer {us(p1)} + Redis {us(redis_push)}) allows at most "
         f"{bound:.2f}x on 2 CPUs against one producer using a whole CPU; 1.8x would need Redis "
         f"at {us(p1 / 9)} a push or less"
+    )
+    print(
+        f"        a bare loop of the same shape (no engine: {us(p1)} of CPU, then one script "
+        f"storing ~4 KB) does {bare[0]:,.0f} and {bare[1]:,.0f} a second in 1 and 2 processes "
+        f"in the same run: {bare[1] / bare[0]:.2f}x"
     )
 
     # ---- CPU and latency
