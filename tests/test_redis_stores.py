@@ -227,6 +227,19 @@ def deliver_in_thread(
     return background, outbox
 
 
+def drain(url: str, emulator: EmulatorServer, timeout: float, **options: object) -> None:
+    """Deliver the outbox to the emulator from a worker in this process until it is empty."""
+    background, box = deliver_in_thread(url, emulator, **options)
+    try:
+        deadline = time.monotonic() + timeout
+        while RedisOutbox(url).backlog().pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert RedisOutbox(url).backlog().pending == 0
+    finally:
+        background.close(5, drain=False)
+        box.close()
+
+
 def test_two_workers_share_the_partitions_and_each_visitor_keeps_one_identity(
     redis_url: str, emulator: EmulatorServer
 ) -> None:
@@ -308,15 +321,7 @@ def test_a_killed_worker_s_partitions_are_taken_over_and_nothing_is_lost(
         worker.wait()
     left = RedisOutbox(redis_url).backlog()
     assert 0 < left.pending < total
-    background, box = deliver_in_thread(redis_url, emulator, lease_ttl=1.0)
-    try:
-        deadline = time.monotonic() + 40
-        while RedisOutbox(redis_url).backlog().pending and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert RedisOutbox(redis_url).backlog().pending == 0
-    finally:
-        background.close(5, drain=False)
-        box.close()
+    drain(redis_url, emulator, 40, lease_ttl=1.0)
     events = [r for r in emulator.requests() if "/event/create.json" in r.path or "/ee/" in r.path]
     ids = [r.body["event"]["xdm"]["_id"] for r in events if "/ee/" in r.path]
     assert len(set(ids)) == 30 * 5 + 30 * 3  # every Edge event at least once
@@ -520,15 +525,7 @@ def test_an_unreadable_entry_left_pending_is_dead_lettered_not_blocking(
     raw.xgroup_create(stream, "tagengine", id="0", mkstream=True)
     raw.xadd(stream, {"h": b"not json", "b": b""})
     raw.xreadgroup("tagengine", "dead-worker", {stream: ">"})  # read, never settled
-    background, box = deliver_in_thread(redis_url, emulator)
-    try:
-        deadline = time.monotonic() + 20
-        while RedisOutbox(redis_url).backlog().pending and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert RedisOutbox(redis_url).backlog().pending == 0
-    finally:
-        background.close(5, drain=False)
-        box.close()
+    drain(redis_url, emulator, 20)
     assert raw.xlen(outbox._dead_key) == 1  # kept aside, with why
     sent = [r for r in emulator.requests() if "/event/create.json" in r.path or "/ee/" in r.path]
     assert len(sent) == 3
