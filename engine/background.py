@@ -1,5 +1,5 @@
 """Background delivery: a push returns once its sends are in the durable outbox, and worker
-threads deliver them (spec/semantics.md, "Dispatch modes").
+threads deliver them (docs/semantics.md, "Dispatch modes").
 
 ::
 

@@ -1,5 +1,5 @@
 """The data layer: validating a pushed item, splitting it into event and data, and merging the
-data into the computed state (spec/semantics.md, "A push", steps 1-3).
+data into the computed state (docs/semantics.md, "A push", steps 1-3).
 
 Everything here is pure. States are treated as immutable: a merge never changes the state it is
 given; it returns a new top-level dict that shares every subtree the push did not touch, so any

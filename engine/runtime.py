@@ -1,4 +1,4 @@
-"""One push, step by step (semantics.md, "A push"): validate, split, merge, snapshot, match,
+"""One push, step by step (docs/semantics.md, "A push"): validate, split, merge, snapshot, match,
 evaluate, build the sends. Decisions only: nothing here does I/O; the caller dispatches.
 """
 

@@ -1,5 +1,5 @@
 """Sessions: one visitor's data layer and runtime memory, and the bounded store that holds them
-(spec/semantics.md, "Sessions").
+(docs/semantics.md, "Sessions").
 
 A :class:`Session` owns its computed ``state`` (replaced, never mutated, on each push), the
 values kept by ``keep pageview|session`` elements, its firing history for ``limit`` clauses and

@@ -42,7 +42,7 @@ class SitecoreSettings(_Settings):
 
 
 class DatalayerSettings(_Settings):
-    """How pushes merge into the state (see semantics.md)."""
+    """How pushes merge into the state (see docs/semantics.md)."""
 
     merge: Literal["acdl", "gtm"] = "acdl"
 

@@ -1,5 +1,5 @@
 """Hot reload: watch a ruleset folder and rebuild the ruleset when its ``.rules`` files change
-(spec/semantics.md, "Hot reload").
+(docs/semantics.md, "Hot reload").
 
 ::
 

@@ -1,4 +1,4 @@
-"""The destination clients end to end (spec/destinations.md): Edge and Sitecore sends against the
+"""The destination clients end to end (docs/destinations.md): Edge and Sitecore sends against the
 local emulator over real loopback sockets, and, with ``httpx.MockTransport``, the few answers
 a server cannot be made to give (odd bodies, mismatched ids, redirects, timeouts unset).
 

@@ -1,5 +1,5 @@
 """Rule text → compiled closures: folding, objects, interpolation, elements, conditions, the
-trigger index, evaluation order and the ruleset snapshot (spec/language.md)."""
+trigger index, evaluation order and the ruleset snapshot (docs/language.md)."""
 
 from __future__ import annotations
 

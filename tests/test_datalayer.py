@@ -1,4 +1,4 @@
-"""The data layer (spec/semantics.md, "A push", steps 1-3; research checklist items 1-11):
+"""The data layer (docs/semantics.md, "A push", steps 1-3; research checklist items 1-11):
 validation, the event/data split, and both merge modes, including structural sharing and the
 changed paths that feed `change PATH` triggers."""
 

@@ -1,4 +1,4 @@
-"""The exact Edge Network requests a ``send event`` becomes (spec/destinations.md, "Adobe
+"""The exact Edge Network requests a ``send event`` becomes (docs/destinations.md, "Adobe
 Experience Platform Edge Network"): URL and body, field by field, in both wire dialects."""
 
 from __future__ import annotations

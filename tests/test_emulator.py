@@ -1,4 +1,4 @@
-"""The local emulator (spec/destinations.md, "The local emulator"), over real loopback sockets:
+"""The local emulator (docs/destinations.md, "The local emulator"), over real loopback sockets:
 Edge interact/collect with identity, state and propositions, its documented errors, the
 IMS-like token endpoint, the Sitecore Stream API, injected faults, recording, and shutdown."""
 

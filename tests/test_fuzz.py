@@ -377,7 +377,7 @@ def test_outcome_is_the_same_on_reload(mutations: list[tuple[str, int, int, str]
 
 # ------------------------------------------------------------------ the quoted source line
 def assert_quotes_its_line(text: str) -> None:
-    """spec/semantics.md: a diagnostic is "file:line:col: error: …, then the source line and a
+    """docs/semantics.md: a diagnostic is "file:line:col: error: …, then the source line and a
     caret" — the line quoted is the one the position names. Lines end at "\n" (a form feed is
     blank space in the grammar; U+2028 and friends are not line ends either)."""
     try:

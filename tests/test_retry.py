@@ -1,4 +1,4 @@
-"""The retry policy (spec/destinations.md, "Retries"): which failures are retried, how long each
+"""The retry policy (docs/destinations.md, "Retries"): which failures are retried, how long each
 wait is, and when the loop gives up. A fake clock, sleep and random source: nothing sleeps."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sessions and the session store (spec/semantics.md, "Sessions"; language.md `keep`, `sample`,
+"""Sessions and the session store (docs/semantics.md, "Sessions"; language.md `keep`, `sample`,
 `limit`; research checklist items 11, 33, 49): export and restore, expiry and eviction,
 visitor memory, frequency limits, sample buckets and concurrent access."""
 

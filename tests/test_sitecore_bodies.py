@@ -1,4 +1,4 @@
-"""The exact Sitecore Stream API requests a ``send sitecore`` becomes (spec/destinations.md,
+"""The exact Sitecore Stream API requests a ``send sitecore`` becomes (docs/destinations.md,
 "Sitecore CDP / Personalize Stream API"): direct GET, Edge-proxy POST, browser id."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The value semantics of the language (spec/language.md, "Comparison semantics", filters,
+"""The value semantics of the language (docs/language.md, "Comparison semantics", filters,
 interpolation text): checked on :mod:`engine.values` directly and, for the operators, through
 compiled rule text too, since the compiler has its own fast paths for common shapes."""
 

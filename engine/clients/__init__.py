@@ -1,6 +1,6 @@
 """Destination clients: deliver the requests :mod:`engine.destinations` builds, over one shared
 httpx client per engine (sync or async), with retries, Edge authentication, response parsing
-and per-session identity (spec/destinations.md).
+and per-session identity (docs/destinations.md).
 
 ::
 

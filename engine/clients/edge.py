@@ -1,7 +1,7 @@
 """The Adobe Edge Network client: sends a built :class:`~engine.destinations.Request`, retries
 it, authenticates it when the settings ask for the authenticated host, parses the answer into
 an :class:`~engine.clients.responses.EdgeResult` and keeps the session's identity up to date
-(spec/destinations.md, "Adobe Experience Platform Edge Network").
+(docs/destinations.md, "Adobe Experience Platform Edge Network").
 
 ::
 

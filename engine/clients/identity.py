@@ -1,6 +1,6 @@
 """A session's Edge identity: what a response changes in it, the gate that keeps a session to one
 request in flight until it has an identity, and the bridge to the visitor's ``kndctr_*``
-cookies (spec/destinations.md, "Identity per session"; research/adobe-edge.md §5).
+cookies (docs/destinations.md, "Identity per session"; research/adobe-edge.md §5).
 
 The session owns ``Session.identity``, an opaque JSON-like dict. The keys this module writes:
 

@@ -1,5 +1,5 @@
 """What the destinations answer, parsed with pydantic, and the results the clients return
-(spec/destinations.md, "Response → result"; research/adobe-edge.md §3).
+(docs/destinations.md, "Response → result"; research/adobe-edge.md §3).
 
 Edge may add objects and fields without notice, so every model accepts extra fields, a handle
 of an unknown type is kept raw, and a payload item that does not have the documented shape is

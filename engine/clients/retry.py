@@ -1,4 +1,4 @@
-"""Retries as spec/destinations.md says ("Retries", ours): only 408, 429, 502, 503, 504, 507 and
+"""Retries as docs/destinations.md says ("Retries", ours): only 408, 429, 502, 503, 504, 507 and
 connection errors or timeouts; ``Retry-After`` honoured; otherwise exponential backoff with full
 jitter; a bounded number of attempts and a bounded total time. The attempt function resends the
 same bytes every time, so the same ``xdm._id`` reaches the destination on every attempt.

@@ -1,4 +1,4 @@
-"""The Sitecore CDP / Personalize Stream API client (spec/destinations.md, "Sitecore CDP /
+"""The Sitecore CDP / Personalize Stream API client (docs/destinations.md, "Sitecore CDP /
 Personalize Stream API"): mints the session's browser id once, sends the event in direct
 (GET) or proxy (POST) mode, retries per the policy, and mints a new browser id once when
 Sitecore answers 404 (unknown browser id).

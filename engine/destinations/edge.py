@@ -1,5 +1,5 @@
 """Adobe Experience Platform Edge Network: the HTTP request for one ``send event``
-(spec/destinations.md, "Adobe Experience Platform Edge Network").
+(docs/destinations.md, "Adobe Experience Platform Edge Network").
 
 :func:`build_edge_request` is pure: ids, the timestamp and the session's identity are
 parameters. It reads these keys of the session-owned ``identity`` mapping (all optional,

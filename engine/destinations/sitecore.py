@@ -1,5 +1,5 @@
 """Sitecore CDP / Personalize Stream API: the HTTP requests for one ``send sitecore`` and for
-minting a browser id (spec/destinations.md, "Sitecore CDP / Personalize Stream API").
+minting a browser id (docs/destinations.md, "Sitecore CDP / Personalize Stream API").
 
 Direct mode (default) sends ``GET {url}/v1.2/event/create.json?client_key=…&message=…`` with
 the event object as compact, URL-encoded JSON; proxy mode (the Cloud SDK's Edge proxy) sends

@@ -1,5 +1,5 @@
 """A local stand-in for the Adobe Edge Network and the Sitecore Stream API, on loopback, so
-every demo, test and benchmark runs without an account (spec/destinations.md, "The local
+every demo, test and benchmark runs without an account (docs/destinations.md, "The local
 emulator").
 
 * :class:`EmulatorServer`: in-process, on a background thread, for tests and ``--emulator``.

@@ -1,5 +1,5 @@
 """The emulator's ASGI application: Adobe Edge Network, an IMS-like token endpoint and the
-Sitecore Stream API on one loopback server (spec/destinations.md, "The local emulator").
+Sitecore Stream API on one loopback server (docs/destinations.md, "The local emulator").
 
 Why Starlette (served by uvicorn): routing, request parsing and JSON responses are what the
 emulator needs and nothing more; it is a thin, typed ASGI toolkit, so the fault layer below can
