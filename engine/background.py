@@ -61,9 +61,9 @@ from engine.dispatch import Dispatcher, record_answer, refused
 from engine.errors import DispatchError, EngineError, OutboxError
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
-from engine.stores.base import BaseOutbox, Sessions
+from engine.stores.base import BaseOutbox, Entry, Sessions
 from engine.stores.memory import MemorySessions
-from engine.stores.sqlite import Entry, Outbox
+from engine.stores.sqlite import Outbox
 from engine.values import copy_json
 
 __all__ = ["BackgroundDelivery", "Intake", "OnResult", "Redelivery"]

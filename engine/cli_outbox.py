@@ -26,11 +26,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from engine.stores.base import Backlog, BaseOutbox
+from engine.errors import OutboxError
+from engine.stores.base import Backlog, BaseOutbox, Entry, Which
 from engine.stores.journal import Quarantined
 from engine.stores.redis_client import is_redis_url
 from engine.stores.redis_outbox import RedisOutbox
-from engine.stores.sqlite import Entry, Outbox, OutboxError, Which
+from engine.stores.sqlite import Outbox
 
 __all__ = ["list_outbox", "outbox", "quarantine_of"]
 

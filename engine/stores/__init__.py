@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 
 from engine.errors import BacklogFull, EngineError, OutboxError
-from engine.stores.base import Backlog, BaseOutbox, Sessions
+from engine.stores.base import Backlog, BaseOutbox, Entry, Sessions
 from engine.stores.memory import MemorySessions
 from engine.stores.redis_client import is_redis_url
 from engine.stores.redis_outbox import RedisOutbox
 from engine.stores.redis_sessions import RedisSessions
-from engine.stores.sqlite import Entry, Outbox
+from engine.stores.sqlite import Outbox
 
 __all__ = [
     "Backlog",

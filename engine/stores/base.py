@@ -15,17 +15,24 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from engine.destinations.base import Request
+from engine.destinations.base import Destination, Kind, Request
 from engine.errors import BacklogFull
 from engine.sessions import Session
 
-if TYPE_CHECKING:
-    from engine.stores.sqlite import Entry
+__all__ = [
+    "Backlog",
+    "BaseOutbox",
+    "Entry",
+    "KeyedLocks",
+    "PushTransaction",
+    "Sessions",
+    "State",
+    "Which",
+]
 
-__all__ = ["Backlog", "BacklogFull", "BaseOutbox", "PushTransaction", "Sessions"]
-
+State = Literal["pending", "inflight", "dead"]
 Which = Literal["dead", "pending", "all"]
 _BOUND_READ_EVERY = 1.0  # seconds between two reads of the backlog for max_backlog
 
@@ -92,6 +99,51 @@ class Backlog:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored send: its place in the outbox, its delivery record, and the request.
+
+    ``attempts`` counts the attempts that did not succeed (including one a crash interrupted);
+    ``state`` is ``"dead"`` and ``failed_at`` set for a dead letter. Times are epoch seconds.
+    """
+
+    id: int
+    session: str
+    seq: int
+    destination: Destination
+    rule: str
+    method: Literal["POST", "GET"]
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: dict[str, Any]
+    body_bytes: bytes
+    kind: Kind
+    event_id: str | None
+    request_id: str | None
+    created: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    state: State
+    failed_at: float | None = None
+
+    @property
+    def request(self) -> Request:
+        """The :class:`Request` as it was put, field for field."""
+        return Request(
+            destination=self.destination,
+            rule=self.rule,
+            method=self.method,
+            url=self.url,
+            headers=self.headers,
+            body=self.body,
+            body_bytes=self.body_bytes,
+            kind=self.kind,
+            event_id=self.event_id,
+            request_id=self.request_id,
+        )
 
 
 class PushTransaction(ABC):

@@ -91,8 +91,7 @@ class _Transaction(PushTransaction):
         now: float,
     ) -> bool:
         if items and outbox is not None:
-            if outbox.max_backlog is not None:
-                outbox.check_bound(len(items))
+            outbox.check_bound(len(items))
             outbox.append_many(items, now=now)  # raises: rolled back by begin()
         self.committed = True
         return True

@@ -84,7 +84,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
@@ -92,7 +91,7 @@ from typing import Any, Literal, cast
 from engine.destinations.base import Destination, Kind, Request, parse_bytes
 from engine.errors import OutboxError
 from engine.stores import journal
-from engine.stores.base import Backlog, BaseOutbox
+from engine.stores.base import Backlog, BaseOutbox, Entry, State, Which
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
 
@@ -101,9 +100,7 @@ log = logging.getLogger("engine.outbox")
 SCHEMA_VERSION = 1
 """Stored in ``PRAGMA user_version``; a file with a newer version is refused."""
 
-State = Literal["pending", "inflight", "dead"]
 _Method = Literal["POST", "GET"]  # made once: a subscript in _entry would run for every row
-Which = Literal["dead", "pending", "all"]
 
 
 # What each entry and dead letter stores, with its column type: one list for both tables.
@@ -221,51 +218,6 @@ def _rehead(conn: sqlite3.Connection, sessions: Iterable[str]) -> None:
 
 def _sessions(conn: sqlite3.Connection, table: str, where: str, params: list[Any]) -> list[str]:
     return [row[0] for row in conn.execute(f"SELECT DISTINCT session FROM {table}{where}", params)]
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored send: its place in the outbox, its delivery record, and the request.
-
-    ``attempts`` counts the attempts that did not succeed (including one a crash interrupted);
-    ``state`` is ``"dead"`` and ``failed_at`` set for a dead letter. Times are epoch seconds.
-    """
-
-    id: int
-    session: str
-    seq: int
-    destination: Destination
-    rule: str
-    method: Literal["POST", "GET"]
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    body: dict[str, Any]
-    body_bytes: bytes
-    kind: Kind
-    event_id: str | None
-    request_id: str | None
-    created: float
-    attempts: int
-    next_attempt_at: float
-    last_error: str | None
-    state: State
-    failed_at: float | None = None
-
-    @property
-    def request(self) -> Request:
-        """The :class:`Request` as it was put, field for field."""
-        return Request(
-            destination=self.destination,
-            rule=self.rule,
-            method=self.method,
-            url=self.url,
-            headers=self.headers,
-            body=self.body,
-            body_bytes=self.body_bytes,
-            kind=self.kind,
-            event_id=self.event_id,
-            request_id=self.request_id,
-        )
 
 
 @functools.lru_cache(maxsize=64)
