@@ -529,3 +529,19 @@ def test_an_unreadable_entry_left_pending_is_dead_lettered_not_blocking(
     assert raw.xlen(outbox._dead_key) == 1  # kept aside, with why
     sent = [r for r in emulator.requests() if "/event/create.json" in r.path or "/ee/" in r.path]
     assert len(sent) == 3
+
+
+def test_an_unreadable_stored_session_is_kept_aside_and_the_push_goes_on(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis as redis_py
+
+    raw = redis_py.Redis.from_url(redis_url)
+    raw.hset("tagengine:s:s", mapping={"t": "x", "d": b"\xff not json"})
+    with Engine(load_text(RULES), sessions=redis_url, dry_run=True) as engine:
+        assert engine.session("s").push({"event": "page.view", "n": 1}).fired == ["View", "Once"]
+        assert engine.session("s").state == {"n": 1}
+    kept = [key for key in raw.keys("tagengine:quarantine:s:s:*")]
+    assert len(kept) == 1 and raw.get(kept[0]) == b"\xff not json"
+    assert raw.get("tagengine:quarantined") == b"1"
+    assert "unreadable session 's' kept as" in caplog.text

@@ -54,9 +54,8 @@ import redis
 from engine.destinations.base import Request, parse_bytes, serialize_bytes
 from engine.errors import OutboxError
 from engine.runtime import new_id
-from engine.stores.base import Backlog, BaseOutbox, Which
+from engine.stores.base import Backlog, BaseOutbox, Entry, Which
 from engine.stores.redis_client import RedisTarget, connect, translated
-from engine.stores.sqlite import Entry
 
 __all__ = ["RedisOutbox"]
 
@@ -782,8 +781,10 @@ class RedisOutbox(BaseOutbox):
         entries: list[Entry] = []
         for index, rows in enumerate(answers):
             for stream_id, fields in rows:
-                with contextlib.suppress(KeyError, ValueError, TypeError):
+                try:
                     entries.append(_decode(stream_id, fields, index))
+                except (KeyError, ValueError, TypeError):  # a worker will dead-letter it
+                    log.error("%s: pending entry %r is unreadable", self.name, stream_id)
         entries.sort(key=lambda e: (e.created, e.id))
         return entries[:count]
 

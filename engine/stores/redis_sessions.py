@@ -117,7 +117,8 @@ def _decode(data: bytes | None, what: str) -> dict[str, Any] | None:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        # Not what this engine wrote: the push goes on with a fresh one, loudly.
+        # Not what this engine wrote: the push goes on with a fresh one, loudly (a session
+        # is also kept aside: RedisSessions._quarantine).
         log.error("%s is unreadable; starting it afresh", what)
         return None
     return value
@@ -132,11 +133,7 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value or ""
 
 
-def _owner(data: bytes | None) -> str | None:
-    """The visitor a stored session belongs to (cheaply: its first field)."""
-    decoded = _decode(data, "session") if data else None
-    owner = decoded.get("vi") if decoded is not None else None
-    return owner if isinstance(owner, str) and owner else None
+_UNREAD: Any = object()  # _build's data: not decoded yet
 
 
 _RENEWAL = 0.1  # an expiry Edge pushed back by less than this share of what is left is not stored
@@ -301,9 +298,8 @@ class RedisSessions(Sessions):
             raw = self._cached(session_id)
             loaded = None if raw is None else self._build(session_id, raw, now, create=True)
             if loaded is None:
-                loaded = self._build(
-                    session_id, self._fetch(session_id, visitor_id), now, create=True
-                )
+                raw, data = self._fetch(session_id, visitor_id)
+                loaded = self._build(session_id, raw, now, create=True, data=data)
             assert loaded is not None
             yield _Transaction(self, loaded)
 
@@ -326,8 +322,9 @@ class RedisSessions(Sessions):
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
-    def _fetch(self, session_id: str, visitor_id: str | None) -> _Raw:
-        """What Redis holds of the session and of its visitor (the one it was created with)."""
+    def _fetch(self, session_id: str, visitor_id: str | None) -> tuple[_Raw, dict[str, Any] | None]:
+        """What Redis holds of the session and of its visitor (the one it was created with),
+        and the session decoded (once: :meth:`_build` takes it as it is)."""
         client = self._target.client
         guess = session_id if visitor_id is None else visitor_id
         with translated(self._target, f"reading session {session_id!r}"):
@@ -335,19 +332,49 @@ class RedisSessions(Sessions):
             pipe.hmget(self._session_key(session_id), "t", "d")
             pipe.hmget(self._visitor_key(guess), "t", "d")
             (sv, sd), (vv, vd) = pipe.execute()
-        owner = _owner(sd)
-        if owner is not None and owner != guess:
+        data = _decode(sd, f"{self.name}: session {session_id!r}")
+        if sd and data is None:
+            self._quarantine(session_id, sd)
+        owner = data.get("vi") if data is not None else None
+        if isinstance(owner, str) and owner and owner != guess:
             # A session keeps the visitor it was created with.
             guess = owner
             with translated(self._target, f"reading visitor {owner!r}"):
                 vv, vd = client.hmget(self._visitor_key(owner), "t", "d")
-        return _text(sv), sd or None, _text(vv), vd or None, guess
+        return (_text(sv), sd or None, _text(vv), vd or None, guess), data
 
-    def _build(self, session_id: str, raw: _Raw, now: float, *, create: bool) -> _Loaded | None:
-        """The session ``raw`` describes; ``None`` when there is none (and not ``create``)
-        or ``raw`` holds another visitor's memory than the session's own."""
+    def _quarantine(self, session_id: str, data: bytes) -> None:
+        """Keep a stored session this engine cannot read (the push goes on with a fresh one,
+        which replaces it) under a key of its own, counted, for an operator to look at."""
+        key = self._target.key("quarantine", "s", session_id, str(int(time.time() * 1000)))
+        with translated(self._target, "keeping an unreadable session aside"):
+            pipe = self._target.client.pipeline(transaction=True)
+            pipe.set(key, data)
+            pipe.incr(self._target.key("quarantined"))
+            count = pipe.execute()[1]
+        log.warning(
+            "%s: unreadable session %r kept as %s (%d kept aside so far)",
+            self.name,
+            session_id,
+            key,
+            count,
+        )
+
+    def _build(
+        self,
+        session_id: str,
+        raw: _Raw,
+        now: float,
+        *,
+        create: bool,
+        data: dict[str, Any] | None = _UNREAD,
+    ) -> _Loaded | None:
+        """The session ``raw`` describes (``data``: its session already decoded); ``None``
+        when there is none (and not ``create``) or ``raw`` holds another visitor's memory
+        than the session's own."""
         sv, sd, vv, vd, visitor_id = raw
-        data = _decode(sd, f"{self.name}: session {session_id!r}")
+        if data is _UNREAD:
+            data = _decode(sd, f"{self.name}: session {session_id!r}")
         if data is not None and now - float(data.get("l", now)) >= self.idle_timeout:
             data = None  # expired by the engine's clock (Redis's expiry is the other way)
         if data is None and not create:
@@ -375,7 +402,8 @@ class RedisSessions(Sessions):
     def _load(
         self, session_id: str, visitor_id: str | None, now: float, *, create: bool
     ) -> _Loaded | None:
-        return self._build(session_id, self._fetch(session_id, visitor_id), now, create=create)
+        raw, data = self._fetch(session_id, visitor_id)
+        return self._build(session_id, raw, now, create=create, data=data)
 
     def _commit(
         self,
