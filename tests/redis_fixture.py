@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -36,13 +36,22 @@ class RedisServer:
     (SIGTERM: the AOF is flushed), :meth:`kill` with SIGKILL; :meth:`start` again on the same
     port and folder."""
 
-    def __init__(self, *, aof: str | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        aof: str | None = None,
+        port: int | None = None,
+        own_session: bool = False,
+        options: Sequence[str] = (),
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.binary = binary
         self.port = port or free_port()
         self.aof = aof
+        self.own_session = own_session
+        self.options = list(options)  # more redis-server options, e.g. ["--maxmemory", "1gb"]
         self.folder = Path(tempfile.mkdtemp(prefix="tagengine-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -67,8 +76,19 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", self.aof]
         else:
             args += ["--appendonly", "no"]
+        args += self.options
+        # A process group of its own (a Ctrl-C at the terminal does not reach it) but, unless
+        # asked, not a session of its own: with the kernel's autogroup scheduling
+        # (sched_autogroup_enabled, on by default), CPU is shared between sessions before
+        # processes, and a redis-server in a session apart from the processes it serves gets
+        # the CPU late: two producers on 2 CPUs then scale ~1.6x instead of ~1.8x
+        # (benchmarks/scaleout.py measures both).
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=None if self.own_session else 0,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + 10
         while True:
