@@ -64,6 +64,8 @@ sitecore {
   url: "http://127.0.0.1:1"
   client_key: "k"
   pos: "p"
+  language: "EN"
+  currency: "EUR"
 }
 """
 

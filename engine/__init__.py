@@ -10,6 +10,7 @@ data-layer pushes through it::
         result.fired, result.rules, result.sends
 """
 
+from engine.context import VisitorContext
 from engine.diagnostics import Diagnostic, Span
 from engine.engine import Engine, EngineSession
 from engine.errors import (
@@ -43,5 +44,6 @@ __all__ = [
     "Ruleset",
     "Send",
     "Span",
+    "VisitorContext",
     "load_ruleset",
 ]

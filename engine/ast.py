@@ -245,6 +245,15 @@ class TestSession:
 
 
 @dataclass(frozen=True, slots=True)
+class TestConsent:
+    """``consent "in"`` in a test: the visitor's consent from here on."""
+
+    span: Span
+    value: str
+    value_span: Span
+
+
+@dataclass(frozen=True, slots=True)
 class ExpectField:
     span: Span
     path: Path
@@ -286,7 +295,7 @@ class ExpectRule:
     status_span: Span
 
 
-TestStep = TestSession | Push | ExpectSend | ExpectCount | ExpectRule
+TestStep = TestSession | TestConsent | Push | ExpectSend | ExpectCount | ExpectRule
 
 
 @dataclass(frozen=True, slots=True)

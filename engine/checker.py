@@ -18,9 +18,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine import ast, values
+from engine.checker_edge import check_send_event
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.patterns import PatternError, compile_pattern
 from engine.settings import SETTINGS_MODELS
+from engine.sitecore_formats import (
+    CHECKED_PATHS,
+    card_type_problem,
+    currency_code,
+    currency_problem,
+    field_problem,
+    language_code,
+    language_problem,
+)
 from engine.values import FILTERS
 from engine.vocabulary import (
     DESTINATIONS,
@@ -40,6 +50,8 @@ from engine.vocabulary import (
 
 __all__ = ["FileFacts", "check_file", "check_ruleset", "flatten_ext"]
 
+CONSENT_VALUES = ("in", "out", "pending")
+
 
 @dataclass(slots=True)
 class FileFacts:
@@ -55,6 +67,8 @@ class FileFacts:
     # (element name, span, referenced from a %token%?, the element whose definition uses it)
     element_refs: list[tuple[str, Span, bool, str | None]] = field(default_factory=list)
     sends: list[tuple[str, Span]] = field(default_factory=list)  # (settings block, span)
+    # Each send event: where, and whether its fields give a literal primary identity
+    edge_sends: list[tuple[Span, bool]] = field(default_factory=list)
     rule_refs: list[tuple[str, Span]] = field(default_factory=list)  # from tests
 
     def diag(self, span: Span, message: str) -> None:
@@ -110,17 +124,49 @@ def camel(key: str) -> str:
     return _CAMEL_PART.sub(lambda m: m.group(1).upper(), key)
 
 
-def flatten_ext(pairs: Iterable[tuple[tuple[str, ...], Any]]) -> list[str]:
-    """The attribute names an ``ext`` object becomes once nested keys are joined in camelCase."""
-    names: list[str] = []
+def flatten_ext(pairs: Iterable[tuple[tuple[str, ...], Any]], names: str = "camel") -> list[str]:
+    """The attribute names an ``ext`` object becomes once nested keys are joined: in camelCase
+    (``names="camel"``), or with ``_`` and each key as written (``"sdk"``, the Cloud SDK's)."""
+    out: list[str] = []
     for key, value in pairs:
-        base = camel("_".join(key))
+        base = "_".join(key) if names == "sdk" else camel("_".join(key))
         if isinstance(value, ast.ObjectExpr):
-            nested = flatten_ext((pair.key, pair.value) for pair in value.pairs)
-            names.extend(base + n[:1].upper() + n[1:] for n in nested)
+            nested = flatten_ext(((pair.key, pair.value) for pair in value.pairs), names)
+            if names == "sdk":
+                out.extend(f"{base}_{n}" for n in nested)
+            else:
+                out.extend(base + n[:1].upper() + n[1:] for n in nested)
         else:
-            names.append(base)
-    return names
+            out.append(base)
+    return out
+
+
+def _ext_pairs(pair: ast.Pair) -> list[tuple[tuple[str, ...], Any]] | None:
+    """The ``(key, value)`` pairs a send's ``ext`` field is written with, or ``None`` when it
+    is computed at run time."""
+    if len(pair.key) > 1:
+        return [(pair.key[1:], pair.value)]
+    if isinstance(pair.value, ast.ObjectExpr):
+        return [(p.key, p.value) for p in pair.value.pairs]
+    return None
+
+
+def _leaves(node: ast.ObjectExpr, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], ast.Expr]:
+    """Every path an object literal sets (dotted keys and nested objects alike) → its value."""
+    found: dict[tuple[str, ...], ast.Expr] = {}
+    for pair in node.pairs:
+        path = prefix + pair.key
+        found[path] = pair.value
+        if isinstance(pair.value, ast.ObjectExpr):
+            found.update(_leaves(pair.value, path))
+    return found
+
+
+def _constant_text(expr: ast.Expr | None) -> ast.Literal | None:
+    """``expr`` when it is a plain literal (not a ``%token%`` template)."""
+    if isinstance(expr, ast.Literal) and expr.parts is None:
+        return expr
+    return None
 
 
 # ------------------------------------------------------------------ one file
@@ -234,6 +280,7 @@ class _FileChecker:
         self.object(node.fields)
         fields = {pair.key[0]: pair for pair in node.fields.pairs}
         if node.destination == "event":
+            self.facts.edge_sends.append((node.destination_span, gives_primary(node.fields)))
             self.edge_fields(node, fields)
         else:
             self.sitecore_fields(node, fields)
@@ -253,6 +300,7 @@ class _FileChecker:
                 fields["type"].key_span,
                 "give the event type once: 'type' and 'xdm.eventType' are both set",
             )
+        check_send_event(node, self.diag)
 
     def personalization(self, pair: ast.Pair) -> None:
         nested = pair.key[1:]
@@ -293,13 +341,56 @@ class _FileChecker:
                 hint = did_you_mean(name, SITECORE_FIELDS)
                 self.diag(pair.key_span, f"unknown send sitecore field '{name}'{hint}")
         kind = fields.get("type")
+        event_type: str | None = None
         if kind is None:
             self.diag(node.destination_span, "send sitecore needs a 'type' (e.g. \"VIEW\")")
         elif isinstance(kind.value, ast.Literal) and kind.value.parts is None:
             self.sitecore_type(kind.value)
+            event_type = kind.value.value if isinstance(kind.value.value, str) else None
+        self.sitecore_values(node, event_type, fields)
         ext = fields.get("ext")
         if ext is not None:
-            self.sitecore_ext(ext)
+            self.sitecore_ext(ext, "page_variant_id" in fields)
+
+    def sitecore_values(
+        self, node: ast.Send, event_type: str | None, fields: dict[str, ast.Pair]
+    ) -> None:
+        """Literal values whose format Sitecore fixes: refused here rather than per push."""
+        leaves = _leaves(node.fields)
+        for name, normal, problem in (
+            ("language", language_code, language_problem),
+            ("currency", currency_code, currency_problem),
+        ):
+            literal = _constant_text(leaves.get((name,)))
+            if (
+                literal is not None
+                and literal.value not in (None, "")
+                and not normal(literal.value)
+            ):
+                self.diag(literal.span, f"sitecore {problem(literal.value)}")
+        for path in CHECKED_PATHS:
+            literal = _constant_text(leaves.get(path))
+            if literal is None or literal.value is None:
+                continue
+            message = field_problem(path, literal.value, event_type)
+            if message:
+                self.diag(literal.span, f"sitecore {message}")
+        payment = _constant_text(leaves.get(("order", "paymentType")))
+        order = leaves.get(("order",))
+        if (
+            payment is not None
+            and isinstance(order, ast.ObjectExpr)  # else the order is (partly) built at run time
+            and ("order", "cardType") not in leaves
+        ):
+            message = card_type_problem({"paymentType": payment.value})
+            if message:
+                self.diag(payment.span, f"sitecore {message}")
+        if "page_variant_id" in fields and ("ext", "pageVariantId") in leaves:
+            self.diag(
+                fields["page_variant_id"].key_span,
+                "give the page variant once: 'page_variant_id' and 'ext.pageVariantId' are "
+                "both set (page_variant_id is sent as ext.pageVariantId)",
+            )
 
     def sitecore_type(self, literal: ast.Literal) -> None:
         value = literal.value
@@ -322,26 +413,21 @@ class _FileChecker:
                 f"sitecore type '{value}' is reserved by Sitecore; choose another name",
             )
 
-    def sitecore_ext(self, pair: ast.Pair) -> None:
-        if len(pair.key) > 1:
-            names = flatten_ext([(pair.key[1:], pair.value)])
-        elif isinstance(pair.value, ast.ObjectExpr):
-            names = flatten_ext((p.key, p.value) for p in pair.value.pairs)
-        else:
+    def sitecore_ext(self, pair: ast.Pair, variant: bool) -> None:
+        # The count is the same whatever the naming (sitecore `ext_names`); duplicates depend
+        # on it and are checked with the settings, in check_ruleset.
+        pairs = _ext_pairs(pair)
+        if pairs is None:
             return  # computed at run time: checked when the send is built
-        if len(names) > SITECORE_EXT_LIMIT:
+        names = flatten_ext(pairs)
+        count = len(names) + (variant and "pageVariantId" not in names)
+        if count > SITECORE_EXT_LIMIT:
+            extra = " (with pageVariantId)" if variant and count > len(names) else ""
             self.diag(
                 pair.key_span,
-                f"sitecore ext has {len(names)} attributes once flattened; the limit is "
+                f"sitecore ext has {count} attributes once flattened{extra}; the limit is "
                 f"{SITECORE_EXT_LIMIT}",
             )
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                self.diag(
-                    pair.key_span, f"sitecore ext attribute '{name}' is given twice once flattened"
-                )
-            seen.add(name)
 
     # -- tests
     def test(self, node: ast.Test) -> None:
@@ -352,6 +438,13 @@ class _FileChecker:
                 self.constant(step.value, "in a test")
             elif isinstance(step, ast.TestSession):
                 continue
+            elif isinstance(step, ast.TestConsent):
+                if step.value not in CONSENT_VALUES:
+                    hint = did_you_mean(step.value, CONSENT_VALUES)
+                    self.diag(
+                        step.value_span,
+                        f"unknown consent '{step.value}'; expected 'in', 'out' or 'pending'{hint}",
+                    )
             else:
                 expects += 1
                 self.expectation(step)
@@ -714,7 +807,69 @@ def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
                 diag(span, f"unknown rule '{name}'{did_you_mean(name, rules)}")
     for chain, span in _cycles(deps):
         diag(span, "element cycle: " + " → ".join(chain))
+    _sitecore_sends(files, diag)
     return out
+
+
+def _sitecore_sends(files: Sequence[FileFacts], diag: Callable[[Span, str], None]) -> None:
+    """What a ``send sitecore`` needs from the ``sitecore { }`` settings: a ``language`` and a
+    ``currency`` (there or in the send: none is assumed), and the ``ext_names`` its ``ext``
+    names are made with (two keys giving one name)."""
+    blocks = [s for f in files for s in f.settings if s.kind == "sitecore"]
+    if not blocks:
+        return  # "send sitecore needs a 'sitecore { … }' settings block" says it already
+    given = {pair.key[0]: pair.value for pair in blocks[0].fields.pairs if len(pair.key) == 1}
+    mode = _constant_text(given.get("ext_names"))
+    names = mode.value if mode is not None and mode.value in ("camel", "sdk") else "camel"
+    examples = {"currency": "EUR", "language": "EN"}
+    for facts in files:
+        for rule in facts.rules:
+            for action in rule.actions:
+                if not isinstance(action, ast.Send) or action.destination != "sitecore":
+                    continue
+                fields = {pair.key[0]: pair for pair in action.fields.pairs}
+                missing = [
+                    n for n in ("currency", "language") if n not in fields and n not in given
+                ]
+                if missing:
+                    what = " or ".join(f"'{n}'" for n in missing)
+                    add = " and ".join(f'{n}: "{examples[n]}"' for n in missing)
+                    diag(
+                        action.destination_span,
+                        f"send sitecore has no {what}: add {add} to the sitecore {{ }} settings "
+                        "(or to this send); Sitecore needs them and none is assumed",
+                    )
+                ext = fields.get("ext")
+                pairs = _ext_pairs(ext) if ext is not None else None
+                seen: set[str] = set()
+                for name in flatten_ext(pairs or (), names):
+                    if name in seen and ext is not None:
+                        diag(
+                            ext.key_span,
+                            f"sitecore ext attribute '{name}' is given twice once flattened",
+                        )
+                    seen.add(name)
+
+
+def gives_primary(fields: ast.ObjectExpr, inside: bool = False) -> bool:
+    """Whether send event ``fields`` put an identity marked ``primary: true`` (a literal) in
+    the event's identityMap (``identityMap``, ``xdm.identityMap``, dotted or nested)."""
+    for pair in fields.pairs:
+        path = pair.key
+        here = inside or "identityMap" in path
+        value = pair.value
+        if (
+            here
+            and path[-1] == "primary"
+            and isinstance(value, ast.Literal)
+            and value.value is True
+        ):
+            return True
+        values = pair.value.items if isinstance(pair.value, ast.ListExpr) else (pair.value,)
+        for value in values:
+            if isinstance(value, ast.ObjectExpr) and gives_primary(value, here):
+                return True
+    return False
 
 
 def _cycles(deps: dict[str, list[tuple[str, Span]]]) -> list[tuple[list[str], Span]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from contextlib import ExitStack
@@ -272,12 +273,48 @@ def test_command(path: Path) -> None:
     help="The IMS org the kndctr_<org>_* state entries are named after (as the rules' "
     "edge settings say).",
 )
-def emulator(host: str, port: int, scopes: Path | None, org: str | None) -> None:
+@click.option(
+    "--datastream",
+    "datastreams",
+    multiple=True,
+    help="A datastream id to accept (repeatable); others get EXEG-0003-400. Default: any.",
+)
+@click.option(
+    "--client-key",
+    "client_keys",
+    multiple=True,
+    help="A Sitecore client key to accept (repeatable); others get 401. Default: any.",
+)
+def emulator(
+    host: str,
+    port: int,
+    scopes: Path | None,
+    org: str | None,
+    datastreams: tuple[str, ...],
+    client_keys: tuple[str, ...],
+) -> None:
     """Serve a local Adobe Edge Network and Sitecore Stream API for development."""
     from engine.emulator import EmulatorConfig, serve
 
-    config = EmulatorConfig() if org is None else EmulatorConfig(org=org)
+    config = EmulatorConfig(
+        datastreams=frozenset(datastreams) if datastreams else None,
+        client_keys=frozenset(client_keys) if client_keys else None,
+    )
+    if org is not None:
+        config = dataclasses.replace(config, org=org)
     click.echo(f"tagengine emulator on http://{host}:{port}  (Ctrl+C stops it)")
+    # Without ids to check against it cannot refuse a typo, as the real services would.
+    loose = [
+        what
+        for what, given in (("datastream id", datastreams), ("client key", client_keys))
+        if not given
+    ]
+    if loose:
+        click.echo(
+            f"note: any {' and any '.join(loose)} is accepted; give --datastream/--client-key "
+            "to have unknown ones refused as the real services do",
+            err=True,
+        )
     try:
         serve(host=host, port=port, scopes=scopes, config=config)
     except ValueError as error:  # the scopes file, refused before anything binds

@@ -23,6 +23,7 @@ from engine.ruleset import (
     CompiledElement,
     CompiledRule,
     CompiledTest,
+    ConsentStep,
     ExpectCountStep,
     ExpectRuleStep,
     ExpectSendStep,
@@ -30,7 +31,13 @@ from engine.ruleset import (
     TestStep,
 )
 from engine.scope import Fn, Scope
-from engine.settings import SETTINGS_MODELS, DatalayerSettings, EdgeSettings, SitecoreSettings
+from engine.settings import (
+    SETTINGS_MODELS,
+    ConsentSettings,
+    DatalayerSettings,
+    EdgeSettings,
+    SitecoreSettings,
+)
 from engine.vocabulary import DESTINATIONS
 
 __all__ = ["CompiledFile", "compile_expr", "compile_file", "compile_settings", "constant_value"]
@@ -550,6 +557,8 @@ def _test(node: ast.Test) -> CompiledTest:
     for step in node.steps:
         if isinstance(step, ast.TestSession):
             session = step.session
+        elif isinstance(step, ast.TestConsent):
+            steps.append(ConsentStep(cast(Any, step.value), step.span))
         elif isinstance(step, ast.Push):
             steps.append(PushStep(_constant(step.value), step.span))
         elif isinstance(step, ast.ExpectSend):
@@ -613,7 +622,7 @@ def constant_value(node: ast.Expr, environ: Mapping[str, str]) -> Any:
     return _constant(node)
 
 
-Settings = tuple[EdgeSettings | None, SitecoreSettings | None, DatalayerSettings]
+Settings = tuple[EdgeSettings | None, SitecoreSettings | None, DatalayerSettings, ConsentSettings]
 
 
 def compile_settings(
@@ -647,11 +656,17 @@ def compile_settings(
                 key = str(item["loc"][0]) if item["loc"] else ""
                 where = spans.get(key)
                 span = where.value.span if where is not None else block.kind_span
-                message = f"{block.kind} setting '{key}': {item['msg'].lower()}"
+                # A validator's own message is written for the analyst: keep it as it is.
+                error_text = (
+                    item.get("ctx", {}).get("error") if item["type"] == "value_error" else None
+                )
+                detail = str(error_text) if error_text is not None else item["msg"].lower()
+                message = f"{block.kind} setting '{key}': {detail}"
                 problems.append(Diagnostic(span, message, source_line=lines_of(span)))
     settings: Settings = (
         found.get("edge"),
         found.get("sitecore"),
         found.get("datalayer") or DatalayerSettings(),
+        found.get("consent") or ConsentSettings(),
     )
     return settings, problems

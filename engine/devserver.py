@@ -6,7 +6,7 @@ small HTTP endpoint that an app or ``curl`` posts pushes to.
     $ tagengine dev --rules rules/ --port 8000
     loaded rules/ (version 3f9c0a1b2d4e…, 12 rules)
     emulator on http://127.0.0.1:40313; POST pushes to http://127.0.0.1:8000/push (Ctrl+C stops)
-    $ curl -d '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/push
+    $ curl --json '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/push
 
 Each push prints its trace (every rule considered and why, the sends and their answers); each
 save prints ``reloaded …`` or the diagnostics that kept the old rules serving.
@@ -14,6 +14,11 @@ save prints ``reloaded …`` or the diagnostics that kept the old rules serving.
 * :func:`run_dev`: the blocking command (Ctrl+C stops it).
 * :class:`DevServer`: the same on background threads, as a context manager (tests, notebooks).
 * :func:`create_dev_app`: the ASGI app alone: ``POST /push`` and ``GET /health``.
+
+The endpoint is for the developer's own machine: requests from a web page on another origin,
+or arriving on loopback under a non-loopback ``Host`` (DNS rebinding), get ``403``; ``/push``
+takes ``application/json`` only (``415``) and at most ``max_body`` bytes, read chunk by chunk
+(``413``) (:mod:`engine.emulator.guard`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.diagnostics import Diagnostic
-from engine.emulator import EmulatorServer, emulator_config
+from engine.emulator import EmulatorServer, emulator_config, guard
 from engine.emulator.server import (
     ThreadedServer,
     _bind,
@@ -62,6 +68,7 @@ __all__ = [
 ]
 
 MAX_BODY = 10 * 1024 * 1024  # bytes of one POST /push; the engine bounds the push itself
+_CONFIGURED = ("org", "datastreams", "credentials", "client_keys", "context_ids")
 
 
 # ------------------------------------------------------------------ pushes in and out
@@ -122,6 +129,55 @@ def _plural(count: int, word: str) -> str:
 
 
 # ------------------------------------------------------------------ the ASGI app
+class _Guarded:
+    """ASGI wrapper: refuses cross-site and rebinding requests (403), non-JSON bodies (415)
+    and bodies above ``max_body`` bytes (413, read no further); then hands the body read to
+    ``app``."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refused = guard.refusal(scope, headers)
+        if refused is not None:
+            await JSONResponse({"error": refused}, 403)(scope, receive, send)
+            return
+        body = b""
+        if guard.declares_body(headers):
+            if not guard.is_json(headers):
+                got = headers.get("content-type", "none")
+                message = (
+                    f"{scope['path']} takes JSON only: send Content-Type: application/json "
+                    f"(got {got}; with curl, use --json)"
+                )
+                await JSONResponse({"error": message}, 415)(scope, receive, send)
+                return
+            try:
+                read = await guard.read_bounded(receive, headers, self.max_body)
+            except guard.BodyTooLarge:
+                message = f"a push is at most {self.max_body:,} bytes"
+                await JSONResponse({"error": message}, 413)(scope, receive, send)
+                return
+            if read is None:  # the client went away
+                return
+            body = read
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 def create_dev_app(
     engine: Engine,
     console: Console,
@@ -129,18 +185,19 @@ def create_dev_app(
     trace: bool = True,
     watcher: RulesWatcher | None = None,
     lock: threading.Lock | None = None,
-) -> Starlette:
-    """``POST /push`` (a push or an envelope; ``?session=ID`` names the session of a bare
-    push, default ``default``) → 200 with the ``--json`` line, and its trace printed on
-    ``console`` (the full trace, or with ``trace=False`` a summary); 400 ``{"error": …}`` for
-    a bad push. ``GET /health`` → the ruleset serving and ``watcher``'s last error, if any.
-    ``lock`` is held while a trace prints, so other output sharing it is not interleaved."""
+    max_body: int = MAX_BODY,
+) -> ASGIApp:
+    """``POST /push`` (a push or an envelope as JSON, at most ``max_body`` bytes;
+    ``?session=ID`` names the session of a bare push, default ``default``) → 200 with the
+    ``--json`` line, and its trace printed on ``console`` (the full trace, or with
+    ``trace=False`` a summary); 400 ``{"error": …}`` for a bad push. ``GET /health`` → the
+    ruleset serving and ``watcher``'s last error, if any. ``lock`` is held while a trace
+    prints, so other output sharing it is not interleaved. Requests are guarded as the module
+    docstring says."""
     output = _Output(console, trace=trace, lock=lock)
 
     async def push(request: Request) -> JSONResponse:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return JSONResponse({"error": f"a push is at most {MAX_BODY:,} bytes"}, 413)
+        body = await request.body()  # read, bounded and JSON-checked, by _Guarded
         try:
             session, item = parse_envelope(decode(body))
             session = session or request.query_params.get("session") or "default"
@@ -167,9 +224,10 @@ def create_dev_app(
             }
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[Route("/push", push, methods=["POST"]), Route("/health", health, methods=["GET"])]
     )
+    return _Guarded(app, max_body)
 
 
 # ------------------------------------------------------------------ replay
@@ -242,6 +300,7 @@ class DevServer(ThreadedServer):
         cache_dir: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         startup_timeout: float = 5.0,
+        max_body: int = MAX_BODY,
     ) -> None:
         self.rules = Path(rules)
         # How reports name the rules: "rules/" for a folder, as the user would type it.
@@ -257,6 +316,7 @@ class DevServer(ThreadedServer):
         self._cache_dir = cache_dir
         self._environ = environ
         self._startup_timeout = startup_timeout
+        self._max_body = max_body
         self._loaded = False
         self._stack: ExitStack | None = None
         self._server: uvicorn.Server | None = None
@@ -307,6 +367,7 @@ class DevServer(ThreadedServer):
                 trace=self._output.trace,
                 watcher=self.watcher,
                 lock=self._output.lock,
+                max_body=self._max_body,
             )
             self._serve(app)
             stack.callback(self._shutdown)
@@ -330,8 +391,13 @@ class DevServer(ThreadedServer):
     def _changed(self, ruleset: Ruleset) -> None:
         assert self.engine is not None
         self.engine.ruleset = ruleset
-        if self.emulator is not None:  # state entries named after the rules' org
-            self.emulator.configure(initial=True, org=emulator_config(ruleset).org)
+        if self.emulator is not None:
+            # As strict as the real services for these rules: their org names the state
+            # entries, their datastream, client key and credentials are the ones accepted.
+            config = emulator_config(ruleset)
+            self.emulator.configure(
+                initial=True, **{name: getattr(config, name) for name in _CONFIGURED}
+            )
         verb = "reloaded" if self._loaded else "loaded"
         self._loaded = True
         self._output.note(
@@ -356,7 +422,7 @@ class DevServer(ThreadedServer):
             )
         self._output.diagnostics(head, error.diagnostics)
 
-    def _serve(self, app: Starlette) -> None:
+    def _serve(self, app: ASGIApp) -> None:
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import threading
@@ -24,12 +25,23 @@ import httpx
 
 from engine.background import BackgroundDelivery, Intake, OnResult, Redelivery
 from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
+from engine.clients.identity import checked_fpid, fpid_cookie_header, legacy_ecid
+from engine.consent import (
+    ConsentChange,
+    build_consent_request,
+    consent_of,
+    data_layer_consent,
+    stored_request,
+    stored_requests,
+)
+from engine.context import FORWARD_IP, ForwardIp, VisitorContext
+from engine.destinations.edge import proposition_notification
 from engine.dispatch import Dispatcher
-from engine.errors import EngineError, RuleError
+from engine.errors import EngineError, PushError, RuleError
 from engine.loader import load_ruleset
-from engine.results import PushResult
+from engine.results import PushResult, Send
 from engine.ruleset import Ruleset
-from engine.runtime import Ids, Targets, process_push
+from engine.runtime import Ids, Targets, _timestamp, notice_request, process_push
 from engine.sessions import Session
 from engine.stores import open_outbox, open_sessions
 from engine.stores.base import Backlog, BaseOutbox, Sessions
@@ -43,6 +55,8 @@ if TYPE_CHECKING:
     from engine.watch import RulesWatcher
 
 __all__ = ["Engine", "EngineSession"]
+
+log = logging.getLogger("engine")
 
 MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
 MAX_PUSH_ATTEMPTS = 50  # runs of one push whose shared session others kept changing
@@ -82,11 +96,15 @@ class EngineSession:
         session = self._engine.sessions.read(self._id)
         return {} if session is None else session.get_state()
 
-    def push(self, item: object) -> PushResult:
-        """Process one data-layer push; raises :class:`~engine.errors.PushError` for bad input."""
-        return self._engine._push(self._id, self._visitor, item)
+    def push(self, item: object, *, context: VisitorContext | None = None) -> PushResult:
+        """Process one data-layer push; raises :class:`~engine.errors.PushError` for bad input.
 
-    async def apush(self, item: object) -> PushResult:
+        ``context`` describes the visitor (:meth:`VisitorContext.from_headers` of their
+        request): its Edge sends forward it, so Edge geolocates and device-detects the visitor
+        rather than this server."""
+        return self._engine._push(self._id, self._visitor, item, context)
+
+    async def apush(self, item: object, *, context: VisitorContext | None = None) -> PushResult:
         """:meth:`push` for asyncio code: the event loop never waits for the network.
 
         When the push only evaluates in this process's memory (dry run, background mode:
@@ -97,32 +115,108 @@ class EngineSession:
         """
         engine = self._engine
         if engine._inline_async:
-            return engine._push(self._id, self._visitor, item)
+            return engine._push(self._id, self._visitor, item, context)
         # One at a time per session, in await order (asyncio.Lock is fair): threads would
         # otherwise race for the session's lock and merge the pushes in any order.
         async with engine._async_lock(self._id):
-            return await asyncio.to_thread(engine._push, self._id, self._visitor, item)
+            return await asyncio.to_thread(engine._push, self._id, self._visitor, item, context)
+
+    def set_consent(
+        self, value: str, *, tcf: str | None = None, gdpr_applies: bool | None = None
+    ) -> PushResult:
+        """The visitor gave (``"in"``) or refused (``"out"``) consent to collection: sends
+        held while it was pending go out (``"in"``, in order) or are dropped (``"out"``), and
+        so will every later send. Edge is told through its consent endpoint, in the Adobe
+        standard of the ruleset's ``consent`` block, with ``tcf`` (an IAB TCF 2.0 string) and
+        ``gdpr_applies`` when given. The result lists what was released or dropped. A value
+        that is not a consent raises :class:`~engine.errors.PushError`, changing nothing."""
+        change = ConsentChange.of(value, tcf, gdpr_applies)
+        return self._engine._push(self._id, self._visitor, None, None, change)
+
+    def notify_propositions(
+        self,
+        propositions: object,
+        *,
+        event_type: str = "decisioning.propositionDisplay",
+        view_name: str | None = None,
+        context: VisitorContext | None = None,
+    ) -> PushResult:
+        """Tell Edge the page rendered (or the visitor clicked, dismissed…) these
+        propositions, as the Web SDK's display notifications do: a server cannot render, so
+        the app that rendered what a response returned calls this, and Target/AJO reporting
+        counts it. ``propositions`` as the response gave them (``id``, ``scope``,
+        ``scopeDetails`` are sent); ``event_type`` ``decisioning.propositionDisplay``,
+        ``…Interact``, ``…Trigger``, ``…Dismiss`` or ``…SuppressDisplay``. The notification
+        goes the way the session's sends go (identity, consent, outbox). Bad propositions raise
+        :class:`~engine.errors.PushError`."""
+        try:
+            fields = proposition_notification(
+                propositions, event_type=event_type, view_name=view_name
+            )
+        except ValueError as error:
+            raise PushError(f"notify_propositions: {error}") from error
+        return self._engine._push(self._id, self._visitor, None, context, notice=fields)
+
+    @property
+    def consent(self) -> str:
+        """The session's consent: ``"in"``, ``"out"`` or ``"pending"``."""
+        identity = self._engine.sessions.identity(self._id) or {}
+        return consent_of(identity, self._engine.ruleset.consent)
 
     def take_cookies(self, cookies: Mapping[str, str]) -> None:
-        """Take the visitor's ``kndctr_<org>_*`` cookies (from the request their browser
-        made: its Web SDK's, or those :meth:`set_cookie_headers` gave it) into the session,
-        so that its next Edge request carries the visitor's identity and cluster, and Edge
-        keeps one ECID for the browser and the server. Other cookies are ignored. ``org``
-        (in the edge settings) names the cookies; :class:`~engine.errors.EngineError` without
-        it."""
-        org = self._engine._org()
-        now = self._engine._clock()
-        self._engine.sessions.update_identity(
-            self._id, self._visitor, lambda identity: take_cookies(identity, cookies, org, now=now)
-        )
+        """Take the visitor's identity cookies (from the request their browser made: its Web
+        SDK's, or those :meth:`set_cookie_headers` gave it) into the session, so that its
+        next Edge request carries the visitor's identity and cluster, and Edge keeps one ECID
+        for the browser and the server:
+
+        - ``kndctr_<org>_*``, Edge's state entries (``org`` in the edge settings names them);
+        - the first-party id cookie (``fpid_cookie``, ``FPID`` by default) with ``fpid: true``;
+        - ``AMCV_<org>``, a legacy Visitor.js visitor's ECID, migrated as the Web SDK does:
+          used when no ``kndctr_<org>_identity`` cookie came, so that visitor keeps their ECID.
+
+        Other cookies are ignored. A malformed FPID or AMCV cookie raises
+        :class:`~engine.errors.EngineError` naming it, and the session is unchanged; so does
+        a ruleset with neither ``org`` nor ``fpid``."""
+        engine = self._engine
+        edge = engine.ruleset.edge
+        fpid_name = edge.fpid_cookie if edge is not None and edge.fpid else None
+        org = edge.org if edge is not None and edge.org else None
+        if org is None and fpid_name is None:
+            engine._org()  # raises, saying what to set
+        # Everything read before anything changes: a bad cookie leaves the session as it was.
+        raw = cookies.get(fpid_name) if fpid_name is not None else None
+        fpid = None if raw is None else checked_fpid(raw, f"the {fpid_name} cookie")
+        legacy = legacy_ecid(cookies, org) if org is not None else None
+        now = engine._clock()
+
+        def change(identity: dict[str, Any]) -> None:
+            if org is not None:
+                take_cookies(identity, cookies, org, now=now)
+            if fpid is not None:
+                identity["fpid"] = fpid
+            if legacy is not None and not identity.get("has_identity") and not identity.get("ecid"):
+                identity["ecid"] = legacy
+
+        engine.sessions.update_identity(self._id, self._visitor, change)
 
     def set_cookie_headers(self, domain: str | None = None, *, secure: bool = True) -> list[str]:
         """``Set-Cookie`` values that give the browser the session's ``kndctr_<org>_*`` state
-        entries (``Domain=domain`` when given: the site's apex domain), for the response to
-        the visitor (see :func:`~engine.clients.set_cookie_headers`)."""
-        org = self._engine._org()
-        identity = self._engine.sessions.identity(self._id) or {}
-        return set_cookie_headers(identity, org, domain, now=self._engine._clock(), secure=secure)
+        entries and, with ``fpid: true``, its first-party id cookie (``Domain=domain`` when
+        given: the site's apex domain), for the response to the visitor (see
+        :func:`~engine.clients.set_cookie_headers`)."""
+        engine = self._engine
+        edge = engine.ruleset.edge
+        fpid_name = edge.fpid_cookie if edge is not None and edge.fpid else None
+        identity = engine.sessions.identity(self._id) or {}
+        headers: list[str] = []
+        if fpid_name is None or (edge is not None and edge.org):
+            org = engine._org()
+            headers = set_cookie_headers(identity, org, domain, now=engine._clock(), secure=secure)
+        if fpid_name is not None:
+            fpid = fpid_cookie_header(identity, fpid_name, domain, secure=secure)
+            if fpid is not None:
+                headers.append(fpid)
+        return headers
 
     def export(self) -> dict[str, Any]:
         """The session as JSON-serialisable data, for :meth:`Engine.restore`."""
@@ -164,6 +258,11 @@ class Engine:
     the ``outbox`` (a SQLite file the host's processes share, or Redis), and ``tagengine
     deliver`` processes deliver them. ``max_backlog`` bounds the sends an outbox may hold: a
     push past it raises :class:`~engine.errors.BacklogFull` and changes nothing.
+
+    ``forward_ip`` says what Edge sends tell of a push's visitor IP (its
+    :class:`~engine.context.VisitorContext`): ``"full"`` (as Adobe's Server SDK), ``"truncated"``
+    (IPv4 /24, IPv6 /48) or ``"none"``. It applies before the send is built, so an outbox
+    never holds more of the address than is sent.
     """
 
     def __init__(
@@ -188,7 +287,14 @@ class Engine:
         flush_timeout: float = 10.0,
         redelivery: Redelivery | None = None,
         on_result: OnResult | None = None,
+        forward_ip: ForwardIp = "full",
     ) -> None:
+        if forward_ip not in FORWARD_IP:
+            raise EngineError(
+                f"forward_ip must be one of {', '.join(FORWARD_IP)}, not {forward_ip!r}"
+            )
+        self.forward_ip: ForwardIp = forward_ip
+        self.consent_dropped = 0  # sends dropped for the visitor's consent, by this engine
         self._urls = (edge_url, sitecore_url, token_url)
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
@@ -375,11 +481,15 @@ class Engine:
         live = session if isinstance(self.sessions, MemorySessions) else None
         return EngineSession(self, session.id, session.visitor_id, live)
 
-    def push(self, item: object, *, session: str = "default") -> PushResult:
-        return self.session(session).push(item)
+    def push(
+        self, item: object, *, session: str = "default", context: VisitorContext | None = None
+    ) -> PushResult:
+        return self.session(session).push(item, context=context)
 
-    async def apush(self, item: object, *, session: str = "default") -> PushResult:
-        return await self.session(session).apush(item)
+    async def apush(
+        self, item: object, *, session: str = "default", context: VisitorContext | None = None
+    ) -> PushResult:
+        return await self.session(session).apush(item, context=context)
 
     def backlog(self) -> Backlog | None:
         """The outbox's backlog (pending, in flight, oldest age, dead letters), or ``None``
@@ -391,12 +501,26 @@ class Engine:
         return self._outbox
 
     # ------------------------------------------------------------------ internals
-    def _push(self, session_id: str, visitor_id: str | None, item: object) -> PushResult:
+    def _push(
+        self,
+        session_id: str,
+        visitor_id: str | None,
+        item: object,
+        context: VisitorContext | None = None,
+        consent: ConsentChange | None = None,
+        notice: dict[str, Any] | None = None,
+    ) -> PushResult:
         """One push, atomic: the session's change and its sends are stored together or not at
         all (a failed outbox write leaves the session as it was). With sessions shared by
-        other processes, a push that finds the session changed meanwhile runs again on it."""
+        other processes, a push that finds the session changed meanwhile runs again on it.
+        With ``consent`` (:meth:`EngineSession.set_consent`) there is no push: only the
+        consent changes, and what it releases goes out."""
         if self._closed:
             raise EngineError("the engine is closed")
+        if context is not None:
+            if not isinstance(context, VisitorContext):
+                raise PushError(f"context must be a VisitorContext, not {type(context).__name__}")
+            context = context.forwarding(self.forward_ip)
         ruleset, targets = self._live
         outbox = self._outbox
         if self._background is not None:
@@ -409,35 +533,56 @@ class Engine:
             now = self._clock()
             with self.sessions.begin(session_id, visitor_id, now) as transaction:
                 session = transaction.session
-                result = process_push(
-                    ruleset, session, item, now=now, ids=self._ids, targets=targets
-                )
-                self._follow(ruleset, targets, session, result)
+                before = session.state
+                if notice is not None:
+                    result = PushResult(session.id, None, ruleset.version, session.state)
+                    request = notice_request(
+                        targets,
+                        session,
+                        notice,
+                        name=str(notice["type"]),
+                        now=now,
+                        ids=self._ids,
+                        context=context,
+                    )
+                    result.sends.append(Send(request.rule, "edge", request))
+                elif consent is None:
+                    result = process_push(
+                        ruleset,
+                        session,
+                        item,
+                        now=now,
+                        ids=self._ids,
+                        targets=targets,
+                        context=context,
+                    )
+                    self._follow(ruleset, targets, session, result, context)
+                else:
+                    result = PushResult(session.id, None, ruleset.version, session.state)
+                sends = self._gate(ruleset, targets, session, result, before, now, consent)
                 if outbox is not None:
-                    items = [
-                        (send.request, session.id)
-                        for outcome in (result, *result.followups)
-                        for send in outcome.sends
-                    ]
+                    items = [(send.request, session.id) for send in sends]
                     if not transaction.commit(items, outbox, now):
                         continue  # another process changed the session: again, on its state
+                    self._count_dropped(result)
                     if self._background is not None and items:
                         self._background.notify()
                     return result
                 if not transaction.commit((), None, now):
                     continue
+                self._count_dropped(result)
                 if self.dry_run:
                     return result
                 # Still holding the session (its lock here, or this process's turn on a
                 # shared one): its sends answer in order, and the identity the first one
                 # brings back is in the requests built after it.
                 if isinstance(self.sessions, MemorySessions):
-                    self._deliver(result, session, targets)
+                    self._deliver(sends, session, targets)
                     return result
                 # A shared store: what the answers changed of the identity is stored, as a
                 # delivery worker does.
                 base = copy_json(session.identity)
-                self._deliver(result, session, targets)
+                self._deliver(sends, session, targets)
                 self.sessions.merge_identity(session.id, base, session.identity)
                 return result
         raise EngineError(
@@ -446,7 +591,12 @@ class Engine:
         )
 
     def _follow(
-        self, ruleset: Ruleset, targets: Targets, session: Session, result: PushResult
+        self,
+        ruleset: Ruleset,
+        targets: Targets,
+        session: Session,
+        result: PushResult,
+        context: VisitorContext | None,
     ) -> None:
         """Process the pushes made by `push` actions, after the push that made them, in order."""
         queue = deque(result.pushes)
@@ -458,14 +608,100 @@ class Engine:
                     "(a rule probably pushes the event that triggers it)"
                 )
             follow = process_push(
-                ruleset, session, queue.popleft(), now=self._clock(), ids=self._ids, targets=targets
+                ruleset,
+                session,
+                queue.popleft(),
+                now=self._clock(),
+                ids=self._ids,
+                targets=targets,
+                context=context,
             )
             done += 1
             queue.extend(follow.pushes)
             result.followups.append(follow)
 
-    def _deliver(self, result: PushResult, session: Session, targets: Targets) -> None:
-        sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
+    def _gate(
+        self,
+        ruleset: Ruleset,
+        targets: Targets,
+        session: Session,
+        result: PushResult,
+        before: Mapping[str, Any],
+        now: float,
+        change: ConsentChange | None,
+    ) -> list[Send]:
+        """The visitor's consent applied to a push's sends (engine/consent.py): the sends to
+        store or deliver now, in order (Edge told of a change first, then the sends consent
+        released, then the push's own). Held and dropped sends are marked on the result."""
+        settings, identity = ruleset.consent, session.identity
+        current = consent_of(identity, settings)
+        wanted = change.value if change is not None else None
+        if wanted is None:
+            wanted = data_layer_consent(settings, before, session.state)
+        out: list[Send] = []
+        if wanted is not None:
+            identity["consent"] = wanted
+            edge = targets.edge
+            if wanted != current and wanted != "pending" and edge is not None and edge.datastream:
+                request = build_consent_request(
+                    edge,
+                    settings,
+                    wanted,
+                    identity,
+                    request_id=self._ids.request_id(),
+                    timestamp=_timestamp(now),
+                    tcf=change.tcf if change is not None else None,
+                    gdpr_applies=change.gdpr_applies if change is not None else None,
+                )
+                result.consent_request = Send("consent", "edge", request)
+                out.append(result.consent_request)
+        consent = consent_of(identity, settings)
+        result.consent = consent
+        held = identity.get("held")
+        if held and consent == "in":
+            result.released = [Send(r.rule, r.destination, r) for r in stored_requests(held)]
+            out.extend(result.released)
+            del identity["held"]
+        elif held and consent == "out":
+            result.dropped += len(held)
+            del identity["held"]
+        own = [send for outcome in (result, *result.followups) for send in outcome.sends]
+        if consent == "in":
+            out.extend(own)
+        elif own:
+            for send in own:
+                send.consent = "held" if consent == "pending" else "dropped"
+            if consent == "pending":
+                # A new list: the session's snapshot for a rollback is shallow.
+                kept = [*(held or ()), *(stored_request(s.request) for s in own)]
+                over = len(kept) - settings.max_held
+                if over > 0:
+                    kept = kept[over:]
+                    result.dropped += over
+                identity["held"] = kept
+            else:
+                result.dropped += len(own)
+        return out
+
+    def _count_dropped(self, result: PushResult) -> None:
+        """Once a push is stored: the sends its visitor's consent dropped, counted and
+        logged (they are never stored, so this is all that is left of them)."""
+        if not result.dropped:
+            return
+        log.info(
+            "session %r: %d send(s) dropped, the visitor's consent is %s",
+            result.session,
+            result.dropped,
+            result.consent,
+        )
+        self.consent_dropped += result.dropped
+        if self._outbox is not None:
+            try:
+                self._outbox.count_consent_dropped(result.dropped)
+            except EngineError as error:  # the push is stored: only the shared count is short
+                log.warning("could not count %d consent drop(s): %s", result.dropped, error)
+
+    def _deliver(self, sends: list[Send], session: Session, targets: Targets) -> None:
         if self.transport is None:
             # Consecutive Edge collect sends (documentUnloading) share a request.
             self.dispatcher.deliver_many(sends, session, targets)

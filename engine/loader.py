@@ -16,23 +16,34 @@ import hashlib
 import os
 import pickle
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from engine import ast
+from engine import ast, checker, compiler, vocabulary
 from engine.checker import FileFacts, check_file, check_ruleset
 from engine.compiler import CompiledFile, compile_file, compile_settings
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import RuleError
 from engine.parser import GRAMMAR, parse, source_lines
 from engine.ruleset import Ruleset
+from engine.settings import EdgeSettings
 
 __all__ = ["clear_cache", "load_ruleset", "rule_files"]
 
-# Part of every cache key: a new grammar or AST invalidates what was cached by an older one.
+# Part of every cache key: a new grammar, AST, checker or compiler invalidates what was
+# cached by an older one (a cached file holds their output).
 _FORMAT = hashlib.blake2b(
-    (GRAMMAR + Path(ast.__file__).read_text(encoding="utf-8")).encode(), digest_size=8
+    "\0".join(
+        [GRAMMAR]
+        + [
+            Path(module.__file__).read_text(encoding="utf-8")
+            for module in (ast, checker, compiler, vocabulary)
+            if module.__file__ is not None
+        ]
+    ).encode(),
+    digest_size=8,
 ).hexdigest()
 
 
@@ -214,10 +225,11 @@ def _build(
     blocks = [s for f in facts for s in f.settings if not _has_error_in(s, f)]
     settings, setting_problems = compile_settings(blocks, line_of, environ)
     diagnostics.extend(setting_problems)
+    diagnostics.extend(_primary_identity(settings[0], facts, line_of))
     if any(d.severity == "error" for d in diagnostics):
         diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
         raise RuleError(diagnostics)
-    edge, sitecore, datalayer = settings
+    edge, sitecore, datalayer, consent = settings
     compiled = [unit.compiled for unit in units if unit.compiled is not None]
     version = hashlib.blake2b(
         "\0".join(f"{unit.facts.path}:{unit.digest}" for unit in units).encode(), digest_size=16
@@ -229,9 +241,50 @@ def _build(
         edge=edge,
         sitecore=sitecore,
         datalayer=datalayer,
+        consent=consent,
         files=tuple(unit.facts.path for unit in units),
         version=version,
     )
+
+
+AUTHENTICATED_HOST = "server.adobedc.net"
+
+
+def authenticated_host(edge: EdgeSettings) -> bool:
+    """Whether ``edge`` sends to Edge's authenticated host (server-to-server): by its URL, or
+    by the credentials that get a token for it."""
+    host = urlsplit(edge.url).hostname or ""
+    secret = edge.client_secret is not None and bool(edge.client_secret.get_secret_value())
+    return (
+        host == AUTHENTICATED_HOST
+        or host.endswith("." + AUTHENTICATED_HOST)
+        or (bool(edge.client_id) and secret)
+    )
+
+
+def _primary_identity(
+    edge: EdgeSettings | None,
+    facts: Sequence[FileFacts],
+    line_of: Callable[[Span], str | None],
+) -> list[Diagnostic]:
+    """The authenticated host rejects an event without a primary identity (EXEG-0306-400),
+    and no ECID ever comes back to fix the next ones: each send event there needs a source of
+    one from its very first event."""
+    if edge is None or edge.fpid or not authenticated_host(edge):
+        return []
+    return [
+        Diagnostic(
+            span,
+            f"this event goes to Edge's authenticated host ({urlsplit(edge.url).hostname}), "
+            "which rejects an event without a primary identity (EXEG-0306-400): set "
+            "'fpid: true' in the edge settings (a first-party id per visitor, primary from "
+            "the first event), or give this event an identityMap entry with 'primary: true'",
+            source_line=line_of(span),
+        )
+        for file in facts
+        for span, primary in file.edge_sends
+        if not primary
+    ]
 
 
 def _has_error_in(block: ast.Settings, facts: FileFacts) -> bool:

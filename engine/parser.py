@@ -419,6 +419,9 @@ class Builder(lark.Transformer[Token, Any]):
     def test_session(self, c: list[Any]) -> ast.TestSession:
         return ast.TestSession(self.between(c[0], c[1]), self.string(c[1]))
 
+    def test_consent(self, c: list[Any]) -> ast.TestConsent:
+        return ast.TestConsent(self.between(c[0], c[1]), self.string(c[1]), self.span(c[1]))
+
     def from_rule(self, c: list[Any]) -> _Named:
         return _Named(self.span(c[0]), self.string(c[0]))
 

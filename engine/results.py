@@ -47,6 +47,7 @@ class Send:
     duration: float | None = None
     attempts: int = 0
     error: str | None = None
+    consent: Literal["held", "dropped"] | None = None  # not sent (yet): the visitor's consent
 
     @property
     def method(self) -> str:
@@ -68,6 +69,8 @@ class Send:
             "url": self.url,
             "body": self.body,
         }
+        if self.consent is not None:
+            shown["consent"] = self.consent
         if delivered:
             shown.update(status=self.status, attempts=self.attempts, response=self.response)
             if self.error:
@@ -92,6 +95,12 @@ class PushResult:
     sends: list[Send] = field(default_factory=list)
     pushes: list[dict[str, Any]] = field(default_factory=list)  # queued by `push` actions
     followups: list[PushResult] = field(default_factory=list)  # their results, in order
+    # The session's consent after the push, and the sends it released (held while consent
+    # was pending, sent now, before this push's own) or dropped (held, then refused).
+    consent: Literal["in", "out", "pending"] = "in"
+    released: list[Send] = field(default_factory=list)
+    dropped: int = 0
+    consent_request: Send | None = None  # Edge told of a change of consent
 
     @property
     def fired(self) -> list[str]:
@@ -116,6 +125,14 @@ class PushResult:
         }
         if self.followups:
             line["followups"] = [f.to_json(delivered=delivered) for f in self.followups]
+        if self.consent != "in" or self.released or self.dropped:
+            line["consent"] = self.consent
+            if self.released:
+                line["released"] = [s.to_json(delivered=delivered) for s in self.released]
+            if self.dropped:
+                line["dropped"] = self.dropped
+            if self.consent_request is not None:
+                line["consent_request"] = self.consent_request.to_json(delivered=delivered)
         return line
 
     def __str__(self) -> str:

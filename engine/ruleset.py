@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from engine.diagnostics import Span
 from engine.scope import Fn
-from engine.settings import DatalayerSettings, EdgeSettings, SitecoreSettings
+from engine.settings import ConsentSettings, DatalayerSettings, EdgeSettings, SitecoreSettings
 
 __all__ = [
     "CompiledAction",
@@ -23,6 +23,7 @@ __all__ = [
     "CompiledElement",
     "CompiledRule",
     "CompiledTest",
+    "ConsentStep",
     "ExpectCountStep",
     "ExpectRuleStep",
     "ExpectSendStep",
@@ -110,7 +111,13 @@ class ExpectRuleStep:
     span: Span
 
 
-TestStep = PushStep | ExpectSendStep | ExpectCountStep | ExpectRuleStep
+@dataclass(frozen=True, slots=True)
+class ConsentStep:
+    value: Literal["in", "out", "pending"]
+    span: Span
+
+
+TestStep = PushStep | ConsentStep | ExpectSendStep | ExpectCountStep | ExpectRuleStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,7 @@ class Ruleset:
         "_exact",
         "_globs",
         "_rank",
+        "consent",
         "datalayer",
         "edge",
         "elements",
@@ -167,6 +175,7 @@ class Ruleset:
         datalayer: DatalayerSettings,
         files: tuple[str, ...],
         version: str,
+        consent: ConsentSettings | None = None,
     ) -> None:
         ordered = sorted(rules, key=lambda r: (r.order, r.file, r.position))
         self.rules: tuple[CompiledRule, ...] = tuple(ordered)
@@ -175,6 +184,7 @@ class Ruleset:
         self.edge = edge
         self.sitecore = sitecore
         self.datalayer = datalayer
+        self.consent = consent or ConsentSettings()
         self.files = files
         self.version = version
         self._rank = {id(rule): i for i, rule in enumerate(ordered)}

@@ -7,12 +7,14 @@ from __future__ import annotations
 import math
 import os
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from engine import datalayer
+from engine.context import VisitorContext
 from engine.destinations.base import Request, check_size
 from engine.destinations.edge import build_edge_request
 from engine.destinations.sitecore import build_sitecore_request
@@ -137,10 +139,19 @@ class Targets:
 class _Context:
     """Per-push inputs shared by every rule of the push."""
 
-    __slots__ = ("ids", "now", "scope", "session", "targets", "timestamp")
+    __slots__ = ("context", "ids", "now", "scope", "session", "targets", "timestamp")
 
-    def __init__(self, targets: Targets, session: Session, scope: Scope, now: float, ids: Ids):
+    def __init__(
+        self,
+        targets: Targets,
+        session: Session,
+        scope: Scope,
+        now: float,
+        ids: Ids,
+        context: VisitorContext | None,
+    ):
         self.targets = targets
+        self.context = context
         self.session = session
         self.scope = scope
         self.now = now
@@ -148,21 +159,24 @@ class _Context:
         self.timestamp = _timestamp(now)
 
 
-def _request(
-    ctx: _Context, rule: CompiledRule, destination: str, fields: dict[str, Any]
-) -> Request:
+def _request(ctx: _Context, rule_name: str, destination: str, fields: dict[str, Any]) -> Request:
     targets, session = ctx.targets, ctx.session
     if destination == "edge":
         assert targets.edge is not None  # the checker guarantees a settings block
+        if targets.edge.fpid and not isinstance(session.identity.get("fpid"), str):
+            # Minted with the visitor's first Edge send (unless a cookie brought one): the
+            # primary identity from the very first event.
+            session.identity["fpid"] = str(uuid.uuid4())  # a device id: unguessable
         request = build_edge_request(
             fields,
             targets.edge,
-            rule=rule.name,
+            rule=rule_name,
             identity=session.identity,
             timestamp=ctx.timestamp,
             event_id=ctx.ids.event_id(),
             request_id=ctx.ids.request_id(),
             now=ctx.now,
+            context=ctx.context,
         )
         check_size(request)  # refused here, before any network call, even in a dry run
         return request
@@ -174,7 +188,7 @@ def _request(
         browser_id = new_id()
         session.identity["sitecore_browser_id"] = browser_id
     return build_sitecore_request(
-        fields, targets.sitecore, rule=rule.name, browser_id=browser_id, requested_at=ctx.timestamp
+        fields, targets.sitecore, rule=rule_name, browser_id=browser_id, requested_at=ctx.timestamp
     )
 
 
@@ -230,7 +244,7 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
                 result.pushes.append(fields)
                 continue
             assert action.destination is not None
-            request = _request(ctx, rule, action.destination, fields)
+            request = _request(ctx, rule.name, action.destination, fields)
             sends.append(Send(rule.name, action.destination, request))
         except EngineError as error:
             failure, failed_span = f"{action.span}: {error}", action.span
@@ -247,6 +261,24 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
     result.rules.append(RuleOutcome(rule.name, "fired", span=rule.span))
 
 
+def notice_request(
+    targets: Targets,
+    session: Session,
+    fields: dict[str, Any],
+    *,
+    name: str,
+    now: float,
+    ids: Ids,
+    context: VisitorContext | None,
+) -> Request:
+    """The Edge request for ``fields`` built outside any rule (a display notification the app
+    sends, :meth:`EngineSession.notify_propositions`), with the session's identity."""
+    if targets.edge is None:
+        raise EngineError(f"{name} goes to Edge: the ruleset needs an 'edge {{ … }}' block")
+    scope = Scope(session.state, {}, {}, session.kept)
+    return _request(_Context(targets, session, scope, now, ids, context), name, "edge", fields)
+
+
 def process_push(
     ruleset: Ruleset,
     session: Session,
@@ -255,6 +287,7 @@ def process_push(
     now: float,
     ids: Ids | None = None,
     targets: Targets | None = None,
+    context: VisitorContext | None = None,
 ) -> PushResult:
     """Process one push completely against ``ruleset``; the caller holds ``session.lock``.
 
@@ -272,7 +305,7 @@ def process_push(
         session.new_pageview()
     scope = Scope(state, pushed, ruleset.elements, session.kept)
     result = PushResult(session.id, event, ruleset.version, state)
-    ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids())
+    ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids(), context)
     for rule in ruleset.match(event, changed):
         _evaluate(ctx, rule, result)
     result.elements = dict(scope.memo)

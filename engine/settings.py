@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from engine.sitecore_formats import currency_code, currency_problem, language_code, language_problem
 
 
 class _Settings(BaseModel):
@@ -25,6 +27,10 @@ class EdgeSettings(_Settings):
     token_url: str = "https://ims-na1.adobelogin.com/ims/token/v3"
     scopes: str | list[str] | None = None
     domain: str | None = None  # meta.state.domain for identity cookies
+    # First-party device id: minted per visitor, sent as identityMap.FPID (primary), kept in
+    # the browser by a first-party cookie of this name (EngineSession.set_cookie_headers).
+    fpid: bool = False
+    fpid_cookie: str = "FPID"
 
 
 class SitecoreSettings(_Settings):
@@ -34,11 +40,45 @@ class SitecoreSettings(_Settings):
     client_key: str | None = None
     pos: str | None = None
     channel: str = "WEB"
-    language: str = "EN"
-    currency: str = "EUR"
+    # No defaults: a shop that forgot them would record every event in EUR/EN. A send without
+    # them (here or in the rule) is a load error; a tag such as "en-GB" is kept as "EN".
+    language: str | None = None
+    currency: str | None = None
     mode: Literal["direct", "proxy"] = "direct"
     context_id: str | None = None  # proxy mode: sitecoreContextId
     site_id: str | None = None  # proxy mode: siteId
+    # ext attribute names: "camel" as the Stream API docs say (productSku, lists as JSON
+    # text), or "sdk" as the Cloud SDK sends them (product_sku, lists kept).
+    ext_names: Literal["camel", "sdk"] = "camel"
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        code = language_code(value)
+        if code is None:
+            raise ValueError(language_problem(value).replace("'language' must", "must", 1))
+        return code
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        code = currency_code(value)
+        if code is None:
+            raise ValueError(currency_problem(value).replace("'currency' must", "must", 1))
+        return code
+
+
+class ConsentSettings(_Settings):
+    """The visitor's consent to collection (see engine/consent.py)."""
+
+    default: Literal["in", "out", "pending"] = "in"
+    path: str | None = None  # a data-layer path whose changes set it (a CMP's push)
+    adobe: Literal["1.0", "2.0"] = "1.0"  # the Adobe consent standard Edge is told in
+    max_held: int = Field(default=200, ge=1, le=10_000)  # sends held per session, pending
 
 
 class DatalayerSettings(_Settings):
@@ -51,4 +91,5 @@ SETTINGS_MODELS: dict[str, type[_Settings]] = {
     "edge": EdgeSettings,
     "sitecore": SitecoreSettings,
     "datalayer": DatalayerSettings,
+    "consent": ConsentSettings,
 }

@@ -26,6 +26,7 @@ from engine.errors import EngineError
 from engine.results import PushResult, RuleOutcome, Send
 from engine.ruleset import (
     CompiledTest,
+    ConsentStep,
     ExpectCountStep,
     ExpectRuleStep,
     ExpectSendStep,
@@ -162,8 +163,12 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
             except EngineError as error:
                 report.failures.append(f"push (line {step.span.line}) was rejected: {error}")
                 continue
+            sends.extend(result.released)  # held while consent was pending, sent now
             for pushed in (result, *result.followups):
                 _absorb(pushed, sends, latest)
+            continue
+        if isinstance(step, ConsentStep):
+            sends.extend(session.set_consent(step.value).released)
             continue
         if isinstance(step, ExpectSendStep):
             failure = _check_send(step, sends)
@@ -177,7 +182,7 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
 
 
 def _absorb(result: PushResult, sends: list[Send], latest: dict[str, RuleOutcome]) -> None:
-    sends.extend(result.sends)
+    sends.extend(send for send in result.sends if send.consent is None)  # what goes out
     for outcome in result.rules:
         latest[outcome.rule] = outcome
 

@@ -43,6 +43,8 @@ def _send_line(index: int, result: PushResult, full: bool = False) -> Text:
         delivered = f"  → {status}{took}, error: {send.error}"
     elif send.status is not None:
         delivered = f"  → {send.status} {took}"
+    if send.consent is not None:  # the visitor's consent kept it back
+        delivered = f"  → {send.consent}: consent is {result.consent}"
     return Text.assemble(
         "    send ",
         (f"{send.destination:<8}", "bold"),
@@ -68,6 +70,23 @@ def render_summary(console: Console, result: PushResult) -> None:
         console.print(Text(f"    {outcome.rule}: {outcome.reason}", style="red"))
     for index in range(len(result.sends)):
         console.print(_send_line(index, result))
+    _consent_lines(console, result)
+
+
+def _consent_lines(console: Console, result: PushResult) -> None:
+    """What the visitor's consent did on this push, when it did anything."""
+    if result.consent_request is not None:
+        console.print(
+            Text(f"    consent {result.consent}: Edge told ({result.consent_request.url})")
+        )
+    if result.released:
+        console.print(Text(f"    released {len(result.released)} held send(s):", style="green"))
+        for send in result.released:
+            console.print(Text(f"      {send.destination} {send.method} {_short(send.url)}"))
+    if result.dropped:
+        console.print(
+            Text(f"    dropped {result.dropped} send(s): consent is {result.consent}", style="red")
+        )
 
 
 def render_trace(console: Console, result: PushResult, where: str = "") -> None:
@@ -99,5 +118,6 @@ def render_trace(console: Console, result: PushResult, where: str = "") -> None:
     for index, send in enumerate(result.sends):
         console.print(_send_line(index, result, full=True))
         console.print(Text(_json(send.body, 2), style="cyan"))
+    _consent_lines(console, result)
     if result.pushes:
         console.print(Text(f"queued pushes: {_json(result.pushes)}", style="dim"))

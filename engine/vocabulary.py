@@ -57,8 +57,16 @@ EDGE_FIELDS = (
     "datasetId",
     "mergeId",
     "identityMap",
+    "propositions",  # ours: the propositions a notification (or includeRenderedPropositions) is about
 )
-PERSONALIZATION_FIELDS = ("decisionScopes", "surfaces", "sendDisplayEvent")
+PERSONALIZATION_FIELDS = (
+    "decisionScopes",
+    "surfaces",
+    "sendDisplayEvent",
+    "includeRenderedPropositions",
+    "defaultPersonalizationEnabled",
+    "decisionContext",
+)
 
 SITECORE_FIELDS = (
     "type",

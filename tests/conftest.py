@@ -12,7 +12,7 @@ from engine.loader import build_ruleset
 # The local emulator fixtures (`emulator`, `fresh_emulator`) for every test module.
 pytest_plugins = ("tests.emulator_fixture", "tests.redis_fixture")
 
-SETTINGS = 'edge { datastream: "ds-1" }\nsitecore { client_key: "k", pos: "shop" }\n'
+SETTINGS = 'edge { datastream: "ds-1" }\nsitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }\n'
 
 
 def load_text(files: Mapping[str, str] | str, environ: Mapping[str, str] | None = None) -> Ruleset:

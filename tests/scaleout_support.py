@@ -61,7 +61,7 @@ ORG = "5CA1E0UT0000000000000000@AdobeOrg"
 # `limit 1 per session` must hold whichever producer process runs the push.
 RULES = f"""
 edge {{ datastream: "ds-scaleout", org: "{ORG}" }}
-sitecore {{ client_key: "scaleout-key", pos: "scaleout.test" }}
+sitecore {{ client_key: "scaleout-key", pos: "scaleout.test", language: "EN", currency: "EUR" }}
 
 element visitor  = state.visitor
 element n        = state.n

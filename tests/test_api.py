@@ -23,6 +23,7 @@ def test_public_api_is_pinned() -> None:
         "Ruleset",
         "Send",
         "Span",
+        "VisitorContext",
         "load_ruleset",
     ]
     for name in engine.__all__:

@@ -64,6 +64,7 @@ def test_list_json_stays_an_array_and_gives_the_backlog_on_request(
         "dead": 0,
         "journaled": 0,
         "quarantined": 1,
+        "consent_dropped": 0,
     }
     assert backlog["oldest_age"] >= 0
     quarantine = document["quarantine"]

@@ -57,6 +57,14 @@ PAGE_VIEW = {
     "type": "web.webpagedetails.pageViews",
     "xdm": {"web": {"webPageDetails": {"name": "home"}}},
 }
+# The authenticated host refuses an event without a primary identity (EXEG-0306-400).
+SERVER_PAGE_VIEW = {
+    "type": "web.webpagedetails.pageViews",
+    "xdm": {
+        "web": {"webPageDetails": {"name": "home"}},
+        "identityMap": {"FPID": [{"id": "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f", "primary": True}]},
+    },
+}
 
 
 class Waits:
@@ -168,6 +176,7 @@ def test_response_request_id_is_ours_plus_entropy(
 def test_propositions_destinations_and_non_fatal_errors(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
+    emulator.configure(unknown_scope="error")  # Edge's own default is a plain 200
     settings = EdgeSettings(datastream="ds-1", url=emulator.url)
     fields = {**PAGE_VIEW, "decisionScopes": ["hero-banner", "no-such-scope"]}
     result = edge_client(http, settings).send(edge_request(settings, {}, fields), {})
@@ -379,7 +388,7 @@ def test_token_is_fetched_once_and_refreshed_once_on_expiry(
     client = edge_client(http, settings)
     identity: dict[str, Any] = {}
     for _ in range(3):
-        client.send(edge_request(settings, identity), identity)
+        client.send(edge_request(settings, identity, SERVER_PAGE_VIEW), identity)
     tokens = emulator.requests("/ims")
     assert len(tokens) == 1
     form = tokens[0].body
@@ -481,7 +490,9 @@ def test_identity_gate_gives_concurrent_first_requests_one_ecid(
 
 def test_async_clients_and_gate(emulator: EmulatorServer) -> None:
     edge_settings = EdgeSettings(datastream="ds-1", url=emulator.url)
-    sitecore_settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    sitecore_settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     waits = Waits()
 
     async def main() -> None:
@@ -733,7 +744,9 @@ def sitecore_client(
 def test_browser_id_is_created_once_per_session(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
-    settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     client = sitecore_client(http, settings)
     identity: dict[str, Any] = {}
     first = client.send(sitecore_request(settings), identity)
@@ -759,7 +772,9 @@ def test_browser_id_is_created_once_per_session(
 def test_unknown_browser_id_gets_a_new_one_once(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
-    settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     client = sitecore_client(http, settings)
     identity = {"sitecore_browser_id": "forgotten-id", "sitecore_browser_id_confirmed": True}
     result = client.send(sitecore_request(settings, browser_id="forgotten-id"), identity)
@@ -787,7 +802,9 @@ def test_unknown_browser_id_gets_a_new_one_once(
 def test_sitecore_400_and_401_are_final(
     emulator: EmulatorServer, http: httpx.Client, status: int
 ) -> None:
-    settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     identity = {"sitecore_browser_id": "b", "sitecore_browser_id_confirmed": True}
     emulator.set_faults({"status": status, "path": "/v1.2/event"})
     waits = Waits()
@@ -805,7 +822,9 @@ def test_bad_client_key_fails_browser_creation(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
     emulator.configure(client_keys=frozenset({"good-key"}))
-    settings = SitecoreSettings(url=emulator.url, client_key="bad-key", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="bad-key", pos="shop", language="EN", currency="EUR"
+    )
     identity: dict[str, Any] = {}
     with pytest.raises(DeliveryError, match="client key") as caught:
         sitecore_client(http, settings).send(sitecore_request(settings), identity)
@@ -815,7 +834,9 @@ def test_bad_client_key_fails_browser_creation(
 def test_sitecore_retries_503_with_retry_after(
     emulator: EmulatorServer, http: httpx.Client
 ) -> None:
-    settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     emulator.set_faults({"status": 503, "retry_after": 3, "count": 1, "path": "/v1.2/event"})
     waits = Waits()
     result = sitecore_client(http, settings, waits).send(sitecore_request(settings), {})
@@ -823,7 +844,9 @@ def test_sitecore_retries_503_with_retry_after(
 
 
 def test_sitecore_can_refuse_ambiguous_retries(emulator: EmulatorServer) -> None:
-    settings = SitecoreSettings(url=emulator.url, client_key="key-1", pos="shop")
+    settings = SitecoreSettings(
+        url=emulator.url, client_key="key-1", pos="shop", language="EN", currency="EUR"
+    )
     identity: dict[str, Any] = {}
     with make_http_client(connect=2.0, read=0.2) as http:
         client = sitecore_client(http, settings, policy=RetryPolicy(retry_ambiguous=False))
@@ -836,7 +859,14 @@ def test_sitecore_can_refuse_ambiguous_retries(emulator: EmulatorServer) -> None
 
 
 def test_sitecore_proxy_mode(emulator: EmulatorServer, http: httpx.Client) -> None:
-    settings = SitecoreSettings(url=emulator.url, mode="proxy", context_id="ctx-1", site_id="shop")
+    settings = SitecoreSettings(
+        url=emulator.url,
+        mode="proxy",
+        context_id="ctx-1",
+        site_id="shop",
+        language="EN",
+        currency="EUR",
+    )
     identity: dict[str, Any] = {}
     result = sitecore_client(http, settings).send(sitecore_request(settings), identity)
     assert result.status == 201 and result.browser_created
@@ -849,7 +879,7 @@ def test_sitecore_proxy_mode(emulator: EmulatorServer, http: httpx.Client) -> No
 
 # ====================================================================== builder helper
 def test_with_browser_id_reencodes_the_direct_message() -> None:
-    settings = SitecoreSettings(client_key="key 1/+", pos="shop")
+    settings = SitecoreSettings(client_key="key 1/+", pos="shop", language="EN", currency="EUR")
     request = sitecore_request(settings, {"type": "VIEW", "page": "a b&c", "ext": {"x": "é"}})
     changed = with_browser_id(request, "new-id")
     assert changed.body["browser_id"] == "new-id" and list(changed.body) == list(request.body)
@@ -862,7 +892,9 @@ def test_with_browser_id_reencodes_the_direct_message() -> None:
 
 
 def test_with_browser_id_reserializes_the_proxy_body() -> None:
-    settings = SitecoreSettings(url="https://edge.example", mode="proxy", context_id="c")
+    settings = SitecoreSettings(
+        url="https://edge.example", mode="proxy", context_id="c", language="EN", currency="EUR"
+    )
     request = sitecore_request(settings)
     changed = with_browser_id(request, "new-id")
     assert json.loads(changed.body_bytes) == changed.body and changed.body["browser_id"] == "new-id"
@@ -1116,7 +1148,7 @@ def test_timeouts_are_set_even_on_a_client_built_without_them() -> None:
     EdgeClient(bare, EdgeSettings(datastream="d")).send(
         edge_request(EdgeSettings(datastream="d"), {}), {}
     )
-    sitecore = SitecoreSettings(client_key="k", pos="p")
+    sitecore = SitecoreSettings(client_key="k", pos="p", language="EN", currency="EUR")
     SitecoreClient(bare, sitecore).send(sitecore_request(sitecore), {})
     assert len(timeouts) == 3
     assert all(None not in t.values() for t in timeouts)
@@ -1214,7 +1246,7 @@ def test_token_answer_without_a_token_is_an_error() -> None:
 
 
 def test_clients_refuse_the_other_destination() -> None:
-    sitecore = SitecoreSettings(client_key="k", pos="p")
+    sitecore = SitecoreSettings(client_key="k", pos="p", language="EN", currency="EUR")
     with pytest.raises(ValueError):
         mock_edge(answer({})).send(sitecore_request(sitecore), {})
     bare = httpx.Client(transport=httpx.MockTransport(answer({})))
@@ -1226,7 +1258,7 @@ def test_browser_create_answer_without_ref_is_an_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"status": "OK"})
 
-    settings = SitecoreSettings(client_key="k", pos="p")
+    settings = SitecoreSettings(client_key="k", pos="p", language="EN", currency="EUR")
     client = SitecoreClient(httpx.Client(transport=httpx.MockTransport(handler)), settings)
     with pytest.raises(DeliveryError, match="no browser id"):
         client.send(sitecore_request(settings), {})

@@ -17,6 +17,7 @@ from engine.devserver import DevServer, ReplayReport, parse_envelope
 from tests.conftest import SETTINGS
 
 WAIT = 10.0
+JSON = {"Content-Type": "application/json"}
 
 PAGES = """\
 element campaign = event.campaign keep session
@@ -109,7 +110,7 @@ def test_a_bad_push_is_a_400_with_a_clear_error(
     dev: tuple[DevServer, io.StringIO], body: bytes, message: str
 ) -> None:
     server, out = dev
-    response = httpx.post(f"{server.url}/push", content=body, timeout=WAIT)
+    response = httpx.post(f"{server.url}/push", content=body, headers=JSON, timeout=WAIT)
     assert response.status_code == 400
     assert message in response.json()["error"]
     assert "bad push" in out.getvalue()
@@ -255,3 +256,72 @@ def test_the_emulator_names_state_entries_after_the_org_of_the_rules(folder: Pat
             server.emulator.reset()  # POST /emulator/reset: the rules' org stays
     prefix = "kndctr_ACME0123456789_AdobeOrg_"
     assert named == [[prefix + "cluster", prefix + "identity"]] * 2
+
+
+# ------------------------------------------------------------------ a local-only endpoint
+def test_push_takes_json_only(dev: tuple[DevServer, io.StringIO]) -> None:
+    server, _ = dev
+    # curl -d sends a form; a web page's "simple" cross-site post sends text/plain.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        refused = httpx.post(
+            f"{server.url}/push",
+            content=b'{"event": "page.view"}',
+            headers={"Content-Type": content_type},
+            timeout=WAIT,
+        )
+        assert refused.status_code == 415 and "--json" in refused.json()["error"]
+    assert server.emulator is not None and server.emulator.requests() == []  # nothing ran
+
+
+def test_push_bodies_are_bounded_while_read(folder: Path) -> None:
+    terminal, _ = console()
+    with DevServer(folder, console=terminal, debounce=0.05, environ={}, max_body=1000) as server:
+        big = {"event": "page.view", "padding": "x" * 2000}
+        declared = httpx.post(f"{server.url}/push", json=big, timeout=WAIT)
+        assert declared.status_code == 413 and "1,000 bytes" in declared.json()["error"]
+
+        def chunks() -> Iterator[bytes]:  # chunked: no Content-Length to refuse it by
+            yield b'{"event": "page.view", "padding": "'
+            for _ in range(100):
+                yield b"x" * 100
+            yield b'"}'
+
+        chunked = httpx.post(f"{server.url}/push", content=chunks(), headers=JSON, timeout=WAIT)
+        assert chunked.status_code == 413
+        small = httpx.post(f"{server.url}/push", json={"event": "page.view"}, timeout=WAIT)
+        assert small.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example:8000"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+def test_dev_routes_refuse_foreign_hosts_and_origins(
+    dev: tuple[DevServer, io.StringIO], headers: dict[str, str]
+) -> None:
+    server, _ = dev
+    push = httpx.post(
+        f"{server.url}/push", json={"event": "page.view"}, headers=headers, timeout=WAIT
+    )
+    assert push.status_code == 403 and "refused" in push.json()["error"]
+    assert httpx.get(f"{server.url}/health", headers=headers, timeout=WAIT).status_code == 403
+    assert server.emulator is not None and server.emulator.requests() == []
+    local = {"Host": f"localhost:{server.port}", "Origin": "http://localhost:3000"}
+    ok = httpx.post(f"{server.url}/push", json={"event": "page.view"}, headers=local)
+    assert ok.status_code == 200
+
+
+def test_dev_configures_the_emulator_from_the_rules(dev: tuple[DevServer, io.StringIO]) -> None:
+    server, _ = dev
+    assert server.emulator is not None
+    config = server.emulator.state.config
+    assert config.datastreams == frozenset({"ds-1"}) and config.client_keys == frozenset({"k"})
+    body = {"event": {"xdm": {}}}
+    with httpx.Client(base_url=server.emulator.url, timeout=WAIT) as c:
+        assert c.post("/ee/v2/interact?datastreamId=ds-1", json=body).status_code == 200
+        typo = c.post("/ee/v2/interact?datastreamId=ds-2", json=body)
+        assert typo.status_code == 400 and typo.json()["type"].endswith("EXEG-0003-400")

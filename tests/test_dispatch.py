@@ -165,8 +165,8 @@ def test_cli_run_with_the_emulator(tmp_path: Path) -> None:
 
 
 AUTH_SETTINGS = (
-    'edge { datastream: "ds-1", org: "ACME0123456789@AdobeOrg", client_id: "cid", '
-    'client_secret: env("TE_CLIENT_SECRET") }\nsitecore { client_key: "k", pos: "shop" }\n'
+    'edge { datastream: "ds-1", org: "ACME0123456789@AdobeOrg", client_id: "cid", fpid: true, '
+    'client_secret: env("TE_CLIENT_SECRET") }\nsitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }\n'
 )
 
 
@@ -241,7 +241,7 @@ def cookie_rules() -> Ruleset:
     return load_text(
         {
             "a_settings.rules": f'edge {{ datastream: "ds-1", org: "{COOKIE_ORG}" }}\n'
-            'sitecore { client_key: "k", pos: "shop" }\n',
+            'sitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }\n',
             "t.rules": RULES,
         }
     )

@@ -430,7 +430,9 @@ def test_no_scope_no_surface_no_personalization_query() -> None:
         (None, "https://edge.adobedc.net", "https://edge.adobedc.net/ee/v2/interact?"),
         ("", "https://edge.adobedc.net", "https://edge.adobedc.net/ee/v2/interact?"),
         ("or2/../x", "https://edge.adobedc.net", "https://edge.adobedc.net/ee/v2/interact?"),
-        ("or2", "https://server.adobedc.net", "https://server.adobedc.net/ee/v2/interact?"),
+        # the authenticated host takes the hint in its name (Adobe's server-side sample)
+        ("or2", "https://server.adobedc.net", "https://or2.server.adobedc.net/ee/v2/interact?"),
+        ("or2_x", "https://server.adobedc.net", "https://server.adobedc.net/ee/v2/interact?"),
     ],
 )
 def test_location_hint_path(hint: str | None, url: str, expected: str) -> None:

@@ -65,6 +65,15 @@ def event_body(
     return body
 
 
+# Authenticated (server-to-server) requests need a primary identity (EXEG-0306-400): an FPID.
+FPID = "2b5e7d1c-4a0f-4d6b-9c3e-8f1a2b3c4d5e"
+
+
+def server_body() -> dict[str, Any]:
+    """An event as a server sends it to the authenticated host: with its FPID."""
+    return event_body(identity_map={"FPID": [{"id": FPID, "primary": True}]})
+
+
 def handles(response: httpx.Response, kind: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = [h for h in response.json()["handle"] if h["type"] == kind]
     return found
@@ -347,6 +356,8 @@ def test_an_unknown_scope_is_a_non_fatal_error(
     client: httpx.Client,
     emulator: EmulatorServer,
 ) -> None:
+    # Not the default: Edge answers a plain 200 for a scope without content (P13).
+    emulator.configure(unknown_scope="error")
     response = client.post(V2, json=event_body(scopes=["hero-banner", "nowhere"]))
     assert response.status_code == 207
     (error,) = response.json()["errors"]
@@ -371,7 +382,7 @@ def test_a_scopes_file_replaces_the_built_in_scopes(tmp_path: Path) -> None:
         )
     )
     with (
-        EmulatorServer(scopes=path) as server,
+        EmulatorServer(scopes=path, config=EmulatorConfig(unknown_scope="error")) as server,
         httpx.Client(base_url=server.url, verify=NO_TLS) as c,
     ):
         body = event_body(scopes=["checkout-offer", "hero-banner"])
@@ -437,21 +448,21 @@ def test_bearer_tokens_are_validated_and_expire(
 ) -> None:
     access = token(client).json()["access_token"]
     auth = {"Authorization": f"Bearer {access}", "x-api-key": "cid", "x-gw-ims-org-id": ORG}
-    assert client.post(V2, json=event_body(), headers=auth).status_code == 200
+    assert client.post(V2, json=server_body(), headers=auth).status_code == 200
 
-    missing = client.post(V2, json=event_body(), headers={**auth, "x-api-key": ""})
+    missing = client.post(V2, json=server_body(), headers={**auth, "x-api-key": ""})
     assert "x-api-key" in assert_problem(missing, 401, "EXEG-0500-401")["detail"]
-    wrong_key = client.post(V2, json=event_body(), headers={**auth, "x-api-key": "other"})
+    wrong_key = client.post(V2, json=server_body(), headers={**auth, "x-api-key": "other"})
     assert_problem(wrong_key, 401, "EXEG-0500-401")
-    unknown = client.post(V2, json=event_body(), headers={**auth, "Authorization": "Bearer nope"})
+    unknown = client.post(V2, json=server_body(), headers={**auth, "Authorization": "Bearer nope"})
     assert_problem(unknown, 401, "EXEG-0503-401")
 
     expired = client.post("/emulator/tokens/expire")
     assert expired.json() == {"expired": 1}
-    assert_problem(client.post(V2, json=event_body(), headers=auth), 401, "EXEG-0503-401")
+    assert_problem(client.post(V2, json=server_body(), headers=auth), 401, "EXEG-0503-401")
     fresh = token(client).json()["access_token"]  # what a client does on EXEG-0503-401
     retry = {**auth, "Authorization": f"Bearer {fresh}"}
-    assert client.post(V2, json=event_body(), headers=retry).status_code == 200
+    assert client.post(V2, json=server_body(), headers=retry).status_code == 200
     assert emulator.expire_tokens(fresh) == 1
 
 
@@ -472,9 +483,9 @@ def test_short_lived_tokens_expire_by_themselves(
     emulator.configure(token_ttl=0.2)
     access = token(client).json()["access_token"]
     auth = {"Authorization": f"Bearer {access}", "x-api-key": "cid", "x-gw-ims-org-id": ORG}
-    assert client.post(V2, json=event_body(), headers=auth).status_code == 200
+    assert client.post(V2, json=server_body(), headers=auth).status_code == 200
     time.sleep(0.25)
-    assert_problem(client.post(V2, json=event_body(), headers=auth), 401, "EXEG-0503-401")
+    assert_problem(client.post(V2, json=server_body(), headers=auth), 401, "EXEG-0503-401")
 
 
 # ====================================================================== Sitecore
@@ -527,8 +538,17 @@ def test_the_engine_sitecore_builders_requests_are_accepted(
     emulator: EmulatorServer,
 ) -> None:
     for settings in (
-        SitecoreSettings(url=emulator.url, client_key=KEY, pos="shop"),
-        SitecoreSettings(url=emulator.url, mode="proxy", context_id="ctx", site_id="site"),
+        SitecoreSettings(
+            url=emulator.url, client_key=KEY, pos="shop", language="EN", currency="EUR"
+        ),
+        SitecoreSettings(
+            url=emulator.url,
+            mode="proxy",
+            context_id="ctx",
+            site_id="site",
+            language="EN",
+            currency="EUR",
+        ),
     ):
         browser = build_browser_request(settings)
         created = client.get(browser.url)
@@ -707,7 +727,7 @@ def test_every_request_is_recorded_without_secrets(
 ) -> None:
     access = token(client).json()["access_token"]
     auth = {"Authorization": f"Bearer {access}", "x-api-key": "cid", "x-gw-ims-org-id": ORG}
-    client.post(f"{V2}&requestId=rec", json=event_body(), headers=auth)
+    client.post(f"{V2}&requestId=rec", json=server_body(), headers=auth)
     browser = new_browser(client)
     send_event(client, sitecore_event(browser))
     client.get("/nowhere")
@@ -726,8 +746,8 @@ def test_every_request_is_recorded_without_secrets(
     assert edge.query == {"datastreamId": "ds-1", "requestId": "rec"}
     assert edge.headers["authorization"] == "Bearer <redacted>"
     assert edge.headers["x-api-key"] == "cid"
-    assert edge.body == event_body()
-    assert edge.size == len(json.dumps(event_body(), separators=(",", ":")))
+    assert edge.body == server_body()
+    assert edge.size == len(json.dumps(server_body(), separators=(",", ":")))
     assert sitecore.body == sitecore_event(browser)  # the parsed message parameter
     assert access not in json.dumps([r.to_json() for r in recorded])
     assert [r.path for r in emulator.requests("/v1.2/")] == [
@@ -768,7 +788,7 @@ _left_behind: list[str] = []
 
 def test_fixture_leaves_state_behind(emulator: EmulatorServer) -> None:
     emulator.set_faults({"status": 500})
-    emulator.configure(unknown_scope="ignore")
+    emulator.configure(unknown_scope="error")
     with httpx.Client(base_url=emulator.url, verify=NO_TLS) as c:
         assert c.post(V2, json=event_body()).status_code == 500
     _left_behind.append(emulator.url)

@@ -30,6 +30,8 @@ sitecore {
   url: env("SITECORE_URL", "https://api-engage-eu.sitecorecloud.io")
   client_key: env("SITECORE_CLIENT_KEY", "key")
   pos: "spinair.com"
+  language: "EN"
+  currency: "EUR"
 }
 datalayer { merge: "acdl" }
 

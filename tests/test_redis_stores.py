@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RULES = """
 edge { datastream: "ds-1", org: "ORG@AdobeOrg" }
-sitecore { client_key: "k", pos: "shop" }
+sitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }
 element n = state.n
 rule "View" {
   on "page.view"

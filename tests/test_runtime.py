@@ -416,7 +416,7 @@ def seed_engine(api: str) -> Engine:
     )
     settings = (
         f'edge {{ datastream: "ds-configured", org: "ORG@AdobeOrg", api: "{api}" }}\n'
-        'sitecore { client_key: "k", pos: "shop" }\n'
+        'sitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }\n'
     )
     rules = """\
         rule "Purchase" {

@@ -23,12 +23,16 @@ from engine.settings import SitecoreSettings
 from tests.conftest import load_text
 
 BROWSER_ID = "3f9c2d14-8a6e-4c1b-9d0f-5e7a11b2c3d4"
-DIRECT = SitecoreSettings(client_key="pqsDATA3lw12v5a9rrHPW1c4hET73GxQ", pos="northwind-eu")
+DIRECT = SitecoreSettings(
+    client_key="pqsDATA3lw12v5a9rrHPW1c4hET73GxQ", pos="northwind-eu", language="EN", currency="EUR"
+)
 PROXY = SitecoreSettings(
     url="https://edge-platform.sitecorecloud.io",
     mode="proxy",
     context_id="ctx-123",
     site_id="northwind",
+    language="EN",
+    currency="EUR",
 )
 
 
@@ -109,7 +113,7 @@ def test_message_is_fully_url_encoded_utf8() -> None:
     assert message(request)["page"] == "café & co/?x=1 #top"
 
 
-def test_all_seven_fields_are_sent_with_defaults() -> None:
+def test_all_seven_fields_are_sent_with_the_settings_values() -> None:
     event = message(build({"type": "ADD_TO_WISHLIST"}))
     assert event == {
         "channel": "WEB",
@@ -301,7 +305,9 @@ def test_bad_ext_fails_the_rule(ext: dict[str, Any], text: str) -> None:
 def test_ext_from_a_compiled_rule() -> None:
     ruleset = load_text(
         {
-            "settings.rules": 'sitecore { client_key: "k", pos: "shop" }\n',
+            "settings.rules": (
+                'sitecore { client_key: "k", pos: "shop", language: "EN", currency: "EUR" }\n'
+            ),
             "v.rules": (
                 "element page_type = state.page.type | lower\n"
                 'rule "View" {\n'
@@ -351,7 +357,9 @@ def test_proxy_mode_posts_json() -> None:
 
 
 def test_proxy_mode_keeps_the_rule_requested_at_and_omits_a_missing_site() -> None:
-    settings = SitecoreSettings(mode="proxy", context_id="c", client_key="k", pos="p")
+    settings = SitecoreSettings(
+        mode="proxy", context_id="c", client_key="k", pos="p", language="EN", currency="EUR"
+    )
     fields = {"type": "VIEW", "requested_at": "2026-01-01T00:00:00Z"}
     request = build(fields, settings, requested_at="2026-05-04T09:15:02.120Z")
     assert request.url == (
@@ -372,9 +380,15 @@ def test_direct_mode_never_adds_requested_at() -> None:
 @pytest.mark.parametrize(
     ("settings", "text"),
     [
-        (SitecoreSettings(pos="p"), "no Sitecore client key"),
-        (SitecoreSettings(client_key="k"), "no Sitecore point of sale"),
-        (SitecoreSettings(mode="proxy"), "proxy mode needs 'context_id'"),
+        (SitecoreSettings(pos="p", language="EN", currency="EUR"), "no Sitecore client key"),
+        (
+            SitecoreSettings(client_key="k", language="EN", currency="EUR"),
+            "no Sitecore point of sale",
+        ),
+        (
+            SitecoreSettings(mode="proxy", language="EN", currency="EUR"),
+            "proxy mode needs 'context_id'",
+        ),
     ],
 )
 def test_missing_settings_are_dispatch_errors(settings: SitecoreSettings, text: str) -> None:
@@ -404,7 +418,9 @@ def test_browser_create_url_direct() -> None:
 
 
 def test_browser_create_url_trailing_slash_and_proxy() -> None:
-    settings = SitecoreSettings(url="http://127.0.0.1:9000/", client_key="k", pos="p")
+    settings = SitecoreSettings(
+        url="http://127.0.0.1:9000/", client_key="k", pos="p", language="EN", currency="EUR"
+    )
     assert build_browser_request(settings).url.startswith(
         "http://127.0.0.1:9000/v1.2/browser/create.json?"
     )

@@ -13,6 +13,8 @@ The session owns ``Session.identity``, an opaque JSON-like dict. The keys this m
                             or ``locationHint:result`` (scope ``EdgeNetwork``)
 ``location_hint_expires``   epoch seconds after which the hint is dropped
 ``has_identity``            ``True`` once Edge answered with an ECID or an ``…_identity`` entry
+``fpid``                    the visitor's first-party device id (a UUID), minted by the engine
+                            (``fpid: true`` in the edge settings) or taken from its cookie
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeGuard
+from urllib.parse import quote, unquote
 
 from engine.clients.responses import (
     EdgeResponse,
@@ -32,15 +35,18 @@ from engine.clients.responses import (
     StateEntry,
     payload_items,
 )
-from engine.errors import DispatchError
+from engine.errors import DispatchError, EngineError
 
 __all__ = [
     "AsyncIdentityGate",
     "IdentityGate",
     "apply_edge_response",
+    "checked_fpid",
     "cookie_prefix",
+    "fpid_cookie_header",
     "has_identity",
     "identity_from_cookies",
+    "legacy_ecid",
     "merge_identity",
     "prune_identity",
     "set_cookie_headers",
@@ -50,6 +56,8 @@ __all__ = [
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _COOKIE_VALUE = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]*")
 _SAME_SITE = {"none": "None", "lax": "Lax", "strict": "Strict"}
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+FPID_MAX_AGE = 395 * 86400  # 13 months, as Adobe's FPID guidance sets the cookie
 
 
 def cookie_prefix(org: str) -> str:
@@ -271,6 +279,55 @@ def take_cookies(
     if cookie_prefix(org) + "identity" in fresh:
         identity["has_identity"] = True
         identity.pop("ecid", None)  # another visitor's, for all we know: Edge will say
+
+
+def legacy_ecid(cookies: Mapping[str, str], org: str) -> str | None:
+    """The ECID of a visitor's legacy ``AMCV_<org>`` cookie (Visitor.js / AppMeasurement),
+    as the Web SDK migrates it: its ``MCMID`` field. ``None`` without the cookie; an
+    :class:`~engine.errors.EngineError` naming it when it holds no ECID."""
+    value = None
+    for name in (f"AMCV_{org}", f"AMCV_{quote(org, safe='')}"):
+        value = cookies.get(name)
+        if value is not None:
+            break
+    if value is None:
+        return None
+    # The cookie is URL-encoded "key|value|key|value…"; MCMID is the ECID (38 digits).
+    parts = unquote(value).split("|") if isinstance(value, str) else []
+    for index, key in enumerate(parts[:-1]):
+        if key == "MCMID":
+            ecid = parts[index + 1]
+            if len(ecid) == 38 and ecid.isascii() and ecid.isdigit():
+                return ecid
+            break
+    raise EngineError(f"the AMCV_{org} cookie holds no ECID (an MCMID of 38 digits)")
+
+
+def checked_fpid(value: object, where: str) -> str:
+    """A first-party device id as Edge takes it (a UUID, lower case), or an
+    :class:`~engine.errors.EngineError` naming ``where``."""
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise EngineError(f"{where}: {str(value)[:60]!r} is not a first-party id (a UUID)")
+    return value.lower()
+
+
+def fpid_cookie_header(
+    identity: Mapping[str, Any], name: str, domain: str | None, *, secure: bool = True
+) -> str | None:
+    """The ``Set-Cookie`` value keeping the visitor's first-party id in their browser for 13
+    months from now (renewed on every response), or ``None`` when the session has none.
+    ``HttpOnly``: only the server reads it."""
+    fpid = identity.get("fpid")
+    if not isinstance(fpid, str) or not _UUID.fullmatch(fpid):
+        return None
+    parts = [f"{name}={fpid}", f"Max-Age={FPID_MAX_AGE}"]
+    if domain:
+        parts.append(f"Domain={domain}")
+    parts += ["Path=/", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    parts.append("HttpOnly")
+    return "; ".join(parts)
 
 
 def set_cookie_headers(

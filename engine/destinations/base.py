@@ -39,7 +39,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
     ENGINE_VERSION = "0.0.0"
 
 Destination = Literal["edge", "sitecore"]
-Kind = Literal["interact", "collect", "event", "browser"]
+Kind = Literal["interact", "collect", "event", "browser", "consent"]
 
 
 @dataclass(frozen=True, slots=True)

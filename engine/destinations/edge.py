@@ -16,8 +16,10 @@ unknown keys ignored):
     here: the store turns it into ``expires`` when it keeps the entry.
 ``location_hint`` (``str | None``)
     The Edge cluster (``or2``, ``va6``…), put in the path as ``/ee/{hint}/…``. A value that is
-    not 1–64 letters, digits, ``-`` or ``_`` is ignored, and so is any hint on the
-    authenticated host ``server.adobedc.net``, whose Server API answers 404 to a hinted path.
+    not 1–64 letters, digits, ``-`` or ``_`` is ignored. On the authenticated host
+    ``server.adobedc.net`` it goes in the host instead, ``https://{hint}.server.adobedc.net/ee/v2/…``
+    as Adobe's server-side sample sends it (alloy-samples ``common/aepEdgeClient.js``), when it
+    is a DNS label (letters, digits, ``-``; at most 63), else it is ignored.
 ``identity_map`` (``{namespace: [identity, …]}``)
     Identities the application supplies for the session (an ``FPID``, a ``CRM_ID``…), merged
     under the rule's ``identityMap``.
@@ -44,6 +46,7 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlsplit
 
+from engine.context import VisitorContext
 from engine.destinations.base import (
     EDGE_SIZE_LIMIT,
     ENGINE_VERSION,
@@ -51,6 +54,17 @@ from engine.destinations.base import (
     deep_merge,
     drop_nulls,
     serialize_bytes,
+)
+from engine.destinations.edge_fields import (
+    MAX_DECISION_SCOPES,
+    PROPOSITION_EVENT_TYPES,
+    PROPOSITIONS_NEED_TYPE,
+    SurfaceError,
+    identity_map_problems,
+    normalize_surface,
+    page_surface,
+    proposition_meta,
+    proposition_notification,
 )
 from engine.errors import DispatchError, EvaluationError
 from engine.settings import EdgeSettings
@@ -63,6 +77,7 @@ __all__ = [
     "Batch",
     "batch_collect",
     "build_edge_request",
+    "proposition_notification",
 ]
 
 IMPLEMENTATION_NAME = "https://ns.adobe.com/experience/tagengine"
@@ -85,6 +100,7 @@ PERSONALIZATION_SCHEMAS = tuple(
 DOM_ACTION_SCHEMA = _SCHEMA + "dom-action"
 AUTHENTICATED_HOST = "server.adobedc.net"
 _HINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HOST_HINT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # one DNS label
 _HEADERS = (("Content-Type", "application/json"),)
 MAX_BATCH_EVENTS = 100
 """At most this many events in one merged collect request, by default."""
@@ -102,22 +118,33 @@ def build_edge_request(
     version: str = ENGINE_VERSION,
     has_identity: bool | None = None,
     now: float | None = None,
+    context: VisitorContext | None = None,
 ) -> Request:
     """The Edge request for a ``send event`` whose fields are ``fields`` (as built by the rule).
 
     ``timestamp`` (ISO-8601 UTC) becomes ``xdm.timestamp``, ``event_id`` ``xdm._id``,
     ``request_id`` the ``requestId`` parameter. ``now`` (epoch seconds) expires state
     entries; it defaults to ``timestamp``. Raises :class:`~engine.errors.EvaluationError` when
-    a field has the wrong shape and :class:`~engine.errors.DispatchError` when no datastream
-    id is configured.
+    a field has the wrong shape or a value the Web SDK refuses (an ``identityMap`` that fails
+    its ``validateIdentityMap``, a surface it cannot normalise, more than
+    :data:`~engine.destinations.edge_fields.MAX_DECISION_SCOPES` decision scopes) and
+    :class:`~engine.errors.DispatchError` when no datastream id is configured.
     """
     event_type = _text(fields, "type", rule)
     view_start = event_type == VIEW_START
     xdm_in = _object(fields.get("xdm"), "xdm", rule)
     data = _object(fields.get("data"), "data", rule)
     shortcut = _object(fields.get("identityMap"), "identityMap", rule)
+    _check_identity_map(xdm_in.get("identityMap"), "xdm.identityMap", rule)
+    _check_identity_map(shortcut, "identityMap", rule)
     merge_id = _text(fields, "mergeId", rule)
     dataset_id = _text(fields, "datasetId", rule)
+    personalization = _object(fields.get("personalization"), "personalization", rule)
+    include_rendered = _flag(personalization, "includeRenderedPropositions", rule)
+    default_personalization = _flag(personalization, "defaultPersonalizationEnabled", rule)
+    # alloy hands decisionContext to its in-browser rules engine and never sends it: checked
+    # for its shape, then left out.
+    _object(personalization.get("decisionContext"), "personalization.decisionContext", rule)
 
     # -- xdm: automatic fields first, the rule's xdm merged over them
     auto: dict[str, Any] = {}
@@ -132,11 +159,23 @@ def build_edge_request(
         "version": version,
         "environment": "server",
     }
+    if context is not None and context.referer:
+        # As Adobe's Server SDK: the page is the request's Referer, unless the rule says.
+        auto["web"] = {"webPageDetails": {"URL": context.referer}}
     identity_map = _session_identity_map(identity, (xdm_in.get("identityMap"), shortcut))
     if identity_map:
         auto["identityMap"] = identity_map
     if merge_id is not None:
         auto["eventMergeId"] = merge_id
+    final_type = xdm_in.get("eventType")
+    decisioning = _decisioning(
+        fields,
+        final_type if isinstance(final_type, str) else auto.get("eventType"),
+        include_rendered,
+        rule,
+    )
+    if decisioning is not None:
+        auto["_experience"] = {"decisioning": decisioning}
     xdm = deep_merge(auto, xdm_in)
     if shortcut:
         current = xdm.get("identityMap")
@@ -148,8 +187,7 @@ def build_edge_request(
     if data:
         event["data"] = data
 
-    # -- personalization query (interact only)
-    personalization = _object(fields.get("personalization"), "personalization", rule)
+    # -- personalization query (interact only), as alloy's createPersonalizationDetails
     scopes = _dedupe(
         [
             *_strings(fields.get("decisionScopes"), "decisionScopes", rule),
@@ -158,9 +196,24 @@ def build_edge_request(
             ),
         ]
     )
-    if view_start and PAGE_WIDE_SCOPE not in scopes:
+    # A server has no "first call of the page" to add the page-wide scope to by default:
+    # viewStart (the page's own start) and defaultPersonalizationEnabled: true do, and
+    # defaultPersonalizationEnabled: false keeps even viewStart from asking, as in alloy.
+    wants_page = default_personalization is True or (
+        view_start and default_personalization is not False
+    )
+    if wants_page and PAGE_WIDE_SCOPE not in scopes:
         scopes.append(PAGE_WIDE_SCOPE)
-    surfaces = _dedupe(_strings(personalization.get("surfaces"), "personalization.surfaces", rule))
+    if len(scopes) > MAX_DECISION_SCOPES:
+        page = f" and {PAGE_WIDE_SCOPE}" if wants_page else ""
+        raise EvaluationError(
+            f"rule {rule!r}: send event asks for {len(scopes)} decision scopes ('decisionScopes' "
+            f"and 'personalization.decisionScopes' together{page}, without duplicates); Edge "
+            f"takes at most {MAX_DECISION_SCOPES} in one request"
+        )
+    surfaces = _surfaces(
+        personalization.get("surfaces"), xdm, default_personalization is True, rule
+    )
     query_personalization: dict[str, Any] | None = None
     if scopes or surfaces:
         schemas = list(PERSONALIZATION_SCHEMAS)
@@ -225,8 +278,8 @@ def build_edge_request(
     params = [("datastreamId" if v2 else "configId", datastream), ("requestId", request_id)]
     if collect and v2:
         params.append(("silent", "true"))
-    hint = _location_hint(identity.get("location_hint"), settings.url)
-    path = f"{settings.url.rstrip('/')}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
+    base, hint = _location_hint(identity.get("location_hint"), settings.url)
+    path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
     url = f"{path}?{_query(params)}"
     final_id = xdm.get("_id")
     return Request(
@@ -234,7 +287,7 @@ def build_edge_request(
         rule=rule,
         method="POST",
         url=url,
-        headers=_HEADERS,
+        headers=_HEADERS if context is None else _HEADERS + context.headers(),
         body=body,
         body_bytes=serialize_bytes(body, rule=rule),
         kind=action,
@@ -559,6 +612,84 @@ def _dedupe(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _flag(personalization: Mapping[str, Any], name: str, rule: str) -> bool | None:
+    """A boolean personalization option; ``None`` when not given."""
+    value = personalization.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _shape(rule, f"personalization.{name}", "true or false", value)
+    return value
+
+
+# ------------------------------------------------------------------ alloy's checks
+def _check_identity_map(value: Any, where: str, rule: str) -> None:
+    problems = identity_map_problems(value, where)
+    if problems:
+        raise EvaluationError(f"rule {rule!r}: send event {problems[0].message}")
+
+
+def _page_url(xdm: Mapping[str, Any]) -> str | None:
+    web = xdm.get("web")
+    details = web.get("webPageDetails") if isinstance(web, Mapping) else None
+    url = details.get("URL") if isinstance(details, Mapping) else None
+    return url if isinstance(url, str) and url else None
+
+
+def _surfaces(value: Any, xdm: Mapping[str, Any], add_page: bool, rule: str) -> list[str]:
+    """``personalization.surfaces`` normalised as alloy's ``normalizeSurfaces``, plus the page
+    surface for ``defaultPersonalizationEnabled: true`` when the event names its page (a
+    server has no ``window.location``); deduplicated."""
+    page_url = _page_url(xdm)
+    out: list[str] = []
+    for surface in _strings(value, "personalization.surfaces", rule):
+        try:
+            out.append(normalize_surface(surface, page_url))
+        except SurfaceError as error:
+            raise EvaluationError(
+                f"rule {rule!r}: send event 'personalization.surfaces': {error}"
+            ) from None
+    if add_page and page_url is not None:
+        try:
+            out.append(normalize_surface(page_surface(page_url), None))
+        except SurfaceError as error:
+            raise EvaluationError(
+                f"rule {rule!r}: send event 'personalization.defaultPersonalizationEnabled' "
+                f"needs the page surface: {error}"
+            ) from None
+    return _dedupe(out)
+
+
+def _decisioning(
+    fields: Mapping[str, Any], event_type: Any, include_rendered: bool | None, rule: str
+) -> dict[str, Any] | None:
+    """``xdm._experience.decisioning`` for the rule's ``propositions``: a notification event
+    (``type: "decisioning.propositionDisplay"``…) as alloy's ``createCollect`` sends it, or
+    the rendered propositions ``includeRenderedPropositions: true`` attaches to another event
+    as displayed (alloy's ``mergeDecisionsMeta`` with ``display``)."""
+    if "propositions" not in fields:
+        return None
+    try:
+        meta = proposition_meta(fields["propositions"])
+    except ValueError as error:
+        raise EvaluationError(f"rule {rule!r}: send event {error}") from None
+    kinds: dict[str, int] = {}
+    own = PROPOSITION_EVENT_TYPES.get(event_type) if isinstance(event_type, str) else None
+    if own is not None:
+        kinds[own] = 1
+    if include_rendered:
+        kinds["display"] = 1
+    if not kinds:
+        raise EvaluationError(f"rule {rule!r}: send event {PROPOSITIONS_NEED_TYPE}")
+    if not meta:
+        if own is not None:
+            raise EvaluationError(
+                f"rule {rule!r}: send event 'propositions' is empty (null or []): a "
+                f"{event_type!r} event needs at least one proposition; guard the rule with "
+                "a 'when' condition"
+            )
+        return None  # nothing rendered to include: alloy attaches nothing either
+    return {"propositions": meta, "propositionEventType": kinds}
+
+
 # ------------------------------------------------------------------ overrides
 def _filter_overrides(value: Mapping[str, Any]) -> dict[str, Any]:
     """The Web SDK's filter: drop ``null``, ``""``, ``[]`` and ``enabled: true`` leaves, then
@@ -610,6 +741,11 @@ def _session_identity_map(
 ) -> dict[str, Any]:
     session_map = identity.get("identity_map")
     out: dict[str, Any] = drop_nulls(session_map) if isinstance(session_map, Mapping) else {}
+    fpid = identity.get("fpid")
+    if isinstance(fpid, str) and fpid and "FPID" not in out:
+        # The first-party device id: the primary identity from the very first event.
+        primary = not _has_primary((out, *rule_maps))
+        out["FPID"] = [{"id": fpid, "authenticatedState": "ambiguous", "primary": primary}]
     ecid = identity.get("ecid")
     if isinstance(ecid, str) and ecid and "ECID" not in out:
         primary = not _has_primary((out, *rule_maps))
@@ -643,9 +779,18 @@ def _state_entries(entries: Any, now: float | None, timestamp: str) -> list[dict
     return [{"key": k, "value": v} for k, v in kept.items()]
 
 
-def _location_hint(hint: Any, url: str) -> str | None:
+def _location_hint(hint: Any, url: str) -> tuple[str, str | None]:
+    """The base URL and the path hint to send with: on the authenticated host the hint goes
+    in the host name (``{hint}.server.adobedc.net``, as Adobe's server-side sample sends it:
+    that Server API answers 404 to a hinted path), elsewhere in the path."""
+    base = url.rstrip("/")
     if not isinstance(hint, str) or not _HINT.fullmatch(hint):
-        return None
-    if urlsplit(url).hostname == AUTHENTICATED_HOST:
-        return None
-    return hint
+        return base, None
+    parts = urlsplit(base)
+    if parts.hostname != AUTHENTICATED_HOST:
+        return base, hint
+    if not _HOST_HINT.fullmatch(hint):
+        return base, None  # "or2_x" cannot be a host name: no hint rather than a bad host
+    at = parts.netloc.lower().rindex(AUTHENTICATED_HOST)
+    netloc = f"{parts.netloc[:at]}{hint.lower()}.{parts.netloc[at:]}"
+    return parts._replace(netloc=netloc).geturl(), None

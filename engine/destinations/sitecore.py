@@ -22,25 +22,42 @@ from engine.destinations.base import (
     Request,
     drop_nulls,
     is_finite_scalar,
+    largest_fields,
     serialize,
     serialize_bytes,
 )
-from engine.errors import DispatchError, EvaluationError
+from engine.errors import DispatchError, EvaluationError, PayloadTooLarge
 from engine.settings import SitecoreSettings
+from engine.sitecore_formats import (
+    CHECKED_PATHS,
+    card_type_problem,
+    currency_code,
+    currency_problem,
+    field_problem,
+    language_code,
+    language_problem,
+)
 
 __all__ = [
     "EXT_LIMIT",
+    "SITECORE_URL_LIMIT",
     "build_browser_request",
     "build_sitecore_request",
+    "check_url_size",
     "flatten_ext",
     "with_browser_id",
 ]
 
 EXT_LIMIT = 50
+SITECORE_URL_LIMIT = 8192
+"""A direct-mode event travels in the URL; 8 KB is the common ceiling of CDNs and proxies
+(Sitecore documents none), so a longer URL is refused before the network **(ours)**."""
 _NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
 _RENAMED = {"first_name": "firstname", "last_name": "lastname"}
 _BASE = ("channel", "type", "language", "currency", "page", "pos", "browser_id")
-_SPECIAL = frozenset({*_BASE, "client_key", "ext", "session_data", "identifiers", *_RENAMED})
+_SPECIAL = frozenset(
+    {*_BASE, "client_key", "ext", "session_data", "identifiers", "page_variant_id", *_RENAMED}
+)
 _JSON = (("Content-Type", "application/json"),)
 
 
@@ -55,12 +72,16 @@ def build_sitecore_request(
     """The Stream API request for a ``send sitecore`` whose fields are ``fields``.
 
     Defaults: ``channel``, ``language``, ``currency`` and ``pos`` from ``settings``, ``page``
-    ``""``; ``channel``, ``language`` and ``currency`` are upper-cased. ``first_name`` and
-    ``last_name`` go on the wire as ``firstname``/``lastname`` (the wire names win when both
-    are given). In proxy mode ``client_key`` (``""`` when unset) and ``requested_at`` (when
-    given and the rule sets none) are added, as the Cloud SDK does. Raises
-    :class:`~engine.errors.EvaluationError` for a field of the wrong shape and
-    :class:`~engine.errors.DispatchError` for missing settings.
+    ``""``; ``language`` and ``currency`` have no default of their own: a send with neither
+    fails. ``channel`` and ``currency`` are upper-cased and ``language`` becomes its ISO 639-1
+    code (``en-GB`` → ``EN``, as the Cloud SDK does). ``page_variant_id`` goes in
+    ``ext.pageVariantId``, as the Cloud SDK sends it. ``first_name`` and ``last_name`` go on
+    the wire as ``firstname``/``lastname`` (the wire names win when both are given). In proxy
+    mode ``client_key`` (``""`` when unset) and ``requested_at`` (when given and the rule sets
+    none) are added, as the Cloud SDK does. Raises :class:`~engine.errors.EvaluationError`
+    for a field of the wrong shape or format (``email``, ``dob``, order ``status``,
+    ``currencyCode``, ``cardType``), :class:`~engine.errors.PayloadTooLarge` for a direct-mode
+    URL above 8 KB and :class:`~engine.errors.DispatchError` for missing settings.
     """
     proxy = settings.mode == "proxy"
     if not browser_id:
@@ -78,8 +99,8 @@ def build_sitecore_request(
     event: dict[str, Any] = {
         "channel": (_base_text(fields, "channel", settings.channel, rule) or "").upper(),
         "type": event_type,
-        "language": (_base_text(fields, "language", settings.language, rule) or "").upper(),
-        "currency": (_base_text(fields, "currency", settings.currency, rule) or "").upper(),
+        "language": _language(fields, settings, rule),
+        "currency": _currency(fields, settings, rule),
         "page": _base_text(fields, "page", "", rule) or "",
         "pos": pos or "",
         "browser_id": browser_id,
@@ -87,7 +108,12 @@ def build_sitecore_request(
     for name, value in fields.items():
         if value is None:
             continue
-        if name in _RENAMED:
+        if name in ("ext", "page_variant_id"):
+            if "ext" not in event:  # where the rule wrote the first of the two
+                ext = _ext(fields, settings, rule)
+                if ext:
+                    event["ext"] = ext
+        elif name in _RENAMED:
             wire = _RENAMED[name]
             if fields.get(wire) is None:
                 event[wire] = drop_nulls(value)
@@ -99,12 +125,6 @@ def build_sitecore_request(
             session_data = _session_data(value, rule)
             if session_data:
                 event["session_data"] = session_data
-        elif name == "ext":
-            if not isinstance(value, Mapping):
-                raise _shape(rule, "ext", "an object", value)
-            ext = flatten_ext(value, rule=rule)
-            if ext:
-                event["ext"] = ext
         elif name not in _SPECIAL:
             event[name] = drop_nulls(value)
     if event_type == "IDENTITY" and not event.get("identifiers"):
@@ -112,6 +132,7 @@ def build_sitecore_request(
             f"rule {rule!r}: an IDENTITY event needs 'identifiers' "
             '(e.g. [{provider: "email", id: …}])'
         )
+    _check_formats(event, event_type, rule)
 
     base = settings.url.rstrip("/")
     if not proxy:
@@ -119,7 +140,9 @@ def build_sitecore_request(
         url = f"{base}/v1.2/event/create.json?" + _query(
             [("client_key", _client_key(settings, rule)), ("message", message)]
         )
-        return Request("sitecore", rule, "GET", url, (), event, b"", "event")
+        request = Request("sitecore", rule, "GET", url, (), event, b"", "event")
+        check_url_size(request)
+        return request
 
     event["client_key"] = settings.client_key or ""
     if requested_at is not None and "requested_at" not in event:
@@ -165,9 +188,31 @@ def with_browser_id(request: Request, browser_id: str) -> Request:
             (key, serialize(body, rule=request.rule) if key == "message" else value)
             for key, value in parse_qsl(query, keep_blank_values=True)
         ]
-        return replace(request, url=f"{base}?{_query(params)}", body=body)
+        moved = replace(request, url=f"{base}?{_query(params)}", body=body)
+        check_url_size(moved)  # the id Sitecore issued may be longer than the local one
+        return moved
     body_bytes = serialize_bytes(body, rule=request.rule)
     return replace(request, body=body, body_bytes=body_bytes)
+
+
+def check_url_size(request: Request, limit: int = SITECORE_URL_LIMIT) -> None:
+    """Refuse a direct-mode (GET) request whose URL is above ``limit`` bytes, before any
+    network call, naming the rule, the size and the largest fields (their JSON size, before
+    URL encoding); a proxy-mode POST has no such limit."""
+    if request.method != "GET":
+        return
+    size = len(request.url.encode())
+    if size <= limit:
+        return
+    parts = ", ".join(f"{path} ({n:,} bytes)" for path, n in largest_fields(request))
+    message = (
+        f"rule {request.rule!r}: the Sitecore direct-mode URL is {size:,} bytes, above the "
+        f"{limit:,}-byte limit"
+    )
+    if parts:
+        message += f"; largest fields: {parts}"
+    message += ' (send less, or use mode: "proxy", which POSTs the event)'
+    raise PayloadTooLarge(message, destination="sitecore")
 
 
 # ------------------------------------------------------------------ ext
@@ -179,33 +224,43 @@ def camel(key: str) -> str:
     return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
 
 
-def flatten_ext(ext: Mapping[str, Any], *, rule: str) -> dict[str, str | bool | int | float]:
-    """``ext`` as Sitecore takes it: at most 50 flat attributes with camelCase alphanumeric
-    names and string/boolean/integer/float values.
+def flatten_ext(ext: Mapping[str, Any], *, rule: str, names: str = "camel") -> dict[str, Any]:
+    """``ext`` as Sitecore takes it: at most 50 flat attributes with string/boolean/
+    integer/float values.
 
-    Nested objects are joined in camelCase (``{product: {sku: 1}}`` → ``productSku``), as the
-    checker counts them at load time; ``null`` values are dropped; a list becomes its compact
-    JSON text (a string, so the attribute keeps one type across events). A name that comes
+    ``names="camel"`` (the Stream API docs): names are camelCase alphanumerics, nested
+    objects are joined in camelCase (``{product: {sku: 1}}`` → ``productSku``) and a list
+    becomes its compact JSON text (a string, so the attribute keeps one type across events).
+    ``names="sdk"`` (the Cloud SDK's ``flattenObject``): each key is kept as written, nested
+    keys are joined with ``_`` (``product_sku``) and a list stays a JSON array. Either way
+    ``null`` values are dropped, as the checker counts names at load time. A name that comes
     out empty or twice, a value JSON cannot carry, or more than 50 attributes raise
     :class:`~engine.errors.EvaluationError`.
     """
-    out: dict[str, str | bool | int | float] = {}
+    out: dict[str, Any] = {}
+    sdk = names == "sdk"
 
     def walk(prefix: str, value: Mapping[str, Any]) -> None:
         for key, item in value.items():
-            part = camel(str(key))
+            part = str(key) if sdk else camel(str(key))
             if not part:
-                raise EvaluationError(
-                    f"rule {rule!r}: sitecore ext key {key!r} has no letters or digits"
-                )
-            name = prefix + part[:1].upper() + part[1:] if prefix else part
+                what = "is empty" if sdk else "has no letters or digits"
+                raise EvaluationError(f"rule {rule!r}: sitecore ext key {key!r} {what}")
+            if sdk:
+                name = f"{prefix}_{part}" if prefix else part
+            else:
+                name = prefix + part[:1].upper() + part[1:] if prefix else part
             if item is None:
                 continue
             if isinstance(item, Mapping):
                 walk(name, item)
                 continue
             if isinstance(item, list | tuple):
-                item = serialize(item, rule=rule)
+                if sdk:
+                    serialize(item, rule=rule)  # refuses what JSON cannot carry
+                    item = drop_nulls(list(item))
+                else:
+                    item = serialize(item, rule=rule)
             elif not is_finite_scalar(item):
                 raise EvaluationError(
                     f"rule {rule!r}: sitecore ext attribute '{name}' has a value Sitecore "
@@ -231,6 +286,78 @@ def _shape(rule: str, name: str, expected: str, value: Any) -> EvaluationError:
     return EvaluationError(
         f"rule {rule!r}: send sitecore '{name}' must be {expected}, not {type(value).__name__}"
     )
+
+
+def _ext(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> dict[str, Any]:
+    """The event's ``ext``: the rule's flattened, with ``page_variant_id`` first as
+    ``pageVariantId`` (where the Cloud SDK puts it; it wins over an ``ext.pageVariantId``,
+    as there)."""
+    value = fields.get("ext")
+    ext: dict[str, Any] = {}
+    if value is not None:
+        if not isinstance(value, Mapping):
+            raise _shape(rule, "ext", "an object", value)
+        ext = flatten_ext(value, rule=rule, names=settings.ext_names)
+    variant = fields.get("page_variant_id")
+    if variant is None or variant == "":
+        return ext
+    if isinstance(variant, bool) or not isinstance(variant, str | int):
+        raise _shape(rule, "page_variant_id", "a string", variant)
+    ext.pop("pageVariantId", None)
+    ext = {"pageVariantId": str(variant), **ext}
+    if len(ext) > EXT_LIMIT:
+        raise EvaluationError(
+            f"rule {rule!r}: sitecore ext has {len(ext)} attributes once flattened (with "
+            f"pageVariantId); the limit is {EXT_LIMIT}"
+        )
+    return ext
+
+
+def _missing(rule: str, name: str, example: str) -> EvaluationError:
+    return EvaluationError(
+        f"rule {rule!r}: send sitecore has no '{name}': set it in the rule or add "
+        f'{name}: "{example}" to the sitecore {{ }} settings'
+    )
+
+
+def _language(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> str:
+    value = _base_text(fields, "language", settings.language, rule)
+    if not value:
+        raise _missing(rule, "language", "EN")
+    code = language_code(value)
+    if code is None:
+        raise EvaluationError(f"rule {rule!r}: sitecore {language_problem(value)}")
+    return code
+
+
+def _currency(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> str:
+    value = _base_text(fields, "currency", settings.currency, rule)
+    if not value:
+        raise _missing(rule, "currency", "EUR")
+    code = currency_code(value)
+    if code is None:
+        raise EvaluationError(f"rule {rule!r}: sitecore {currency_problem(value)}")
+    return code
+
+
+def _check_formats(event: Mapping[str, Any], event_type: str, rule: str) -> None:
+    """The documented formats (``email``, ``dob``, CHECKOUT ``status``, ``order.status``,
+    ``order.currencyCode``, ``order.cardType`` when paying by card), checked on the values
+    as sent: a data-layer value fails the rule here, naming the field."""
+    for path in CHECKED_PATHS:
+        value: Any = event
+        for step in path:
+            value = value.get(step) if isinstance(value, Mapping) else None
+        if value is None:
+            continue
+        problem = field_problem(path, value, event_type)
+        if problem:
+            raise EvaluationError(f"rule {rule!r}: sitecore {problem}")
+    order = event.get("order")
+    if isinstance(order, Mapping):
+        problem = card_type_problem(order)
+        if problem:
+            raise EvaluationError(f"rule {rule!r}: sitecore {problem}")
 
 
 def _base_text(fields: Mapping[str, Any], name: str, default: str | None, rule: str) -> str | None:

@@ -10,13 +10,21 @@ tests and in the foreground for ``tagengine emulator``.
 Routes (``POST`` unless noted):
 
 * ``/ee[/{hint}]/v1|v2/interact|collect``: Edge. v2 takes ``datastreamId`` and, on interact,
-  one ``event``; v1 takes ``configId`` and ``events[]``; collect takes ``events[]``.
+  one ``event``; v1 takes ``configId`` and ``events[]``; collect takes ``events[]``. Unknown
+  datastreams get ``EXEG-0003-400``; authenticated events without a primary identity
+  ``EXEG-0306-400``; an opted-out visitor's requests are answered and ignored
+  (``EXEG-0301-200``).
+* ``/ee[/{hint}]/v1/privacy/set-consent``: the Web SDK's ``setConsent`` (records consent).
 * ``/ims/token/v3``: OAuth client-credentials (form body) → bearer token.
 * ``GET /v1.2/browser/create.json``, ``GET /v1.2/event/create.json``: Sitecore direct mode;
   ``GET /v1/events/v1.2/browser/create.json``, ``/v1/events/v1.2/events``: the Edge proxy.
 * ``/emulator/…``: administration (never recorded, never faulted): ``GET|DELETE requests``,
   ``GET|POST|DELETE faults``, ``POST tokens/expire``, ``GET visitors``, ``GET browsers``,
-  ``POST reset``, ``GET health``.
+  ``GET consents``, ``POST reset``, ``GET health``. Bodies are JSON only (415) and at most
+  ``admin_max_body`` bytes (413).
+
+Every route refuses (403, unrecorded) a non-loopback ``Origin``, and a non-loopback ``Host``
+on a connection that arrived on a loopback address (:mod:`engine.emulator.guard`).
 
 Every other request is recorded (:class:`~engine.emulator.state.RecordedRequest`) and may get
 an injected fault (:mod:`engine.emulator.faults`) before it is processed.
@@ -44,6 +52,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from engine.emulator import guard
+from engine.emulator.consent import (
+    CONSENT_CHECK_MAX_AGE,
+    CONSENT_MAX_AGE,
+    ConsentError,
+    general_from_entry,
+    parse_preferences,
+)
 from engine.emulator.faults import FAULT_HEADER, Fault, FaultError
 from engine.emulator.identity import (
     decode_identity,
@@ -55,7 +71,7 @@ from engine.emulator.identity import (
     state_key,
 )
 from engine.emulator.scopes import load_scopes, proposition
-from engine.emulator.state import EmulatorConfig, EmulatorState
+from engine.emulator.state import EmulatorConfig, EmulatorState, RecordedRequest
 
 __all__ = ["EmulatorApp", "create_app"]
 
@@ -65,6 +81,7 @@ EDGE_CONTENT_TYPES = frozenset(
     {"application/json", "application/x-jackson-smile", "text/plain", "text/javascript"}
 )
 IDENTITY_MAX_AGE = 34128000  # 395 days, as Edge sets the identity entry
+OPT_OUT_CODE = "EXEG-0301-200"  # "user consent missing, request ignored"
 CLUSTER_MAX_AGE = 1800
 # Codes for faults injected with only a status, so a client's code parsing is exercised.
 FAULT_CODES = {
@@ -85,7 +102,9 @@ SITECORE_EXT_LIMIT = 50
 _HINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _EXT_NAME = re.compile(r"[A-Za-z0-9]+")
 _TYPE = re.compile(r"[A-Z0-9_]+")
-_READ_LIMIT = 16 * 1024 * 1024  # bodies above this are refused unread: a loopback dev server
+_LANGUAGE = re.compile(r"[A-Z]{2}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_READ_LIMIT = 16 * 1024 * 1024  # bodies above this are refused, read no further
 _PAUSE_SLICE = 0.05  # how often a delayed request checks whether the server is stopping
 
 
@@ -129,14 +148,29 @@ class EmulatorApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or path == "/emulator" or path.startswith("/emulator/"):
+        if scope["type"] != "http":
             await self._router(scope, receive, send)
             return
-
-        body = await _read_body(receive)
-        if body is None:  # the client went away before sending its whole body
-            return
         headers = _headers(scope)
+        config = self.state.config
+        # Before anything is read or recorded: a cross-site or rebinding request is not one
+        # the emulator serves (engine.emulator.guard).
+        refused = guard.refusal(scope, headers, config.allowed_hosts)
+        if refused is not None:
+            await JSONResponse({"error": refused}, 403)(scope, receive, send)
+            return
+        if path == "/emulator" or path.startswith("/emulator/"):
+            await self._admin(scope, receive, send, headers, config.admin_max_body)
+            return
+
+        too_large: guard.BodyTooLarge | None = None
+        try:
+            read = await guard.read_bounded(receive, headers, _READ_LIMIT)
+        except guard.BodyTooLarge as exc:
+            read, too_large = b"", exc
+        if read is None:  # the client went away before sending its whole body
+            return
+        body = read
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), True))
         parsed, text = _record_body(path, headers, query, body)
         entry = self.state.record(
@@ -146,16 +180,19 @@ class EmulatorApp:
             headers=_redacted(headers),
             body=parsed,
             text=text,
-            size=len(body),
+            size=too_large.read if too_large is not None else len(body),
         )
+        scope["emulator.record"] = entry  # so a route can mark it ignored (opt-out)
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 self.state.finish(entry, status=message["status"])
             await send(message)
 
-        if len(body) > _READ_LIMIT:
-            response: Response = JSONResponse({"error": "request body too large"}, 413)
+        if too_large is not None:
+            response: Response = JSONResponse(
+                {"error": f"request body too large: at most {_READ_LIMIT:,} bytes are read"}, 413
+            )
             await response(scope, receive, recording_send)
             return
 
@@ -199,6 +236,37 @@ class EmulatorApp:
 
         await self._router(scope, replay, recording_send)
 
+    async def _admin(
+        self, scope: Scope, receive: Receive, send: Send, headers: Mapping[str, str], limit: int
+    ) -> None:
+        """An administration request: a body, when there is one, must be JSON and at most
+        ``limit`` bytes (read chunk by chunk, so a huge one costs no memory)."""
+        body = b""
+        if guard.declares_body(headers):
+            if not guard.is_json(headers):
+                got = headers.get("content-type", "none")
+                message = f"administration requests take JSON only (Content-Type: {got})"
+                await JSONResponse({"error": message}, 415)(scope, receive, send)
+                return
+            try:
+                read = await guard.read_bounded(receive, headers, limit)
+            except guard.BodyTooLarge as exc:
+                await JSONResponse({"error": str(exc)}, 413)(scope, receive, send)
+                return
+            if read is None:
+                return
+            body = read
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self._router(scope, replay, send)
+
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds``; ``True`` when the server started stopping meanwhile."""
         deadline = time.monotonic() + seconds
@@ -219,18 +287,6 @@ def strict_json(text: str | bytes) -> Any:
     """``json.loads`` without the NaN/Infinity extension: JSON as the services parse it (and
     what the recorded requests can be served back as)."""
     return json.loads(text, parse_constant=_reject_constant)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        if len(chunks) <= _READ_LIMIT:
-            chunks += message.get("body", b"")
-        if not message.get("more_body", False):
-            return bytes(chunks)
 
 
 async def _drop(send: Send) -> None:
@@ -387,14 +443,21 @@ async def edge(request: Request) -> Response:
         if hint is not None and not _HINT.fullmatch(hint):
             raise _Reject(404, None, "Not Found", f"{hint!r} is not a location hint.")
         _check_auth(state, config, headers)
-        _check_datastream(config, version, query)
+        datastream = _datastream_param(version, query)
         payload = await _edge_payload(request, config)
+        _check_datastream(config, datastream, payload)
         events = _edge_events(payload, version, action)
         request_xdm = _object(payload.get("xdm"), "xdm")  # v1: request-level identities
         _check_identity_map(request_xdm.get("identityMap"), "xdm.identityMap")
         meta = _object(payload.get("meta"), "meta")
         meta_state = _object(meta.get("state"), "meta.state")
         entries = _entries(meta_state.get("entries"))
+        org = header_org or _org_from_entries(entries) or config.org
+        fpid_cookie = _fpid_cookie(headers)
+        if config.primary_identity == "always" or (
+            config.primary_identity == "authenticated" and "authorization" in headers
+        ):
+            _check_primary_identity(org, events, version, action, request_xdm, entries, fpid_cookie)
     except _Reject as reject:
         return _problem(
             reject.status,
@@ -406,13 +469,41 @@ async def edge(request: Request) -> Response:
         )
 
     response_headers = {"x-request-id": request_id}
+    opted_out = [
+        _opted_out(state, org, entries, event, request_xdm, fpid_cookie) for event in events
+    ]
+    record = request.scope.get("emulator.record")
     if action == "collect":
+        ignored = [i for i, why in enumerate(opted_out) if why is not None]
+        if ignored and isinstance(record, RecordedRequest):
+            first = opted_out[ignored[0]]
+            which = "all events" if len(ignored) == len(events) else f"events {ignored}"
+            state.ignore(record, f"{OPT_OUT_CODE}: {which} ignored: {first}")
         if version == "v2" and query.get("silent", "").lower() != "true":
             return JSONResponse({"requestId": request_id}, 202, headers=response_headers)
         return Response(status_code=204, headers=response_headers)
 
-    org = header_org or _org_from_entries(entries) or config.org
-    ecid, identity_value = _identify(org, entries, events, payload)
+    reason = next((why for why in opted_out if why is not None), None)
+    if reason is not None:
+        # Edge ignores an opted-out visitor's request: no identity, no decisions, no
+        # segments, nothing counted; the answer only restates the consent.
+        if isinstance(record, RecordedRequest):
+            state.ignore(record, f"{OPT_OUT_CODE}: request ignored: {reason}")
+        warning = {
+            "type": PROBLEM_BASE + OPT_OUT_CODE,
+            "status": 200,
+            "title": "User consent missing, request ignored",
+            "detail": f"The visitor has not consented to data collection: {reason}.",
+            "report": {"cause": {"message": "general=out", "code": "general"}},
+        }
+        consent_store = {"type": "state:store", "payload": [_consent_entry(org, "out")]}
+        return JSONResponse(
+            {"requestId": request_id, "handle": [consent_store], "warnings": [warning]},
+            200,
+            headers=response_headers,
+        )
+
+    ecid, identity_value = _identify(org, entries, events, payload, fpid_cookie)
     state.visit(ecid)
     cluster = hint or entries.get(state_key(org, "cluster")) or config.location_hint
     if not _HINT.fullmatch(cluster):
@@ -522,7 +613,9 @@ def _check_auth(state: EmulatorState, config: EmulatorConfig, headers: Mapping[s
         )
 
 
-def _check_datastream(config: EmulatorConfig, version: str, query: Mapping[str, str]) -> None:
+def _datastream_param(version: str, query: Mapping[str, str]) -> str:
+    """The datastream id of the query (``datastreamId`` on v2, ``configId`` on v1);
+    ``EXEG-0002-400`` when it is missing."""
     name, other = ("datastreamId", "configId") if version == "v2" else ("configId", "datastreamId")
     datastream = query.get(name, "")
     if not datastream:
@@ -537,10 +630,35 @@ def _check_datastream(config: EmulatorConfig, version: str, query: Mapping[str, 
             "Missing datastream ID",
             f"The {name} query parameter is required on /{version}{note}.",
         )
-    if config.datastreams is not None and datastream not in config.datastreams:
-        raise _Reject(
-            400, "EXEG-0003-400", "Invalid datastream ID", f"Unknown datastream {datastream!r}."
-        )
+    return datastream
+
+
+def _check_datastream(config: EmulatorConfig, datastream: str, payload: Mapping[str, Any]) -> None:
+    """``EXEG-0003-400`` for a datastream the emulator does not know. An override
+    (``edgeConfigOverrides.datastreamId``) is known when the datastream it replaces, which the
+    client names in ``meta.sdkConfig.datastream.original``, is: the override allow-list lives
+    in that datastream's settings, which the emulator cannot see."""
+    known = config.datastreams
+    if known is None or datastream in known:
+        return
+    original = _path(payload, "meta", "sdkConfig", "datastream", "original")
+    if isinstance(original, str) and original in known:
+        return
+    listed = ", ".join(sorted(known)) or "none"
+    raise _Reject(
+        400,
+        "EXEG-0003-400",
+        "Invalid datastream ID",
+        f"Unknown datastream {datastream!r} (the emulator knows: {listed}).",
+    )
+
+
+def _path(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
 
 
 async def _edge_payload(request: Request, config: EmulatorConfig) -> dict[str, Any]:
@@ -652,21 +770,47 @@ def _org_from_entries(entries: Mapping[str, str]) -> str | None:
 
 
 def _identify(
-    org: str, entries: Mapping[str, str], events: list[dict[str, Any]], payload: Mapping[str, Any]
+    org: str,
+    entries: Mapping[str, str],
+    events: list[dict[str, Any]],
+    payload: Mapping[str, Any],
+    fpid_cookie: str | None = None,
 ) -> tuple[str, str]:
     """``(ECID, identity entry value)``: from the identity entry, else an ECID in an
-    ``identityMap``, else one derived from an FPID, else a new one."""
+    ``identityMap``, else one derived from an FPID (``identityMap.FPID``, then the ``FPID``
+    cookie), else a new one."""
+    found = _known_ecid(org, entries, events, payload, fpid_cookie)
+    if found is not None:
+        ecid, value = found
+        if value is not None:
+            return ecid, value  # unchanged: Edge rewrites the entry at most daily
+        return ecid, encode_identity(ecid, int(time.time()))
+    ecid = mint_ecid()
+    return ecid, encode_identity(ecid, int(time.time()))
+
+
+def _known_ecid(
+    org: str,
+    entries: Mapping[str, str],
+    events: list[dict[str, Any]],
+    payload: Mapping[str, Any],
+    fpid_cookie: str | None,
+) -> tuple[str, str | None] | None:
+    """The ECID the request carries or derives, without minting one: ``(ECID, identity
+    entry value when it came from one)``."""
     value = entries.get(state_key(org, "identity"))
     if value is not None:
         ecid = decode_identity(value)
         if ecid is not None:
-            return ecid, value  # unchanged: Edge rewrites the entry at most daily
+            return ecid, value
     maps = [e["xdm"].get("identityMap") or {} for e in events]
     request_xdm = payload.get("xdm")
     if isinstance(request_xdm, dict) and isinstance(request_xdm.get("identityMap"), dict):
         maps.append(request_xdm["identityMap"])  # v1: request-level ids (migrated ECID)
-    found = _first_id(maps, "ECID", is_ecid) or _fpid(org, maps) or mint_ecid()
-    return found, encode_identity(found, int(time.time()))
+    found = _first_id(maps, "ECID", is_ecid) or _fpid(org, maps)
+    if found is None and fpid_cookie:
+        found = fpid_ecid(org, fpid_cookie)
+    return (found, None) if found is not None else None
 
 
 def _first_id(maps: list[Any], namespace: str, valid: Any) -> str | None:
@@ -681,6 +825,184 @@ def _first_id(maps: list[Any], namespace: str, valid: Any) -> str | None:
 def _fpid(org: str, maps: list[Any]) -> str | None:
     fpid = _first_id(maps, "FPID", lambda v: isinstance(v, str) and bool(v))
     return fpid_ecid(org, fpid) if fpid else None
+
+
+def _fpid_cookie(headers: Mapping[str, str]) -> str | None:
+    """The ``FPID`` cookie of the request (the Edge API's ``fpid`` cookie parameter)."""
+    for pair in headers.get("cookie", "").split(";"):
+        name, eq, value = pair.partition("=")
+        if eq and name.strip() == "FPID" and value.strip():
+            return value.strip()
+    return None
+
+
+def _has_primary(identity_map: Any) -> bool:
+    """Whether an ``identityMap`` holds a primary identity: an id marked ``primary: true``,
+    or an ECID or FPID (Edge's default primary, and the id it derives an ECID from)."""
+    if not isinstance(identity_map, dict):
+        return False
+    for namespace, ids in identity_map.items():
+        for item in ids if isinstance(ids, list) else []:
+            if not isinstance(item, dict) or not item.get("id"):
+                continue
+            if item.get("primary") is True or namespace in ("ECID", "FPID"):
+                return True
+    return False
+
+
+def _check_primary_identity(
+    org: str,
+    events: list[dict[str, Any]],
+    version: str,
+    action: str,
+    request_xdm: Mapping[str, Any],
+    entries: Mapping[str, str],
+    fpid_cookie: str | None,
+) -> None:
+    """``EXEG-0306-400`` for an event without a primary identity, as on the authenticated
+    host (research/adobe-edge.md §5): the request as a whole may supply one with the visitor's
+    identity entry (an ECID), an ``FPID`` cookie or (v1) a request-level ``identityMap``."""
+    identity_entry = entries.get(state_key(org, "identity"))
+    if (
+        (identity_entry is not None and decode_identity(identity_entry) is not None)
+        or fpid_cookie
+        or _has_primary(request_xdm.get("identityMap"))
+    ):
+        return
+    for index, event in enumerate(events):
+        if not _has_primary(event["xdm"].get("identityMap")):
+            where = "event" if version == "v2" and action == "interact" else f"events[{index}]"
+            raise _Reject(
+                400,
+                "EXEG-0306-400",
+                "Missing primary identity",
+                f"{where} has no primary identity: an authenticated (server-to-server) request "
+                f"needs one in {where}.xdm.identityMap (an FPID, or an id with primary: true), "
+                f"or the visitor's {state_key(org, 'identity')} state entry.",
+            )
+
+
+def _identities(
+    org: str,
+    entries: Mapping[str, str],
+    event: dict[str, Any],
+    request_xdm: Mapping[str, Any],
+    fpid_cookie: str | None,
+) -> set[str]:
+    """The keys consent is recorded under for one visitor: ``ECID:<id>`` for the ECID the
+    request carries or derives, and ``<namespace>:<id>`` for every id of its identity maps."""
+    out: set[str] = set()
+    found = _known_ecid(org, entries, [event], {"xdm": dict(request_xdm)}, fpid_cookie)
+    if found is not None:
+        out.add(f"ECID:{found[0]}")
+    for identity_map in (event["xdm"].get("identityMap"), request_xdm.get("identityMap")):
+        for namespace, ids in (identity_map or {}).items():
+            out.update(f"{namespace}:{item['id']}" for item in ids)
+    if fpid_cookie:
+        out.add(f"FPID:{fpid_cookie}")
+    return out
+
+
+def _opted_out(
+    state: EmulatorState,
+    org: str,
+    entries: Mapping[str, str],
+    event: dict[str, Any],
+    request_xdm: Mapping[str, Any],
+    fpid_cookie: str | None,
+) -> str | None:
+    """Why an event's visitor counts as opted out, or ``None``. A consent state entry sent
+    with the request decides (it is what the visitor's cookie says now); without one, the
+    consent last recorded by the set-consent endpoint for any of the visitor's ids does."""
+    keys = [state_key(org, "consent")] + [
+        key for key in entries if (parsed := org_from_key(key)) and parsed[1] == "consent"
+    ]
+    for key in keys:
+        if key in entries:
+            general = general_from_entry(entries[key])
+            return f"{key} is {entries[key]!r}" if general == "out" else None
+    identities = _identities(org, entries, event, request_xdm, fpid_cookie)
+    if state.consent(identities) == "out":
+        return f"consent was set to out for {', '.join(sorted(identities))}"
+    return None
+
+
+def _consent_entry(org: str, general: str) -> dict[str, Any]:
+    return {
+        "key": state_key(org, "consent"),
+        "value": f"general={general}",
+        "maxAge": CONSENT_MAX_AGE,
+        "attrs": {"SameSite": "None"},
+    }
+
+
+async def set_consent(request: Request) -> Response:
+    """``POST /ee[/{hint}]/v1/privacy/set-consent?configId=…``: the Web SDK's ``setConsent``
+    body ``{identityMap?, consent: [...], meta?}``. Records the visitor's general consent under
+    its ECID and every id sent, and answers with the ECID and ``state:store`` entries for the
+    identity, ``kndctr_<org>_consent`` and ``kndctr_<org>_consent_check``, as Edge does. Only
+    v1 exists: the Edge API documents no v2 consent endpoint."""
+    state = _emulator(request)
+    config = state.config
+    version = request.path_params["version"]
+    hint: str | None = request.path_params.get("hint")
+    headers = request.headers
+    request_id = _response_id(request.query_params, headers)
+    header_org = headers.get("x-gw-ims-org-id", "").strip() or None
+    try:
+        if version != "v1" or (hint is not None and not _HINT.fullmatch(hint)):
+            raise _Reject(404, None, "Not Found", f"No Edge endpoint {request.url.path}")
+        _check_auth(state, config, headers)
+        datastream = _datastream_param(version, request.query_params)
+        payload = await _edge_payload(request, config)
+        _check_datastream(config, datastream, payload)
+        identity_map = payload.get("identityMap")
+        _check_identity_map(identity_map, "identityMap")
+        try:
+            general = parse_preferences(payload.get("consent"))
+        except ConsentError as exc:
+            raise _Reject(exc.status, exc.code, "Invalid consent", exc.detail) from None
+        meta = _object(payload.get("meta"), "meta")
+        entries = _entries(_object(meta.get("state"), "meta.state").get("entries"))
+    except _Reject as reject:
+        return _problem(
+            reject.status,
+            reject.code,
+            reject.title,
+            reject.detail,
+            request_id=request_id,
+            org=header_org or config.org,
+        )
+    org = header_org or _org_from_entries(entries) or config.org
+    fpid_cookie = _fpid_cookie(headers)
+    event = {"xdm": {"identityMap": identity_map or {}}}
+    ecid, identity_value = _identify(org, entries, [event], {}, fpid_cookie)
+    identities = _identities(org, entries, event, {}, fpid_cookie) | {f"ECID:{ecid}"}
+    state.set_consent(identities, general)
+    handles = [
+        {"type": "identity:result", "payload": [{"id": ecid, "namespace": {"code": "ECID"}}]},
+        {
+            "type": "state:store",
+            "payload": [
+                {
+                    "key": state_key(org, "identity"),
+                    "value": identity_value,
+                    "maxAge": IDENTITY_MAX_AGE,
+                    "attrs": {"SameSite": "None"},
+                },
+                _consent_entry(org, general),
+                {
+                    "key": state_key(org, "consent_check"),
+                    "value": "1",
+                    "maxAge": CONSENT_CHECK_MAX_AGE,
+                    "attrs": {"SameSite": "None"},
+                },
+            ],
+        },
+    ]
+    return JSONResponse(
+        {"requestId": request_id, "handle": handles}, 200, headers={"x-request-id": request_id}
+    )
 
 
 def _fetch(payload: Mapping[str, Any]) -> list[Any]:
@@ -845,7 +1167,13 @@ async def proxy_event(request: Request) -> Response:
 
 
 def _accept_event(state: EmulatorState, event: Any, client_key: str, *, proxy: bool) -> Response:
-    problem = _sitecore_problem(event)
+    browser = event.get("browser_id") if isinstance(event, dict) else None
+    earlier = state.browser_events(browser) if isinstance(browser, str) else None
+    # The Cloud SDK's server-side body (proxy) leaves pos and client_key empty and language
+    # out; a direct-mode browser's later events need only type and browser_id (data model
+    # 2.1). Both are accepted; a direct first event still needs all seven base fields.
+    required = ("type", "browser_id") if proxy or earlier else SITECORE_REQUIRED
+    problem = _sitecore_problem(event, required)
     if problem is not None:
         return _sitecore_error(400, problem)
     customer_ref = state.browser_event(event["browser_id"], event["type"])
@@ -857,31 +1185,33 @@ def _accept_event(state: EmulatorState, event: Any, client_key: str, *, proxy: b
     return JSONResponse(body, 201)
 
 
-def _sitecore_problem(event: Any) -> str | None:
+def _sitecore_problem(event: Any, required: tuple[str, ...] = SITECORE_REQUIRED) -> str | None:
     """Why the Stream API refuses ``event`` (documented rules, research notes §1.5–1.7), or
-    ``None``."""
+    ``None``. ``required`` base fields must be present; the others are checked when sent."""
     if not isinstance(event, dict):
         return "The event must be a JSON object"
-    missing = [name for name in SITECORE_REQUIRED if event.get(name) is None]
+    missing = [name for name in required if event.get(name) is None]
     if missing:
         return f"Missing required attribute(s): {', '.join(missing)}"
-    wrong = [name for name in SITECORE_REQUIRED if not isinstance(event[name], str)]
+    present = [name for name in SITECORE_REQUIRED if event.get(name) is not None]
+    wrong = [name for name in present if not isinstance(event[name], str)]
     if wrong:
         return f"Attribute(s) must be strings: {', '.join(wrong)}"
     for name in ("browser_id", "type", "channel"):
-        if not event[name]:
+        if name in present and not event[name]:
             return f"{name} must not be empty"
     event_type: str = event["type"]
     if not _TYPE.fullmatch(event_type):
         return f"type must be upper-case letters, digits and '_', not {event_type!r}"
     if event_type.startswith("SC_"):
         return f"type {event_type!r} is reserved (names starting SC_)"
-    if event["channel"] not in SITECORE_CHANNELS:
+    if "channel" in present and event["channel"] not in SITECORE_CHANNELS:
         return f"Unknown channel {event['channel']!r}"
-    if event["language"] and not re.fullmatch(r"[A-Z]{2}", event["language"]):
-        return f"language must be an upper-case ISO 639-1 code, not {event['language']!r}"
-    if event["currency"] and not re.fullmatch(r"[A-Z]{3}", event["currency"]):
-        return f"currency must be an upper-case ISO 4217 code, not {event['currency']!r}"
+    language, currency = event.get("language"), event.get("currency")
+    if language and not _LANGUAGE.fullmatch(language):
+        return f"language must be an upper-case ISO 639-1 code, not {language!r}"
+    if currency and not _CURRENCY.fullmatch(currency):
+        return f"currency must be an upper-case ISO 4217 code, not {currency!r}"
     ext = event.get("ext")
     if ext is not None:
         if not isinstance(ext, dict):
@@ -987,6 +1317,11 @@ async def admin_browsers(request: Request) -> Response:
     return JSONResponse(_emulator(request).browsers())
 
 
+async def admin_consents(request: Request) -> Response:
+    """``GET /emulator/consents``: identity → ``in``/``out``, as set by set-consent."""
+    return JSONResponse(_emulator(request).consents())
+
+
 async def admin_reset(request: Request) -> Response:
     _emulator(request).reset()
     return Response(status_code=204)
@@ -997,6 +1332,8 @@ async def admin_health(request: Request) -> Response:
 
 
 _ROUTES = [
+    Route("/ee/{version}/privacy/set-consent", set_consent, methods=["POST"]),
+    Route("/ee/{hint}/{version}/privacy/set-consent", set_consent, methods=["POST"]),
     Route("/ee/{version}/{action}", edge, methods=["POST"]),
     Route("/ee/{hint}/{version}/{action}", edge, methods=["POST"]),
     Route("/ims/token/v3", ims_token, methods=["POST"]),
@@ -1009,6 +1346,7 @@ _ROUTES = [
     Route("/emulator/tokens/expire", admin_expire_tokens, methods=["POST"]),
     Route("/emulator/visitors", admin_visitors, methods=["GET"]),
     Route("/emulator/browsers", admin_browsers, methods=["GET"]),
+    Route("/emulator/consents", admin_consents, methods=["GET"]),
     Route("/emulator/reset", admin_reset, methods=["POST"]),
     Route("/emulator/health", admin_health, methods=["GET"]),
 ]

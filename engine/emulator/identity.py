@@ -25,10 +25,10 @@ __all__ = [
 ]
 
 _ECID = re.compile(r"\d{38}")
-# Org ids end in "@AdobeOrg", which a key spells "_AdobeOrg"; anchor on it so org ids holding
-# underscores still split correctly. Keys of other orgs fall back to the known entry names.
-_KEY_ADOBE = re.compile(r"kndctr_(?P<org>.+?_AdobeOrg)_(?P<name>[A-Za-z_]+)")
-_KEY_OTHER = re.compile(r"kndctr_(?P<org>.+)_(?P<name>identity|cluster|consent|consent_check)")
+_KEY_PREFIX = "kndctr_"
+_ADOBE = "_AdobeOrg_"
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_KNOWN_NAMES = ("identity", "cluster", "consent", "consent_check")
 
 
 def mint_ecid() -> str:
@@ -60,13 +60,29 @@ def state_key(org: str, name: str) -> str:
 def org_from_key(key: str) -> tuple[str, str] | None:
     """``(org id, entry name)`` of a ``kndctr_*`` key, the org id with its ``@`` restored;
     ``None`` for any other key."""
-    match = _KEY_ADOBE.fullmatch(key) or _KEY_OTHER.fullmatch(key)
-    if match is None:
+    # Plain string scanning, not a regular expression: the lazy-org pattern this replaces
+    # backtracked quadratically on a key repeating "_AdobeOrg_" (a 60 KB key took 0.8 s).
+    if not key.startswith(_KEY_PREFIX) or "\n" in key:
         return None
-    org = match["org"]
-    if org.endswith("_AdobeOrg"):
-        org = org[: -len("_AdobeOrg")] + "@AdobeOrg"
-    return org, match["name"]
+    rest = key[len(_KEY_PREFIX) :]
+    # Org ids end in "@AdobeOrg", which a key spells "_AdobeOrg"; split at the first
+    # "_AdobeOrg_" whose remainder is a name of letters and "_" (so org ids holding
+    # underscores still split correctly). The remainder is all name characters only after
+    # the last other character, so one backwards scan and one find() settle it.
+    last_other = len(rest) - 1
+    while last_other >= 0 and rest[last_other] in _NAME_CHARS:
+        last_other -= 1
+    at = rest.find(_ADOBE, max(1, last_other - len(_ADOBE) + 1))
+    if at != -1 and at + len(_ADOBE) < len(rest):
+        return rest[:at] + "@AdobeOrg", rest[at + len(_ADOBE) :]
+    # Keys of other orgs: the known entry names, as a suffix.
+    for name in _KNOWN_NAMES:
+        if rest.endswith("_" + name) and len(rest) > len(name) + 1:
+            org = rest[: -len(name) - 1]
+            if org.endswith("_AdobeOrg"):
+                org = org[: -len("_AdobeOrg")] + "@AdobeOrg"
+            return org, name
+    return None
 
 
 def encode_identity(ecid: str, write_time: int) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import socket
 import threading
@@ -18,6 +17,7 @@ import uvicorn
 
 from engine.emulator.app import EmulatorApp, create_app
 from engine.emulator.faults import Fault
+from engine.emulator.guard import is_loopback_address
 from engine.emulator.scopes import load_scopes
 from engine.emulator.state import EmulatorConfig, EmulatorState, RecordedRequest
 
@@ -246,6 +246,11 @@ class EmulatorServer(ThreadedServer):
         """Sitecore browser id → ``{"customer_ref", "events"}``."""
         return self.state.browsers()
 
+    def consents(self) -> dict[str, str]:
+        """Identity (``ECID:<id>``, ``FPID:<id>``, …) → ``"in"``/``"out"``, as recorded by
+        ``POST /ee/v1/privacy/set-consent``."""
+        return self.state.consents()
+
 
 def _faults(items: Iterable[Fault | Mapping[str, Any]]) -> list[Fault]:
     return [f if isinstance(f, Fault) else Fault.from_mapping(f) for f in items]
@@ -266,7 +271,9 @@ def serve(
     app = create_app(config, scopes=scopes)
     if not _is_loopback(host):
         logger.warning(
-            "the emulator accepts any credentials; %s is reachable from other machines", host
+            "the emulator is reachable from other machines on %s; requests arriving there are "
+            "not checked for a loopback Host",
+            host,
         )
     # uvicorn binds (and logs "Uvicorn running on …") and handles the signals itself here.
     server = uvicorn.Server(_uvicorn_config(app, log_level=log_level, host=host, port=port))
@@ -281,9 +288,4 @@ def serve(
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_address(host)

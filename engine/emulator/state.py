@@ -33,22 +33,33 @@ __all__ = [
 
 EDGE_MAX_BODY = 65536
 """Edge's documented guardrail: 64 KB of JSON per request, ``EXEG-0112-413`` above it."""
+ADMIN_MAX_BODY = 1024 * 1024
+"""Bytes an administration request (``/emulator/…``) may send; ``413`` above it."""
 
 
 @dataclass(frozen=True, slots=True)
 class EmulatorConfig:
-    """How the emulator answers. Every default accepts what a correct client sends.
+    """How the emulator answers. Every default accepts what a correct client sends, and
+    refuses what the real services refuse (research/wire-fidelity.md, table E).
 
     ``org``: the IMS org used when a request names none (no ``x-gw-ims-org-id`` header and no
     ``kndctr_*`` entry). ``location_hint``: the Edge cluster answered when the path has no
     hint and no cluster entry is sent. ``scopes``: decision scope → items
     (:mod:`engine.emulator.scopes`). ``destinations``: the ``activation:pull`` payload.
-    ``unknown_scope``: a requested scope without items is a non-fatal ``errors[]`` entry
-    (``207``), a ``warnings[]`` entry (``200``) or ignored. ``datastreams``, ``credentials``
-    (client id → secret), ``client_keys``, ``context_ids``: when set, only these are valid;
-    when ``None``, any non-empty value is. ``require_auth``: Edge paths need a bearer token,
-    as on ``server.adobedc.net``. ``token_ttl``: seconds a token lives (IMS answers 86399).
-    ``max_records``: the oldest recorded requests are forgotten above this many.
+    ``unknown_scope``: a requested scope without items is ignored (plain ``200``, as Edge
+    answers a scope with no activity), a ``warnings[]`` entry (``200``) or a non-fatal
+    ``errors[]`` entry (``207``). ``datastreams``, ``credentials`` (client id → secret),
+    ``client_keys``, ``context_ids``: when set, only these are valid (an unknown datastream is
+    ``EXEG-0003-400``, an unknown client key ``401``); when ``None``, any non-empty value is
+    (:func:`emulator_config` sets them from a ruleset). ``require_auth``: Edge paths need a
+    bearer token, as on ``server.adobedc.net``. ``primary_identity``: when an event without a
+    primary identity is refused with ``EXEG-0306-400``: on authenticated requests (those with
+    ``Authorization``, as on ``server.adobedc.net``), always (a server datastream) or never.
+    ``token_ttl``: seconds a token lives (IMS answers 86399). ``max_records``: the oldest
+    recorded requests are forgotten above this many. ``admin_max_body``: bytes an
+    administration request may send. ``allowed_hosts``: ``Host`` names accepted besides the
+    loopback ones (requests arriving on a loopback address with another ``Host`` are refused
+    with ``403``, against DNS rebinding).
     """
 
     org: str = "TAGENGINEEMULATOR0000000@AdobeOrg"
@@ -57,25 +68,44 @@ class EmulatorConfig:
     destinations: tuple[dict[str, Any], ...] = (
         {"id": "emulator-destination", "segments": [{"id": "emulator-all-visitors"}]},
     )
-    unknown_scope: Literal["error", "warning", "ignore"] = "error"
+    unknown_scope: Literal["error", "warning", "ignore"] = "ignore"
     datastreams: frozenset[str] | None = None
     credentials: Mapping[str, str] | None = None
     require_auth: bool = False
+    primary_identity: Literal["authenticated", "always", "never"] = "authenticated"
     token_ttl: float = 86399.0
     client_keys: frozenset[str] | None = None
     context_ids: frozenset[str] | None = None
     max_body: int = EDGE_MAX_BODY
     max_records: int = 100_000
+    admin_max_body: int = ADMIN_MAX_BODY
+    allowed_hosts: frozenset[str] = frozenset()
 
 
 def emulator_config(ruleset: Ruleset | None, **changes: Any) -> EmulatorConfig:
-    """The configuration to emulate what ``ruleset`` talks to: its edge settings' ``org``
-    (when set) names the ``kndctr_<org>_*`` state entries, as Edge takes the org from the
-    datastream, so :func:`~engine.clients.set_cookie_headers` finds them; ``changes`` set
-    other fields."""
-    org = ruleset.edge.org if ruleset is not None and ruleset.edge is not None else None
-    if org:
-        changes.setdefault("org", org)
+    """The configuration to emulate what ``ruleset`` talks to, as strictly as the real
+    services: its edge settings' ``org`` (when set) names the ``kndctr_<org>_*`` state entries,
+    as Edge takes the org from the datastream, so :func:`~engine.clients.set_cookie_headers`
+    finds them; its datastream, Sitecore client key (direct mode) or context id (proxy mode)
+    and IMS credentials are the only ones accepted (none when the settings give none). A
+    datastream override is accepted when it names a known datastream as the original
+    (``meta.sdkConfig.datastream.original``). ``changes`` set other fields. Without a ruleset,
+    every id is accepted."""
+    if ruleset is None:
+        return EmulatorConfig(**changes)
+    edge, sitecore = ruleset.edge, ruleset.sitecore
+    if edge is not None and edge.org:
+        changes.setdefault("org", edge.org)
+    datastream = edge.datastream if edge is not None else None
+    changes.setdefault("datastreams", frozenset({datastream} if datastream else ()))
+    if edge is not None and edge.client_id and edge.client_secret is not None:
+        changes.setdefault("credentials", {edge.client_id: edge.client_secret.get_secret_value()})
+    if sitecore is not None and sitecore.mode == "proxy":
+        context = sitecore.context_id
+        changes.setdefault("context_ids", frozenset({context} if context else ()))
+    else:
+        key = sitecore.client_key if sitecore is not None else None
+        changes.setdefault("client_keys", frozenset({key} if key else ()))
     return EmulatorConfig(**changes)
 
 
@@ -85,7 +115,9 @@ class RecordedRequest:
     request (``client_secret`` redacted), or, for a Sitecore direct-mode GET, the parsed
     ``message`` parameter; ``text`` holds a body that is neither. ``headers`` are lower-cased
     with the ``Authorization`` credentials redacted. ``status`` is the status answered
-    (``None`` when the connection was dropped); ``fault`` describes an injected fault."""
+    (``None`` when the connection was dropped); ``fault`` describes an injected fault;
+    ``ignored`` says why the request was answered but nothing of it collected (an opted-out
+    visitor: ``EXEG-0301-200 …``)."""
 
     id: int
     time: float
@@ -98,6 +130,7 @@ class RecordedRequest:
     size: int
     status: int | None = None
     fault: str | None = None
+    ignored: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-like data (``GET /emulator/requests``)."""
@@ -113,6 +146,7 @@ class RecordedRequest:
             "size": self.size,
             "status": self.status,
             "fault": self.fault,
+            "ignored": self.ignored,
         }
 
 
@@ -143,6 +177,12 @@ class _Visitor:
     interacts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Consent:
+    general: Literal["in", "out"]
+    time: float
+
+
 @dataclass(slots=True)
 class _Browser:
     ref: str
@@ -165,6 +205,7 @@ class EmulatorState:
         self._tokens: dict[str, Token] = {}
         self._visitors: dict[str, _Visitor] = {}
         self._browsers: dict[str, _Browser] = {}
+        self._consents: dict[str, _Consent] = {}
 
     # -------------------------------------------------------------- configuration
     @property
@@ -194,6 +235,7 @@ class EmulatorState:
             self._tokens.clear()
             self._visitors.clear()
             self._browsers.clear()
+            self._consents.clear()
 
     # -------------------------------------------------------------- recording
     def record(
@@ -233,6 +275,11 @@ class EmulatorState:
                 entry.status = status
             if fault is not None:
                 entry.fault = fault
+
+    def ignore(self, entry: RecordedRequest, reason: str) -> None:
+        """Mark a recorded request as answered but not collected, saying why."""
+        with self._lock:
+            entry.ignored = reason
 
     def requests(self, path: str | None = None) -> list[RecordedRequest]:
         """Copies of the recorded requests, oldest first; only those whose path starts with
@@ -344,10 +391,37 @@ class EmulatorState:
                 for v in self._visitors.values()
             }
 
+    # -------------------------------------------------------------- consent
+    def set_consent(self, identities: Iterable[str], general: Literal["in", "out"]) -> None:
+        """Record a visitor's general consent under each of its ``identities``
+        (``"ECID:<id>"``, ``"FPID:<id>"``, ``"<namespace>:<id>"``)."""
+        now = time.time()
+        with self._lock:
+            for identity in identities:
+                self._consents[identity] = _Consent(general, now)
+
+    def consent(self, identities: Iterable[str]) -> Literal["in", "out"] | None:
+        """The most recently recorded consent of any of ``identities``; ``None`` when none
+        was recorded."""
+        with self._lock:
+            found = [c for i in identities if (c := self._consents.get(i)) is not None]
+        return max(found, key=lambda c: c.time).general if found else None
+
+    def consents(self) -> dict[str, str]:
+        """Identity → ``"in"`` / ``"out"``, as recorded by the set-consent endpoint."""
+        with self._lock:
+            return {identity: c.general for identity, c in self._consents.items()}
+
     # -------------------------------------------------------------- Sitecore browsers
     def add_browser(self, ref: str, customer_ref: str) -> None:
         with self._lock:
             self._browsers[ref] = _Browser(ref, customer_ref, time.time())
+
+    def browser_events(self, ref: str) -> list[str] | None:
+        """The event types a known browser has sent so far; ``None`` for an unknown one."""
+        with self._lock:
+            browser = self._browsers.get(ref)
+            return None if browser is None else list(browser.events)
 
     def browser_event(self, ref: str, event_type: str) -> str | None:
         """Append an event type to a known browser's history; its ``customer_ref``, or

@@ -87,7 +87,8 @@ class Backlog:
     was stored (``None`` when there is none); ``dead``: dead letters; ``journaled``: sends
     running processes have appended to their intake journals and not read in yet (SQLite
     only); ``quarantined``: unreadable journal records kept aside, not delivered (SQLite
-    only).
+    only); ``consent_dropped``: sends the pushing processes dropped, never stored, because
+    the visitor refused consent (or too many were held while it was pending).
     """
 
     pending: int
@@ -96,6 +97,7 @@ class Backlog:
     dead: int
     journaled: int = 0
     quarantined: int = 0
+    consent_dropped: int = 0  # sends never stored: the visitor refused consent
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -249,6 +251,11 @@ class BaseOutbox(ABC):
                 bound,
             )
         self._bound_seen = (read_at, count + adding)
+
+    @abstractmethod
+    def count_consent_dropped(self, count: int) -> None:
+        """Count sends dropped for the visitor's consent (shown by ``tagengine outbox
+        list``): they are never stored, so this is all that is left of them."""
 
     @abstractmethod
     def append_many(

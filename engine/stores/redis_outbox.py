@@ -858,7 +858,9 @@ class RedisOutbox(BaseOutbox):
                 pipe.xlen(key)
                 pipe.xrange(key, count=1)
             pipe.xlen(self._dead_key)
+            pipe.get(self._target.key("consent_dropped"))
             answers = pipe.execute()
+            dropped = int(answers.pop() or 0)
             inflight = 0
             for key in self.streams:
                 with contextlib.suppress(redis.ResponseError):  # no group yet
@@ -872,7 +874,12 @@ class RedisOutbox(BaseOutbox):
             inflight=inflight,
             oldest_age=None if oldest is None else max(0.0, self._clock() - oldest),
             dead=int(answers[-1]),
+            consent_dropped=dropped,
         )
+
+    def count_consent_dropped(self, count: int) -> None:
+        with translated(self._target, "counting sends dropped for consent"):
+            self._target.client.incrby(self._target.key("consent_dropped"), count)
 
     # -- lifecycle --------------------------------------------------------------------------
 

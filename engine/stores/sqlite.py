@@ -136,6 +136,9 @@ def _columns(**override: str) -> str:
 # without a new schema version: processes of the previous release ignore the table, so they
 # keep working on a file a newer one opened (a rolling deploy).
 _INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
+_COUNTERS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+)
 # The oldest entry for backlog() without a scan. Added to existing files the same way: an
 # index changes nothing a previous release reads or writes (SQLite keeps it up to date).
 _CREATED_INDEX = "CREATE INDEX IF NOT EXISTS entries_created ON entries (created)"
@@ -160,6 +163,7 @@ CREATE TABLE dead_letters (
 );
 CREATE INDEX dead_letters_session ON dead_letters (session, seq);
 {_INTAKE_TABLE};
+{_COUNTERS_TABLE};
 {_CREATED_INDEX};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -432,6 +436,8 @@ class Outbox(BaseOutbox):
             else:  # a file of an earlier release gains what was added since (no-ops else)
                 if "intake" not in tables:
                     conn.execute(_INTAKE_TABLE)
+                if "counters" not in tables:
+                    conn.execute(_COUNTERS_TABLE)
                 if "entries_created" not in tables:
                     conn.execute(_CREATED_INDEX)
             conn.execute("COMMIT")
@@ -1220,11 +1226,12 @@ class Outbox(BaseOutbox):
         every second (counts over indexes, the oldest through ``entries_created``, a read of
         each running process's journal past what was read in, a ``stat`` of the quarantine
         file)."""
-        pending, inflight, oldest, dead = self._read(
+        pending, inflight, oldest, dead, dropped = self._read(
             "SELECT (SELECT COUNT(*) FROM entries),"
             " (SELECT COUNT(*) FROM entries WHERE state = 'inflight'),"
             " (SELECT MIN(created) FROM entries),"
-            " (SELECT COUNT(*) FROM dead_letters)"
+            " (SELECT COUNT(*) FROM dead_letters),"
+            " (SELECT value FROM counters WHERE name = 'consent_dropped')"
         )[0]
         stamp = time.time() if now is None else now
         return Backlog(
@@ -1234,7 +1241,16 @@ class Outbox(BaseOutbox):
             dead=dead,
             journaled=self.journaled(),
             quarantined=self._quarantined_count(),
+            consent_dropped=dropped or 0,
         )
+
+    def count_consent_dropped(self, count: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('consent_dropped', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (count,),
+            )
 
     @property
     def quarantine_path(self) -> str | None:
