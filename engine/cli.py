@@ -16,7 +16,7 @@ from engine.cli_deliver import deliver
 from engine.cli_outbox import outbox
 from engine.diagnostics import Diagnostic
 from engine.engine import Engine
-from engine.envelopes import decode, parse_envelope
+from engine.envelopes import decode, read_envelope
 from engine.errors import EngineError, RuleError
 from engine.loader import load_ruleset
 from engine.ruleset import Ruleset
@@ -93,12 +93,6 @@ def _load(path: Path, cache_dir: Path | None = None) -> Ruleset:
         for diagnostic in error.diagnostics:
             console.print(_styled(diagnostic))
         sys.exit(1)
-
-
-def _envelope(line: str) -> tuple[str, object]:
-    """A JSONL line: a push object (session ``default``) or ``{"session": …, "push": {…}}``."""
-    session, item = parse_envelope(decode(line))
-    return session or "default", item
 
 
 @cli.command()
@@ -182,8 +176,8 @@ def _replay(
                         line = raw.decode("utf-8")
                     except UnicodeDecodeError as error:
                         raise ValueError(f"not UTF-8 text (byte {error.start + 1})") from None
-                    session, item = _envelope(line)
-                    result = engine.session(session).push(item)
+                    # A push object (session "default") or an envelope (engine/envelopes.py)
+                    result = read_envelope(decode(line)).run(engine)
                 except (ValueError, EngineError) as error:
                     bad += 1
                     errors.print(f"{path}:{number}: error: {error}", style="red", markup=False)
@@ -285,6 +279,14 @@ def test_command(path: Path) -> None:
     multiple=True,
     help="A Sitecore client key to accept (repeatable); others get 401. Default: any.",
 )
+@click.option(
+    "--allow-override",
+    "allowed_overrides",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="A meta.configOverrides value the datastream allows (repeatable), e.g. "
+    "com_adobe_analytics.reportSuites=rs1; others get EXEG-0113-400. Default: any.",
+)
 def emulator(
     host: str,
     port: int,
@@ -292,13 +294,23 @@ def emulator(
     org: str | None,
     datastreams: tuple[str, ...],
     client_keys: tuple[str, ...],
+    allowed_overrides: tuple[str, ...],
 ) -> None:
     """Serve a local Adobe Edge Network and Sitecore Stream API for development."""
     from engine.emulator import EmulatorConfig, serve
+    from engine.emulator.overrides import parse_allowance
 
+    overrides: dict[str, frozenset[str]] = {}
+    for text in allowed_overrides:
+        try:
+            path, value = parse_allowance(text)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="'--allow-override'") from None
+        overrides[path] = overrides.get(path, frozenset()) | {value}
     config = EmulatorConfig(
         datastreams=frozenset(datastreams) if datastreams else None,
         client_keys=frozenset(client_keys) if client_keys else None,
+        overrides=overrides if allowed_overrides else None,
     )
     if org is not None:
         config = dataclasses.replace(config, org=org)
@@ -313,6 +325,13 @@ def emulator(
         click.echo(
             f"note: any {' and any '.join(loose)} is accepted; give --datastream/--client-key "
             "to have unknown ones refused as the real services do",
+            err=True,
+        )
+    if not allowed_overrides:
+        click.echo(
+            "note: every meta.configOverrides value (dataset, report suite, property token, "
+            "ID sync container) passes; give --allow-override PATH=VALUE to have the others "
+            "refused with EXEG-0113-400 as Edge does",
             err=True,
         )
     try:

@@ -5,7 +5,7 @@
   consent is given (they go out, before the sends of the push that gave it) or refused
   (they are dropped, counted);
 - ``out``: sends are dropped, counted and shown as ``consent: "dropped"``, and so is every
-  later send of the session.
+  later send of the visitor (all their sessions: consent is kept in the visitor's memory).
 
 A session starts with the ruleset's ``consent { default: … }`` (``in`` when there is no block,
 so rulesets written before consent behave as before). It changes with
@@ -27,6 +27,7 @@ from engine.errors import PushError
 from engine.settings import ConsentSettings, EdgeSettings
 
 __all__ = [
+    "VISITOR_KEY",
     "Consent",
     "ConsentChange",
     "build_consent_request",
@@ -90,11 +91,20 @@ def parse_consent(value: object, where: str) -> Consent:
     raise PushError(f"{where}: consent {shown} is not one of {_EXPECTED}")
 
 
-def consent_of(identity: Mapping[str, Any], settings: ConsentSettings) -> Consent:
-    """The session's consent: what was last set; else what Edge's ``kndctr_<org>_consent``
-    entry says (from Edge's answer, or the visitor's cookie: consent given on an earlier
-    visit); else the ruleset's default."""
-    value = identity.get("consent")
+VISITOR_KEY = "@consent"
+"""Where a visitor's consent is kept: in the memory their sessions share (``keep visitor``
+values; no element name can start with ``@``), so it is stored, exported and shared as
+they are, and every session of the visitor, later ones included, obeys it."""
+
+
+def consent_of(
+    identity: Mapping[str, Any], settings: ConsentSettings, visitor: Mapping[str, Any]
+) -> Consent:
+    """A session's consent: what was last set for its visitor (``visitor``: the visitor's
+    kept values); else what Edge's ``kndctr_<org>_consent`` entry says (from Edge's answer,
+    or the visitor's cookie: consent given on an earlier visit); else the ruleset's
+    default."""
+    value = visitor.get(VISITOR_KEY)
     if value in ("in", "out", "pending"):
         return value  # type: ignore[no-any-return]
     entries = identity.get("entries")

@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.diagnostics import Diagnostic
 from engine.emulator import EmulatorServer, emulator_config, guard
@@ -51,7 +51,7 @@ from engine.emulator.server import (
     stop_thread,
 )
 from engine.engine import Engine
-from engine.envelopes import decode, parse_envelope
+from engine.envelopes import decode, read_envelope
 from engine.errors import EngineError, PushError, RuleError
 from engine.loader import build_ruleset
 from engine.results import PushResult
@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 MAX_BODY = 10 * 1024 * 1024  # bytes of one POST /push; the engine bounds the push itself
-_CONFIGURED = ("org", "datastreams", "credentials", "client_keys", "context_ids")
+_CONFIGURED = ("org", "datastreams", "credentials", "client_keys", "context_ids", "overrides")
 
 
 # ------------------------------------------------------------------ pushes in and out
@@ -166,16 +166,7 @@ class _Guarded:
             if read is None:  # the client went away
                 return
             body = read
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, guard.replaying(body, receive), send)
 
 
 def create_dev_app(
@@ -199,9 +190,9 @@ def create_dev_app(
     async def push(request: Request) -> JSONResponse:
         body = await request.body()  # read, bounded and JSON-checked, by _Guarded
         try:
-            session, item = parse_envelope(decode(body))
-            session = session or request.query_params.get("session") or "default"
-            result = await run_in_threadpool(lambda: engine.session(session).push(item))
+            envelope = read_envelope(decode(body))
+            session = request.query_params.get("session") or "default"
+            result = await run_in_threadpool(lambda: envelope.run(engine, session))
         except (ValueError, PushError) as error:
             output.error(f"POST /push: bad push: {error}")
             return JSONResponse({"error": str(error)}, 400)
@@ -259,8 +250,7 @@ def _replay(engine: Engine, path: Path, output: _Output) -> ReplayReport:
     for number, raw in _lines(path):
         where = f"{path}:{number}"
         try:
-            session, item = parse_envelope(decode(raw))
-            result = engine.session(session or "default").push(item)
+            result = read_envelope(decode(raw)).run(engine)
         except (ValueError, EngineError) as error:
             bad += 1
             output.error(f"{where}: error: {error}")

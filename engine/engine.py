@@ -27,6 +27,7 @@ from engine.background import BackgroundDelivery, Intake, OnResult, Redelivery
 from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
 from engine.clients.identity import checked_fpid, fpid_cookie_header, legacy_ecid
 from engine.consent import (
+    VISITOR_KEY,
     ConsentChange,
     build_consent_request,
     consent_of,
@@ -160,8 +161,12 @@ class EngineSession:
     @property
     def consent(self) -> str:
         """The session's consent: ``"in"``, ``"out"`` or ``"pending"``."""
-        identity = self._engine.sessions.identity(self._id) or {}
-        return consent_of(identity, self._engine.ruleset.consent)
+        session = self._engine.sessions.read(self._id)
+        settings = self._engine.ruleset.consent
+        if session is None:
+            return settings.default
+        with session.lock:
+            return consent_of(session.identity, settings, session.visitor.kept)
 
     def take_cookies(self, cookies: Mapping[str, str]) -> None:
         """Take the visitor's identity cookies (from the request their browser made: its Web
@@ -633,14 +638,23 @@ class Engine:
         """The visitor's consent applied to a push's sends (engine/consent.py): the sends to
         store or deliver now, in order (Edge told of a change first, then the sends consent
         released, then the push's own). Held and dropped sends are marked on the result."""
-        settings, identity = ruleset.consent, session.identity
-        current = consent_of(identity, settings)
+        settings, identity, visitor = ruleset.consent, session.identity, session.visitor.kept
+        if (
+            change is None
+            and settings.path is None
+            and VISITOR_KEY not in visitor
+            and "held" not in identity
+            and consent_of(identity, settings, visitor) == "in"
+        ):
+            # Nothing to decide (a ruleset without a consent block): every send goes.
+            return [send for outcome in (result, *result.followups) for send in outcome.sends]
+        current = consent_of(identity, settings, visitor)
         wanted = change.value if change is not None else None
         if wanted is None:
             wanted = data_layer_consent(settings, before, session.state)
         out: list[Send] = []
         if wanted is not None:
-            identity["consent"] = wanted
+            visitor[VISITOR_KEY] = wanted
             edge = targets.edge
             if wanted != current and wanted != "pending" and edge is not None and edge.datastream:
                 request = build_consent_request(
@@ -655,7 +669,7 @@ class Engine:
                 )
                 result.consent_request = Send("consent", "edge", request)
                 out.append(result.consent_request)
-        consent = consent_of(identity, settings)
+        consent = consent_of(identity, settings, visitor)
         result.consent = consent
         held = identity.get("held")
         if held and consent == "in":

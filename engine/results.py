@@ -69,6 +69,9 @@ class Send:
             "url": self.url,
             "body": self.body,
         }
+        visitor = [pair for pair in self.request.headers if pair[0] != "Content-Type"]
+        if visitor:  # what the request tells of the visitor (VisitorContext)
+            shown["headers"] = dict(visitor)
         if self.consent is not None:
             shown["consent"] = self.consent
         if delivered:

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from engine.diagnostics import did_you_mean
@@ -65,6 +66,11 @@ def language_code(tag: Any) -> str | None:
     language tag with a two-letter primary subtag."""
     if not isinstance(tag, str):
         return None
+    return _language_of(tag)
+
+
+@lru_cache(maxsize=1024)  # a property has a handful of languages, and this runs per send
+def _language_of(tag: str) -> str | None:
     parts = re.split(r"[-_]", tag.strip())
     if not _PRIMARY.fullmatch(parts[0]) or not all(_SUBTAG.fullmatch(p) for p in parts[1:]):
         return None
@@ -73,7 +79,12 @@ def language_code(tag: Any) -> str | None:
 
 def currency_code(value: Any) -> str | None:
     """``value`` upper-cased when it is three letters (an ISO 4217 code), else ``None``."""
-    if isinstance(value, str) and _CURRENCY.fullmatch(value.strip()):
+    return _currency_of(value) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=1024)
+def _currency_of(value: str) -> str | None:
+    if _CURRENCY.fullmatch(value.strip()):
         return value.strip().upper()
     return None
 

@@ -310,3 +310,19 @@ def test_outbox_list_counts_what_consent_dropped(
         cli, ["outbox", "list", "--outbox", outbox, "--json", "--with-backlog"]
     )
     assert json.loads(listed.output)["backlog"]["consent_dropped"] == 4
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_consent_belongs_to_the_visitor_not_one_session(store: str, redis_url: str) -> None:
+    sessions = None if store == "memory" else redis_url
+    ruleset = load_text(rules())
+    with Engine(ruleset, dry_run=True, sessions=sessions) as engine:
+        engine.session("first", visitor="v1").set_consent("out")
+        later = engine.session("second", visitor="v1").push({"event": "page.view", "page": "x"})
+        other = engine.session("third", visitor="v2").push({"event": "page.view", "page": "x"})
+        exported = engine.session("second", visitor="v1").export()
+    assert later.consent == "out" and later.dropped == 2
+    assert other.consent == "pending"
+    with Engine(ruleset, dry_run=True) as elsewhere:  # restored in another process
+        restored = elsewhere.restore(exported)
+        assert restored.consent == "out"

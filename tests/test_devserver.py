@@ -13,7 +13,8 @@ import httpx
 import pytest
 from rich.console import Console
 
-from engine.devserver import DevServer, ReplayReport, parse_envelope
+from engine.devserver import DevServer, ReplayReport
+from engine.envelopes import parse_envelope
 from tests.conftest import SETTINGS
 
 WAIT = 10.0

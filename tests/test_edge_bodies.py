@@ -298,6 +298,19 @@ def test_overrides_are_filtered_like_the_web_sdk() -> None:
     assert "sdkConfig" not in request.body["meta"]
 
 
+def test_empty_items_of_an_override_list_are_not_sent() -> None:
+    # ["rs-eu", state.rs] with state.rs missing: a report suite "null" would be refused
+    suites = {"com_adobe_analytics": {"reportSuites": ["rs-eu", None, ""]}}
+    request = build({"type": "t", "edgeConfigOverrides": suites})
+    assert request.body["meta"]["configOverrides"] == {
+        "com_adobe_analytics": {"reportSuites": ["rs-eu"]}
+    }
+    nothing = {"com_adobe_analytics": {"reportSuites": [None]}}
+    assert (
+        "configOverrides" not in build({"type": "t", "edgeConfigOverrides": nothing}).body["meta"]
+    )
+
+
 def test_overrides_that_filter_to_nothing_send_no_config_overrides() -> None:
     fields = {"type": "t", "edgeConfigOverrides": {"com_adobe_analytics": {"enabled": True}}}
     assert build(fields).body["meta"] == {"state": STATE_FIRST}

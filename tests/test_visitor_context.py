@@ -346,3 +346,49 @@ def test_bad_propositions_are_a_push_error() -> None:
             engine.session("s1").notify_propositions([])
         with pytest.raises(PushError, match="notify_propositions: event_type must be one of"):
             engine.session("s1").notify_propositions(PROPOSITIONS, event_type="decisioning.x")
+
+
+# ---------------------------------------------------------------- tagengine run envelopes
+def test_run_takes_context_and_cookies_in_envelopes(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from engine.cli import cli
+
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "t.rules").write_text(rules(fpid=True))
+    fpid = str(uuid.uuid4())
+    lines = [
+        {
+            "session": "s1",
+            "push": {"event": "page.view"},
+            "context": {
+                "headers": HEADERS,
+                "client": "10.0.0.2",
+                "trusted_proxies": ["10.0.0.0/8"],
+            },
+            "cookies": {"FPID": fpid, f"AMCV_{ORG}": AMCV},
+        },
+        {"session": "s2", "push": {"event": "page.view"}, "context": {"ip": "198.51.100.1"}},
+        {"session": "s3", "push": {"event": "page.view"}, "context": {"ip": "nope"}},
+        {"session": "s4", "push": {"event": "page.view"}, "cookies": {"FPID": "x"}},
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    out = CliRunner().invoke(
+        cli, ["run", str(tmp_path / "in.jsonl"), "--rules", str(folder), "--dry-run", "--json"]
+    )
+    assert out.exit_code == 1  # the two bad lines
+    objects = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    first, second, bad_ip, bad_cookie = objects
+    (send,) = first["sends"]
+    assert send["headers"]["User-Agent"] == CHROME
+    assert send["headers"]["X-Forwarded-For"] == "10.0.0.2"  # no X-Forwarded-For given
+    xdm = send["body"]["event"]["xdm"]
+    assert xdm["identityMap"]["FPID"][0]["id"] == fpid
+    assert xdm["identityMap"]["ECID"][0]["id"] == LEGACY
+    assert xdm["web"]["webPageDetails"]["URL"] == HEADERS["Referer"]
+    assert second["sends"][0]["headers"] == {"X-Forwarded-For": "198.51.100.1"}
+    assert "ip 'nope' is not an IP address" in bad_ip["error"]
+    assert "the FPID cookie: 'x' is not a first-party id" in bad_cookie["error"]

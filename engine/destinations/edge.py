@@ -135,8 +135,11 @@ def build_edge_request(
     xdm_in = _object(fields.get("xdm"), "xdm", rule)
     data = _object(fields.get("data"), "data", rule)
     shortcut = _object(fields.get("identityMap"), "identityMap", rule)
-    _check_identity_map(xdm_in.get("identityMap"), "xdm.identityMap", rule)
-    _check_identity_map(shortcut, "identityMap", rule)
+    rule_map = xdm_in.get("identityMap")
+    if rule_map is not None:  # most sends have none: no call for them (this runs per send)
+        _check_identity_map(rule_map, "xdm.identityMap", rule)
+    if shortcut:
+        _check_identity_map(shortcut, "identityMap", rule)
     merge_id = _text(fields, "mergeId", rule)
     dataset_id = _text(fields, "datasetId", rule)
     personalization = _object(fields.get("personalization"), "personalization", rule)
@@ -144,7 +147,8 @@ def build_edge_request(
     default_personalization = _flag(personalization, "defaultPersonalizationEnabled", rule)
     # alloy hands decisionContext to its in-browser rules engine and never sends it: checked
     # for its shape, then left out.
-    _object(personalization.get("decisionContext"), "personalization.decisionContext", rule)
+    if personalization.get("decisionContext") is not None:
+        _object(personalization["decisionContext"], "personalization.decisionContext", rule)
 
     # -- xdm: automatic fields first, the rule's xdm merged over them
     auto: dict[str, Any] = {}
@@ -211,9 +215,9 @@ def build_edge_request(
             f"and 'personalization.decisionScopes' together{page}, without duplicates); Edge "
             f"takes at most {MAX_DECISION_SCOPES} in one request"
         )
-    surfaces = _surfaces(
-        personalization.get("surfaces"), xdm, default_personalization is True, rule
-    )
+    asked = personalization.get("surfaces")
+    add_page = default_personalization is True
+    surfaces = _surfaces(asked, xdm, add_page, rule) if asked is not None or add_page else []
     query_personalization: dict[str, Any] | None = None
     if scopes or surfaces:
         schemas = list(PERSONALIZATION_SCHEMAS)
@@ -692,8 +696,8 @@ def _decisioning(
 
 # ------------------------------------------------------------------ overrides
 def _filter_overrides(value: Mapping[str, Any]) -> dict[str, Any]:
-    """The Web SDK's filter: drop ``null``, ``""``, ``[]`` and ``enabled: true`` leaves, then
-    objects left empty; keep other booleans, numbers, non-empty strings and lists. A digit
+    """The Web SDK's filter: drop ``null``, ``""``, ``[]`` and ``enabled: true`` leaves (and
+    ``null``/``""`` items of lists), then objects left empty; keep other booleans, numbers, non-empty strings and lists. A digit
     string ``idSyncContainerId`` is sent as the number Edge requires."""
     out: dict[str, Any] = {}
     for key, item in value.items():
@@ -708,8 +712,11 @@ def _filter_overrides(value: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = item
         elif isinstance(item, str) and item:
             out[key] = int(item) if key == "idSyncContainerId" and item.isdigit() else item
-        elif isinstance(item, list | tuple) and item:
-            out[key] = list(item)
+        elif isinstance(item, list | tuple):
+            # A list item a data-layer value left empty is no report suite: not sent.
+            kept = [each for each in item if each is not None and each != ""]
+            if kept:
+                out[key] = kept
     return out
 
 

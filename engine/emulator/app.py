@@ -11,7 +11,8 @@ Routes (``POST`` unless noted):
 
 * ``/ee[/{hint}]/v1|v2/interact|collect``: Edge. v2 takes ``datastreamId`` and, on interact,
   one ``event``; v1 takes ``configId`` and ``events[]``; collect takes ``events[]``. Unknown
-  datastreams get ``EXEG-0003-400``; authenticated events without a primary identity
+  datastreams get ``EXEG-0003-400``, ``meta.configOverrides`` the datastream does not allow
+  ``EXEG-0113-400``; authenticated events without a primary identity
   ``EXEG-0306-400``; an opted-out visitor's requests are answered and ignored
   (``EXEG-0301-200``).
 * ``/ee[/{hint}]/v1/privacy/set-consent``: the Web SDK's ``setConsent`` (records consent).
@@ -70,6 +71,7 @@ from engine.emulator.identity import (
     org_from_key,
     state_key,
 )
+from engine.emulator.overrides import override_problem
 from engine.emulator.scopes import load_scopes, proposition
 from engine.emulator.state import EmulatorConfig, EmulatorState, RecordedRequest
 
@@ -100,7 +102,9 @@ SITECORE_CHANNELS = frozenset(
 SITECORE_REQUIRED = ("channel", "type", "language", "currency", "page", "pos", "browser_id")
 SITECORE_EXT_LIMIT = 50
 _HINT = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_EXT_NAME = re.compile(r"[A-Za-z0-9]+")
+# Letters, digits and '_': the Stream API docs ask for camelCase alphanumerics, and Sitecore's
+# own Cloud SDK joins nested keys with '_' (``product_sku``); the server takes both.
+_EXT_NAME = re.compile(r"[A-Za-z0-9_]+")
 _TYPE = re.compile(r"[A-Z0-9_]+")
 _LANGUAGE = re.compile(r"[A-Z]{2}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -223,18 +227,7 @@ class EmulatorApp:
                 await response(scope, receive, recording_send)
                 return
 
-        replayed = False
-
-        async def replay() -> Message:
-            # The body was read above; hand it to Starlette once, then pass through
-            # (a later receive() only ever waits for the client to disconnect).
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self._router(scope, replay, recording_send)
+        await self._router(scope, guard.replaying(body, receive), recording_send)
 
     async def _admin(
         self, scope: Scope, receive: Receive, send: Send, headers: Mapping[str, str], limit: int
@@ -256,16 +249,7 @@ class EmulatorApp:
             if read is None:
                 return
             body = read
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self._router(scope, replay, send)
+        await self._router(scope, guard.replaying(body, receive), send)
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds``; ``True`` when the server started stopping meanwhile."""
@@ -450,6 +434,7 @@ async def edge(request: Request) -> Response:
         request_xdm = _object(payload.get("xdm"), "xdm")  # v1: request-level identities
         _check_identity_map(request_xdm.get("identityMap"), "xdm.identityMap")
         meta = _object(payload.get("meta"), "meta")
+        _check_overrides(config, meta)
         meta_state = _object(meta.get("state"), "meta.state")
         entries = _entries(meta_state.get("entries"))
         org = header_org or _org_from_entries(entries) or config.org
@@ -651,6 +636,18 @@ def _check_datastream(config: EmulatorConfig, datastream: str, payload: Mapping[
         "Invalid datastream ID",
         f"Unknown datastream {datastream!r} (the emulator knows: {listed}).",
     )
+
+
+def _check_overrides(config: EmulatorConfig, meta: Mapping[str, Any]) -> None:
+    """``EXEG-0113-400`` for ``meta.configOverrides`` the datastream does not allow: an
+    unknown key, a value of the wrong type, or a value not in ``config.overrides``
+    (:mod:`engine.emulator.overrides`)."""
+    if "configOverrides" not in meta:
+        return
+    problem = override_problem(meta["configOverrides"], config.overrides)
+    if problem is not None:
+        # "Invalid request" is the title Edge answers (the Edge Mobile SDK's integration tests).
+        raise _Reject(400, "EXEG-0113-400", "Invalid request", problem + ".")
 
 
 def _path(value: Any, *keys: str) -> Any:
@@ -963,6 +960,7 @@ async def set_consent(request: Request) -> Response:
         except ConsentError as exc:
             raise _Reject(exc.status, exc.code, "Invalid consent", exc.detail) from None
         meta = _object(payload.get("meta"), "meta")
+        _check_overrides(config, meta)
         entries = _entries(_object(meta.get("state"), "meta.state").get("entries"))
     except _Reject as reject:
         return _problem(
@@ -1220,9 +1218,23 @@ def _sitecore_problem(event: Any, required: tuple[str, ...] = SITECORE_REQUIRED)
             return f"ext has {len(ext)} attributes; at most {SITECORE_EXT_LIMIT} are allowed"
         for name, value in ext.items():
             if not _EXT_NAME.fullmatch(name):
-                return f"ext attribute name {name!r} must be alphanumeric (camelCase)"
-            if not _scalar(value):
-                return f"ext attribute {name!r} must be a string, boolean or number"
+                return (
+                    f"ext attribute name {name!r} must be letters, digits and '_' "
+                    "(camelCase, or the Cloud SDK's '_'-joined names)"
+                )
+            # The Cloud SDK flattens nested objects and keeps arrays as they are, so an
+            # array of scalars is what the official client sends; an object never is.
+            if isinstance(value, list):
+                if not all(_scalar(item) for item in value):
+                    return (
+                        f"ext attribute {name!r} must be an array of strings, booleans and "
+                        "numbers (nested objects are flattened into '_'-joined names)"
+                    )
+            elif not _scalar(value):
+                return (
+                    f"ext attribute {name!r} must be a string, boolean, number or an array of "
+                    "them (nested objects are flattened into '_'-joined names)"
+                )
     session_data = event.get("session_data")
     if session_data is not None and not (
         isinstance(session_data, dict) and all(_scalar(v) for v in session_data.values())

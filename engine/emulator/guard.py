@@ -20,7 +20,7 @@ import ipaddress
 from collections.abc import Collection, Mapping
 from urllib.parse import urlsplit
 
-from starlette.types import Receive, Scope
+from starlette.types import Message, Receive, Scope
 
 __all__ = [
     "BodyTooLarge",
@@ -31,6 +31,7 @@ __all__ = [
     "is_loopback_origin",
     "read_bounded",
     "refusal",
+    "replaying",
 ]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
@@ -154,3 +155,18 @@ async def read_bounded(receive: Receive, headers: Mapping[str, str], limit: int)
             raise BodyTooLarge(limit, len(chunks))
         if not message.get("more_body", False):
             return bytes(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app ``body`` (read already, bounded) once, then passes
+    through (a later ``receive()`` only ever waits for the client to disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine.emulator.faults import Fault
+from engine.emulator.overrides import check_paths, merge_overrides, ruleset_overrides
 from engine.emulator.scopes import DEFAULT_SCOPES, Scopes
 
 if TYPE_CHECKING:
@@ -59,7 +60,13 @@ class EmulatorConfig:
     recorded requests are forgotten above this many. ``admin_max_body``: bytes an
     administration request may send. ``allowed_hosts``: ``Host`` names accepted besides the
     loopback ones (requests arriving on a loopback address with another ``Host`` are refused
-    with ``403``, against DNS rebinding).
+    with ``403``, against DNS rebinding). ``overrides``: the datastream's override settings,
+    override path (``com_adobe_analytics.reportSuites``,
+    ``com_adobe_experience_platform.datasets.event.datasetId``,
+    ``com_adobe_target.propertyToken``, ``com_adobe_identity.idSyncContainerId``; see
+    :mod:`engine.emulator.overrides`) → the values a request's ``meta.configOverrides`` may
+    hold; another value is ``EXEG-0113-400``. ``None``: any value (unknown keys and wrong
+    types are refused either way). :class:`ValueError` for an unknown path.
     """
 
     org: str = "TAGENGINEEMULATOR0000000@AdobeOrg"
@@ -80,6 +87,11 @@ class EmulatorConfig:
     max_records: int = 100_000
     admin_max_body: int = ADMIN_MAX_BODY
     allowed_hosts: frozenset[str] = frozenset()
+    overrides: Mapping[str, frozenset[str]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.overrides is not None:
+            check_paths(self.overrides)
 
 
 def emulator_config(ruleset: Ruleset | None, **changes: Any) -> EmulatorConfig:
@@ -89,10 +101,17 @@ def emulator_config(ruleset: Ruleset | None, **changes: Any) -> EmulatorConfig:
     finds them; its datastream, Sitecore client key (direct mode) or context id (proxy mode)
     and IMS credentials are the only ones accepted (none when the settings give none). A
     datastream override is accepted when it names a known datastream as the original
-    (``meta.sdkConfig.datastream.original``). ``changes`` set other fields. Without a ruleset,
+    (``meta.sdkConfig.datastream.original``). The configuration overrides allowed are the
+    values its ``send event`` rules write as literals (``edgeConfigOverrides``, ``datasetId``:
+    :func:`~engine.emulator.overrides.ruleset_overrides`); an ``overrides`` change adds to
+    them (``overrides=None`` accepts any). ``changes`` set other fields. Without a ruleset,
     every id is accepted."""
     if ruleset is None:
         return EmulatorConfig(**changes)
+    if "overrides" not in changes or changes["overrides"] is not None:
+        changes["overrides"] = merge_overrides(
+            ruleset_overrides(ruleset), changes.get("overrides") or {}
+        )
     edge, sitecore = ruleset.edge, ruleset.sitecore
     if edge is not None and edge.org:
         changes.setdefault("org", edge.org)
