@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from engine.destinations.base import Request, serialize_bytes
+from engine.destinations.edge import location_hint
 from engine.errors import PushError
 from engine.settings import ConsentSettings, EdgeSettings
 
@@ -240,8 +241,10 @@ def build_consent_request(
         state["entries"] = entries_sent
     body["query"] = {"identity": {"fetch": ["ECID"]}}
     body["meta"] = {"state": state}
+    # The visitor's Edge cluster, as for the sends (in the host on the authenticated host).
+    base, hint = location_hint(identity.get("location_hint"), edge.url)
     url = (
-        f"{edge.url.rstrip('/')}/ee/v1/privacy/set-consent"
+        f"{base}/ee{'/' + hint if hint else ''}/v1/privacy/set-consent"
         f"?configId={edge.datastream}&requestId={request_id}"
     )
     return Request(

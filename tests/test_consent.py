@@ -326,3 +326,15 @@ def test_consent_belongs_to_the_visitor_not_one_session(store: str, redis_url: s
     with Engine(ruleset, dry_run=True) as elsewhere:  # restored in another process
         restored = elsewhere.restore(exported)
         assert restored.consent == "out"
+
+
+def test_edge_is_told_on_the_visitors_cluster(emulator: EmulatorServer) -> None:
+    text = rules('default: "in"')
+    with Engine(load_text(text), edge_url=emulator.url, sitecore_url=emulator.url) as engine:
+        session = engine.session("s")
+        session.push({"event": "page.view", "page": "home"})  # Edge answers with its cluster
+        hint = session.export()["identity"]["location_hint"]
+        refused = session.set_consent("out")
+    assert refused.consent_request is not None and refused.consent_request.status == 200
+    paths = [r.path for r in emulator.requests() if r.path.startswith("/ee/")]
+    assert paths == ["/ee/v2/interact", f"/ee/{hint}/v1/privacy/set-consent"]

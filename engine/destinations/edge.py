@@ -282,7 +282,7 @@ def build_edge_request(
     params = [("datastreamId" if v2 else "configId", datastream), ("requestId", request_id)]
     if collect and v2:
         params.append(("silent", "true"))
-    base, hint = _location_hint(identity.get("location_hint"), settings.url)
+    base, hint = location_hint(identity.get("location_hint"), settings.url)
     path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
     url = f"{path}?{_query(params)}"
     final_id = xdm.get("_id")
@@ -786,7 +786,7 @@ def _state_entries(entries: Any, now: float | None, timestamp: str) -> list[dict
     return [{"key": k, "value": v} for k, v in kept.items()]
 
 
-def _location_hint(hint: Any, url: str) -> tuple[str, str | None]:
+def location_hint(hint: Any, url: str) -> tuple[str, str | None]:
     """The base URL and the path hint to send with: on the authenticated host the hint goes
     in the host name (``{hint}.server.adobedc.net``, as Adobe's server-side sample sends it:
     that Server API answers 404 to a hinted path), elsewhere in the path."""
