@@ -65,6 +65,28 @@ _MAX_BACKOFF = 0.02  # seconds, at most, between two of them
 _jitter = random.Random()
 
 
+SEEN_FOR = 3600.0  # seconds a session remembers a push id (a browser's retries come sooner)
+MAX_SEEN = 500  # push ids a session remembers, at most
+
+
+def _seen(session: Session, push_id: str, now: float) -> bool:
+    """Whether the session processed ``push_id`` within :data:`SEEN_FOR`; if not, it is
+    remembered now (with the push: a push that fails or is not stored forgets it again)."""
+    seen = session.identity.get("seen")
+    recent = {
+        key: at
+        for key, at in (seen.items() if isinstance(seen, dict) else ())
+        if isinstance(at, int | float) and now - at < SEEN_FOR
+    }
+    if push_id in recent:
+        return True
+    recent[push_id] = now
+    if len(recent) > MAX_SEEN:
+        recent = dict(sorted(recent.items(), key=lambda pair: pair[1])[-MAX_SEEN:])
+    session.identity["seen"] = recent  # a new dict: the session's rollback copy is shallow
+    return False
+
+
 class EngineSession:
     """One visitor's session in an engine: push to it, export it."""
 
@@ -97,15 +119,30 @@ class EngineSession:
         session = self._engine.sessions.read(self._id)
         return {} if session is None else session.get_state()
 
-    def push(self, item: object, *, context: VisitorContext | None = None) -> PushResult:
+    def push(
+        self,
+        item: object,
+        *,
+        context: VisitorContext | None = None,
+        push_id: str | None = None,
+    ) -> PushResult:
         """Process one data-layer push; raises :class:`~engine.errors.PushError` for bad input.
 
         ``context`` describes the visitor (:meth:`VisitorContext.from_headers` of their
         request): its Edge sends forward it, so Edge geolocates and device-detects the visitor
-        rather than this server."""
-        return self._engine._push(self._id, self._visitor, item, context)
+        rather than this server. ``push_id`` (a browser's id for the push) makes a retry
+        harmless: a push whose id the session saw in the last hour changes nothing and
+        returns ``duplicate=True`` (the ids are kept with the session, so every worker knows
+        them)."""
+        return self._engine._push(self._id, self._visitor, item, context, push_id=push_id)
 
-    async def apush(self, item: object, *, context: VisitorContext | None = None) -> PushResult:
+    async def apush(
+        self,
+        item: object,
+        *,
+        context: VisitorContext | None = None,
+        push_id: str | None = None,
+    ) -> PushResult:
         """:meth:`push` for asyncio code: the event loop never waits for the network.
 
         When the push only evaluates in this process's memory (dry run, background mode:
@@ -116,11 +153,13 @@ class EngineSession:
         """
         engine = self._engine
         if engine._inline_async:
-            return engine._push(self._id, self._visitor, item, context)
+            return engine._push(self._id, self._visitor, item, context, push_id=push_id)
         # One at a time per session, in await order (asyncio.Lock is fair): threads would
         # otherwise race for the session's lock and merge the pushes in any order.
         async with engine._async_lock(self._id):
-            return await asyncio.to_thread(engine._push, self._id, self._visitor, item, context)
+            return await asyncio.to_thread(
+                engine._push, self._id, self._visitor, item, context, push_id=push_id
+            )
 
     def set_consent(
         self, value: str, *, tcf: str | None = None, gdpr_applies: bool | None = None
@@ -505,6 +544,11 @@ class Engine:
     def outbox(self) -> BaseOutbox | None:
         return self._outbox
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: a push then raises."""
+        return self._closed
+
     # ------------------------------------------------------------------ internals
     def _push(
         self,
@@ -514,6 +558,7 @@ class Engine:
         context: VisitorContext | None = None,
         consent: ConsentChange | None = None,
         notice: dict[str, Any] | None = None,
+        push_id: str | None = None,
     ) -> PushResult:
         """One push, atomic: the session's change and its sends are stored together or not at
         all (a failed outbox write leaves the session as it was). With sessions shared by
@@ -522,6 +567,8 @@ class Engine:
         consent changes, and what it releases goes out."""
         if self._closed:
             raise EngineError("the engine is closed")
+        if push_id is not None and (not isinstance(push_id, str) or not 0 < len(push_id) <= 128):
+            raise PushError("a push id is a string of 1 to 128 characters")
         if context is not None:
             if not isinstance(context, VisitorContext):
                 raise PushError(f"context must be a VisitorContext, not {type(context).__name__}")
@@ -539,6 +586,11 @@ class Engine:
             with self.sessions.begin(session_id, visitor_id, now) as transaction:
                 session = transaction.session
                 before = session.state
+                if push_id is not None and _seen(session, push_id, now):
+                    result = PushResult(session.id, None, ruleset.version, session.state)
+                    result.duplicate = True
+                    transaction.commit((), None, now)
+                    return result
                 if notice is not None:
                     result = PushResult(session.id, None, ruleset.version, session.state)
                     request = notice_request(

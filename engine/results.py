@@ -104,6 +104,7 @@ class PushResult:
     released: list[Send] = field(default_factory=list)
     dropped: int = 0
     consent_request: Send | None = None  # Edge told of a change of consent
+    duplicate: bool = False  # a push id the session had seen: nothing was done again
 
     @property
     def fired(self) -> list[str]:
@@ -128,6 +129,8 @@ class PushResult:
         }
         if self.followups:
             line["followups"] = [f.to_json(delivered=delivered) for f in self.followups]
+        if self.duplicate:
+            line["duplicate"] = True
         if self.consent != "in" or self.released or self.dropped:
             line["consent"] = self.consent
             if self.released:

@@ -1,0 +1,418 @@
+"""The collect endpoint, without I/O: a request in, a response out. The ASGI and WSGI apps
+(:mod:`engine.web.asgi`, :mod:`engine.web.wsgi`) only move bytes to and from it.
+
+Routes, relative to where the app is mounted (``/collect``):
+
+- ``POST /`` takes ``{"pushes": [{"id": "…", "push": {…}}, …]}`` or one push object, and
+  answers ``{"results": [{"id", "ok", "fired", "sends", "propositions", "destinations", …}]}``,
+  one per push, in order: a malformed item is reported alone (``"ok": false, "error"``) and
+  the others go on; a push id the session has seen is not processed again (``duplicate``).
+- ``GET /tagengine.js``: the browser forwarder (``engine/web/tagengine.js``).
+- ``GET /healthz``: the ruleset version, the last reload error, the outbox backlog; 503 when
+  the engine cannot take pushes (closed, a failed reload, a full or unreadable outbox).
+- ``OPTIONS``: CORS preflight for the configured origins.
+
+A visitor is known by two first-party cookies the endpoint sets (a visitor id for 13 months,
+a session id that lives while the visitor is active), signed so that a cookie can only ever
+claim the visitor it was given to; the identity cookies (``kndctr_<org>_*``, FPID, AMCV) go
+in and out with every answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from engine.context import VisitorContext
+from engine.errors import BacklogFull, EngineError, PushError
+
+if TYPE_CHECKING:
+    from engine.engine import Engine, EngineSession
+    from engine.results import PushResult
+
+__all__ = ["CollectCore", "CollectRequest", "CollectResponse", "CollectSettings"]
+
+log = logging.getLogger("engine.web")
+
+SECRET_ENV = "TAGENGINE_COOKIE_SECRET"
+
+
+@dataclass(frozen=True, slots=True)
+class CollectSettings:
+    """How the endpoint behaves; every field has a default that suits a same-site collector.
+
+    Cookies: ``visitor_cookie`` (``visitor_max_age`` seconds, 13 months) and ``session_cookie``
+    (``session_max_age`` seconds, renewed on every answer), on ``cookie_domain`` (the site's
+    apex domain, so every subdomain shares them; the request's host when ``None``),
+    ``HttpOnly``, ``SameSite=Lax``, ``Secure`` on https (``secure``: ``None`` decides by the
+    request's scheme). They are signed with ``secret`` (or the ``TAGENGINE_COOKIE_SECRET``
+    environment variable; a random one per process otherwise, which only one process can
+    check: set it when several workers serve the endpoint).
+
+    ``cors_origins``: the origins (``https://shop.example.com``) that may post from another
+    origin; none by default. ``trusted_proxies``: addresses or networks whose
+    ``X-Forwarded-For`` is believed (``VisitorContext.from_headers``). ``max_body`` bytes and
+    ``max_pushes`` per request. ``identity``: ``"wait"`` makes a new visitor's first answer
+    wait (at most ``identity_wait`` seconds) for their first Edge answer, so it carries the
+    identity cookie; ``"none"`` answers at once (``fpid: true`` in the edge settings gives an
+    identity cookie from the first push either way).
+    """
+
+    visitor_cookie: str = "tg_vid"
+    session_cookie: str = "tg_sid"
+    visitor_max_age: int = 395 * 86400
+    session_max_age: int = 30 * 60
+    cookie_domain: str | None = None
+    secure: bool | None = None
+    secret: str | None = None
+    cors_origins: Sequence[str] = ()
+    trusted_proxies: Sequence[str] = ()
+    max_body: int = 256 * 1024
+    max_pushes: int = 100
+    identity: Literal["wait", "none"] = "wait"
+    identity_wait: float = 2.0
+
+
+@dataclass(slots=True)
+class CollectRequest:
+    """What the endpoint needs of an HTTP request. ``path`` is relative to the mount point;
+    ``headers`` as received (any case); ``client`` the peer's address; ``scheme`` ``http`` or
+    ``https``."""
+
+    method: str
+    path: str
+    headers: Sequence[tuple[str, str]]
+    body: bytes = b""
+    client: str | None = None
+    scheme: str = "http"
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+
+@dataclass(slots=True)
+class CollectResponse:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+def _json(status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> CollectResponse:
+    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return CollectResponse(
+        status,
+        [("Content-Type", "application/json"), ("Cache-Control", "no-store"), *headers],
+        body,
+    )
+
+
+class _Signer:
+    """Cookie values ``<id>.<mac>``: an id only this site could have issued."""
+
+    def __init__(self, secret: str | None) -> None:
+        key = secret or os.environ.get(SECRET_ENV) or secrets.token_hex(32)
+        self._key = key.encode()
+
+    def sign(self, value: str) -> str:
+        mac = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{value}.{mac}"
+
+    def unsign(self, signed: str | None) -> str | None:
+        if not signed or "." not in signed:
+            return None
+        value, _, mac = signed.rpartition(".")
+        good = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        return value if value and hmac.compare_digest(mac, good) else None
+
+
+def _cookies(request: CollectRequest) -> dict[str, str]:
+    jar: SimpleCookie = SimpleCookie()
+    for key, value in request.headers:
+        if key.lower() == "cookie":
+            try:
+                jar.load(value)
+            except CookieError:
+                continue  # a garbled header: the cookies it held are not read
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _site(host: str) -> str:
+    """The registrable domain, roughly (the last two labels): enough to warn that a collector
+    on another site cannot set first-party cookies."""
+    labels = host.lower().rstrip(".").split(".")
+    return ".".join(labels[-2:])
+
+
+class CollectCore:
+    """The endpoint's logic for one :class:`~engine.Engine` (see the module docstring)."""
+
+    def __init__(self, engine: Engine, settings: CollectSettings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or CollectSettings()
+        self._signer = _Signer(self.settings.secret)
+        self._origins = {origin.rstrip("/").lower() for origin in self.settings.cors_origins}
+        self._warned_sites: set[str] = set()
+        if not (self.settings.secret or os.environ.get(SECRET_ENV)):
+            log.warning(
+                "collect endpoint: no cookie secret (%s): visitor cookies are signed with a "
+                "key of this process only; set it when several processes serve the endpoint",
+                SECRET_ENV,
+            )
+
+    # ------------------------------------------------------------------ routing
+    def handle(self, request: CollectRequest) -> CollectResponse:
+        path = request.path.rstrip("/") or "/"
+        method = request.method.upper()
+        cors, refused = self._cors(request)
+        if refused is not None:
+            return refused
+        if method == "OPTIONS":
+            return CollectResponse(204, cors + self._preflight(request))
+        if path == "/" and method == "POST":
+            response = self._collect(request)
+        elif path == "/tagengine.js" and method in ("GET", "HEAD"):
+            response = self._script()
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            response = self._health()
+        elif path in ("/", "/tagengine.js", "/healthz"):
+            response = _json(405, {"error": f"{method} is not allowed here"})
+        else:
+            response = _json(404, {"error": "not found"})
+        response.headers.extend(cors)
+        if method == "HEAD":
+            response.body = b""
+        return response
+
+    def _cors(
+        self, request: CollectRequest
+    ) -> tuple[list[tuple[str, str]], CollectResponse | None]:
+        """CORS headers for an allowed origin; a refusal for a cross-origin write from any
+        other (a same-origin request, or one without ``Origin``, passes)."""
+        origin = request.header("origin")
+        if origin is None:
+            return [], None
+        normal = origin.rstrip("/").lower()
+        host = (request.header("host") or "").lower()
+        if urlsplit(normal).netloc == host:
+            return [], None  # same origin
+        if normal in self._origins:
+            self._warn_site(normal, host)
+            return [
+                ("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Credentials", "true"),
+                ("Vary", "Origin"),
+            ], None
+        if request.method.upper() in ("GET", "HEAD"):
+            return [], None  # the script and health are readable by anyone
+        return [], _json(403, {"error": f"origin {origin!r} may not post here (cors_origins)"})
+
+    def _preflight(self, request: CollectRequest) -> list[tuple[str, str]]:
+        return [
+            ("Access-Control-Allow-Methods", "POST, GET, OPTIONS"),
+            ("Access-Control-Allow-Headers", "Content-Type"),
+            ("Access-Control-Max-Age", "600"),
+        ]
+
+    def _warn_site(self, origin: str, host: str) -> None:
+        page = urlsplit(origin).hostname or ""
+        here = host.partition(":")[0]
+        if page and here and _site(page) != _site(here) and page not in self._warned_sites:
+            self._warned_sites.add(page)
+            log.warning(
+                "collect endpoint on %s serves pages of %s, another site: its cookies are "
+                "third-party there, so browsers may refuse them and each visit may look like "
+                "a new visitor; serve the endpoint on the site's own domain",
+                here,
+                page,
+            )
+
+    # ------------------------------------------------------------------ static parts
+    def _script(self) -> CollectResponse:
+        text = resources.files("engine.web").joinpath("tagengine.js").read_bytes()
+        return CollectResponse(
+            200,
+            [
+                ("Content-Type", "application/javascript; charset=utf-8"),
+                ("Cache-Control", "public, max-age=300"),
+            ],
+            text,
+        )
+
+    def _health(self) -> CollectResponse:
+        engine = self.engine
+        problems: list[str] = []
+        error = engine.ruleset_error
+        if error is not None:
+            problems.append("the last reload failed: the previous rules are serving")
+        backlog: dict[str, Any] | None = None
+        try:
+            found = engine.backlog()
+        except EngineError as exc:
+            problems.append(f"the outbox cannot be read: {exc}")
+            found = None
+        if found is not None:
+            backlog = found.to_json()
+            bound = engine.outbox.max_backlog if engine.outbox is not None else None
+            if bound is not None and found.pending >= bound:
+                problems.append(f"the outbox is full ({found.pending:,} of {bound:,} sends)")
+        if engine.closed:
+            problems.append("the engine is closed")
+        body = {
+            "ok": not problems,
+            "problems": problems,
+            "ruleset": engine.ruleset.version,
+            "ruleset_error": error.render() if error is not None else None,
+            "backlog": backlog,
+        }
+        return _json(200 if not problems else 503, body)
+
+    # ------------------------------------------------------------------ collecting
+    def _collect(self, request: CollectRequest) -> CollectResponse:
+        settings = self.settings
+        if len(request.body) > settings.max_body:
+            return _json(413, {"error": f"a request is at most {settings.max_body:,} bytes"})
+        try:
+            items = self._items(request.body)
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        cookies = _cookies(request)
+        visitor = self._signer.unsign(cookies.get(settings.visitor_cookie))
+        session_id = self._signer.unsign(cookies.get(settings.session_cookie))
+        if visitor is None:
+            visitor = secrets.token_hex(12)
+        # The session id carries its visitor: a session cookie only claims its own visitor.
+        if session_id is None or not session_id.startswith(visitor + "-"):
+            session_id = f"{visitor}-{secrets.token_hex(6)}"
+        session = self.engine.session(session_id, visitor=visitor)
+        new_identity = False
+        try:
+            session.take_cookies(cookies)
+        except EngineError as exc:  # a malformed identity cookie: the visitor goes on without
+            log.info("collect endpoint: identity cookies not taken: %s", exc)
+        context = VisitorContext.from_headers(
+            request.headers, request.client, trusted_proxies=settings.trusted_proxies
+        )
+        results: list[dict[str, Any]] = []
+        status = 200
+        for push_id, push in items:
+            entry: dict[str, Any] = {"id": push_id}
+            try:
+                result = session.push(push, context=context, push_id=push_id)
+            except BacklogFull as exc:
+                entry.update(ok=False, error=str(exc), retry=True)
+                status = 503
+            except PushError as exc:
+                entry.update(ok=False, error=str(exc))
+            except EngineError as exc:
+                entry.update(ok=False, error=str(exc), retry=True)
+                status = 503
+            else:
+                entry.update(self._outcome(result))
+                new_identity = new_identity or bool(result.sends)
+            results.append(entry)
+        if new_identity and settings.identity == "wait":
+            self._await_identity(session)
+        headers = self._set_cookies(request, session, visitor, session_id)
+        return _json(status, {"results": results}, headers)
+
+    def _items(self, body: bytes) -> list[tuple[str | None, object]]:
+        """The pushes of a request body: ``(push id or None, push)``, each checked later."""
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            raise ValueError("the body is not JSON") from None
+        if isinstance(value, dict) and "pushes" in value and set(value) <= {"pushes"}:
+            pushes = value["pushes"]
+            if not isinstance(pushes, list):
+                raise ValueError("'pushes' must be a list")
+            if len(pushes) > self.settings.max_pushes:
+                raise ValueError(f"at most {self.settings.max_pushes} pushes a request")
+            out: list[tuple[str | None, object]] = []
+            for item in pushes:
+                if isinstance(item, dict) and "push" in item and set(item) <= {"id", "push"}:
+                    push_id = item.get("id")
+                    out.append((push_id if isinstance(push_id, str) else None, item["push"]))
+                else:
+                    out.append((None, item))
+            return out
+        return [(None, value)]
+
+    @staticmethod
+    def _outcome(result: PushResult) -> dict[str, Any]:
+        if result.duplicate:
+            return {"ok": True, "duplicate": True}
+        everything = [result, *result.followups]
+        sends = [send for each in everything for send in each.sends] + result.released
+        propositions: list[Any] = []
+        destinations: list[Any] = []
+        for send in sends:
+            answer = send.response if isinstance(send.response, Mapping) else {}
+            propositions.extend(answer.get("propositions") or ())
+            destinations.extend(answer.get("destinations") or ())
+        out: dict[str, Any] = {
+            "ok": True,
+            "fired": [name for each in everything for name in each.fired],
+            "sends": sum(1 for send in sends if send.consent is None),
+            "propositions": propositions,
+            "destinations": destinations,
+        }
+        if result.consent != "in":
+            out["consent"] = result.consent
+        failed = [o.rule for each in everything for o in each.rules if o.status == "failed"]
+        if failed:
+            out["failed"] = failed
+        return out
+
+    def _await_identity(self, session: EngineSession) -> None:
+        """Wait, briefly, for the visitor's first Edge answer (a delivery worker's), so the
+        answer can carry the identity cookie."""
+        deadline = time.monotonic() + self.settings.identity_wait
+        delay = 0.005
+        while time.monotonic() < deadline:
+            identity = self.engine.sessions.identity(session.id) or {}
+            if identity.get("has_identity") or identity.get("ecid") or identity.get("fpid"):
+                return
+            if self.engine.dry_run:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _set_cookies(
+        self, request: CollectRequest, session: EngineSession, visitor: str, session_id: str
+    ) -> list[tuple[str, str]]:
+        settings = self.settings
+        secure = settings.secure if settings.secure is not None else request.scheme == "https"
+        domain = settings.cookie_domain
+        attrs = "; Path=/; SameSite=Lax; HttpOnly" + ("; Secure" if secure else "")
+        if domain:
+            attrs = f"; Domain={domain}" + attrs
+        out = [
+            (
+                "Set-Cookie",
+                f"{settings.visitor_cookie}={self._signer.sign(visitor)}; "
+                f"Max-Age={settings.visitor_max_age}{attrs}",
+            ),
+            (
+                "Set-Cookie",
+                f"{settings.session_cookie}={self._signer.sign(session_id)}; "
+                f"Max-Age={settings.session_max_age}{attrs}",
+            ),
+        ]
+        try:
+            identity = session.set_cookie_headers(domain, secure=secure)
+        except EngineError:
+            identity = []  # no 'org' and no FPID: no identity cookies to give
+        out.extend(("Set-Cookie", value) for value in identity)
+        return out

@@ -1,0 +1,1 @@
+/* tagengine browser forwarder: placeholder until the forwarder lands. */
