@@ -187,6 +187,7 @@ def _summary(backlog: Backlog) -> list[str]:
             " (more in the journals of running processes, listed once those processes read them in)"
         )
     second += f", {backlog.quarantined} quarantined"
+    second += f", {backlog.held} held for the visitor's consent"
     second += f", {backlog.consent_dropped} dropped for the visitor's consent (never stored)"
     return [first, second]
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import unquote
 
 from engine.destinations.base import Request, serialize_bytes
 from engine.destinations.edge import location_hint
@@ -113,7 +114,7 @@ def consent_of(
         if isinstance(entry, Mapping) and str(entry.get("key", "")).endswith("_consent"):
             text = entry.get("value")
             if isinstance(text, str):
-                for part in text.split(";"):
+                for part in unquote(text).split(";"):
                     name, _, said = part.strip().partition("=")
                     if name == "general" and said in ("in", "out"):
                         return "in" if said == "in" else "out"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from engine.errors import PushError
 
@@ -75,9 +75,12 @@ def _address(text: str) -> Address | None:
     elif text.count(":") == 1:  # v4:port
         text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    # A dual-stack socket's ::ffff:a.b.c.d is the IPv4 visitor a.b.c.d.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,7 @@ class VisitorContext:
     @classmethod
     def from_headers(
         cls,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
+        headers: Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]],
         client: str | None = None,
         *,
         trusted_proxies: Iterable[str] = (),
@@ -135,12 +138,36 @@ class VisitorContext:
         skipping trusted proxies, and the first address that is not one is the visitor's (an
         untrusted client can write anything at the left of the list). Headers a browser
         could not have sent, or that a header cannot carry, are left out rather than
-        refused: the visitor, not the app, wrote them."""
-        networks = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
-        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        refused: the visitor, not the app, wrote them. Header pairs may be bytes (ASGI's
+        ``scope["headers"]``). What the app passes that is not headers, an address or
+        networks raises :class:`~engine.errors.PushError` naming it."""
+        networks = []
+        for proxy in [trusted_proxies] if isinstance(trusted_proxies, str) else trusted_proxies:
+            try:
+                networks.append(ipaddress.ip_network(proxy, strict=False))
+            except (TypeError, ValueError):
+                raise PushError(
+                    f"visitor context: trusted proxy {proxy!r} is not an address or network"
+                ) from None
+        if client is not None and not isinstance(client, str):
+            raise PushError(f"visitor context: client must be an address, not {client!r}")
+        if isinstance(headers, Mapping):
+            pairs: Iterable[Any] = headers.items()
+        elif isinstance(headers, Iterable) and not isinstance(headers, str | bytes):
+            pairs = headers
+        else:
+            raise PushError("visitor context: headers must be a mapping or (name, value) pairs")
         found: dict[str, str] = {}
         forwarded: list[str] = []
-        for name, value in pairs:
+        for pair in pairs:
+            try:
+                name, value = (
+                    part.decode("latin-1") if isinstance(part, bytes) else part for part in pair
+                )
+            except (TypeError, ValueError):
+                raise PushError("visitor context: a header is not a (name, value) pair") from None
+            if not isinstance(name, str) or not isinstance(value, str):
+                continue  # not text: not a header a browser sent
             key = name.lower()
             if key == "x-forwarded-for":
                 forwarded.extend(part for part in value.split(",") if part.strip())
@@ -200,7 +227,7 @@ def _visitor_ip(client: str | None, forwarded: list[str], trusted: list[Network]
     for part in reversed(forwarded):
         address = _address(part)
         if address is None:
-            return str(peer)  # a garbled hop: nothing left of it can be trusted
+            return None  # a garbled hop: nothing left of it can be trusted, nor the proxy
         if not is_trusted(address):
             return str(address)
-    return str(peer)
+    return None  # only proxies: the visitor is not known (a proxy's address is not theirs)

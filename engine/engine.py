@@ -25,7 +25,12 @@ import httpx
 
 from engine.background import BackgroundDelivery, Intake, OnResult, Redelivery
 from engine.clients import RetryPolicy, set_cookie_headers, take_cookies
-from engine.clients.identity import checked_fpid, fpid_cookie_header, legacy_ecid
+from engine.clients.identity import (
+    checked_consent_cookie,
+    checked_fpid,
+    fpid_cookie_header,
+    legacy_ecid,
+)
 from engine.consent import (
     VISITOR_KEY,
     ConsentChange,
@@ -44,6 +49,7 @@ from engine.results import PushResult, Send
 from engine.ruleset import Ruleset
 from engine.runtime import Ids, Targets, _timestamp, notice_request, process_push
 from engine.sessions import Session
+from engine.settings import ConsentSettings
 from engine.stores import open_outbox, open_sessions
 from engine.stores.base import Backlog, BaseOutbox, Sessions
 from engine.stores.memory import MemorySessions
@@ -215,12 +221,18 @@ class EngineSession:
 
         - ``kndctr_<org>_*``, Edge's state entries (``org`` in the edge settings names them);
         - the first-party id cookie (``fpid_cookie``, ``FPID`` by default) with ``fpid: true``;
-        - ``AMCV_<org>``, a legacy Visitor.js visitor's ECID, migrated as the Web SDK does:
-          used when no ``kndctr_<org>_identity`` cookie came, so that visitor keeps their ECID.
+        - ``s_ecid`` or ``AMCV_<org>``, a legacy Visitor.js visitor's ECID, migrated as the
+          Web SDK does: used when no ``kndctr_<org>_identity`` cookie came, so that visitor
+          keeps their ECID.
 
-        Other cookies are ignored. A malformed FPID or AMCV cookie raises
-        :class:`~engine.errors.EngineError` naming it, and the session is unchanged; so does
-        a ruleset with neither ``org`` nor ``fpid``."""
+        Other cookies are ignored. A malformed FPID or ``kndctr_<org>_consent`` cookie, or
+        ``cookies`` that are not a mapping of names to values, raise
+        :class:`~engine.errors.PushError` naming it, and the session is unchanged; a ruleset
+        with neither ``org`` nor ``fpid`` raises :class:`~engine.errors.EngineError`."""
+        if not isinstance(cookies, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in cookies.items()
+        ):
+            raise PushError("cookies must be a mapping of cookie names to values (strings)")
         engine = self._engine
         edge = engine.ruleset.edge
         fpid_name = edge.fpid_cookie if edge is not None and edge.fpid else None
@@ -231,6 +243,8 @@ class EngineSession:
         raw = cookies.get(fpid_name) if fpid_name is not None else None
         fpid = None if raw is None else checked_fpid(raw, f"the {fpid_name} cookie")
         legacy = legacy_ecid(cookies, org) if org is not None else None
+        if org is not None:
+            checked_consent_cookie(cookies, org)
         now = engine._clock()
 
         def change(identity: dict[str, Any]) -> None:
@@ -343,6 +357,8 @@ class Engine:
         # The ruleset and the settings its requests are built with, swapped as one reference.
         self._live = (ruleset, Targets.of(ruleset, *self._urls))
         self.dry_run = dry_run
+        self._on_result = on_result
+        self._result_hooks: list[OnResult] = []  # add_result_hook: metrics, say
         self._owns_sessions = not isinstance(sessions, Sessions)
         self.sessions: Sessions = open_sessions(sessions, clock=clock)
         self.transport = transport
@@ -395,7 +411,7 @@ class Engine:
                     workers=workers,
                     flush_timeout=flush_timeout,
                     redelivery=redelivery,
-                    on_result=on_result,
+                    on_result=self._heard,
                 )
             else:
                 self._intake = Intake.start(self._outbox)
@@ -535,6 +551,28 @@ class Engine:
     ) -> PushResult:
         return await self.session(session).apush(item, context=context)
 
+    def add_result_hook(self, hook: OnResult) -> None:
+        """Call ``hook(session_id, send)`` once per send this engine delivers: in background
+        mode when it is delivered or buried (as ``on_result``, on a delivery thread), in wait
+        mode when it has answered (on the pushing thread); never in a dry run. A hook that
+        raises is logged and the others still run (``engine.web.metrics`` counts with one)."""
+        self._result_hooks.append(hook)
+
+    def _heard(self, session_id: str, send: Send) -> None:
+        try:
+            if self._on_result is not None:
+                self._on_result(session_id, send)  # what it raises is logged by the caller
+        finally:
+            self._hooks_heard(session_id, [send])
+
+    def _hooks_heard(self, session_id: str, sends: list[Send]) -> None:
+        for hook in self._result_hooks:
+            for send in sends:
+                try:
+                    hook(session_id, send)
+                except Exception:
+                    log.exception("a result hook raised")
+
     def backlog(self) -> Backlog | None:
         """The outbox's backlog (pending, in flight, oldest age, dead letters), or ``None``
         when sends are not stored (a dry run, wait mode)."""
@@ -616,13 +654,13 @@ class Engine:
                     self._follow(ruleset, targets, session, result, context)
                 else:
                     result = PushResult(session.id, None, ruleset.version, session.state)
-                sends = self._gate(ruleset, targets, session, result, before, now, consent)
+                sends, stored = self._gate(ruleset, targets, session, result, before, now, consent)
                 if outbox is not None:
-                    items = [(send.request, session.id) for send in sends]
+                    items = [] if stored else [(send.request, session.id) for send in sends]
                     if not transaction.commit(items, outbox, now):
                         continue  # another process changed the session: again, on its state
                     self._count_dropped(result)
-                    if self._background is not None and items:
+                    if self._background is not None and (items or stored):
                         self._background.notify()
                     return result
                 if not transaction.commit((), None, now):
@@ -686,20 +724,23 @@ class Engine:
         before: Mapping[str, Any],
         now: float,
         change: ConsentChange | None,
-    ) -> list[Send]:
+    ) -> tuple[list[Send], bool]:
         """The visitor's consent applied to a push's sends (engine/consent.py): the sends to
         store or deliver now, in order (Edge told of a change first, then the sends consent
-        released, then the push's own). Held and dropped sends are marked on the result."""
+        released, then the push's own), and whether they are stored already (released from
+        the outbox). Held and dropped sends are marked on the result."""
         settings, identity, visitor = ruleset.consent, session.identity, session.visitor.kept
         if (
             change is None
             and settings.path is None
             and VISITOR_KEY not in visitor
             and "held" not in identity
+            and "held_out" not in identity
             and consent_of(identity, settings, visitor) == "in"
         ):
             # Nothing to decide (a ruleset without a consent block): every send goes.
-            return [send for outcome in (result, *result.followups) for send in outcome.sends]
+            sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
+            return sends, False
         current = consent_of(identity, settings, visitor)
         wanted = change.value if change is not None else None
         if wanted is None:
@@ -723,6 +764,11 @@ class Engine:
                 out.append(result.consent_request)
         consent = consent_of(identity, settings, visitor)
         result.consent = consent
+        outbox = self._outbox
+        if outbox is not None and outbox.keeps_held and isinstance(self.sessions, MemorySessions):
+            # Sessions in memory: held sends wait in the outbox file, so a restart keeps them.
+            changed = wanted is not None
+            return self._gate_in_outbox(outbox, settings, session, result, out, now, changed)
         held = identity.get("held")
         if held and consent == "in":
             result.released = [Send(r.rule, r.destination, r) for r in stored_requests(held)]
@@ -747,7 +793,48 @@ class Engine:
                 identity["held"] = kept
             else:
                 result.dropped += len(own)
-        return out
+        return out, False
+
+    @staticmethod
+    def _gate_in_outbox(
+        outbox: BaseOutbox,
+        settings: ConsentSettings,
+        session: Session,
+        result: PushResult,
+        out: list[Send],
+        now: float,
+        changed: bool,
+    ) -> tuple[list[Send], bool]:
+        """:meth:`_gate`'s held sends kept by the outbox (``identity["held_out"]`` counts
+        them, so that a push with nothing held asks the outbox nothing; a change of consent
+        always asks, for what was held before a restart emptied the session's memory)."""
+        identity, consent = session.identity, result.consent
+        own = [send for outcome in (result, *result.followups) for send in outcome.sends]
+        waiting = identity.get("held_out") or changed
+        if waiting and consent == "in":
+            released = outbox.release_held(
+                session.id, [s.request for s in out], [s.request for s in own], now=now
+            )
+            result.released = [Send(r.rule, r.destination, r) for r in released]
+            identity.pop("held_out", None)
+            return [*out, *result.released, *own], True
+        if waiting and consent == "out":
+            result.dropped += outbox.drop_held(session.id)
+            identity.pop("held_out", None)
+        if consent == "in":
+            return [*out, *own], False
+        for send in own:
+            send.consent = "held" if consent == "pending" else "dropped"
+        if consent == "pending" and own:
+            over = outbox.hold(
+                [(send.request, session.id) for send in own], now=now, most=settings.max_held
+            )
+            result.dropped += over
+            known = identity.get("held_out")
+            identity["held_out"] = min(settings.max_held, int(known or 0) + len(own))
+        elif consent == "out":
+            result.dropped += len(own)
+        return out, False
 
     def _count_dropped(self, result: PushResult) -> None:
         """Once a push is stored: the sends its visitor's consent dropped, counted and
@@ -768,6 +855,11 @@ class Engine:
                 log.warning("could not count %d consent drop(s): %s", result.dropped, error)
 
     def _deliver(self, sends: list[Send], session: Session, targets: Targets) -> None:
+        self._deliver_now(sends, session, targets)
+        if self._result_hooks:
+            self._hooks_heard(session.id, sends)
+
+    def _deliver_now(self, sends: list[Send], session: Session, targets: Targets) -> None:
         if self.transport is None:
             # Consecutive Edge collect sends (documentUnloading) share a request.
             self.dispatcher.deliver_many(sends, session, targets)

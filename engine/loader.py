@@ -272,10 +272,12 @@ def _primary_identity(
     one from its very first event."""
     if edge is None or edge.fpid or not authenticated_host(edge):
         return []
+    host = urlsplit(edge.url).hostname or ""
+    where = host if host.endswith(AUTHENTICATED_HOST) else "client_id and client_secret are set"
     return [
         Diagnostic(
             span,
-            f"this event goes to Edge's authenticated host ({urlsplit(edge.url).hostname}), "
+            f"this event goes to Edge's authenticated host ({where}), "
             "which rejects an event without a primary identity (EXEG-0306-400): set "
             "'fpid: true' in the edge settings (a first-party id per visitor, primary from "
             "the first event), or give this event an identityMap entry with 'primary: true'",

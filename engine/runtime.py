@@ -159,14 +159,31 @@ class _Context:
         self.timestamp = _timestamp(now)
 
 
+VISITOR_FPID = "@fpid"
+"""Where a visitor's first-party id is kept: in the memory their sessions share (as ``keep
+visitor`` values; no element name starts with ``@``), so each of their sessions sends it."""
+
+
+def _fpid(session: Session) -> None:
+    """The session's first-party id: the one its cookie brought, else the visitor's, else
+    one minted now, with the visitor's first Edge send: the primary identity from the very
+    first event, the same in all the visitor's sessions."""
+    identity, kept = session.identity, session.visitor.kept
+    fpid = identity.get("fpid")
+    if not isinstance(fpid, str):
+        known = kept.get(VISITOR_FPID)
+        fpid = known if isinstance(known, str) else str(uuid.uuid4())  # unguessable
+        identity["fpid"] = fpid
+    if kept.get(VISITOR_FPID) != fpid:
+        kept[VISITOR_FPID] = fpid
+
+
 def _request(ctx: _Context, rule_name: str, destination: str, fields: dict[str, Any]) -> Request:
     targets, session = ctx.targets, ctx.session
     if destination == "edge":
         assert targets.edge is not None  # the checker guarantees a settings block
-        if targets.edge.fpid and not isinstance(session.identity.get("fpid"), str):
-            # Minted with the visitor's first Edge send (unless a cookie brought one): the
-            # primary identity from the very first event.
-            session.identity["fpid"] = str(uuid.uuid4())  # a device id: unguessable
+        if targets.edge.fpid:
+            _fpid(session)
         request = build_edge_request(
             fields,
             targets.edge,

@@ -65,6 +65,7 @@ def test_list_json_stays_an_array_and_gives_the_backlog_on_request(
         "journaled": 0,
         "quarantined": 1,
         "consent_dropped": 0,
+        "held": 0,
     }
     assert backlog["oldest_age"] >= 0
     quarantine = document["quarantine"]

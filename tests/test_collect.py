@@ -104,6 +104,14 @@ def endpoint(
         engine.close()
 
 
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+
+
+def browser() -> httpx.Client:
+    """A client that looks like a browser (the endpoint drops known bots: httpx is one)."""
+    return httpx.Client(headers={"User-Agent": BROWSER})
+
+
 def post(client: httpx.Client, url: str, pushes: list[Any], **kw: Any) -> httpx.Response:
     items = [{"id": f"p{i}-{time.monotonic_ns()}", "push": p} for i, p in enumerate(pushes)]
     return client.post(url + "/", json={"pushes": items}, **kw)
@@ -113,7 +121,7 @@ def test_a_batch_answers_per_push_and_sets_first_party_cookies(
     endpoint: tuple[str, Engine], emulator: EmulatorServer
 ) -> None:
     url, _ = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         response = post(client, url, [{"event": "page.view", "page": "home"}, 42, {"event": "x"}])
         assert response.status_code == 200
         first, bad, other = response.json()["results"]
@@ -143,7 +151,7 @@ def test_a_retried_batch_is_not_processed_twice(
 ) -> None:
     url, _ = endpoint
     body = {"pushes": [{"id": "once-1", "push": {"event": "page.view", "page": "home"}}]}
-    with httpx.Client() as client:
+    with browser() as client:
         first = client.post(url + "/", json=body).json()["results"][0]
         second = client.post(url + "/", json=body).json()["results"][0]
     assert first["ok"] and "duplicate" not in first
@@ -153,17 +161,17 @@ def test_a_retried_batch_is_not_processed_twice(
 
 def test_propositions_come_back_for_the_page_to_render(endpoint: tuple[str, Engine]) -> None:
     url, _ = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         result = post(client, url, [{"event": "offers"}]).json()["results"][0]
     assert result["ok"] and isinstance(result["propositions"], list)
 
 
 def test_a_forged_or_foreign_cookie_gets_a_fresh_visitor(endpoint: tuple[str, Engine]) -> None:
     url, _ = endpoint
-    with httpx.Client() as alice:
+    with browser() as alice:
         post(alice, url, [{"event": "page.view", "page": "a"}])
         alice_vid, alice_sid = alice.cookies["tg_vid"], alice.cookies["tg_sid"]
-    with httpx.Client() as mallory:
+    with browser() as mallory:
         post(mallory, url, [{"event": "page.view", "page": "m"}])
         own_vid = mallory.cookies["tg_vid"]
         forged = alice_vid.rsplit(".", 1)[0] + ".0000"
@@ -181,7 +189,7 @@ def test_a_forged_or_foreign_cookie_gets_a_fresh_visitor(endpoint: tuple[str, En
 
 def test_cross_origin_writes_only_from_configured_origins(endpoint: tuple[str, Engine]) -> None:
     url, _ = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         allowed = post(
             client, url, [{"event": "x"}], headers={"Origin": "https://shop.example.com"}
         )
@@ -204,7 +212,7 @@ def test_cross_origin_writes_only_from_configured_origins(endpoint: tuple[str, E
 
 def test_bad_bodies_are_refused_whole(endpoint: tuple[str, Engine]) -> None:
     url, _ = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         assert client.post(url + "/", content=b"{not json").status_code == 400
         huge = {"pushes": [{"id": "x", "push": {"event": "e", "pad": "y" * 300_000}}]}
         assert client.post(url + "/", json=huge).status_code == 413
@@ -215,7 +223,7 @@ def test_bad_bodies_are_refused_whole(endpoint: tuple[str, Engine]) -> None:
 
 def test_health_and_the_forwarder_script(endpoint: tuple[str, Engine]) -> None:
     url, engine = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         health = client.get(url + "/healthz")
         assert health.status_code == 200
         assert health.json()["ruleset"] == engine.ruleset.version and health.json()["ok"]
@@ -232,7 +240,7 @@ def test_a_new_visitors_first_answer_carries_the_fpid_cookie() -> None:
     served = serve_asgi(asgi_app(engine, secret="s"))
     url = next(served)
     try:
-        with httpx.Client() as client:
+        with browser() as client:
             response = post(client, url, [{"event": "page.view", "page": "home"}])
             fpid = client.cookies["FPID"]
             assert response.json()["results"][0]["ok"]
@@ -245,7 +253,7 @@ def test_a_new_visitors_first_answer_carries_the_fpid_cookie() -> None:
 
 def test_the_answer_is_json_with_no_store(endpoint: tuple[str, Engine]) -> None:
     url, _ = endpoint
-    with httpx.Client() as client:
+    with browser() as client:
         response = post(client, url, [{"event": "x"}])
     assert response.headers["cache-control"] == "no-store"
     assert json.loads(response.content)["results"][0]["ok"]

@@ -338,3 +338,40 @@ def test_edge_is_told_on_the_visitors_cluster(emulator: EmulatorServer) -> None:
     assert refused.consent_request is not None and refused.consent_request.status == 200
     paths = [r.path for r in emulator.requests() if r.path.startswith("/ee/")]
     assert paths == ["/ee/v2/interact", f"/ee/{hint}/v1/privacy/set-consent"]
+
+
+def test_held_sends_survive_a_restart_with_a_file_outbox(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Sessions in memory, sends in a SQLite outbox: what is held waits in the file."""
+    outbox = tmp_path / "sends.db"
+    ruleset = load_text(rules())
+    urls = {"edge_url": emulator.url, "sitecore_url": emulator.url}
+    with Engine(ruleset, background=True, outbox=outbox, **urls) as first:  # type: ignore[arg-type]
+        first.session("s").push({"event": "page.view", "page": "home"})
+        first.session("s").push({"event": "page.view", "page": "list"})
+        backlog = first.backlog()
+        assert backlog is not None and (backlog.held, backlog.pending) == (4, 0)
+    assert [r for r in emulator.requests() if r.path.startswith("/ee/")] == []
+    with Engine(ruleset, background=True, outbox=outbox, **urls) as second:  # type: ignore[arg-type]
+        released = second.session("s").set_consent("in").released
+        assert names(released) == [
+            ("edge", "home"), ("sitecore", "home"), ("edge", "list"), ("sitecore", "list"),
+        ]  # fmt: skip
+        assert second.flush(timeout=10)
+        assert second.backlog().held == 0  # type: ignore[union-attr]
+    edge = [r for r in emulator.requests() if r.path.startswith("/ee/")]
+    assert [r.path for r in edge] == [
+        "/ee/v1/privacy/set-consent",
+        "/ee/v2/interact",
+        "/ee/v2/interact",
+    ]
+    pages = [r.body["event"]["xdm"]["web"]["webPageDetails"]["name"] for r in edge[1:]]
+    assert pages == ["home", "list"]
+    # Refused after a restart: what was held is dropped and counted, never sent.
+    with Engine(ruleset, background=True, outbox=outbox, **urls) as third:  # type: ignore[arg-type]
+        third.session("t").push({"event": "page.view", "page": "x"})
+    with Engine(ruleset, background=True, outbox=outbox, **urls) as fourth:  # type: ignore[arg-type]
+        assert fourth.session("t").set_consent("out").dropped == 2
+        backlog = fourth.backlog()
+        assert backlog is not None and backlog.held == 0 and backlog.consent_dropped == 2

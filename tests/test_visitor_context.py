@@ -83,11 +83,16 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
     trusted = ["10.0.0.0/8", "127.0.0.1"]
     context = VisitorContext.from_headers(headers, "127.0.0.1", trusted_proxies=trusted)
     assert context.ip == "198.51.100.9"  # 6.6.6.6 was written by the visitor: not believed
-    # A garbled hop: nothing to the left of it can be trusted, the proxy's peer is used.
+    # A garbled hop: nothing to its left can be trusted, and the proxy is not the visitor.
     garbled = [("X-Forwarded-For", "198.51.100.9, not-an-ip")]
-    assert VisitorContext.from_headers(garbled, "10.1.2.3", trusted_proxies=trusted).ip == (
-        "10.1.2.3"
-    )
+    assert VisitorContext.from_headers(garbled, "10.1.2.3", trusted_proxies=trusted).ip is None
+    # Only proxies: no visitor address is known (the load balancer's is not theirs).
+    assert VisitorContext.from_headers({}, "10.1.2.3", trusted_proxies=trusted).ip is None
+    # ASGI gives bytes; a dual-stack socket gives IPv4 visitors as ::ffff:a.b.c.d.
+    asgi = [(b"user-agent", b"Moz"), (b"x-forwarded-for", b"::ffff:203.0.113.77")]
+    context = VisitorContext.from_headers(asgi, "10.0.0.1", trusted_proxies=["10.0.0.0/8"])
+    assert (context.user_agent, context.ip) == ("Moz", "203.0.113.77")
+    assert VisitorContext(ip="::ffff:203.0.113.77").forwarding("truncated").ip == "203.0.113.0"
     v6 = VisitorContext.from_headers({"x-forwarded-for": "[2001:db8::1]:443"}, "10.0.0.1",
                                      trusted_proxies=trusted)  # fmt: skip
     assert v6.ip == "2001:db8::1"
@@ -98,6 +103,29 @@ def test_hostile_request_headers_are_dropped_not_forwarded() -> None:
         {"User-Agent": "evil\r\nX-Injected: 1", "Accept-Language": "x" * 5000}, "192.0.2.1"
     )
     assert context.user_agent is None and context.accept_language is None
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda: VisitorContext.from_headers(None, "1.2.3.4"), "headers must be a mapping"),  # type: ignore[arg-type]
+        (lambda: VisitorContext.from_headers({}, 5), "client must be an address, not 5"),  # type: ignore[arg-type]
+        (
+            lambda: VisitorContext.from_headers({}, "1.2.3.4", trusted_proxies=["garbage"]),
+            "trusted proxy 'garbage' is not an address or network",
+        ),
+        (lambda: VisitorContext.from_headers([("a",)], "1.2.3.4"), "not a \\(name, value\\) pair"),  # type: ignore[list-item]
+    ],
+)
+def test_what_is_not_a_request_is_a_push_error(call: Any, named: str) -> None:
+    with pytest.raises(PushError, match=named):
+        call()
+
+
+def test_header_values_that_are_not_text_are_left_out() -> None:
+    context = VisitorContext.from_headers({"X-Forwarded-For": 5, "User-Agent": "Moz"}, "10.0.0.1",  # type: ignore[dict-item]
+                                          trusted_proxies=["10.0.0.0/8"])  # fmt: skip
+    assert (context.user_agent, context.ip) == ("Moz", None)
 
 
 @pytest.mark.parametrize(
@@ -237,6 +265,22 @@ def test_the_fpid_cookie_brings_the_visitor_back(emulator: EmulatorServer) -> No
     assert identity_map(request)["FPID"][0]["id"] == known
 
 
+def test_one_fpid_for_all_the_visitors_sessions_as_written() -> None:
+    with Engine(load_text(rules(fpid=True)), dry_run=True) as engine:
+        first = engine.session("a", visitor="V").push({"event": "page.view"})
+        second = engine.session("b", visitor="V").push({"event": "page.view"})
+        other = engine.session("c", visitor="W").push({"event": "page.view"})
+        upper = str(uuid.uuid4()).upper()
+        engine.session("d").take_cookies({"FPID": upper})
+        taken = engine.session("d").push({"event": "page.view"})
+
+    def fpid(result: Any) -> str:
+        return str(result.sends[0].body["event"]["xdm"]["identityMap"]["FPID"][0]["id"])
+
+    assert fpid(first) == fpid(second) != fpid(other)
+    assert fpid(taken) == upper  # Edge derives the ECID from the text as the browser has it
+
+
 def test_a_malformed_fpid_cookie_is_refused_and_changes_nothing() -> None:
     with Engine(load_text(rules(fpid=True)), dry_run=True) as engine:
         session = engine.session("s1")
@@ -271,12 +315,42 @@ def test_an_edge_identity_cookie_wins_over_the_legacy_one(emulator: EmulatorServ
     assert {"key": prefix + "identity", "value": "CiYxMjM0"} in entries
 
 
-def test_a_malformed_amcv_cookie_is_refused_and_changes_nothing() -> None:
+def test_legacy_cookies_are_read_as_alloy_reads_them(emulator: EmulatorServer) -> None:
+    opted_out = "MCOPTOUT-1700000000s%7CNONE%7CvVersion%7C5.5.0"
+    with Engine(load_text(rules()), edge_url=emulator.url) as engine:
+        # An opted-out Visitor.js cookie has no ECID: nothing is migrated, nothing fails.
+        engine.session("s1").take_cookies({f"AMCV_{ORG}": opted_out})
+        engine.session("s1").push({"event": "page.view"})
+        # s_ecid comes first, and any number of digits is an ECID.
+        engine.session("s2").take_cookies({"s_ecid": "MCMID%7C4242", f"AMCV_{ORG}": AMCV})
+        engine.session("s2").push({"event": "page.view"})
+    first, second = edge_requests(emulator)
+    assert "identityMap" not in first.body["event"]["xdm"]
+    assert identity_map(second)["ECID"][0]["id"] == "4242"
+
+
+@pytest.mark.parametrize(
+    ("cookies", "named"),
+    [
+        ("FPID=abc", "cookies must be a mapping"),
+        ({"a": 1}, "cookies must be a mapping"),
+        ({f"kndctr_{ORG.replace('@', '_')}_consent": "garbage"}, "is not Edge's consent"),
+    ],
+)
+def test_malformed_cookies_are_push_errors_and_change_nothing(cookies: Any, named: str) -> None:
     with Engine(load_text(rules()), dry_run=True) as engine:
         session = engine.session("s1")
-        with pytest.raises(EngineError, match=f"the AMCV_{ORG} cookie holds no ECID"):
-            session.take_cookies({f"AMCV_{ORG}": "MCMID%7C42"})
+        with pytest.raises(PushError, match=named):
+            session.take_cookies(cookies)
         assert session.export()["identity"] == {}
+
+
+def test_a_percent_encoded_opt_out_cookie_is_obeyed() -> None:
+    name = f"kndctr_{ORG.replace('@', '_')}_consent"
+    with Engine(load_text(rules()), dry_run=True) as engine:
+        session = engine.session("s1")
+        session.take_cookies({name: "general%3Dout"})
+        assert session.push({"event": "page.view"}).sends[0].consent == "dropped"
 
 
 # ---------------------------------------------------------------- the authenticated host
@@ -384,7 +458,7 @@ def test_run_takes_context_and_cookies_in_envelopes(tmp_path: Path) -> None:
     first, second, bad_ip, bad_cookie = objects
     (send,) = first["sends"]
     assert send["headers"]["User-Agent"] == CHROME
-    assert send["headers"]["X-Forwarded-For"] == "10.0.0.2"  # no X-Forwarded-For given
+    assert "X-Forwarded-For" not in send["headers"]  # behind a trusted proxy, none given
     xdm = send["body"]["event"]["xdm"]
     assert xdm["identityMap"]["FPID"][0]["id"] == fpid
     assert xdm["identityMap"]["ECID"][0]["id"] == LEGACY

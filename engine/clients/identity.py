@@ -35,12 +35,13 @@ from engine.clients.responses import (
     StateEntry,
     payload_items,
 )
-from engine.errors import DispatchError, EngineError
+from engine.errors import DispatchError, PushError
 
 __all__ = [
     "AsyncIdentityGate",
     "IdentityGate",
     "apply_edge_response",
+    "checked_consent_cookie",
     "checked_fpid",
     "cookie_prefix",
     "fpid_cookie_header",
@@ -282,33 +283,41 @@ def take_cookies(
 
 
 def legacy_ecid(cookies: Mapping[str, str], org: str) -> str | None:
-    """The ECID of a visitor's legacy ``AMCV_<org>`` cookie (Visitor.js / AppMeasurement),
-    as the Web SDK migrates it: its ``MCMID`` field. ``None`` without the cookie; an
-    :class:`~engine.errors.EngineError` naming it when it holds no ECID."""
-    value = None
-    for name in (f"AMCV_{org}", f"AMCV_{quote(org, safe='')}"):
+    """The ECID of a visitor of Visitor.js / AppMeasurement, as the Web SDK's ID migration
+    reads it (``createLegacyIdentity``): the ``s_ecid`` cookie first, then ``AMCV_<org>``,
+    each URL-encoded ``key|value|…`` with the ECID after ``MCMID``. ``None`` when neither
+    holds one (an opted-out visitor's AMCV has none: nothing is migrated, as in alloy)."""
+    for name in ("s_ecid", f"AMCV_{org}", f"AMCV_{quote(org, safe='')}"):
         value = cookies.get(name)
-        if value is not None:
-            break
-    if value is None:
-        return None
-    # The cookie is URL-encoded "key|value|key|value…"; MCMID is the ECID (38 digits).
-    parts = unquote(value).split("|") if isinstance(value, str) else []
-    for index, key in enumerate(parts[:-1]):
-        if key == "MCMID":
+        if not isinstance(value, str):
+            continue
+        parts = unquote(value).split("|")
+        for index, key in enumerate(parts[:-1]):
             ecid = parts[index + 1]
-            if len(ecid) == 38 and ecid.isascii() and ecid.isdigit():
+            if key == "MCMID" and ecid.isascii() and ecid.isdigit():
                 return ecid
-            break
-    raise EngineError(f"the AMCV_{org} cookie holds no ECID (an MCMID of 38 digits)")
+    return None
 
 
 def checked_fpid(value: object, where: str) -> str:
-    """A first-party device id as Edge takes it (a UUID, lower case), or an
-    :class:`~engine.errors.EngineError` naming ``where``."""
+    """A first-party device id as Edge takes it (a UUID, kept as written: Edge derives the
+    ECID from the text), or a :class:`~engine.errors.PushError` naming ``where``."""
     if not isinstance(value, str) or not _UUID.fullmatch(value):
-        raise EngineError(f"{where}: {str(value)[:60]!r} is not a first-party id (a UUID)")
-    return value.lower()
+        raise PushError(f"{where}: {str(value)[:60]!r} is not a first-party id (a UUID)")
+    return value
+
+
+def checked_consent_cookie(cookies: Mapping[str, str], org: str) -> None:
+    """A ``kndctr_<org>_consent`` cookie must say ``general=in`` or ``general=out`` (what
+    Edge stores): another value is a :class:`~engine.errors.PushError` naming it, rather
+    than an opt-out silently read as nothing."""
+    name = cookie_prefix(org) + "consent"
+    value = cookies.get(name)
+    if value is None:
+        return
+    parts = [part.strip() for part in unquote(str(value)).split(";")]
+    if not any(part in ("general=in", "general=out") for part in parts):
+        raise PushError(f"the {name} cookie: {str(value)[:60]!r} is not Edge's consent")
 
 
 def fpid_cookie_header(

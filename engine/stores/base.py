@@ -98,6 +98,7 @@ class Backlog:
     journaled: int = 0
     quarantined: int = 0
     consent_dropped: int = 0  # sends never stored: the visitor refused consent
+    held: int = 0  # sends kept back while their visitor's consent is pending (SQLite only)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,6 +230,30 @@ class BaseOutbox(ABC):
     max_backlog: int | None = None
     """The most sends the outbox may hold before pushes are refused (:class:`BacklogFull`)."""
     _bound_seen: tuple[float, int] = (-1e9, 0)  # (monotonic time read, backlog then + added)
+    keeps_held = False
+    """Whether the outbox keeps sends held for consent (:meth:`hold`): the SQLite outbox
+    does, for sessions that live in memory; Redis sessions keep their own."""
+
+    def hold(self, items: Sequence[tuple[Request, str]], *, now: float, most: int) -> int:
+        """Keep ``items`` back (their visitor's consent is pending), in order, at most
+        ``most`` a session (the oldest go first); the number dropped for that bound."""
+        raise NotImplementedError(f"{self.name} keeps no held sends")
+
+    def release_held(
+        self,
+        session: str,
+        before: Sequence[Request],
+        after: Sequence[Request],
+        *,
+        now: float,
+    ) -> list[Request]:
+        """Store ``before``, the session's held sends, then ``after``, in that order and in
+        one step; the held sends released."""
+        raise NotImplementedError(f"{self.name} keeps no held sends")
+
+    def drop_held(self, session: str) -> int:
+        """Forget the session's held sends (consent refused); how many there were."""
+        raise NotImplementedError(f"{self.name} keeps no held sends")
 
     def check_bound(self, adding: int) -> None:
         """Raise :class:`BacklogFull` when ``adding`` more sends would take the outbox past

@@ -88,7 +88,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
 
-from engine.destinations.base import Destination, Kind, Request, parse_bytes
+from engine.consent import stored_request, stored_requests
+from engine.destinations.base import Destination, Kind, Request, parse_bytes, serialize
 from engine.errors import OutboxError
 from engine.stores import journal
 from engine.stores.base import Backlog, BaseOutbox, Entry, State, Which
@@ -136,6 +137,13 @@ def _columns(**override: str) -> str:
 # without a new schema version: processes of the previous release ignore the table, so they
 # keep working on a file a newer one opened (a rolling deploy).
 _INTAKE_TABLE = "CREATE TABLE IF NOT EXISTS intake (name TEXT PRIMARY KEY, offset INTEGER NOT NULL)"
+# Sends held while their visitor's consent is pending (sessions in memory): kept here so a
+# restart loses none; released into `entries` in one transaction, in order.
+_HELD_TABLE = (
+    "CREATE TABLE IF NOT EXISTS held (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "session TEXT NOT NULL, send TEXT NOT NULL, created REAL NOT NULL)"
+)
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS held_session ON held (session, id)"
 _COUNTERS_TABLE = (
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
 )
@@ -164,6 +172,8 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_session ON dead_letters (session, seq);
 {_INTAKE_TABLE};
 {_COUNTERS_TABLE};
+{_HELD_TABLE};
+{_HELD_INDEX};
 {_CREATED_INDEX};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
@@ -438,6 +448,9 @@ class Outbox(BaseOutbox):
                     conn.execute(_INTAKE_TABLE)
                 if "counters" not in tables:
                     conn.execute(_COUNTERS_TABLE)
+                if "held" not in tables:
+                    conn.execute(_HELD_TABLE)
+                    conn.execute(_HELD_INDEX)
                 if "entries_created" not in tables:
                     conn.execute(_CREATED_INDEX)
             conn.execute("COMMIT")
@@ -1226,12 +1239,13 @@ class Outbox(BaseOutbox):
         every second (counts over indexes, the oldest through ``entries_created``, a read of
         each running process's journal past what was read in, a ``stat`` of the quarantine
         file)."""
-        pending, inflight, oldest, dead, dropped = self._read(
+        pending, inflight, oldest, dead, dropped, held = self._read(
             "SELECT (SELECT COUNT(*) FROM entries),"
             " (SELECT COUNT(*) FROM entries WHERE state = 'inflight'),"
             " (SELECT MIN(created) FROM entries),"
             " (SELECT COUNT(*) FROM dead_letters),"
-            " (SELECT value FROM counters WHERE name = 'consent_dropped')"
+            " (SELECT value FROM counters WHERE name = 'consent_dropped'),"
+            " (SELECT COUNT(*) FROM held)"
         )[0]
         stamp = time.time() if now is None else now
         return Backlog(
@@ -1242,7 +1256,56 @@ class Outbox(BaseOutbox):
             journaled=self.journaled(),
             quarantined=self._quarantined_count(),
             consent_dropped=dropped or 0,
+            held=held,
         )
+
+    keeps_held = True
+
+    def hold(self, items: Sequence[tuple[Request, str]], *, now: float, most: int) -> int:
+        rows = [
+            (session, serialize(stored_request(request), rule=request.rule), now)
+            for request, session in items
+        ]
+        if not rows:
+            return 0
+        dropped = 0
+        with self._write() as conn:
+            conn.executemany("INSERT INTO held (session, send, created) VALUES (?, ?, ?)", rows)
+            for session in {session for session, _, _ in rows}:
+                (count,) = conn.execute(
+                    "SELECT COUNT(*) FROM held WHERE session = ?", (session,)
+                ).fetchone()
+                if count > most:  # the oldest go: the bound keeps a pending visitor's latest
+                    conn.execute(
+                        "DELETE FROM held WHERE id IN (SELECT id FROM held WHERE session = ? "
+                        "ORDER BY id LIMIT ?)",
+                        (session, count - most),
+                    )
+                    dropped += count - most
+        return dropped
+
+    def release_held(
+        self,
+        session: str,
+        before: Sequence[Request],
+        after: Sequence[Request],
+        *,
+        now: float,
+    ) -> list[Request]:
+        with self._write() as conn:
+            self._ingest_all(conn)  # behind what this process appended before
+            rows = conn.execute(
+                "SELECT send FROM held WHERE session = ? ORDER BY id", (session,)
+            ).fetchall()
+            released = stored_requests([json.loads(send) for (send,) in rows])
+            for request in (*before, *released, *after):
+                conn.execute(_INSERT, _params(request, session, now))
+            conn.execute("DELETE FROM held WHERE session = ?", (session,))
+        return released
+
+    def drop_held(self, session: str) -> int:
+        with self._write() as conn:
+            return conn.execute("DELETE FROM held WHERE session = ?", (session,)).rowcount
 
     def count_consent_dropped(self, count: int) -> None:
         with self._write() as conn:

@@ -14,9 +14,17 @@ from typing import Any
 from engine.engine import Engine
 from engine.web.asgi import CollectASGI
 from engine.web.core import CollectCore, CollectSettings
+from engine.web.metrics import metrics_asgi_app, metrics_for, metrics_wsgi_app
 from engine.web.wsgi import CollectWSGI
 
-__all__ = ["CollectSettings", "asgi_app", "wsgi_app"]
+__all__ = [
+    "CollectSettings",
+    "asgi_app",
+    "metrics_asgi_app",
+    "metrics_for",
+    "metrics_wsgi_app",
+    "wsgi_app",
+]
 
 
 def asgi_app(

@@ -8,9 +8,17 @@ Routes, relative to where the app is mounted (``/collect``):
   one per push, in order: a malformed item is reported alone (``"ok": false, "error"``) and
   the others go on; a push id the session has seen is not processed again (``duplicate``).
 - ``GET /tagengine.js``: the browser forwarder (``engine/web/tagengine.js``).
-- ``GET /healthz``: the ruleset version, the last reload error, the outbox backlog; 503 when
-  the engine cannot take pushes (closed, a failed reload, a full or unreadable outbox).
+- ``GET /healthz``: the ruleset version, the last reload error, the outbox backlog (pending,
+  oldest pending age, dead letters); 503 when the engine cannot take pushes (closed, a failed
+  reload, a full or unreadable outbox) or delivery is stuck (``health_max_age``,
+  ``health_max_dead``).
+- ``GET <metrics_path>`` when set: the engine's Prometheus metrics (:mod:`engine.web.metrics`).
 - ``OPTIONS``: CORS preflight for the configured origins.
+
+It faces the internet: ``POST /`` is refused past ``max_body`` bytes (413) or ``max_pushes``
+pushes (400), past the per-IP and per-visitor rate limits (429 with ``Retry-After``,
+:mod:`engine.web.limits`), and pushes from bots (:mod:`engine.web.bots`) are answered
+``{"ok": true, "bot": true}`` without being processed unless ``bots="allow"``.
 
 A visitor is known by two first-party cookies the endpoint sets (a visitor id for 13 months,
 a session id that lives while the visitor is active), signed so that a cookie can only ever
@@ -25,6 +33,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -36,6 +45,9 @@ from urllib.parse import urlsplit
 
 from engine.context import VisitorContext
 from engine.errors import BacklogFull, EngineError, PushError
+from engine.web.bots import bot_match
+from engine.web.limits import RateLimits, storage_for
+from engine.web.metrics import CONTENT_TYPE_LATEST, metrics_for
 
 if TYPE_CHECKING:
     from engine.engine import Engine, EngineSession
@@ -46,6 +58,12 @@ __all__ = ["CollectCore", "CollectRequest", "CollectResponse", "CollectSettings"
 log = logging.getLogger("engine.web")
 
 SECRET_ENV = "TAGENGINE_COOKIE_SECRET"
+BACKLOG_RETRY_AFTER = 5  # seconds a client waits before retrying when the outbox is full
+
+# The ids the endpoint issues: a visitor is 24 hex digits, a session its visitor's id, a dash
+# and 12 more; a cookie holding anything else is not one of ours.
+_VISITOR_ID = re.compile(r"[0-9a-f]{24}")
+_SESSION_ID = re.compile(r"([0-9a-f]{24})-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,25 @@ class CollectSettings:
     wait (at most ``identity_wait`` seconds) for their first Edge answer, so it carries the
     identity cookie; ``"none"`` answers at once (``fpid: true`` in the edge settings gives an
     identity cookie from the first push either way).
+
+    Rate limits (:mod:`engine.web.limits`), ``limits`` strings such as ``"600/minute"`` or
+    ``"20/second;600/minute"``, ``None`` for none: ``rate_limit_ip`` counts the requests of a
+    client IP (behind ``trusted_proxies``, the visitor's), ``rate_limit_visitor`` those of a
+    returning visitor (a valid visitor cookie; a new visitor only has the IP limit). Past one,
+    the answer is 429 with ``Retry-After``. ``rate_limit_storage``: a ``limits`` storage URI;
+    by default the engine's Redis when its sessions are in Redis, else this process's memory.
+
+    ``bots``: ``"drop"`` answers the pushes of a request whose ``User-Agent`` is a bot's
+    (crawlerdetect's list, or none at all) ``{"ok": true, "bot": true}`` without processing
+    them; ``"allow"`` processes them. Either way they are counted in the metrics.
+
+    ``metrics_path`` (``"/metrics"``, say; ``None`` by default): serve the engine's Prometheus
+    metrics there too, below the mount point (public if the endpoint is: rather mount
+    :func:`engine.web.metrics_asgi_app` where only the monitoring reaches).
+
+    Health (``GET /healthz``) is 503 when the oldest pending send is older than
+    ``health_max_age`` seconds (delivery is stuck) or there are more than
+    ``health_max_dead`` dead letters (``None``: not a reason).
     """
 
     visitor_cookie: str = "tg_vid"
@@ -82,6 +119,13 @@ class CollectSettings:
     max_pushes: int = 100
     identity: Literal["wait", "none"] = "wait"
     identity_wait: float = 2.0
+    rate_limit_ip: str | None = "600/minute"
+    rate_limit_visitor: str | None = "120/minute"
+    rate_limit_storage: str | None = None
+    bots: Literal["drop", "allow"] = "drop"
+    metrics_path: str | None = None
+    health_max_age: float | None = 900.0
+    health_max_dead: int | None = None
 
 
 @dataclass(slots=True)
@@ -119,22 +163,26 @@ def _json(status: int, value: Any, headers: Iterable[tuple[str, str]] = ()) -> C
 
 
 class _Signer:
-    """Cookie values ``<id>.<mac>``: an id only this site could have issued."""
+    """Cookie values ``<id>.<mac>``: an id only this site could have issued, for one purpose
+    (a visitor cookie's value is no session cookie's, and the other way round)."""
 
     def __init__(self, secret: str | None) -> None:
         key = secret or os.environ.get(SECRET_ENV) or secrets.token_hex(32)
         self._key = key.encode()
 
-    def sign(self, value: str) -> str:
-        mac = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{value}.{mac}"
+    def _mac(self, purpose: str, value: str) -> str:
+        message = f"{purpose}:{value}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:32]
 
-    def unsign(self, signed: str | None) -> str | None:
-        if not signed or "." not in signed:
+    def sign(self, purpose: str, value: str) -> str:
+        return f"{value}.{self._mac(purpose, value)}"
+
+    def unsign(self, purpose: str, signed: str | None) -> str | None:
+        if not signed or "." not in signed or len(signed) > 256:
             return None
         value, _, mac = signed.rpartition(".")
-        good = hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
-        return value if value and hmac.compare_digest(mac, good) else None
+        good = self._mac(purpose, value)
+        return value if value and hmac.compare_digest(mac.encode(), good.encode()) else None
 
 
 def _cookies(request: CollectRequest) -> dict[str, str]:
@@ -164,6 +212,18 @@ class CollectCore:
         self._signer = _Signer(self.settings.secret)
         self._origins = {origin.rstrip("/").lower() for origin in self.settings.cors_origins}
         self._warned_sites: set[str] = set()
+        self.metrics = metrics_for(engine)
+        self.limits: RateLimits | None = None
+        if self.settings.rate_limit_ip or self.settings.rate_limit_visitor:
+            self.limits = RateLimits(
+                self.settings.rate_limit_ip,
+                self.settings.rate_limit_visitor,
+                storage_for(engine, self.settings.rate_limit_storage),
+            )
+        if self.settings.bots not in ("drop", "allow"):
+            raise ValueError(f"bots must be 'drop' or 'allow', not {self.settings.bots!r}")
+        metrics_path = self.settings.metrics_path
+        self._metrics_path = None if metrics_path is None else "/" + metrics_path.strip("/")
         if not (self.settings.secret or os.environ.get(SECRET_ENV)):
             log.warning(
                 "collect endpoint: no cookie secret (%s): visitor cookies are signed with a "
@@ -186,7 +246,13 @@ class CollectCore:
             response = self._script()
         elif path == "/healthz" and method in ("GET", "HEAD"):
             response = self._health()
-        elif path in ("/", "/tagengine.js", "/healthz"):
+        elif path == self._metrics_path and method in ("GET", "HEAD"):
+            response = CollectResponse(
+                200,
+                [("Content-Type", CONTENT_TYPE_LATEST), ("Cache-Control", "no-store")],
+                self.metrics.exposition(),
+            )
+        elif path in ("/", "/tagengine.js", "/healthz", self._metrics_path):
             response = _json(405, {"error": f"{method} is not allowed here"})
         else:
             response = _json(404, {"error": "not found"})
@@ -262,11 +328,23 @@ class CollectCore:
         except EngineError as exc:
             problems.append(f"the outbox cannot be read: {exc}")
             found = None
+        settings = self.settings
         if found is not None:
             backlog = found.to_json()
             bound = engine.outbox.max_backlog if engine.outbox is not None else None
             if bound is not None and found.pending >= bound:
                 problems.append(f"the outbox is full ({found.pending:,} of {bound:,} sends)")
+            age = found.oldest_age
+            limit = settings.health_max_age
+            if limit is not None and age is not None and age > limit:
+                problems.append(
+                    f"the oldest pending send is {age:,.0f} s old "
+                    f"(health_max_age {limit:,.0f} s): delivery is stuck"
+                )
+            if settings.health_max_dead is not None and found.dead > settings.health_max_dead:
+                problems.append(
+                    f"{found.dead:,} dead letters (health_max_dead {settings.health_max_dead:,})"
+                )
         if engine.closed:
             problems.append("the engine is closed")
         body = {
@@ -275,37 +353,88 @@ class CollectCore:
             "ruleset": engine.ruleset.version,
             "ruleset_error": error.render() if error is not None else None,
             "backlog": backlog,
+            "pending": found.pending if found is not None else None,
+            "oldest_pending_age": found.oldest_age if found is not None else None,
+            "dead": found.dead if found is not None else None,
         }
         return _json(200 if not problems else 503, body)
 
     # ------------------------------------------------------------------ collecting
     def _collect(self, request: CollectRequest) -> CollectResponse:
+        response = self._collect_checked(request)
+        self.metrics.request(response.status)
+        return response
+
+    def _identity(self, cookies: Mapping[str, str]) -> tuple[str | None, str | None]:
+        """The visitor and session ids of the request's own cookies, each ``None`` unless
+        this site signed it for that purpose and, for the session, for that visitor: a forged,
+        altered or foreign cookie claims nothing (the request gets a new identity)."""
+        settings = self.settings
+        visitor = self._signer.unsign("vid", cookies.get(settings.visitor_cookie))
+        if visitor is None or not _VISITOR_ID.fullmatch(visitor):
+            return None, None
+        session_id = self._signer.unsign("sid", cookies.get(settings.session_cookie))
+        match = _SESSION_ID.fullmatch(session_id) if session_id is not None else None
+        # The session id carries its visitor: a session cookie only claims its own visitor.
+        if match is None or match.group(1) != visitor:
+            return visitor, None
+        return visitor, session_id
+
+    def _collect_checked(self, request: CollectRequest) -> CollectResponse:
         settings = self.settings
         if len(request.body) > settings.max_body:
             return _json(413, {"error": f"a request is at most {settings.max_body:,} bytes"})
+        context = VisitorContext.from_headers(
+            request.headers, request.client, trusted_proxies=settings.trusted_proxies
+        )
+        cookies = _cookies(request)
+        known_visitor, known_session = self._identity(cookies)
+        if self.limits is not None:
+            limited = self.limits.check(context.ip, known_visitor)
+            if limited is not None:
+                self.metrics.rate_limited(limited.scope)
+                return _json(
+                    429,
+                    {
+                        "error": f"too many requests (the {limited.scope} limit is "
+                        f"{limited.limit}); retry in {limited.retry_after} s",
+                        "retry_after": limited.retry_after,
+                    },
+                    [("Retry-After", str(limited.retry_after))],
+                )
         try:
             items = self._items(request.body)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
-        cookies = _cookies(request)
-        visitor = self._signer.unsign(cookies.get(settings.visitor_cookie))
-        session_id = self._signer.unsign(cookies.get(settings.session_cookie))
-        if visitor is None:
-            visitor = secrets.token_hex(12)
-        # The session id carries its visitor: a session cookie only claims its own visitor.
-        if session_id is None or not session_id.startswith(visitor + "-"):
-            session_id = f"{visitor}-{secrets.token_hex(6)}"
+        bot = bot_match(context.user_agent)
+        if bot is not None:
+            self.metrics.bot("dropped" if settings.bots == "drop" else "allowed")
+            if settings.bots == "drop":
+                log.debug(
+                    "collect endpoint: %d push(es) from a bot (%s) not processed: %r",
+                    len(items),
+                    bot,
+                    context.user_agent,
+                )
+                for _ in items:
+                    self.metrics.push("bot")
+                return _json(
+                    200, {"results": [{"id": i, "ok": True, "bot": True} for i, _ in items]}
+                )
+        visitor = known_visitor or secrets.token_hex(12)
+        session_id = known_session or f"{visitor}-{secrets.token_hex(6)}"
         session = self.engine.session(session_id, visitor=visitor)
         new_identity = False
         try:
+            # The identity cookies (kndctr_*, FPID, AMCV) of this request go into this
+            # request's own session only: the one its signed cookies name, or a new one.
             session.take_cookies(cookies)
         except EngineError as exc:  # a malformed identity cookie: the visitor goes on without
             log.info("collect endpoint: identity cookies not taken: %s", exc)
-        context = VisitorContext.from_headers(
-            request.headers, request.client, trusted_proxies=settings.trusted_proxies
-        )
         results: list[dict[str, Any]] = []
         status = 200
+        extra: list[tuple[str, str]] = []
+        metrics = self.metrics
         for push_id, push in items:
             entry: dict[str, Any] = {"id": push_id}
             try:
@@ -313,19 +442,25 @@ class CollectCore:
             except BacklogFull as exc:
                 entry.update(ok=False, error=str(exc), retry=True)
                 status = 503
+                metrics.push("backlog_full")
             except PushError as exc:
                 entry.update(ok=False, error=str(exc))
+                metrics.push("invalid")
             except EngineError as exc:
                 entry.update(ok=False, error=str(exc), retry=True)
                 status = 503
+                metrics.push("error")
             else:
                 entry.update(self._outcome(result))
                 new_identity = new_identity or bool(result.sends)
+                metrics.push("duplicate" if result.duplicate else "processed", result)
             results.append(entry)
+        if status == 503:
+            extra.append(("Retry-After", str(BACKLOG_RETRY_AFTER)))
         if new_identity and settings.identity == "wait":
             self._await_identity(session)
         headers = self._set_cookies(request, session, visitor, session_id)
-        return _json(status, {"results": results}, headers)
+        return _json(status, {"results": results}, [*extra, *headers])
 
     def _items(self, body: bytes) -> list[tuple[str | None, object]]:
         """The pushes of a request body: ``(push id or None, push)``, each checked later."""
@@ -401,12 +536,12 @@ class CollectCore:
         out = [
             (
                 "Set-Cookie",
-                f"{settings.visitor_cookie}={self._signer.sign(visitor)}; "
+                f"{settings.visitor_cookie}={self._signer.sign('vid', visitor)}; "
                 f"Max-Age={settings.visitor_max_age}{attrs}",
             ),
             (
                 "Set-Cookie",
-                f"{settings.session_cookie}={self._signer.sign(session_id)}; "
+                f"{settings.session_cookie}={self._signer.sign('sid', session_id)}; "
                 f"Max-Age={settings.session_max_age}{attrs}",
             ),
         ]

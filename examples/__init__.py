@@ -1,0 +1,1 @@
+"""Runnable examples of the collect endpoint in web frameworks (see examples/README.md)."""
