@@ -259,7 +259,8 @@ class EngineSession:
 
     def set_cookie_headers(self, domain: str | None = None, *, secure: bool = True) -> list[str]:
         """``Set-Cookie`` values that give the browser the session's ``kndctr_<org>_*`` state
-        entries and, with ``fpid: true``, its first-party id cookie (``Domain=domain`` when
+        entries and, with ``fpid: true`` and the visitor's consent ``in``, its first-party id
+        cookie (``Domain=domain`` when
         given: the site's apex domain), for the response to the visitor (see
         :func:`~engine.clients.set_cookie_headers`)."""
         engine = self._engine
@@ -270,7 +271,8 @@ class EngineSession:
         if fpid_name is None or (edge is not None and edge.org):
             org = engine._org()
             headers = set_cookie_headers(identity, org, domain, now=engine._clock(), secure=secure)
-        if fpid_name is not None:
+        # No lasting identifier for a visitor who has not consented (pending) or refused.
+        if fpid_name is not None and self.consent == "in":
             fpid = fpid_cookie_header(identity, fpid_name, domain, secure=secure)
             if fpid is not None:
                 headers.append(fpid)

@@ -375,3 +375,15 @@ def test_held_sends_survive_a_restart_with_a_file_outbox(
         assert fourth.session("t").set_consent("out").dropped == 2
         backlog = fourth.backlog()
         assert backlog is not None and backlog.held == 0 and backlog.consent_dropped == 2
+
+
+def test_no_first_party_id_cookie_without_consent() -> None:
+    text = rules().replace('org: "', 'fpid: true\n  org: "')
+    with Engine(load_text(text), dry_run=True) as engine:
+        session = engine.session("s")
+        session.push({"event": "page.view", "page": "home"})
+        assert not any(c.startswith("FPID=") for c in session.set_cookie_headers())
+        session.set_consent("in")
+        assert any(c.startswith("FPID=") for c in session.set_cookie_headers())
+        session.set_consent("out")
+        assert not any(c.startswith("FPID=") for c in session.set_cookie_headers())
