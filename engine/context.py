@@ -19,6 +19,7 @@ stored with it in the outbox, so a delivery minutes later still describes the ri
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -47,6 +48,7 @@ ForwardIp = Literal["full", "truncated", "none"]
 FORWARD_IP: tuple[ForwardIp, ...] = ("full", "truncated", "none")
 
 MAX_VALUE = 2048  # characters of one header value: a browser's are far shorter
+_NOT_HEADER = re.compile(r"[^\t\x20-\x7e\x80-\xff]")  # one pass: linear in the value
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,7 +61,7 @@ def _header_value(name: str, value: object) -> str | None:
         raise PushError(f"visitor context: {name} must be a string, not {type(value).__name__}")
     # A header value cannot carry control characters (CR/LF would split the request) or
     # anything beyond Latin-1; browsers send ASCII.
-    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F or ord(c) > 0xFF for c in value):
+    if _NOT_HEADER.search(value):
         raise PushError(f"visitor context: {name} holds characters a header cannot carry")
     if len(value) > MAX_VALUE:
         raise PushError(

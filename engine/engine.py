@@ -71,25 +71,28 @@ _MAX_BACKOFF = 0.02  # seconds, at most, between two of them
 _jitter = random.Random()
 
 
-SEEN_FOR = 3600.0  # seconds a session remembers a push id (a browser's retries come sooner)
-MAX_SEEN = 500  # push ids a session remembers, at most
+SEEN_FOR = 900.0  # seconds a session remembers a push id (a browser's retries come sooner)
+MAX_SEEN = 100  # push ids a session remembers, at most (the latest: retries are of those)
 
 
 def _seen(session: Session, push_id: str, now: float) -> bool:
     """Whether the session processed ``push_id`` within :data:`SEEN_FOR`; if not, it is
     remembered now (with the push: a push that fails or is not stored forgets it again)."""
     seen = session.identity.get("seen")
-    recent = {
-        key: at
-        for key, at in (seen.items() if isinstance(seen, dict) else ())
-        if isinstance(at, int | float) and now - at < SEEN_FOR
-    }
-    if push_id in recent:
+    if not isinstance(seen, dict):
+        seen = {}
+    at = seen.get(push_id)
+    if isinstance(at, int | float) and now - at < SEEN_FOR:
         return True
+    # A new dict (the session's rollback copy is shallow), in arrival order: the oldest go
+    # first once there are too many, and expired ones with them.
+    recent = dict(seen)
+    recent.pop(push_id, None)
     recent[push_id] = now
-    if len(recent) > MAX_SEEN:
-        recent = dict(sorted(recent.items(), key=lambda pair: pair[1])[-MAX_SEEN:])
-    session.identity["seen"] = recent  # a new dict: the session's rollback copy is shallow
+    if len(recent) > MAX_SEEN:  # down to three quarters: the pruning is not on every push
+        keep = list(recent.items())[-(MAX_SEEN * 3 // 4) :]
+        recent = {key: t for key, t in keep if isinstance(t, int | float) and now - t < SEEN_FOR}
+    session.identity["seen"] = recent
     return False
 
 
@@ -266,7 +269,15 @@ class EngineSession:
         engine = self._engine
         edge = engine.ruleset.edge
         fpid_name = edge.fpid_cookie if edge is not None and edge.fpid else None
-        identity = engine.sessions.identity(self._id) or {}
+        live = engine.sessions.read(self._id)  # read in place: a copy of it all costs more
+        if live is None:
+            identity: dict[str, Any] = {}
+        else:
+            with live.lock:
+                identity = {
+                    key: live.identity[key] for key in ("entries", "fpid") if key in live.identity
+                }
+                identity["entries"] = list(identity.get("entries") or ())
         headers: list[str] = []
         if fpid_name is None or (edge is not None and edge.org):
             org = engine._org()
@@ -583,6 +594,18 @@ class Engine:
     @property
     def outbox(self) -> BaseOutbox | None:
         return self._outbox
+
+    @property
+    def delivering(self) -> bool:
+        """Whether this process delivers the sends (wait or background mode), rather than a
+        dry run or a ``deliver=False`` process leaving them to ``tagengine deliver``."""
+        return not self.dry_run and (self._outbox is None or self._background is not None)
+
+    @property
+    def inline_async(self) -> bool:
+        """Whether a push touches only this process's memory and files (no network, no
+        shared store): async code may run it in the event loop rather than a thread."""
+        return self._inline_async
 
     @property
     def closed(self) -> bool:

@@ -9,10 +9,13 @@
 - ``TAGENGINE_SESSIONS``: ``redis://…``: sessions shared by every worker.
 - ``TAGENGINE_DELIVER=0``: push only; a ``tagengine deliver --outbox …`` process delivers.
 - ``TAGENGINE_COOKIE_SECRET``: the key of the visitor cookies, the same in every worker.
+- ``TAGENGINE_RATE_LIMITS=off``: no per-IP and per-visitor limits (a load test from one
+  address, benchmarks/web.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from engine import Engine
 from engine.emulator import EmulatorServer, emulator_config
 from engine.loader import load_ruleset
+from engine.web.core import CollectSettings
 
 __all__ = ["PAGE", "collect_options", "make_engine"]
 
@@ -62,9 +66,13 @@ def collect_options() -> dict[str, Any]:
     A process that only pushes, with sessions in its own memory, never sees the identity a
     delivery worker gets from Edge: its answers do not wait for it (``identity="none"``)."""
     env = os.environ
+    options: dict[str, Any] = {}
     if env.get("TAGENGINE_DELIVER", "1") == "0" and not env.get("TAGENGINE_SESSIONS"):
-        return {"identity": "none"}
-    return {}
+        options["identity"] = "none"
+    if env.get("TAGENGINE_RATE_LIMITS") == "off":
+        known = {f.name for f in dataclasses.fields(CollectSettings)}
+        options.update({k: None for k in ("rate_limit_ip", "rate_limit_visitor") if k in known})
+    return options
 
 
 # A page that loads the forwarder and pushes a page view, as a shop's would.

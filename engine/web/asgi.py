@@ -55,7 +55,10 @@ class CollectASGI:
                 client=scope["client"][0] if scope.get("client") else None,
                 scheme=scope.get("scheme", "http"),
             )
-            response = await anyio.to_thread.run_sync(self.core.handle, request)
+            if self.core.inline(request):  # memory and files only: cheaper than a thread hop
+                response = self.core.handle(request)
+            else:
+                response = await anyio.to_thread.run_sync(self.core.handle, request)
         await self._send(send, response)
 
     @staticmethod

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from engine.context import VisitorContext
 from engine.errors import BacklogFull, EngineError, PushError
+from engine.stores.memory import MemorySessions
 from engine.web.bots import bot_match
 from engine.web.limits import RateLimits, storage_for
 from engine.web.metrics import CONTENT_TYPE_LATEST, metrics_for
@@ -421,6 +422,7 @@ class CollectCore:
                 return _json(
                     200, {"results": [{"id": i, "ok": True, "bot": True} for i, _ in items]}
                 )
+        identity_cookies = self._has_identity_cookie(cookies)
         visitor = known_visitor or secrets.token_hex(12)
         session_id = known_session or f"{visitor}-{secrets.token_hex(6)}"
         session = self.engine.session(session_id, visitor=visitor)
@@ -452,12 +454,14 @@ class CollectCore:
                 metrics.push("error")
             else:
                 entry.update(self._outcome(result))
-                new_identity = new_identity or bool(result.sends)
+                new_identity = new_identity or any(
+                    send.destination == "edge" and send.consent is None for send in result.sends
+                )
                 metrics.push("duplicate" if result.duplicate else "processed", result)
             results.append(entry)
         if status == 503:
             extra.append(("Retry-After", str(BACKLOG_RETRY_AFTER)))
-        if new_identity and settings.identity == "wait":
+        if new_identity and not identity_cookies and self._identity_comes_back():
             self._await_identity(session)
         headers = self._set_cookies(request, session, visitor, session_id)
         return _json(status, {"results": results}, [*extra, *headers])
@@ -509,6 +513,35 @@ class CollectCore:
         if failed:
             out["failed"] = failed
         return out
+
+    def _has_identity_cookie(self, cookies: Mapping[str, str]) -> bool:
+        """Whether the request brings the visitor's identity already (Edge's identity
+        cookie, or the first-party id): then no answer needs to wait for one."""
+        edge = self.engine.ruleset.edge
+        if edge is not None and edge.fpid and edge.fpid_cookie in cookies:
+            return True
+        return any(name.startswith("kndctr_") and name.endswith("_identity") for name in cookies)
+
+    def _identity_comes_back(self) -> bool:
+        """Whether waiting for a new visitor's identity can succeed: ``identity="wait"``, and
+        the first Edge answer reaches a session this process reads (it delivers, or the
+        sessions are shared with the workers that do)."""
+        engine = self.engine
+        if self.settings.identity != "wait" or engine.dry_run:
+            return False
+        return engine.delivering or not isinstance(engine.sessions, MemorySessions)
+
+    def inline(self, request: CollectRequest) -> bool:
+        """Whether the ASGI app may run ``request`` in the event loop: nothing in it waits
+        (no network, no shared store, no identity to wait for), so the thread hop would cost
+        more than the work."""
+        if not self.engine.inline_async:
+            return False
+        if self.limits is not None and not self.limits.in_memory:
+            return False
+        if request.method.upper() != "POST" or not self._identity_comes_back():
+            return True
+        return self._has_identity_cookie(_cookies(request))
 
     def _await_identity(self, session: EngineSession) -> None:
         """Wait, briefly, for the visitor's first Edge answer (a delivery worker's), so the

@@ -89,6 +89,7 @@ class RateLimits:
         if not isinstance(made, Storage):
             raise ValueError(f"rate_limit_storage {storage!r} is an asyncio storage")
         self.storage = made
+        self.in_memory = storage.startswith("memory")  # no network: fine in an event loop
         self._limiter = SlidingWindowCounterRateLimiter(self.storage)
         self._warned_at = -math.inf
         self._lock = threading.Lock()

@@ -36,10 +36,16 @@ var JOURNEY = {
     { event: "page.view", page: { name: "Thank you", type: "Confirmation", section: "Checkout", url: "https://www.spinair.com/checkout/thank-you", language: "en", breadcrumbs: ["Home", "Checkout", "Thank you"] } },
     { event: "commerce.purchase", eventInfo: { orderId: "sp-100234", paymentType: "PayPal" } },
     { cart: null }
-  ]
+  ],
+  // a page bug: a number beyond 64-bit integers, which the endpoint refuses (ok: false)
+  bad: [{ event: "widget.shown", count: 1e20 }]
 };
 
 var pushed = [];
+var answers = []; // the endpoint's answer to each push, as the forwarder tells the page
+addEventListener("tagengine:result", function (e) {
+  answers.push(e.detail);
+});
 
 function track(layer, step) {
   JOURNEY[step].forEach(function (item) {
