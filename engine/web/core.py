@@ -221,6 +221,14 @@ class CollectCore:
                 self.settings.rate_limit_visitor,
                 storage_for(engine, self.settings.rate_limit_storage),
             )
+        if self._origins:
+            log.warning(
+                "collect endpoint: pages of %s may post here; its cookies are first-party only "
+                "for pages of the endpoint's own site: serve it under that site's domain (a "
+                "path, or a subdomain with cookie_domain), or visitors' cookies are refused "
+                "and every page view looks like a new visitor",
+                ", ".join(sorted(self._origins)),
+            )
         if self.settings.bots not in ("drop", "allow"):
             raise ValueError(f"bots must be 'drop' or 'allow', not {self.settings.bots!r}")
         metrics_path = self.settings.metrics_path
