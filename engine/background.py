@@ -83,7 +83,8 @@ _INTERRUPTED = "interrupted: delivery stopped during a retry wait"
 _ADOPT_EVERY = 1.0  # seconds between two looks for what dead processes left behind
 _STORE_RETRY_MIN = 0.05  # seconds before trying an unreachable store again, doubling...
 _STORE_RETRY_MAX = 1.0  # ...up to this
-_INTAKE_EVERY = 0.05  # seconds between two readings-in of a push-only process's journal
+_INTAKE_EVERY = 0.01  # seconds between two readings-in of a push-only process's journal (often:
+# each reading-in then holds the GIL a short while, and a web app's tail latency stays low)
 _UNGUARDED = contextlib.nullcontext()
 
 _T = TypeVar("_T")
