@@ -199,7 +199,7 @@ def test_gunicorn_workers_with_a_delivery_worker(
     env = environment(shop, TAGENGINE_REDIS=redis_url, WORKERS="2", BIND=f"127.0.0.1:{port}")
     server = Server(args, port, env, log)
     try:
-        drive(server, shop, identity_cookie=False)
+        drive(server, shop, identity_cookie=True)
     finally:
         server.stop()
     text = log.read_text()

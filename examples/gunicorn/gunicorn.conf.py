@@ -25,6 +25,7 @@ import tempfile
 import time
 from typing import Any
 
+from engine.loader import load_ruleset
 from engine.web.gunicorn import post_fork, post_worker_init, worker_exit
 
 __all__ = ["on_exit", "on_starting", "post_fork", "post_worker_init", "worker_exit"]
@@ -73,7 +74,17 @@ def on_starting(server: Any) -> None:
     env["TAGENGINE_DELIVER"] = "0"
     if not env.get("TAGENGINE_EMULATOR"):
         port = _free_port()
-        _start([sys.executable, "-m", "engine", "emulator", "--port", str(port)], port)
+        # Told the rules' ids, as Adobe and Sitecore know them: strict, and its state entries
+        # named after the rules' org (so the answers carry the visitor's kndctr_* cookies).
+        ruleset = load_ruleset(rules)
+        ids: list[str] = []
+        if ruleset.edge is not None and ruleset.edge.org:
+            ids += ["--org", ruleset.edge.org]
+        if ruleset.edge is not None and ruleset.edge.datastream:
+            ids += ["--datastream", ruleset.edge.datastream]
+        if ruleset.sitecore is not None and ruleset.sitecore.client_key:
+            ids += ["--client-key", ruleset.sitecore.client_key]
+        _start([sys.executable, "-m", "engine", "emulator", "--port", str(port), *ids], port)
         env["TAGENGINE_EMULATOR"] = f"http://127.0.0.1:{port}"
     server.log.info("emulator on %s, sessions and outbox on %s", env["TAGENGINE_EMULATOR"], redis)
     deliver = [
