@@ -36,10 +36,10 @@ class Literal:
 
 @dataclass(frozen=True, slots=True)
 class Ref:
-    """``state.PATH``, ``event.PATH`` or an element ``NAME.PATH``."""
+    """``state.PATH``, ``event.PATH``, ``request.FIELD`` or an element ``NAME.PATH``."""
 
     span: Span
-    root: TypingLiteral["state", "event", "element"]
+    root: TypingLiteral["state", "event", "request", "element"]
     path: Path
     name: str | None = None  # the element name when root == "element"
     name_span: Span | None = None
@@ -245,6 +245,14 @@ class TestSession:
 
 
 @dataclass(frozen=True, slots=True)
+class TestVisitor:
+    """``request { bot: true, user_agent: "…" }`` in a test: who pushes from here on."""
+
+    span: Span
+    fields: ObjectExpr
+
+
+@dataclass(frozen=True, slots=True)
 class TestConsent:
     """``consent "in"`` in a test: the visitor's consent from here on."""
 
@@ -295,7 +303,7 @@ class ExpectRule:
     status_span: Span
 
 
-TestStep = TestSession | TestConsent | Push | ExpectSend | ExpectCount | ExpectRule
+TestStep = TestSession | TestConsent | TestVisitor | Push | ExpectSend | ExpectCount | ExpectRule
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from engine.vocabulary import (
     KEYWORDS,
     LIMIT_UNITS,
     PERSONALIZATION_FIELDS,
+    REQUEST_FIELDS,
     RESERVED_NAMES,
     SITECORE_ENGINE_FIELDS,
     SITECORE_EXT_LIMIT,
@@ -438,6 +439,22 @@ class _FileChecker:
                 self.constant(step.value, "in a test")
             elif isinstance(step, ast.TestSession):
                 continue
+            elif isinstance(step, ast.TestVisitor):
+                self.constant(step.fields, "in a test")
+                for pair in step.fields.pairs:
+                    name = pair.key[0]
+                    if name not in REQUEST_FIELDS or len(pair.key) > 1:
+                        hint = did_you_mean(name, REQUEST_FIELDS)
+                        self.diag(
+                            pair.key_span,
+                            f"unknown request field '{'.'.join(pair.key)}'; expected "
+                            + ", ".join(REQUEST_FIELDS)
+                            + hint,
+                        )
+                    elif name == "bot" and not (
+                        isinstance(pair.value, ast.Literal) and isinstance(pair.value.value, bool)
+                    ):
+                        self.diag(pair.value.span, "request bot is true or false")
             elif isinstance(step, ast.TestConsent):
                 if step.value not in CONSENT_VALUES:
                     hint = did_you_mean(step.value, CONSENT_VALUES)
@@ -661,10 +678,20 @@ class _FileChecker:
 
     def ref(self, node: ast.Ref, token: bool = False) -> None:
         if not self.allow_refs:
-            text = (
-                "state" if node.root == "state" else "event" if node.root == "event" else node.name
-            )
+            text = node.name if node.root == "element" else node.root
             self.diag(node.span, f"'{text}' cannot be used {self.where}: only constant values")
+            return
+        if node.root == "request":
+            field = node.path[0] if node.path else None
+            if field not in REQUEST_FIELDS or len(node.path) > 1:
+                shown = f"'request.{field}'" if field is not None else "'request'"
+                hint = did_you_mean(str(field), REQUEST_FIELDS) if field is not None else ""
+                self.diag(
+                    node.span,
+                    f"{shown} is not something known of the visitor's request; expected "
+                    + ", ".join(f"request.{f}" for f in REQUEST_FIELDS)
+                    + hint,
+                )
             return
         if node.root == "element" and node.name is not None:
             self.facts.element_refs.append(

@@ -79,6 +79,8 @@ class _Source:
             base = "st"
         elif node.root == "event":
             base = "s.event"
+        elif node.root == "request":
+            base = "s.request"
         else:
             base = f"s.element({self.name('k', node.name)})"
         code = base

@@ -29,6 +29,7 @@ from engine.ruleset import (
     ExpectSendStep,
     PushStep,
     TestStep,
+    VisitorStep,
 )
 from engine.scope import Fn, Scope
 from engine.settings import (
@@ -104,6 +105,10 @@ def _event(s: Scope) -> Any:
     return s.event
 
 
+def _request(s: Scope) -> Any:
+    return s.request
+
+
 def _ref(node: ast.Ref) -> Fn:
     if node.root == "state":
         if len(node.path) == 1 and type(node.path[0]) is str:
@@ -120,6 +125,8 @@ def _ref(node: ast.Ref) -> Fn:
         return _path_fn(_state, node.path)
     if node.root == "event":
         return _path_fn(_event, node.path)
+    if node.root == "request":
+        return _path_fn(_request, node.path)
     name = cast(str, node.name)
     if not node.path:
         return lambda s: s.element(name)
@@ -557,6 +564,8 @@ def _test(node: ast.Test) -> CompiledTest:
     for step in node.steps:
         if isinstance(step, ast.TestSession):
             session = step.session
+        elif isinstance(step, ast.TestVisitor):
+            steps.append(VisitorStep(_constant(step.fields), step.span))
         elif isinstance(step, ast.TestConsent):
             steps.append(ConsentStep(cast(Any, step.value), step.span))
         elif isinstance(step, ast.Push):

@@ -99,8 +99,11 @@ class VisitorContext:
     client_hints: Mapping[str, str] = field(default_factory=dict)
     ip: str | None = None
     referer: str | None = None
+    bot: bool = False  # a crawler, by its user agent (the collect endpoint's verdict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.bot, bool):
+            raise PushError(f"visitor context: bot must be true or false, not {self.bot!r}")
         set_ = object.__setattr__  # frozen: normalised once, here
         set_(self, "user_agent", _header_value("user_agent", self.user_agent))
         set_(self, "accept_language", _header_value("accept_language", self.accept_language))
@@ -204,6 +207,15 @@ class VisitorContext:
         prefix = 24 if address.version == 4 else 48
         network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
         return replace(self, ip=str(network.network_address))
+
+    def for_rules(self) -> dict[str, Any]:
+        """What rules read as ``request.*`` (not the IP: rules have no use for it)."""
+        return {
+            "bot": self.bot,
+            "user_agent": self.user_agent,
+            "accept_language": self.accept_language,
+            "referer": self.referer,
+        }
 
     def headers(self) -> tuple[tuple[str, str], ...]:
         """The headers an Edge request carries for this visitor."""

@@ -29,7 +29,7 @@ __all__ = ["Envelope", "decode", "parse_envelope", "read_envelope"]
 
 _KEYS = {"session", "push", "context", "cookies"}
 _REQUEST_KEYS = {"headers", "client", "trusted_proxies"}
-_FIELDS = {"user_agent", "accept_language", "client_hints", "ip", "referer"}
+_FIELDS = {"user_agent", "accept_language", "client_hints", "ip", "referer", "bot"}
 
 
 def decode(data: str | bytes) -> object:

@@ -185,6 +185,8 @@ def _make_ref(name: str, span: Span, path: ast.Path, name_span: Span) -> ast.Ref
         return ast.Ref(span, "state", path)
     if name == "event":
         return ast.Ref(span, "event", path)
+    if name == "request":
+        return ast.Ref(span, "request", path)
     return ast.Ref(span, "element", path, name, name_span)
 
 
@@ -418,6 +420,10 @@ class Builder(lark.Transformer[Token, Any]):
 
     def test_session(self, c: list[Any]) -> ast.TestSession:
         return ast.TestSession(self.between(c[0], c[1]), self.string(c[1]))
+
+    def test_visitor(self, c: list[Any]) -> ast.TestVisitor:
+        keyword, value = c
+        return ast.TestVisitor(self.upto(keyword, value.span), value)
 
     def test_consent(self, c: list[Any]) -> ast.TestConsent:
         return ast.TestConsent(self.between(c[0], c[1]), self.string(c[1]), self.span(c[1]))

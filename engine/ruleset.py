@@ -29,6 +29,7 @@ __all__ = [
     "ExpectSendStep",
     "PushStep",
     "Ruleset",
+    "VisitorStep",
 ]
 
 Path = tuple[str | int, ...]
@@ -117,7 +118,13 @@ class ConsentStep:
     span: Span
 
 
-TestStep = PushStep | ConsentStep | ExpectSendStep | ExpectCountStep | ExpectRuleStep
+@dataclass(frozen=True, slots=True)
+class VisitorStep:
+    fields: dict[str, Any]
+    span: Span
+
+
+TestStep = PushStep | ConsentStep | VisitorStep | ExpectSendStep | ExpectCountStep | ExpectRuleStep
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,7 +320,8 @@ def process_push(
     session.pushes += 1
     if event in PAGE_VIEW_EVENTS:
         session.new_pageview()
-    scope = Scope(state, pushed, ruleset.elements, session.kept)
+    request = context.for_rules() if context is not None else None
+    scope = Scope(state, pushed, ruleset.elements, session.kept, request)
     result = PushResult(session.id, event, ruleset.version, state)
     ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids(), context)
     for rule in ruleset.match(event, changed):

@@ -13,6 +13,9 @@ __all__ = ["Fn", "Scope"]
 Fn = Callable[["Scope"], Any]
 
 
+NO_REQUEST: dict[str, Any] = {"bot": False}  # what rules see of a push without a context
+
+
 class Scope:
     """The inputs of one push: ``state`` (the event-time snapshot), ``event`` (the pushed
     object) and the ruleset's elements, each evaluated at most once per push.
@@ -21,7 +24,7 @@ class Scope:
     elements declared with ``keep``; the runtime owns those mappings.
     """
 
-    __slots__ = ("elements", "event", "kept", "memo", "state")
+    __slots__ = ("elements", "event", "kept", "memo", "request", "state")
 
     def __init__(
         self,
@@ -29,9 +32,11 @@ class Scope:
         event: dict[str, Any],
         elements: Mapping[str, CompiledElement],
         kept: Mapping[str, MutableMapping[str, Any]] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> None:
         self.state = state
         self.event = event
+        self.request = NO_REQUEST if request is None else request
         self.elements = elements
         self.kept = kept
         self.memo: dict[str, Any] = {}

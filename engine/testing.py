@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.context import VisitorContext
 from engine.diagnostics import Span
 from engine.engine import Engine
 from engine.errors import EngineError
@@ -32,6 +33,7 @@ from engine.ruleset import (
     ExpectSendStep,
     PushStep,
     Ruleset,
+    VisitorStep,
 )
 from engine.stores.memory import MemorySessions
 from engine.transports import RecordingTransport
@@ -156,10 +158,14 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     session = engine.session(test.session or f"test-{next(_counter)}")
     sends: list[Send] = []
     latest: dict[str, RuleOutcome] = {}
+    context: VisitorContext | None = None
     for step in test.steps:
+        if isinstance(step, VisitorStep):
+            context = VisitorContext(**step.fields)  # who pushes from here on
+            continue
         if isinstance(step, PushStep):
             try:
-                result = session.push(step.value)
+                result = session.push(step.value, context=context)
             except EngineError as error:
                 report.failures.append(f"push (line {step.span.line}) was rejected: {error}")
                 continue

@@ -38,7 +38,11 @@ KEYWORDS = frozenset(
         "null",
     ]
 )
-RESERVED_NAMES = frozenset({"state", "event", "env"})
+RESERVED_NAMES = frozenset({"state", "event", "env", "request"})
+
+REQUEST_FIELDS = ("bot", "user_agent", "accept_language", "referer")
+"""What rules read of the visitor's request behind a push (``request.bot``…), from its
+``VisitorContext``."""
 
 KEEP_SCOPES = ("pageview", "session", "visitor")
 LIMIT_UNITS = ("session", "visitor", "minute", "hour", "day")
