@@ -481,6 +481,31 @@ def test_refused_requests_are_retried_in_order_and_refused_pushes_dropped(
     ]
 
 
+def test_a_push_too_big_is_lost_alone(site: Site, context: BrowserContext) -> None:
+    """Pushes go in batches of at most 60 KB, so one push the endpoint refuses for its size
+    (413) costs only itself: the pushes around it arrive, in order."""
+    page = open_page(site, context, "gtm.html")
+    before = len(site.wait_processed(1))
+    page.evaluate(
+        "dataLayer.push({event: 'note', n: 1});"
+        "dataLayer.push({event: 'note', n: 2, pad: 'y'.repeat(300000)});"
+        "dataLayer.push({event: 'note', n: 3})"
+    )
+    processed = site.wait_processed(before + 2)
+    notes = [push.get("n") for _, push, _ in processed[before:]]
+    assert notes == [1, 3]
+    site.wait_for(
+        "the refusal",
+        lambda: (
+            any(e.status == 413 for e in site.recorder.exchanges if e.collect)
+            and page.evaluate("tagengine.pending()") == 0
+        ),
+    )
+    statuses = [e.status for e in site.recorder.exchanges if e.collect]
+    assert statuses.count(413) == 1  # the big push alone, once: not retried
+    assert page.evaluate("tagengine.pending()") == 0
+
+
 # ---------------------------------------------------------------- size
 
 

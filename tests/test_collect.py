@@ -257,3 +257,81 @@ def test_the_answer_is_json_with_no_store(endpoint: tuple[str, Engine]) -> None:
         response = post(client, url, [{"event": "x"}])
     assert response.headers["cache-control"] == "no-store"
     assert json.loads(response.content)["results"][0]["ok"]
+
+
+def test_other_scripts_cookies_do_not_cost_the_visitor(endpoint: tuple[str, Engine]) -> None:
+    url, _ = endpoint
+    with browser() as client:
+        post(client, url, [{"event": "page.view", "page": "a"}])
+        vid, sid = client.cookies["tg_vid"], client.cookies["tg_sid"]
+    for junk in ("consent", "foo=bar baz", 'json={"a":1}', "x=1;y"):
+        cookie = f"{junk}; tg_vid={vid}; tg_sid={sid}"
+        with httpx.Client(headers={"User-Agent": BROWSER, "Cookie": cookie}) as client:
+            response = post(client, url, [{"event": "page.view", "page": "b"}])
+        assert response.cookies["tg_sid"] == sid, junk  # the same session, not a new visitor
+
+
+def test_malformed_items_are_reported_alone(endpoint: tuple[str, Engine]) -> None:
+    url, _ = endpoint
+    items = [
+        {"id": "ok", "push": {"event": "page.view", "page": "a"}},
+        {"id": "no-push"},
+        {"id": "extra", "push": {"event": "page.view"}, "more": 1},
+        {"id": 7, "push": {"event": "page.view"}},
+    ]
+    with browser() as client:
+        results = client.post(url + "/", json={"pushes": items}).json()["results"]
+        ok, no_push, extra, number = results
+        assert ok["ok"] and ok["fired"] == ["Page"]
+        for bad in (no_push, extra):
+            assert not bad["ok"] and 'an item is {"id": "…", "push": {…}}' in bad["error"]
+        assert (no_push["id"], extra["id"]) == ("no-push", "extra")
+        assert not number["ok"] and number["error"] == "a push id is a string, not 7"
+        refused = client.post(url + "/", json={"pushes": [], "x": 1})
+        assert refused.status_code == 400 and "alone, not with 'x'" in refused.json()["error"]
+
+
+def test_too_large_is_answered_with_cors_headers(endpoint: tuple[str, Engine]) -> None:
+    url, _ = endpoint
+    huge = {"pushes": [{"id": "x", "push": {"event": "e", "pad": "y" * 300_000}}]}
+    with browser() as client:
+        response = client.post(url + "/", json=huge, headers={"Origin": "https://shop.example.com"})
+    assert response.status_code == 413
+    assert response.headers["access-control-allow-origin"] == "https://shop.example.com"
+
+
+def test_same_origin_behind_a_trusted_proxy_that_rewrites_host() -> None:
+    engine = Engine(load_text(RULES), dry_run=True)
+    served = serve_asgi(asgi_app(engine, secret="s", trusted_proxies=["127.0.0.1"]))
+    url = next(served)
+    try:
+        headers = {"Origin": "https://www.shop.example", "X-Forwarded-Host": "www.shop.example"}
+        with browser() as client:
+            assert post(client, url, [{"event": "x"}], headers=headers).status_code == 200
+            spoofed = {"Origin": "https://evil.example", "X-Forwarded-Host": "www.shop.example"}
+            assert post(client, url, [{"event": "x"}], headers=spoofed).status_code == 403
+    finally:
+        next(served, None)
+        engine.close()
+
+
+def test_wsgi_reads_a_chunked_body() -> None:
+    engine = Engine(load_text(RULES), dry_run=True)
+    app = wsgi_app(engine, secret="s")
+    body = json.dumps({"pushes": [{"id": "c1", "push": {"event": "page.view"}}]}).encode()
+    import io
+
+    answered: list[str] = []
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "HTTP_USER_AGENT": BROWSER,
+        "wsgi.input": io.BytesIO(body),  # as a server hands it: de-chunked
+        "wsgi.url_scheme": "http",
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+    chunks = app(environ, lambda status, headers: answered.append(status))
+    engine.close()
+    assert answered == ["200 OK"]
+    assert json.loads(b"".join(chunks))["results"][0]["fired"] == ["Page"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import socket
 import threading
@@ -520,9 +521,12 @@ def test_a_flood_from_loopback_leaves_real_visitors_answered(
     assert len(real_statuses) >= 5
     assert set(real_statuses) == {200}, real_statuses
     assert max(real_latencies) < 2.0, real_latencies
-    # One IP gets its limit's worth, whatever visitor cookies it forges; the rest is 429.
-    assert statuses["flood"].count(200) <= 50
-    assert statuses["forged"].count(200) <= 4 * 50
+    # One IP gets its limit's worth, whatever visitor cookies it forges; the rest is 429. The
+    # sliding-window counter weighs the previous minute's count down as the minute passes: a
+    # run across a minute boundary may let through up to a limit's worth a minute more.
+    allowed = 50 + math.ceil(50 * (time.monotonic() - started) / 60)
+    assert statuses["flood"].count(200) <= allowed
+    assert statuses["forged"].count(200) <= 4 * allowed
     assert statuses["flood"].count(429) > 100 and statuses["forged"].count(429) > 100
     assert set(statuses["flood"]) | set(statuses["forged"]) <= {200, 429}
     assert peak_backlog <= max_backlog

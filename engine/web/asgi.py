@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio.to_thread
 
-from engine.web.core import CollectCore, CollectRequest, CollectResponse, _json
+from engine.web.core import CollectCore, CollectRequest, CollectResponse
 
 __all__ = ["CollectASGI"]
 
@@ -42,23 +42,19 @@ class CollectASGI:
         if scope["type"] != "http":
             return
         body = await self._body(receive, self.core.settings.max_body)
-        if body is None:
-            response = _json(
-                413, {"error": f"a request is at most {self.core.settings.max_body:,} bytes"}
-            )
+        request = CollectRequest(
+            method=scope["method"],
+            path=self._path(scope),
+            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
+            body=body or b"",
+            client=scope["client"][0] if scope.get("client") else None,
+            scheme=scope.get("scheme", "http"),
+            too_large=body is None,  # answered by the core: with CORS headers a page can read
+        )
+        if body is None or self.core.inline(request):  # no wait: cheaper than a thread hop
+            response = self.core.handle(request)
         else:
-            request = CollectRequest(
-                method=scope["method"],
-                path=self._path(scope),
-                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]],
-                body=body,
-                client=scope["client"][0] if scope.get("client") else None,
-                scheme=scope.get("scheme", "http"),
-            )
-            if self.core.inline(request):  # memory and files only: cheaper than a thread hop
-                response = self.core.handle(request)
-            else:
-                response = await anyio.to_thread.run_sync(self.core.handle, request)
+            response = await anyio.to_thread.run_sync(self.core.handle, request)
         await self._send(send, response)
 
     @staticmethod

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -38,7 +39,6 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from http.cookies import CookieError, SimpleCookie
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -141,6 +141,7 @@ class CollectRequest:
     body: bytes = b""
     client: str | None = None
     scheme: str = "http"
+    too_large: bool = False  # the body was refused while read (past max_body): a 413
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -187,14 +188,24 @@ class _Signer:
 
 
 def _cookies(request: CollectRequest) -> dict[str, str]:
-    jar: SimpleCookie = SimpleCookie()
+    """The request's cookies, read as browsers send them (``a=1; b=2``), tolerant of what
+    other scripts of the site store: a pair this cannot read is skipped alone (the standard
+    library's parser stops at the first, losing every cookie after it). The first of two
+    cookies of one name wins (the browser sends the most specific first)."""
+    out: dict[str, str] = {}
     for key, value in request.headers:
-        if key.lower() == "cookie":
-            try:
-                jar.load(value)
-            except CookieError:
-                continue  # a garbled header: the cookies it held are not read
-    return {name: morsel.value for name, morsel in jar.items()}
+        if key.lower() != "cookie":
+            continue
+        for pair in value.split(";"):
+            name, eq, raw = pair.partition("=")
+            name = name.strip()
+            if not eq or not name or name in out:
+                continue
+            raw = raw.strip()
+            if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+                raw = raw[1:-1]
+            out[name] = raw
+    return out
 
 
 def _site(host: str) -> str:
@@ -249,7 +260,10 @@ class CollectCore:
             return refused
         if method == "OPTIONS":
             return CollectResponse(204, cors + self._preflight(request))
-        if path == "/" and method == "POST":
+        if request.too_large:
+            limit = self.settings.max_body
+            response = _json(413, {"error": f"a request is at most {limit:,} bytes"})
+        elif path == "/" and method == "POST":
             response = self._collect(request)
         elif path == "/tagengine.js" and method in ("GET", "HEAD"):
             response = self._script()
@@ -266,6 +280,8 @@ class CollectCore:
         else:
             response = _json(404, {"error": "not found"})
         response.headers.extend(cors)
+        if self._origins and not cors:
+            response.headers.append(("Vary", "Origin"))  # the answer depends on the Origin
         if method == "HEAD":
             response.body = b""
         return response
@@ -279,7 +295,7 @@ class CollectCore:
         if origin is None:
             return [], None
         normal = origin.rstrip("/").lower()
-        host = (request.header("host") or "").lower()
+        host = self._host(request)
         if urlsplit(normal).netloc == host:
             return [], None  # same origin
         if normal in self._origins:
@@ -292,6 +308,23 @@ class CollectCore:
         if request.method.upper() in ("GET", "HEAD"):
             return [], None  # the script and health are readable by anyone
         return [], _json(403, {"error": f"origin {origin!r} may not post here (cors_origins)"})
+
+    def _host(self, request: CollectRequest) -> str:
+        """The host the browser asked for: ``Host``, or behind a trusted proxy (one that
+        rewrites ``Host``) its ``X-Forwarded-Host``."""
+        forwarded = request.header("x-forwarded-host")
+        if forwarded and request.client and self.settings.trusted_proxies:
+            try:
+                peer = ipaddress.ip_address(request.client)
+                trusted = any(
+                    peer in ipaddress.ip_network(proxy, strict=False)
+                    for proxy in self.settings.trusted_proxies
+                )
+            except ValueError:
+                trusted = False
+            if trusted:
+                return forwarded.split(",")[0].strip().lower()
+        return (request.header("host") or "").lower()
 
     def _preflight(self, request: CollectRequest) -> list[tuple[str, str]]:
         return [
@@ -428,7 +461,7 @@ class CollectCore:
                 for _ in items:
                     self.metrics.push("bot")
                 return _json(
-                    200, {"results": [{"id": i, "ok": True, "bot": True} for i, _ in items]}
+                    200, {"results": [{"id": i, "ok": True, "bot": True} for i, _, _ in items]}
                 )
             # Allowed: the rules see the verdict (request.bot), a guard the analyst can test.
             context = replace(context, bot=True)
@@ -447,8 +480,13 @@ class CollectCore:
         status = 200
         extra: list[tuple[str, str]] = []
         metrics = self.metrics
-        for push_id, push in items:
+        for push_id, push, problem in items:
             entry: dict[str, Any] = {"id": push_id}
+            if problem is not None:
+                entry.update(ok=False, error=problem)
+                metrics.push("invalid")
+                results.append(entry)
+                continue
             try:
                 result = session.push(push, context=context, push_id=push_id)
             except BacklogFull as exc:
@@ -476,27 +514,35 @@ class CollectCore:
         headers = self._set_cookies(request, session, visitor, session_id)
         return _json(status, {"results": results}, [*extra, *headers])
 
-    def _items(self, body: bytes) -> list[tuple[str | None, object]]:
-        """The pushes of a request body: ``(push id or None, push)``, each checked later."""
+    def _items(self, body: bytes) -> list[tuple[str | None, object, str | None]]:
+        """The pushes of a request body: ``(push id or None, push, what is wrong with the
+        item or None)``; a malformed item is reported alone, never read as something else."""
         try:
             value = json.loads(body)
         except (ValueError, RecursionError):
             raise ValueError("the body is not JSON") from None
-        if isinstance(value, dict) and "pushes" in value and set(value) <= {"pushes"}:
-            pushes = value["pushes"]
-            if not isinstance(pushes, list):
-                raise ValueError("'pushes' must be a list")
-            if len(pushes) > self.settings.max_pushes:
-                raise ValueError(f"at most {self.settings.max_pushes} pushes a request")
-            out: list[tuple[str | None, object]] = []
-            for item in pushes:
-                if isinstance(item, dict) and "push" in item and set(item) <= {"id", "push"}:
-                    push_id = item.get("id")
-                    out.append((push_id if isinstance(push_id, str) else None, item["push"]))
-                else:
-                    out.append((None, item))
-            return out
-        return [(None, value)]
+        if not (isinstance(value, dict) and "pushes" in value):
+            return [(None, value, None)]  # one push object
+        if set(value) != {"pushes"}:
+            extra = ", ".join(sorted(repr(k) for k in value if k != "pushes"))
+            raise ValueError(f'a batch is {{"pushes": [...]}} alone, not with {extra}')
+        pushes = value["pushes"]
+        if not isinstance(pushes, list):
+            raise ValueError("'pushes' must be a list")
+        if len(pushes) > self.settings.max_pushes:
+            raise ValueError(f"at most {self.settings.max_pushes} pushes a request")
+        out: list[tuple[str | None, object, str | None]] = []
+        for item in pushes:
+            push_id = item.get("id") if isinstance(item, dict) else None
+            shown = push_id if isinstance(push_id, str) else None
+            if not isinstance(item, dict) or "push" not in item or not set(item) <= {"id", "push"}:
+                keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+                out.append((shown, None, f'an item is {{"id": "…", "push": {{…}}}}, not {keys}'))
+            elif push_id is not None and not isinstance(push_id, str):
+                out.append((None, None, f"a push id is a string, not {push_id!r}"))
+            else:
+                out.append((shown, item["push"], None))
+        return out
 
     @staticmethod
     def _outcome(result: PushResult) -> dict[str, Any]:

@@ -26,6 +26,8 @@
     (me.src || "/collect/tagengine.js").replace(/\/tagengine\.js([?#].*)?$/, "");
   var url = base.replace(/\/$/, "") + "/";
   var MAX = 50; // pushes a request (the endpoint takes 100 by default)
+  var BYTES = 60000; // a request's pushes, at most (a beacon carries 64 KB); one push may be more
+  var limit = MAX; // 1 after a 413: the pushes of a refused batch go one by one
   var page = Math.random().toString(36).slice(2, 10) + Date.now().toString(36);
   var count = 0;
   var queue = []; // [{id, push, text}] not answered yet, in push order
@@ -59,6 +61,16 @@
     return '{"pushes":[' + parts.join(",") + "]}";
   }
 
+  function take(items, most) {
+    var batch = [];
+    for (var i = 0, size = 0; i < items.length && batch.length < most; i++) {
+      size += items[i].text.length + 40;
+      if (batch.length && size > BYTES) break;
+      batch.push(items[i]);
+    }
+    return batch;
+  }
+
   function answered(batch) {
     queue = queue.filter(function (item) {
       return batch.indexOf(item) < 0;
@@ -80,11 +92,16 @@
     timer = 0;
     if (busy || !queue.length) return;
     busy = true;
-    var batch = queue.slice(0, MAX);
+    var batch = take(queue, limit);
     // text/plain (a string body) needs no CORS preflight, as sendBeacon's
     fetch(url, { method: "POST", body: body(batch), credentials: "include" }).then(
       function (response) {
         var status = response.status;
+        if (status == 413 && batch.length > 1) {
+          limit = 1; // too big together: each alone, so only a push too big by itself is lost
+          busy = false;
+          return flush();
+        }
         if (status == 429 || status >= 500) {
           var after = response.headers.get("Retry-After");
           after = after && (isNaN(after) ? Date.parse(after) - Date.now() : after * 1000);
@@ -108,6 +125,7 @@
               );
             }
             backoff = 0;
+            limit = MAX;
             busy = false;
             flush();
           });
@@ -121,8 +139,8 @@
   function exit() {
     var items = queue;
     queue = [];
-    for (var i = 0; i < items.length; i += MAX) {
-      var text = body(items.slice(i, i + MAX));
+    for (var batch; (batch = take(items, MAX)).length; items = items.slice(batch.length)) {
+      var text = body(batch);
       if (!(nav.sendBeacon && nav.sendBeacon(url, text)))
         fetch(url, { method: "POST", body: text, credentials: "include", keepalive: true }).catch(
           function () {}

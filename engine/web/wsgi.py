@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from engine.web.core import CollectCore, CollectRequest, _json
+from engine.web.core import CollectCore, CollectRequest
 
 __all__ = ["CollectWSGI"]
 
@@ -41,27 +41,33 @@ class CollectWSGI:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
             length = 0
-        if length > limit:
-            response = _json(413, {"error": f"a request is at most {limit:,} bytes"})
-        else:
-            stream = environ.get("wsgi.input")
-            body = stream.read(length) if stream is not None and length > 0 else b""
-            headers = [
-                (key[5:].replace("_", "-").title(), value)
-                for key, value in environ.items()
-                if key.startswith("HTTP_")
-            ]
-            if environ.get("CONTENT_TYPE"):
-                headers.append(("Content-Type", environ["CONTENT_TYPE"]))
-            request = CollectRequest(
-                method=environ.get("REQUEST_METHOD", "GET"),
-                path=environ.get("PATH_INFO", "") or "/",
-                headers=headers,
-                body=body,
-                client=environ.get("REMOTE_ADDR"),
-                scheme=environ.get("wsgi.url_scheme", "http"),
-            )
-            response = self.core.handle(request)
+        stream = environ.get("wsgi.input")
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        too_large = length > limit
+        body = b""
+        if stream is not None and not too_large:
+            if length > 0:
+                body = stream.read(length)
+            elif chunked:  # the server de-chunks; read one byte past the limit to know
+                body = stream.read(limit + 1)
+                too_large = len(body) > limit
+        headers = [
+            (key[5:].replace("_", "-").title(), value)
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+        ]
+        if environ.get("CONTENT_TYPE"):
+            headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+        request = CollectRequest(
+            method=environ.get("REQUEST_METHOD", "GET"),
+            path=environ.get("PATH_INFO", "") or "/",
+            headers=headers,
+            body=b"" if too_large else body,
+            client=environ.get("REMOTE_ADDR"),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            too_large=too_large,
+        )
+        response = self.core.handle(request)
         reason = _REASONS.get(response.status, "")
         headers_out = [*response.headers, ("Content-Length", str(len(response.body)))]
         start_response(f"{response.status} {reason}".strip(), headers_out)

@@ -4,7 +4,9 @@ the project root, one command:
     .venv/bin/python -m django runserver 8000 --settings=examples.django.settings
 
 then open http://127.0.0.1:8000/, or
-``curl --json '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/collect``.
+``curl -A Mozilla/5.0 --json '{"event": "page.view", "page": {"name": "Home"}}'
+localhost:8000/collect/`` (a browser's user agent: curl's is a bot's, whose pushes are
+answered ``"bot": true`` and not processed).
 Without ``TAGENGINE_EMULATOR`` the sends go to an emulator the serving process starts (its
 URL is logged). Behind gunicorn: ``gunicorn examples.django.wsgi`` with the hooks of
 examples/gunicorn/gunicorn.conf.py.

@@ -3,7 +3,9 @@
     .venv/bin/uvicorn examples.fastapi.app:app --port 8000
 
 then open http://127.0.0.1:8000/ (a page whose pushes the forwarder sends), or
-``curl --json '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/collect``.
+``curl -A Mozilla/5.0 --json '{"event": "page.view", "page": {"name": "Home"}}'
+localhost:8000/collect/`` (a browser's user agent: curl's is a bot's, whose pushes are
+answered ``"bot": true`` and not processed).
 Without ``TAGENGINE_EMULATOR`` the sends go to an emulator this process starts (its URL is
 logged). With its sends delivered by a worker of their own (benchmarks/web.py runs this):
 

@@ -3,7 +3,9 @@
     .venv/bin/flask --app examples.flask.app run --port 8000
 
 then open http://127.0.0.1:8000/, or
-``curl --json '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/collect``.
+``curl -A Mozilla/5.0 --json '{"event": "page.view", "page": {"name": "Home"}}'
+localhost:8000/collect/`` (a browser's user agent: curl's is a bot's, whose pushes are
+answered ``"bot": true`` and not processed).
 Without ``TAGENGINE_EMULATOR`` the sends go to an emulator this process starts (its URL is
 logged). Under gunicorn, see examples/gunicorn/.
 """
