@@ -335,3 +335,23 @@ def test_wsgi_reads_a_chunked_body() -> None:
     engine.close()
     assert answered == ["200 OK"]
     assert json.loads(b"".join(chunks))["results"][0]["fired"] == ["Page"]
+
+
+def test_a_retry_whose_first_answer_was_lost_is_not_done_twice(
+    endpoint: tuple[str, Engine], emulator: EmulatorServer
+) -> None:
+    """A new visitor's first request answered, but the answer (and its cookies) lost: the
+    forwarder sends the same pushes again, without cookies. They are the same visitor's."""
+    url, _ = endpoint
+    body = {"pushes": [{"id": "page1.1", "push": {"event": "page.view", "page": "home"}}]}
+    with browser() as first:
+        answer = first.post(url + "/", json=body)
+    with browser() as retry:  # no cookies
+        again = retry.post(url + "/", json=body)
+    assert again.json()["results"][0].get("duplicate") is True
+    assert again.cookies["tg_vid"] == answer.cookies["tg_vid"]
+    other_agent = {"User-Agent": BROWSER + " Other"}
+    with httpx.Client(headers=other_agent) as stranger:  # another client with the same id
+        taken = stranger.post(url + "/", json=body)
+    assert taken.cookies["tg_vid"] != answer.cookies["tg_vid"]
+    assert len([r for r in emulator.requests() if r.path.startswith("/ee/")]) == 2

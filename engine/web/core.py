@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from urllib.parse import urlsplit
 from engine.context import VisitorContext
 from engine.errors import BacklogFull, EngineError, PushError
 from engine.stores.memory import MemorySessions
+from engine.stores.redis_sessions import RedisSessions
 from engine.web.bots import bot_match
 from engine.web.limits import RateLimits, storage_for
 from engine.web.metrics import CONTENT_TYPE_LATEST, metrics_for
@@ -215,6 +217,54 @@ def _site(host: str) -> str:
     return ".".join(labels[-2:])
 
 
+class _RecentVisitors:
+    """The visitor a cookie-less request's first push id made, for :data:`RECENT_FOR`
+    seconds: shared through the sessions' Redis when they are there (any worker may get the
+    retry), else in this process (at most :data:`MAX_RECENT`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        sessions = engine.sessions
+        self._redis = sessions.target if isinstance(sessions, RedisSessions) else None
+        self._local: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, push_id: str, visitor: str) -> tuple[str | None, str | None]:
+        """``(visitor, session)`` a request with this first push id made lately, or
+        ``(None, None)`` after recording that ``visitor`` (and its session) makes it now."""
+        session = f"{visitor}-{secrets.token_hex(6)}"
+        value = f"{visitor} {session}"
+        if self._redis is not None:
+            key = self._redis.key("pushid", push_id)
+            try:
+                made = self._redis.client.set(key, value, ex=int(RECENT_FOR), nx=True)
+                if made:
+                    return visitor, session
+                found = self._redis.client.get(key)
+            except Exception as exc:  # Redis away: the push still goes on, as a new visitor
+                log.warning("collect endpoint: recent push ids unreadable: %s", exc)
+                return visitor, session
+            text = found.decode() if isinstance(found, bytes) else str(found or "")
+            known, _, known_session = text.partition(" ")
+            return (known, known_session) if known and known_session else (visitor, session)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._local.get(push_id)
+            if hit is not None and now - hit[1] < RECENT_FOR:
+                known, _, known_session = hit[0].partition(" ")
+                return known, known_session
+            if len(self._local) >= MAX_RECENT:
+                cutoff = now - RECENT_FOR
+                self._local = {k: v for k, v in self._local.items() if v[1] >= cutoff}
+                while len(self._local) >= MAX_RECENT:
+                    self._local.pop(next(iter(self._local)))
+            self._local[push_id] = (value, now)
+        return visitor, session
+
+
+RECENT_FOR = 120.0  # seconds a cookie-less request's push id keeps the visitor it made
+MAX_RECENT = 10_000
+
+
 class CollectCore:
     """The endpoint's logic for one :class:`~engine.Engine` (see the module docstring)."""
 
@@ -225,6 +275,7 @@ class CollectCore:
         self._origins = {origin.rstrip("/").lower() for origin in self.settings.cors_origins}
         self._warned_sites: set[str] = set()
         self.metrics = metrics_for(engine)
+        self._recent = _RecentVisitors(engine)
         self.limits: RateLimits | None = None
         if self.settings.rate_limit_ip or self.settings.rate_limit_visitor:
             self.limits = RateLimits(
@@ -381,7 +432,7 @@ class CollectCore:
             if limit is not None and age is not None and age > limit:
                 problems.append(
                     f"the oldest pending send is {age:,.0f} s old "
-                    f"(health_max_age {limit:,.0f} s): delivery is stuck"
+                    f"(health_max_age {limit:g} s): delivery is stuck"
                 )
             if settings.health_max_dead is not None and found.dead > settings.health_max_dead:
                 problems.append(
@@ -466,6 +517,16 @@ class CollectCore:
             # Allowed: the rules see the verdict (request.bot), a guard the analyst can test.
             context = replace(context, bot=True)
         identity_cookies = self._has_identity_cookie(cookies)
+        first_id = next((i for i, _, problem in items if i is not None and not problem), None)
+        if known_visitor is None and first_id is not None:
+            # No cookies: a new visitor, or a retry whose first answer (and its cookies) was
+            # lost. A retry goes on as the visitor it made, so its pushes are not done twice.
+            # Keyed by the push id with the client's address and user agent: another client
+            # that learnt a push id cannot take the visitor with it.
+            who = hashlib.sha256(f"{context.ip}|{context.user_agent}".encode()).hexdigest()[:16]
+            known_visitor, known_session = self._recent.claim(
+                f"{first_id}|{who}", secrets.token_hex(12)
+            )
         visitor = known_visitor or secrets.token_hex(12)
         session_id = known_session or f"{visitor}-{secrets.token_hex(6)}"
         session = self.engine.session(session_id, visitor=visitor)
