@@ -267,17 +267,31 @@ def _acdl(
                 if type(current) is not dict:
                     result[key] = {}
                 changed.append(path)
+        elif type(value) is list:
+            result[key] = _without_nulls(value)
+            changed.append(path)
         else:
             result[key] = copy(value)
             changed.append(path)
     return result
 
 
+def _without_nulls(value: Any) -> Any:
+    """A copy without ``null``: ACDL's merge omits it everywhere, array items included
+    (``["A", null, "B"]`` is stored as ``["A", "B"]``, as its own tests pin)."""
+    if type(value) is list:
+        return [_without_nulls(item) for item in value if item is not None]
+    if type(value) is dict:
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
 def merge_acdl(
     state: dict[str, Any], data: dict[str, Any], *, copy: bool = True
 ) -> tuple[dict[str, Any], list[Path]]:
     """Merge ``data`` into ``state`` the ACDL v3 way: objects merge recursively; arrays and
-    scalars replace; ``null`` deletes the key; a change of type replaces.
+    scalars replace; ``null`` deletes the key, and is left out of arrays; a change of type
+    replaces.
 
     Returns the new state and the leaf paths the push set (a leaf is anything but a non-empty
     object). Neither argument is changed and the result shares nothing with ``data`` (unless

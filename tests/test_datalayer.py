@@ -619,7 +619,24 @@ def _reference_acdl(to: dict[str, Any], data: dict[str, Any]) -> None:
                 to[key] = {}
             _reference_acdl(to[key], value)
         else:
-            to[key] = copy.deepcopy(value)
+            to[key] = _omit_nulls(copy.deepcopy(value))
+
+
+def _omit_nulls(value: Any) -> Any:
+    """ACDL's customMerge ends with omitDeep(v === null): nulls go from arrays too."""
+    if type(value) is list:
+        return [_omit_nulls(v) for v in value if v is not None]
+    if type(value) is dict:
+        return {k: _omit_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def test_acdl_leaves_nulls_out_of_arrays_as_its_own_tests_pin() -> None:
+    # adobe-client-data-layer's customMerge: omitDeep(object, v => v === null || v === undefined)
+    state, _ = merge_acdl({}, {"cart": {"items": ["A", None, "B", {"sku": None, "n": 1}]}})
+    assert state == {"cart": {"items": ["A", "B", {"n": 1}]}}
+    engine_state, _ = merge_gtm({}, {"cart": {"items": ["A", None, "B"]}})
+    assert engine_state == {"cart": {"items": ["A", None, "B"]}}  # GTM keeps null as a value
 
 
 def _strip_clear(value: Any) -> Any:
