@@ -10,22 +10,28 @@ data-layer pushes through it::
         result.fired, result.rules, result.sends
 """
 
-from engine.context import VisitorContext
-from engine.diagnostics import Diagnostic, Span
-from engine.engine import Engine, EngineSession
-from engine.errors import (
-    BacklogFull,
-    DispatchError,
-    EngineError,
-    EvaluationError,
-    OutboxError,
-    PayloadTooLarge,
-    PushError,
-    RuleError,
-)
-from engine.loader import load_ruleset
-from engine.results import PushResult, RuleOutcome, Send
-from engine.ruleset import Ruleset
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.context import VisitorContext
+    from engine.diagnostics import Diagnostic, Span
+    from engine.engine import Engine, EngineSession
+    from engine.errors import (
+        BacklogFull,
+        DispatchError,
+        EngineError,
+        EvaluationError,
+        OutboxError,
+        PayloadTooLarge,
+        PushError,
+        RuleError,
+    )
+    from engine.loader import load_ruleset
+    from engine.results import PushResult, RuleOutcome, Send
+    from engine.ruleset import Ruleset
 
 __all__ = [
     "BacklogFull",
@@ -47,3 +53,39 @@ __all__ = [
     "VisitorContext",
     "load_ruleset",
 ]
+
+# Imported on first use (PEP 562): ``import engine.cli`` must not load the delivery stack
+# (httpx, redis, the emulator), so that ``tagengine --version`` and ``check`` start fast.
+_LAZY = {
+    "VisitorContext": "engine.context",
+    "Diagnostic": "engine.diagnostics",
+    "Span": "engine.diagnostics",
+    "Engine": "engine.engine",
+    "EngineSession": "engine.engine",
+    "BacklogFull": "engine.errors",
+    "DispatchError": "engine.errors",
+    "EngineError": "engine.errors",
+    "EvaluationError": "engine.errors",
+    "OutboxError": "engine.errors",
+    "PayloadTooLarge": "engine.errors",
+    "PushError": "engine.errors",
+    "RuleError": "engine.errors",
+    "load_ruleset": "engine.loader",
+    "PushResult": "engine.results",
+    "RuleOutcome": "engine.results",
+    "Send": "engine.results",
+    "Ruleset": "engine.ruleset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -4,6 +4,7 @@ small HTTP endpoint that an app or ``curl`` posts pushes to.
 ::
 
     $ tagengine dev --rules rules/ --port 8000
+    watching /home/me/shop/rules
     loaded rules/ (version 3f9c0a1b2d4e…, 12 rules)
     emulator on http://127.0.0.1:40313; POST pushes to http://127.0.0.1:8000/push (Ctrl+C stops)
     $ curl --json '{"event": "page.view", "page": {"name": "Home"}}' localhost:8000/push
@@ -339,16 +340,17 @@ class DevServer(ThreadedServer):
                 )
             )
             self.engine = engine
-            self.watcher = stack.enter_context(
-                RulesWatcher(
-                    self.rules,
-                    on_change=self._changed,
-                    on_error=self._failed,
-                    debounce=self._debounce,
-                    cache_dir=self._cache_dir,
-                    environ=self._environ,
-                )
+            watcher = RulesWatcher(
+                self.rules,
+                on_change=self._changed,
+                on_error=self._failed,
+                debounce=self._debounce,
+                cache_dir=self._cache_dir,
+                environ=self._environ,
             )
+            # The real folder (after `..` and symlinks): the one whose saves count.
+            self._output.note(f"watching {watcher.watching}")
+            self.watcher = stack.enter_context(watcher)
             if self.replay is not None:
                 self.replayed = _replay(engine, self.replay, self._output)
             app = create_dev_app(

@@ -30,7 +30,7 @@ from engine.parser import GRAMMAR, parse, source_lines
 from engine.ruleset import Ruleset
 from engine.settings import EdgeSettings
 
-__all__ = ["clear_cache", "load_ruleset", "rule_files"]
+__all__ = ["clear_cache", "load_ruleset", "require_rules", "rule_files"]
 
 # Part of every cache key: a new grammar, AST, checker or compiler invalidates what was
 # cached by an older one (a cached file holds their output).
@@ -77,6 +77,13 @@ def rule_files(path: str | os.PathLike[str]) -> list[Path]:
     return sorted(
         (p for p in root.iterdir() if p.suffix == ".rules" and p.is_file()), key=lambda p: p.name
     )
+
+
+def require_rules(path: str | os.PathLike[str], files: Sequence[Path]) -> None:
+    """:class:`~engine.errors.RuleError` for a folder without a ``.rules`` file: a wrong path
+    (or the files' extension mistyped) must not load as an empty ruleset that does nothing."""
+    if not files and Path(path).is_dir():
+        raise RuleError([_file_error(str(path), f"no .rules file in {path}")])
 
 
 def _file_error(name: str, message: str) -> Diagnostic:
@@ -164,6 +171,7 @@ def load_ruleset(
     file). Raises :class:`~engine.errors.RuleError` with every diagnostic when anything is
     wrong. ``environ`` (default ``os.environ``) is what ``env()`` reads."""
     files = rule_files(path)
+    require_rules(path, files)
     sources: list[tuple[str, bytes]] = []
     problems: list[Diagnostic] = []
     for file in files:

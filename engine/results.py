@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.destinations.base import Request
 from engine.diagnostics import Span
+from engine.ruleset import NotTriggered
 from engine.values import copy_json
 
-__all__ = ["PushResult", "RuleOutcome", "Send", "Status"]
+if TYPE_CHECKING:
+    from engine.ruleset import Ruleset
+
+__all__ = ["NotTriggered", "PushResult", "RuleOutcome", "Send", "Status"]
 
 Status = Literal["fired", "condition_not_met", "blocked", "sampled_out", "limited", "failed"]
 
@@ -105,6 +110,28 @@ class PushResult:
     dropped: int = 0
     consent_request: Send | None = None  # Edge told of a change of consent
     duplicate: bool = False  # a push id the session had seen: nothing was done again
+    # What :meth:`not_triggered` needs, kept as references (nothing is computed per push):
+    # the data paths the push set, and the ruleset it ran against.
+    changed: Sequence[tuple[str | int, ...]] = ()
+    ruleset: Ruleset | None = field(default=None, repr=False, compare=False)
+    _not_triggered: list[NotTriggered] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def not_triggered(self) -> list[NotTriggered]:
+        """The rules this push did not trigger ("why not?"), each with its triggers and, when
+        one nearly matched, a near-miss message ("`on "page.veiw"`: this push was
+        `page.view`"); near misses first, then the other rules in evaluation order.
+
+        Computed from the ruleset on the first call (traces, ``--json``, failing tests read
+        it; processing a push never does), then kept. Empty for a result no rule ran for (a
+        duplicate push, a change of consent).
+        """
+        if self._not_triggered is None:
+            ruleset = self.ruleset
+            found = [] if ruleset is None else ruleset.not_triggered(self.event, self.changed)
+            self._not_triggered = found
+        return self._not_triggered
 
     @property
     def fired(self) -> list[str]:
@@ -119,7 +146,9 @@ class PushResult:
     def to_json(self, *, delivered: bool = False) -> dict[str, Any]:
         """The ``tagengine run --json`` line for this push. With ``delivered``, each send adds
         its ``status``, ``attempts`` and ``response`` (and ``error``), and the pushes its rules
-        queued ride along under ``followups``."""
+        queued ride along under ``followups``. ``not_triggered`` (present when a rule was not
+        triggered) lists :meth:`not_triggered`: ``{"rule", "triggers"}``, plus ``"near_miss"``
+        when a trigger nearly matched."""
         line: dict[str, Any] = {
             "session": self.session,
             "event": self.event,
@@ -127,6 +156,9 @@ class PushResult:
             "rules": [o.to_json() for o in self.rules],
             "sends": [s.to_json(delivered=delivered) for s in self.sends],
         }
+        not_triggered = self.not_triggered()
+        if not_triggered:  # near misses first; a key only when some rule was not triggered
+            line["not_triggered"] = [entry.to_json() for entry in not_triggered]
         if self.followups:
             line["followups"] = [f.to_json(delivered=delivered) for f in self.followups]
         if self.duplicate:

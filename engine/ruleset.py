@@ -7,6 +7,7 @@ one and swaps a reference.
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,9 +28,12 @@ __all__ = [
     "ExpectCountStep",
     "ExpectRuleStep",
     "ExpectSendStep",
+    "NotTriggered",
     "PushStep",
     "Ruleset",
     "VisitorStep",
+    "path_text",
+    "trigger_text",
 ]
 
 Path = tuple[str | int, ...]
@@ -81,6 +85,11 @@ class CompiledRule:
     sample: float | None  # percent
     limits: tuple[tuple[int, str], ...]  # (count, unit)
     actions: tuple[CompiledAction, ...]
+
+    @property
+    def triggers(self) -> tuple[str, ...]:
+        """The rule's triggers as written: ``on "page.view"``, ``on change cart.total``."""
+        return (*map(trigger_text, self.events), *map(trigger_text, self.changes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,27 @@ class Ruleset:
     def rule(self, name: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.name == name), None)
 
+    def not_triggered(self, event: str | None, changed: Iterable[Path] = ()) -> list[NotTriggered]:
+        """The rules a push did *not* trigger, each with its triggers and, when one trigger
+        almost matched, a near-miss message ("`on "page.veiw"`: this push was
+        `page.view`"). Near misses come first, then the other rules, each group in
+        evaluation order.
+
+        This scans every rule: it is for traces, ``--json`` and failing tests, computed on
+        demand (:meth:`PushResult.not_triggered`), never while a push is processed.
+        """
+        touched = tuple(changed)
+        triggered = {id(rule) for rule in self.match(event, touched)}
+        near: list[NotTriggered] = []
+        others: list[NotTriggered] = []
+        for rule in self.rules:
+            if id(rule) in triggered:
+                continue
+            miss = _near_miss(rule, event, touched)
+            entry = NotTriggered(rule.name, rule.triggers, miss, rule.span)
+            (near if miss else others).append(entry)
+        return near + others
+
     def match(self, event: str | None, changed: Iterable[Path] = ()) -> list[CompiledRule]:
         """The rules a push triggers, in evaluation order, each once.
 
@@ -250,3 +280,141 @@ def _touches(changed: Path, watched: Path) -> bool:
     (setting ``cart`` touches ``cart.total``; setting ``cart.total`` touches ``cart``)."""
     n = min(len(changed), len(watched))
     return changed[:n] == watched[:n]
+
+
+@dataclass(frozen=True, slots=True)
+class NotTriggered:
+    """A rule a push did not trigger: its triggers as written (``on "page.view"``,
+    ``on change cart.total``) and, when one of them almost matched, why it did not
+    (``near_miss``, e.g. "`on "page.veiw"`: this push was `page.view`")."""
+
+    rule: str
+    triggers: tuple[str, ...]
+    near_miss: str | None
+    span: Span
+
+    def to_json(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {"rule": self.rule, "triggers": list(self.triggers)}
+        if self.near_miss is not None:
+            shown["near_miss"] = self.near_miss
+        return shown
+
+
+_PLAIN_STEP = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def path_text(path: Path) -> str:
+    """A data path as the language writes it: ``cart.items[0].sku``, ``a["b c"]``."""
+    out = ""
+    for step in path:
+        if isinstance(step, int):
+            out += f"[{step}]"
+        elif _PLAIN_STEP.fullmatch(step):
+            out += f".{step}" if out else step
+        else:
+            quoted = json.dumps(step, ensure_ascii=False)
+            out += f"[{quoted}]" if out else quoted
+    return out
+
+
+def trigger_text(trigger: str | Path) -> str:
+    """A trigger as written: ``on "event.name"`` for a name or glob, ``on change PATH``."""
+    if isinstance(trigger, str):
+        return f"on {json.dumps(trigger, ensure_ascii=False)}"
+    return f"on change {path_text(trigger)}"
+
+
+_MAX_COMPARED = 200  # longer names are not compared: the distance is quadratic
+
+
+def _distance(pattern: str, text: str, glob: bool) -> int:
+    """The edit distance (insertions, deletions, substitutions and swaps of two neighbours,
+    each 1) from ``text`` to the nearest string ``pattern`` matches: in a glob, ``*`` matches
+    any run of characters and ``?`` any one, for free. Compared without case."""
+    p, t = pattern.casefold(), text.casefold()
+    n = len(t)
+    before: list[int] = []  # the row two pattern characters back, for swaps
+    row = list(range(n + 1))
+    for i, c in enumerate(p):
+        if glob and c == "*":
+            new = [row[0]]
+            for j in range(1, n + 1):
+                new.append(min(row[j], new[j - 1]))
+        else:
+            any_char = glob and c == "?"
+            new = [row[0] + 1]
+            for j in range(1, n + 1):
+                cost = 0 if any_char or c == t[j - 1] else 1
+                best = min(row[j] + 1, new[j - 1] + 1, row[j - 1] + cost)
+                if (
+                    before
+                    and j > 1
+                    and c == t[j - 2]
+                    and p[i - 1] == t[j - 1]
+                    and not (glob and "*" in (c, p[i - 1]))
+                ):
+                    best = min(best, before[j - 2] + 1)
+                new.append(best)
+        before, row = row, new
+    return row[n]
+
+
+def _allowed(pattern: str) -> int:
+    """How many edits still make a near miss: 1 for short names, up to 3 for long ones."""
+    literal = len(pattern) - sum(pattern.count(c) for c in "*?")
+    return 1 if literal <= 6 else 2 if literal <= 15 else 3
+
+
+def _event_miss(pattern: str, event: str) -> tuple[int, str] | None:
+    if len(pattern) > _MAX_COMPARED or len(event) > _MAX_COMPARED:
+        return None
+    glob = is_glob(pattern)
+    distance = _distance(pattern, event, glob)
+    if distance > _allowed(pattern):
+        return None
+    text = f"`{trigger_text(pattern)}`: this push was `{event}`"
+    if distance == 0:  # the same but for case
+        text += " (event names are case-sensitive)"
+    return distance, text
+
+
+def _change_miss(watched: Path, changed: Path) -> tuple[int, str] | None:
+    """A near miss when the paths are the same but for one name that is nearly the same
+    (``cart.totl``, ``Cart.total``) while the rest agrees."""
+    if not watched or len(changed) < len(watched):
+        return None
+    differ = [i for i, step in enumerate(watched) if step != changed[i]]
+    if len(differ) != 1:
+        return None
+    want, got = watched[differ[0]], changed[differ[0]]
+    if not isinstance(want, str) or not isinstance(got, str):
+        return None
+    if len(want) > _MAX_COMPARED or len(got) > _MAX_COMPARED:
+        return None
+    distance = _distance(want, got, False)
+    if distance > _allowed(want):
+        return None
+    shown = path_text(changed[: len(watched)])
+    text = f"`{trigger_text(watched)}`: this push changed `{shown}`"
+    if distance == 0:
+        text += " (paths are case-sensitive)"
+    return distance, text
+
+
+def _near_miss(rule: CompiledRule, event: str | None, changed: tuple[Path, ...]) -> str | None:
+    """The message of the trigger of ``rule`` that came nearest to matching, if any came near."""
+    found: list[tuple[int, str]] = []
+    if event:
+        for pattern in rule.events:
+            miss = _event_miss(pattern, event)
+            if miss is not None:
+                found.append(miss)
+    for watched in rule.changes:
+        for path in changed:
+            miss = _change_miss(watched, path)
+            if miss is not None:
+                found.append(miss)
+                break
+    if not found:
+        return None
+    return min(found, key=lambda miss: miss[0])[1]

@@ -322,7 +322,7 @@ def process_push(
         session.new_pageview()
     request = context.for_rules() if context is not None else None
     scope = Scope(state, pushed, ruleset.elements, session.kept, request)
-    result = PushResult(session.id, event, ruleset.version, state)
+    result = PushResult(session.id, event, ruleset.version, state, changed=changed, ruleset=ruleset)
     ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids(), context)
     for rule in ruleset.match(event, changed):
         _evaluate(ctx, rule, result)

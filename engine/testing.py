@@ -10,6 +10,16 @@ sees every send and rule outcome of the pushes before it:
   in the event object.
 * ``expect N send[s] [DEST] [from "RULE"]`` counts them; ``expect no send`` is ``expect 0``.
 * ``expect rule "RULE" STATUS`` checks the rule's status on the latest push that considered it.
+
+When an ``expect`` naming a rule fails because the rule was never triggered, the failure names
+the rule's triggers and, when one of them nearly matched a push before it, the latest near miss
+(:meth:`PushResult.not_triggered`)::
+
+    expect rule "Page view" fired (line 9): the rule was not triggered by any push
+        its triggers: on "page.veiw"
+        near miss, push of line 8: `on "page.veiw"`: this push was `page.view`
+
+A failing ``expect send`` naming no rule lists the near misses of the pushes before it.
 """
 
 from __future__ import annotations
@@ -102,12 +112,59 @@ def _candidates(sends: Iterable[Send], step: ExpectSendStep | ExpectCountStep) -
     ]
 
 
-def _check_send(step: ExpectSendStep, sends: list[Send]) -> str | None:
+Pushed = list[tuple[int, PushResult]]  # each push of a test so far (its line), with followups
+
+
+def _why_not(
+    ruleset: Ruleset, rule: str | None, pushed: Pushed, latest: dict[str, RuleOutcome]
+) -> list[str]:
+    """For a failing ``expect`` about ``rule``: when no push triggered it, its triggers and the
+    latest push's near miss; with no rule named, the near misses of every push so far.
+    Computed only for a failure."""
+    if rule is None:
+        return [
+            f'near miss of rule "{entry.rule}", push of line {line}: {entry.near_miss}'
+            for line, result in pushed
+            for entry in result.not_triggered()
+            if entry.near_miss is not None
+        ]
+    outcome = latest.get(rule)
+    if outcome is not None:  # triggered: say why it did not fire, if it did not
+        if outcome.status == "fired":
+            return []
+        return [
+            f'"{rule}" was {outcome.status}' + (f": {outcome.reason}" if outcome.reason else "")
+        ]
+    compiled = ruleset.rule(rule)
+    if compiled is None:
+        return []
+    triggers = ", ".join(compiled.triggers)
+    lines = [f'"{rule}" was not triggered by any push; its triggers: {triggers}']
+    for line, result in reversed(pushed):  # the latest near miss
+        miss = next((e.near_miss for e in result.not_triggered() if e.rule == rule), None)
+        if miss is not None:
+            lines.append(f"near miss, push of line {line}: {miss}")
+            break
+    return lines
+
+
+def _lines(head: str, details: list[str]) -> str:
+    return "\n".join([head, *(f"    {detail}" for detail in details)])
+
+
+def _check_send(
+    step: ExpectSendStep,
+    sends: list[Send],
+    ruleset: Ruleset,
+    pushed: Pushed,
+    latest: dict[str, RuleOutcome],
+) -> str | None:
     candidates = _candidates(sends, step)
     what = f"expect send {_describe(step)}"
     if not candidates:
         total = len(sends)
-        return f"{what} (line {step.span.line}): no such send ({total} send{'s' if total != 1 else ''} in all)"
+        head = f"{what} (line {step.span.line}): no such send ({total} send{'s' if total != 1 else ''} in all)"
+        return _lines(head, _why_not(ruleset, step.rule, pushed, latest))
     best: list[tuple[str, Any, Any]] = []
     for send in candidates:
         misses = []
@@ -126,23 +183,35 @@ def _check_send(step: ExpectSendStep, sends: list[Send]) -> str | None:
     return "\n".join(lines)
 
 
-def _check_count(step: ExpectCountStep, sends: list[Send]) -> str | None:
+def _check_count(
+    step: ExpectCountStep,
+    sends: list[Send],
+    ruleset: Ruleset,
+    pushed: Pushed,
+    latest: dict[str, RuleOutcome],
+) -> str | None:
     found = len(_candidates(sends, step))
     if found == step.count:
         return None
     noun = "send" if step.count == 1 else "sends"
     scope = _describe(step)
-    return (
-        f"expect {step.count} {noun}{' ' + scope if scope else ''} (line {step.span.line}): "
-        f"got {found}"
-    )
+    head = f"expect {step.count} {noun}{' ' + scope if scope else ''} (line {step.span.line}): got {found}"
+    if found > step.count or step.rule is None:
+        return head
+    return _lines(head, _why_not(ruleset, step.rule, pushed, latest))
 
 
-def _check_rule(step: ExpectRuleStep, latest: dict[str, RuleOutcome]) -> str | None:
+def _check_rule(
+    step: ExpectRuleStep, ruleset: Ruleset, pushed: Pushed, latest: dict[str, RuleOutcome]
+) -> str | None:
     outcome = latest.get(step.rule)
     head = f'expect rule "{step.rule}" {step.status} (line {step.span.line})'
     if outcome is None:
-        return f"{head}: the rule was not triggered by any push"
+        why = _why_not(ruleset, step.rule, pushed, latest)[1:]  # the head says "not triggered"
+        compiled = ruleset.rule(step.rule)
+        if compiled is not None:
+            why.insert(0, f"its triggers: {', '.join(compiled.triggers)}")
+        return _lines(f"{head}: the rule was not triggered by any push", why)
     if outcome.status == step.status:
         return None
     reason = f": {outcome.reason}" if outcome.reason else ""
@@ -157,6 +226,7 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     )
     session = engine.session(test.session or f"test-{next(_counter)}")
     sends: list[Send] = []
+    pushed: Pushed = []
     latest: dict[str, RuleOutcome] = {}
     context: VisitorContext | None = None
     for step in test.steps:
@@ -170,18 +240,19 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
                 report.failures.append(f"push (line {step.span.line}) was rejected: {error}")
                 continue
             sends.extend(result.released)  # held while consent was pending, sent now
-            for pushed in (result, *result.followups):
-                _absorb(pushed, sends, latest)
+            for each in (result, *result.followups):
+                _absorb(each, sends, latest)
+                pushed.append((step.span.line, each))
             continue
         if isinstance(step, ConsentStep):
             sends.extend(session.set_consent(step.value).released)
             continue
         if isinstance(step, ExpectSendStep):
-            failure = _check_send(step, sends)
+            failure = _check_send(step, sends, ruleset, pushed, latest)
         elif isinstance(step, ExpectCountStep):
-            failure = _check_count(step, sends)
+            failure = _check_count(step, sends, ruleset, pushed, latest)
         else:
-            failure = _check_rule(step, latest)
+            failure = _check_rule(step, ruleset, pushed, latest)
         if failure:
             report.failures.append(failure)
     return report

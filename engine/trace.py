@@ -89,6 +89,20 @@ def _consent_lines(console: Console, result: PushResult) -> None:
         )
 
 
+def _not_triggered_lines(console: Console, result: PushResult) -> None:
+    """Why not: each rule the push did not trigger with its triggers, near misses first."""
+    for entry in result.not_triggered():
+        line = Text.assemble(
+            ("  NOT TRIGGERED ", "yellow" if entry.near_miss else "dim"),
+            (entry.rule, "bold" if entry.near_miss else ""),
+            "  " + ", ".join(entry.triggers),
+            (f"  {entry.span.file}:{entry.span.line}", "dim"),
+        )
+        console.print(line, soft_wrap=True)  # one line each, whatever the width: for grep
+        if entry.near_miss:
+            console.print(Text(f"      near miss: {entry.near_miss}"), soft_wrap=True)
+
+
 def render_trace(console: Console, result: PushResult, where: str = "") -> None:
     console.print(
         Text.assemble(
@@ -111,6 +125,7 @@ def render_trace(console: Console, result: PushResult, where: str = "") -> None:
         console.print(line)
         if outcome.reason:
             console.print(Text(f"      {outcome.reason}"))
+    _not_triggered_lines(console, result)
     if result.elements:
         console.print(Text("elements:", style="bold"))
         for name, value in result.elements.items():

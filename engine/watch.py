@@ -18,6 +18,15 @@ half-written file is therefore never published: what is published is exactly wha
 held, unchanged, for ``debounce`` seconds after the last event. Building during the quiet period
 keeps the latency near ``debounce`` rather than ``debounce`` plus the build.
 
+An in-place save (how VS Code and ``cp`` write: truncate, then write) can pause longer than
+``debounce`` between the truncation and the writes on a loaded machine. Where the observer
+reports closes (inotify), a ``.rules`` file modified and not yet closed is being written: no build
+is published until every such file is closed (or ``write_wait`` seconds pass without an event,
+for a writer that never closes, a ``chmod`` or a missed event), then the files are read again.
+
+The path is resolved (``..``, symlinks): the watcher watches the real folder
+(:attr:`RulesWatcher.watching`), while files keep the names the path gives them.
+
 Builds run on the watcher's thread, never on a push. A good build calls ``on_change`` with the
 new :class:`~engine.ruleset.Ruleset` (the engine swaps it in as one reference); a bad one calls
 ``on_error`` with the :class:`~engine.errors.RuleError` and the old ruleset keeps serving.
@@ -41,7 +50,7 @@ from watchdog.observers.polling import PollingObserver
 
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import EngineError, RuleError
-from engine.loader import build_ruleset, rule_files
+from engine.loader import build_ruleset, require_rules, rule_files
 from engine.ruleset import Ruleset
 
 if TYPE_CHECKING:
@@ -58,6 +67,7 @@ logger.addHandler(logging.NullHandler())
 # out: the watcher's own reads cause them.
 _CHANGES = frozenset({"created", "modified", "moved", "deleted", "closed"})
 _SETTLE = 0.05  # seconds of quiet before a build starts (at most half the debounce)
+_WRITE_WAIT = 2.0  # seconds a file open for writing holds publishing back, at most
 
 # What a build read: (file name, content, or None when unreadable); None: no such folder.
 _Snapshot = tuple[tuple[str, bytes | None], ...] | None
@@ -74,7 +84,7 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if self._watcher._relevant(event):
-            self._watcher._touch()
+            self._watcher._touch(event)
 
 
 class RulesWatcher:
@@ -98,20 +108,23 @@ class RulesWatcher:
         cache_dir: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
         ruleset: Ruleset | None = None,
+        write_wait: float = _WRITE_WAIT,
     ) -> None:
         if debounce < 0:
             raise ValueError("debounce must not be negative")
         self.path = Path(path)
         self.debounce = debounce
+        self.write_wait = write_wait
         self._settle = min(_SETTLE, debounce / 2)
         self._on_change = on_change
         self._on_error = on_error
         self._cache_dir = cache_dir
         self._environ = environ
-        # A folder is watched itself; a single file through its folder, by name.
-        absolute = self.path.absolute()
-        self._single = None if absolute.is_dir() or not absolute.suffix else absolute.name
-        self._root = absolute.parent if self._single else absolute
+        # A folder is watched itself; a single file through its folder, by name. Both resolved:
+        # `..` and symlinks would never match the paths of the observer's events.
+        real = Path(os.path.realpath(self.path))
+        self._single = None if real.is_dir() or not real.suffix else real.name
+        self._root = real.parent if self._single else real
         self._ruleset = ruleset
         self._last_error: RuleError | None = None
         # Events, counted by the observer thread, read by the watcher thread.
@@ -119,6 +132,9 @@ class RulesWatcher:
         self._events = 0
         self._last_event = 0.0
         self._stopping = False
+        # Files modified and not closed since: being written (only when closes are reported).
+        self._writing: set[str] = set()
+        self._closes = False
         # Published outcomes, for wait_for_rebuild.
         self._done = threading.Condition()
         self._rebuilds = 0
@@ -145,6 +161,11 @@ class RulesWatcher:
     def rebuilds(self) -> int:
         """How many builds have been reported (good, bad or unchanged) since creation."""
         return self._rebuilds
+
+    @property
+    def watching(self) -> Path:
+        """What is watched: the real (resolved) folder, or the real file."""
+        return self._root / self._single if self._single else self._root
 
     @property
     def running(self) -> bool:
@@ -228,6 +249,8 @@ class RulesWatcher:
             observer: BaseObserver = Observer()
             observer.schedule(handler, str(self._root), recursive=False)
             observer.start()
+            # inotify reports a file's last close after writing; the others may not.
+            self._closes = type(observer).__name__ == "InotifyObserver"
         except OSError as first:
             # Out of inotify instances or watches, say: polling still works, only slower.
             logger.warning("watching %s by polling: %s", self._root, first)
@@ -237,6 +260,7 @@ class RulesWatcher:
                 observer.start()
             except OSError as error:
                 raise EngineError(f"cannot watch {self.path}: {error}") from None
+            self._closes = False
         observer.name = f"tagengine-watch-observer-{self.path}"
         return observer
 
@@ -263,11 +287,30 @@ class RulesWatcher:
                 return True
         return False
 
-    def _touch(self) -> None:
+    def _touch(self, event: FileSystemEvent | None = None) -> None:
         with self._cond:
             self._events += 1
             self._last_event = time.monotonic()
+            if event is not None and self._closes and not event.is_directory:
+                path = os.path.abspath(os.fsdecode(event.src_path))
+                if event.event_type in ("modified", "created"):
+                    self._writing.add(path)
+                else:  # closed, deleted, moved away
+                    self._writing.discard(path)
             self._cond.notify_all()
+
+    def _written(self) -> bool:
+        """Wait until no file is open for writing (at most ``write_wait`` seconds after the
+        last event); ``False`` when stopping."""
+        with self._cond:
+            while not self._stopping and self._writing:
+                remaining = self._last_event + self.write_wait - time.monotonic()
+                if remaining <= 0:
+                    logger.info("%s: still open for writing; reading them anyway", self._writing)
+                    self._writing.clear()
+                    break
+                self._cond.wait(remaining)
+            return not self._stopping
 
     def _quiet(self, period: float) -> bool:
         """Wait until no event has come for ``period`` seconds; ``False`` when stopping."""
@@ -287,7 +330,7 @@ class RulesWatcher:
                 if self._stopping:
                     return
             try:
-                if not self._quiet(self._settle):
+                if not self._quiet(self._settle) or not self._written():
                     return
                 with self._cond:
                     handled = self._events
@@ -295,8 +338,8 @@ class RulesWatcher:
                 if not self._quiet(self.debounce):
                     return
                 with self._cond:
-                    if self._events != handled:
-                        continue  # changed during the build: build again
+                    if self._events != handled or self._writing:
+                        continue  # changed during the build, or being written: build again
                 if self._snapshot() != snapshot:
                     # Changed, and its event not seen (yet): build again after a quiet period.
                     self._touch()
@@ -309,7 +352,9 @@ class RulesWatcher:
         sources: list[tuple[str, bytes]] = []
         problems: list[Diagnostic] = []
         seen: list[tuple[str, bytes | None]] = []
-        for file in rule_files(self.path):  # names as load_ruleset gives them: its cache hits
+        files = rule_files(self.path)
+        require_rules(self.path, files)  # a folder without rules is an error, as on load
+        for file in files:  # names as load_ruleset gives them: its cache hits
             name = str(file)
             try:
                 data = file.read_bytes()

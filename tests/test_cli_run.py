@@ -271,7 +271,10 @@ def test_trace_shows_every_rule_with_status_clause_values_elements_and_bodies(
     assert _status(blocked, "blocked")
     assert "state.user.internal" in blocked
     assert "true" in blocked
-    assert "Buy" not in other
+    # the rule is only listed as not triggered by the other event, with its trigger
+    assert re.findall(r"^.*\bBuy\b.*$", other, re.MULTILINE) == [
+        f'  NOT TRIGGERED Buy  on "buy"  {buy_trace.events.parent / "r.rules"}:2'
+    ], other
     assert re.match(r"5 pushes, 1 rule fired, 2 sends\b", buy_trace.stdout.splitlines()[-1])
 
 

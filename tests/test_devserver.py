@@ -326,3 +326,17 @@ def test_dev_configures_the_emulator_from_the_rules(dev: tuple[DevServer, io.Str
         assert c.post("/ee/v2/interact?datastreamId=ds-1", json=body).status_code == 200
         typo = c.post("/ee/v2/interact?datastreamId=ds-2", json=body)
         assert typo.status_code == 400 and typo.json()["type"].endswith("EXEG-0003-400")
+
+
+def test_a_relative_path_through_dotdot_says_what_it_watches_and_reloads(folder: Path) -> None:
+    (folder.parent / "sub").mkdir()
+    given = folder.parent / "sub" / ".." / folder.name
+    terminal, out = console()
+    with DevServer(given, console=terminal, dry_run=True, debounce=0.05, environ={}) as server:
+        assert out.getvalue().splitlines()[0] == f"watching {folder.resolve()}"
+        assert server.watcher is not None
+        before = server.watcher.rebuilds
+        (folder / "pages.rules").write_text(PAGES.replace('"Page view"', '"Renamed"'))
+        assert server.watcher.wait_for_rebuild(WAIT, after=before)
+        line = httpx.post(f"{server.url}/push", json={"event": "page.view"}).json()
+        assert [r["rule"] for r in line["rules"]] == ["Renamed"]

@@ -228,9 +228,10 @@ def test_a_failed_send_line_says_its_status_time_and_attempts(tmp_path: Path) ->
             "run", "--rules", str(tmp_path), "--edge", server.url, "--sitecore", server.url,
             str(events),
         )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # a failed send fails the run, and says so
     edge_line = next(line for line in run.stdout.splitlines() if "send edge" in line)
     assert "→ 400 in " in edge_line and "1 attempt(s), error: " in edge_line
+    assert run.stdout.splitlines()[-1] == "1 push, 1 rule fired, 2 sends; 1 send failed"
 
 
 COOKIE_ORG = "ACME0123456789@AdobeOrg"

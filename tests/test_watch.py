@@ -427,3 +427,108 @@ def test_load_many_pushes_while_the_rules_are_rewritten(folder: Path) -> None:
     assert errors  # the broken saves were reported
     assert engine.ruleset.version in names
     assert names[engine.ruleset.version] == {"base", "k100-0", "k100-1", "k100-2"}
+
+
+# ---------------------------------------------------------------------------- resolved paths
+@pytest.mark.parametrize("how", ["dotdot", "symlink", "symlink-file"])
+def test_a_path_with_dotdot_or_a_symlink_watches_the_real_folder(
+    folder: Path, tmp_path: Path, how: str
+) -> None:
+    if how == "dotdot":
+        (tmp_path / "elsewhere").mkdir()
+        given = tmp_path / "elsewhere" / ".." / "rules"
+        target = folder / "a.rules"
+    elif how == "symlink":
+        given = tmp_path / "link"
+        given.symlink_to(folder, target_is_directory=True)
+        target = folder / "a.rules"
+    else:
+        given = tmp_path / "link.rules"
+        target = folder / "a.rules"
+        target.write_text(SETTINGS + rule("one"))
+        given.symlink_to(target)
+    recorder = Recorder()
+    with RulesWatcher(
+        given, on_change=recorder.on_change, on_error=recorder.on_error, debounce=FAST
+    ) as watcher:
+        assert watcher.watching == (target if how == "symlink-file" else folder.resolve())
+        assert watcher.ruleset is not None
+        before = watcher.rebuilds
+        target.write_text((SETTINGS if how == "symlink-file" else "") + rules("one", "two"))
+        assert watcher.wait_for_rebuild(WAIT, after=before), "a save in the real folder is missed"
+        assert [r.name for r in watcher.ruleset.rules] == ["one", "two"]
+        assert not recorder.errors
+
+
+def test_a_folder_without_rules_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no rules here")
+    recorder = Recorder()
+    with RulesWatcher(
+        tmp_path, on_change=recorder.on_change, on_error=recorder.on_error, debounce=FAST
+    ) as watcher:
+        assert watcher.ruleset is None
+        assert watcher.last_error is not None
+        assert watcher.last_error.diagnostics[0].message == f"no .rules file in {tmp_path}"
+        before = watcher.rebuilds
+        (tmp_path / "a.rules").write_text(SETTINGS + rule("first"))
+        assert watcher.wait_for_rebuild(WAIT, after=before)
+        assert [r.name for r in watcher.ruleset.rules] == ["first"]
+
+
+# ---------------------------------------------------------------------------- in-place saves
+def test_in_place_saves_are_never_published_empty_or_partial(folder: Path) -> None:
+    """How VS Code and `cp` save: truncate the file, then write it. A writer that pauses after
+    the truncation and between the pieces (longer than the debounce, as a loaded machine does)
+    must never get an empty or partial ruleset published, nor an error reported."""
+    per_version = 4
+    target = folder / "a.rules"
+    target.write_text(rules(*[f"v0-{k}" for k in range(per_version)]))
+    recorder = Recorder()
+    stop = threading.Event()
+    saves: list[int] = []
+
+    def writer() -> None:
+        version = 0
+        while not stop.is_set() and version < 12:
+            version += 1
+            text = rules(*[f"v{version}-{k}" for k in range(per_version)])
+            with target.open("r+") as handle:
+                handle.truncate(0)
+                handle.flush()
+                time.sleep(0.08)  # the empty file stands longer than the debounce
+                half = len(text) // 2
+                handle.write(text[:half])
+                handle.flush()
+                time.sleep(0.08)  # a partial file, too
+                handle.write(text[half:])
+            saves.append(version)
+            time.sleep(0.03 * (version % 3))
+
+    with RulesWatcher(
+        folder, on_change=recorder.on_change, on_error=recorder.on_error, debounce=FAST
+    ) as watcher:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        thread.join(30)
+        stop.set()
+        assert saves and saves[-1] == 12
+        before = watcher.rebuilds
+        # the last save is published (it may be already)
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and (
+            watcher.ruleset is None
+            or sorted(r.name for r in watcher.ruleset.rules)
+            != sorted(f"v12-{k}" for k in range(per_version))
+        ):
+            watcher.wait_for_rebuild(0.2, after=before)
+            before = watcher.rebuilds
+    assert not recorder.errors, [e.render() for e in recorder.errors]
+    assert recorder.changes
+    for ruleset in recorder.changes:
+        names = sorted(r.name for r in ruleset.rules)
+        assert names, "an empty ruleset was published"
+        tag = names[0].split("-")[0]
+        assert names == sorted(f"{tag}-{k}" for k in range(per_version)), names
+    assert sorted(r.name for r in recorder.changes[-1].rules) == [
+        f"v12-{k}" for k in range(per_version)
+    ]
