@@ -86,6 +86,28 @@ class GetPath:
 
 
 @dataclass(frozen=True, slots=True)
+class Each:
+    """``LIST[*].PATH``: ``path`` read from every item of the list ``operand`` gives (a missing
+    step is ``null``). ``flatten``: ``operand`` gives a list of lists (a second ``[*]``), read
+    item by item across them; a non-list among them contributes nothing."""
+
+    span: Span
+    operand: Expr
+    path: Path
+    flatten: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Conditional:
+    """``if TEST then YES else NO``: ``TEST`` is true as ``when`` has it."""
+
+    span: Span
+    test: Expr
+    yes: Expr
+    no: Expr
+
+
+@dataclass(frozen=True, slots=True)
 class Filter:
     span: Span
     operand: Expr
@@ -137,6 +159,8 @@ Expr = (
     | ObjectExpr
     | Call
     | GetPath
+    | Each
+    | Conditional
     | Filter
     | Unary
     | Binary
@@ -184,6 +208,7 @@ class Limit:
     count_span: Span
     unit: str
     unit_span: Span
+    keys: tuple[Expr, ...] = ()  # `by KEY, …`: counted apart for each distinct key value
 
 
 @dataclass(frozen=True, slots=True)

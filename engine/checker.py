@@ -52,6 +52,21 @@ from engine.vocabulary import (
 __all__ = ["FileFacts", "check_file", "check_ruleset", "flatten_ext"]
 
 CONSENT_VALUES = ("in", "out", "pending")
+# Function names from JavaScript and spreadsheets (lower-cased) → the filter that does the job.
+_FUNCTION_FILTERS = {
+    "len": "length",
+    "size": "length",
+    "count": "length",
+    "tolowercase": "lower",
+    "lowercase": "lower",
+    "touppercase": "upper",
+    "uppercase": "upper",
+    "parseint": "number",
+    "parsefloat": "number",
+    "tostring": "string",
+    "str": "string",
+    "boolean": "bool",
+}
 
 
 @dataclass(slots=True)
@@ -250,6 +265,8 @@ class _FileChecker:
                 )
         units: dict[str, Span] = {}
         for limit in node.limits:
+            for key in limit.keys:
+                self.expr(key)
             if limit.count < 1:
                 self.diag(limit.count_span, f"a limit must be at least 1, not {limit.count}")
             if limit.unit not in LIMIT_UNITS:
@@ -531,6 +548,20 @@ class _FileChecker:
     def get_path(self, node: ast.GetPath) -> None:
         self.expr(node.operand)
 
+    def each(self, node: ast.Each) -> None:
+        self.expr(node.operand)
+        kind = _kind(node.operand)
+        if kind is not None and kind != "list":
+            self.diag(
+                node.span,
+                f"'[*]' reads every item of a list, not of {_describe(node.operand, kind)}",
+            )
+
+    def conditional(self, node: ast.Conditional) -> None:
+        self.expr(node.test)
+        self.expr(node.yes)
+        self.expr(node.no)
+
     def unary(self, node: ast.Unary) -> None:
         self.expr(node.operand)
         kind = _kind(node.operand)
@@ -652,11 +683,24 @@ class _FileChecker:
         if node.arg is not None:
             self.expr(node.arg)
 
+    def unknown_function(self, node: ast.Call) -> str:
+        """The message for a call to anything but env(): filters are not functions."""
+        name = node.name
+        target = name if name in FILTERS else _FUNCTION_FILTERS.get(name.lower())
+        if target is None or target not in FILTERS:
+            hint = " (did you mean 'env'?)" if name.lower() == "env" else ""
+            return f"unknown function '{name}'{hint}"
+        value = "VALUE"
+        if node.args:
+            first, last = node.args[0].span, node.args[-1].span
+            lines = self.facts.lines
+            if first.line == last.line and 0 < first.line <= len(lines):
+                value = lines[first.line - 1][first.column - 1 : last.end_column - 1]
+        return f"'{name}' is not a function; use the '{target}' filter: {value} | {target}"
+
     def call(self, node: ast.Call) -> None:
         if node.name != "env":
-            self.diag(
-                node.span, f"unknown function '{node.name}'{did_you_mean(node.name, ['env'])}"
-            )
+            self.diag(node.span, self.unknown_function(node))
         elif not self.allow_env:
             message = (
                 "env() must be a setting's whole value, not part of an expression"
@@ -762,6 +806,8 @@ _EXPR_CHECKS: dict[type, Callable[[_FileChecker, Any], None]] = {
     ast.ObjectExpr: _FileChecker.object_expr,
     ast.Call: _FileChecker.call,
     ast.GetPath: _FileChecker.get_path,
+    ast.Each: _FileChecker.each,
+    ast.Conditional: _FileChecker.conditional,
     ast.Filter: _FileChecker.filter,
     ast.Unary: _FileChecker.unary,
     ast.Matches: _FileChecker.matches,

@@ -169,6 +169,39 @@ def _get_path(node: ast.GetPath) -> Compiled:
     return _path_fn(operand, node.path)
 
 
+def _each_items(value: Any, flatten: bool) -> list[Any] | None:
+    if type(value) is not list:
+        return None
+    if not flatten:
+        return value
+    return [item for inner in value if type(inner) is list for item in inner]
+
+
+def _each(node: ast.Each) -> Compiled:
+    operand = compile_expr(node.operand)
+    path, flatten, lookup = node.path, node.flatten, values.lookup
+
+    def each(value: Any) -> Any:
+        items = _each_items(value, flatten)
+        if items is None:
+            return None
+        # A new list of the items (or of what the path reads from each), like any path read.
+        return list(items) if not path else [lookup(item, path) for item in items]
+
+    if isinstance(operand, _Const):
+        return _Const(each(operand.value))
+    op = operand
+    return lambda s: each(op(s))
+
+
+def _conditional(node: ast.Conditional) -> Compiled:
+    test, yes, no = compile_expr(node.test), compile_expr(node.yes), compile_expr(node.no)
+    if isinstance(test, _Const):
+        return yes if values.truthy(test.value) else no
+    test_fn, yes_fn, no_fn = test, _fn(yes), _fn(no)
+    return lambda s: yes_fn(s) if test_fn(s) else no_fn(s)
+
+
 def _object(node: ast.ObjectExpr) -> Compiled:
     # Dotted keys expand into nested objects: build the shape first, then one builder per level.
     shape: dict[str, Any] = {}
@@ -380,6 +413,8 @@ _COMPILERS: dict[type, Callable[[Any], Compiled]] = {
     ast.ListExpr: _list,
     ast.ObjectExpr: lambda node: _object(node),
     ast.GetPath: _get_path,
+    ast.Each: lambda node: _each(node),
+    ast.Conditional: lambda node: _conditional(node),
     ast.Filter: lambda node: _filter(node),
     ast.Unary: lambda node: _unary(node),
     ast.Matches: lambda node: _matches(node),
@@ -432,8 +467,10 @@ def _has_refs(expr: ast.Expr) -> bool:
         return _has_refs(expr.left) or _has_refs(expr.right)
     if isinstance(expr, ast.Logical):
         return any(_has_refs(o) for o in expr.operands)
-    if isinstance(expr, ast.Unary | ast.Matches | ast.GetPath):
+    if isinstance(expr, ast.Unary | ast.Matches | ast.GetPath | ast.Each):
         return _has_refs(expr.operand)
+    if isinstance(expr, ast.Conditional):
+        return _has_refs(expr.test) or _has_refs(expr.yes) or _has_refs(expr.no)
     return False
 
 
@@ -550,6 +587,11 @@ def _rule(node: ast.Rule, position: int, lines: Sequence[str]) -> CompiledRule:
         sample=node.samples[0].percent if node.samples else None,
         limits=tuple((limit.count, limit.unit) for limit in node.limits),
         actions=tuple(_action(a) for a in node.actions),
+        limit_keys=(
+            tuple(tuple(_closure(key) for key in limit.keys) for limit in node.limits)
+            if any(limit.keys for limit in node.limits)
+            else ()
+        ),
     )
 
 

@@ -44,9 +44,17 @@ FILTER_DOCS: dict[str, str] = {
     "bool": "converts to a boolean",
     "round": "`round [N]`: rounds a number to N decimals (default 0)",
     "length": "the length of a string, list or object",
-    "join": '`join "SEP"`: joins a list into a string',
+    "join": '`join "SEP"`: joins a list into a string (null items skipped)',
     "first": "the first item of a list",
     "last": "the last item of a list",
+    "sum": "the sum of a list's numbers (null items skipped)",
+    "min": "the smallest of a list's numbers (null items skipped)",
+    "max": "the largest of a list's numbers (null items skipped)",
+    "count": "the number of non-null items of a list",
+    "unique": "the list without repeated items (the first of each is kept)",
+    "compact": "the list without its null items",
+    "sha256": "hex SHA-256 of the text, trimmed and lower-cased first (hashed e-mails for ad platforms)",
+    "redact": 'replaces e-mail addresses and phone-like digit runs with "[redacted]"',
 }
 
 EDGE_FIELD_DOCS: dict[str, str] = {
@@ -121,7 +129,8 @@ KEYWORD_DOCS: dict[str, str] = {
     "when": "`when EXPR`: a condition; all must be true",
     "unless": "`unless EXPR`: an exception; any true one blocks the rule",
     "sample": "`sample P%`: keep only P% of sessions",
-    "limit": "`limit N per session|visitor|minute|hour|day`: a frequency cap on firings",
+    "limit": "`limit N per session|visitor|minute|hour|day [by KEY, …]`: a frequency cap on "
+    "firings (with `by`, counted apart for each distinct key value)",
     "send": "`send event { … }` (Adobe Edge Network) or `send sitecore { … }` (Sitecore CDP)",
     "push": "`push { … }`: a push to the data layer",
     "expect": "`expect send …`, `expect N sends …`, `expect no send …`, `expect rule …` in a test",

@@ -21,6 +21,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from engine import ast
 from engine.diagnostics import Diagnostic, Span
+from engine.hints import Hint, syntax_hint
 from engine.values import INT_MAX
 
 __all__ = ["GRAMMAR", "ParseResult", "parse", "parse_template"]
@@ -51,12 +52,18 @@ _CONTINUES_AFTER = frozenset(
         "MODULO",
         "MATCHES",
         "DOT",
+        "IF",
+        "THEN",
+        "ELSE",
     }
 )
 # A line starting with one of these continues the previous one.
 _CONTINUATION = re.compile(r"(?:and|or)\b|[|}\])]")
+# ... and, inside an unfinished `if … then … else …`, a line starting with `then` or `else`.
+_CONDITIONAL_CONTINUATION = re.compile(r"(?:then|else)\b")
 _OPENERS = {"LPAR": "(", "LSQB": "[", "LBRACE": "{"}
 _CLOSERS = frozenset({"RPAR", "RSQB", "RBRACE"})
+_CLOSING = {"(": ")", "[": "]", "{": "}"}
 _new_tuple = tuple.__new__
 
 
@@ -74,6 +81,7 @@ class Newlines:
         previous: str | None = None
         brackets: list[str] = []
         self.open = opened = []
+        ifs = 0  # `if`s still waiting for their `else`
         for token in stream:
             kind = token.type
             if kind == "_NL":
@@ -82,8 +90,15 @@ class Newlines:
                     or previous in _CONTINUES_AFTER
                     or (brackets and brackets[-1] == "(")
                     or _CONTINUATION.match(text, token.end_pos)  # type: ignore[arg-type]
+                    or (
+                        ifs and _CONDITIONAL_CONTINUATION.match(text, token.end_pos)  # type: ignore[arg-type]
+                    )
                 ):
                     continue
+            elif kind == "IF":
+                ifs += 1
+            elif kind == "ELSE" and ifs:
+                ifs -= 1
             elif kind in _OPENERS:
                 brackets.append(_OPENERS[kind])
                 opened.append(token)
@@ -392,14 +407,18 @@ class Builder(lark.Transformer[Token, Any]):
         return ast.Sample(self.between(keyword, percent), float(percent.value[:-1]))
 
     def limit(self, c: list[Any]) -> ast.Limit:
-        keyword, count, unit = c
+        keyword, count, unit, keys = c
         return ast.Limit(
-            self.between(keyword, unit),
+            self.upto(keyword, keys[-1].span) if keys else self.between(keyword, unit),
             self.integer(count, "a limit"),
             self.span(count),
             str(unit),
             self.span(unit),
+            tuple(keys or ()),
         )
+
+    def limit_by(self, c: list[Any]) -> list[ast.Expr]:
+        return c
 
     def send(self, c: list[Any]) -> ast.Send:
         keyword, destination, fields = c
@@ -570,6 +589,7 @@ class Builder(lark.Transformer[Token, Any]):
     def path(self, c: list[Any]) -> ast.Expr:
         operand, *steps = c
         path: list[ast.Step] = []
+        wildcards = 0
         for token in steps:
             kind = token.type
             if kind == "NAME":
@@ -578,7 +598,24 @@ class Builder(lark.Transformer[Token, Any]):
                 path.append(self.string(token))
             elif kind == "NUMBER":
                 path.append(self.integer(token, "a list index"))
+            elif kind == "STAR":  # `[*]`: the steps so far give a list; the rest maps over it
+                operand = self._each(operand, tuple(path), self.span(token), wildcards)
+                path = []
+                wildcards += 1
+        if wildcards:
+            return self._each(operand, tuple(path), self.span(steps[-1]), wildcards)
         return self._extend(operand, tuple(path), self.span(steps[-1]))
+
+    def _each(self, operand: Any, steps: ast.Path, end: Span, wildcards: int) -> ast.Expr:
+        """``steps`` read from ``operand``: directly before the first ``[*]`` (``wildcards`` 0),
+        else from each item of the list(s) the ``[*]`` before them stands for."""
+        if not wildcards:  # the steps before the first `[*]`
+            return self._extend(operand, steps, end) if steps else operand
+        return ast.Each(operand.span.to(end), operand, steps, wildcards > 1)
+
+    def conditional(self, c: list[Any]) -> ast.Conditional:
+        keyword, test, _then, yes, _else, no = c
+        return ast.Conditional(self.upto(keyword, no.span), test, yes, no)
 
     def string_(self, c: list[Token]) -> ast.Literal:
         token = c[0]
@@ -662,6 +699,11 @@ _READABLE = {
     "SLASH": "'/'",
     "MODULO": "'%'",
 }
+
+
+def _position(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a 0-based offset into ``text``."""
+    return text.count("\n", 0, offset) + 1, offset - (text.rfind("\n", 0, offset) + 1) + 1
 
 
 def _readable(kind: str) -> str:
@@ -772,8 +814,42 @@ class _Parser:
             message += self.unclosed()
         else:  # pragma: no cover - lark has no other kind
             message = str(error)
+        found = self.hint(error, text)
+        if found is not None:
+            line, column = _position(text, found.start)
+            end = column + max(found.end - found.start, 1)
+            message = found.message
         span = Span(filename, line, column, line, max(end, column + 1))
         return Diagnostic(span, message, source_line=lines[line - 1])
+
+    def hint(self, error: UnexpectedInput, text: str) -> Hint | None:
+        """What to write instead, for the habits :mod:`engine.hints` knows; the unclosed
+        bracket when the file ends inside one."""
+        if isinstance(error, UnexpectedCharacters):
+            return syntax_hint(text, error.pos_in_stream or 0, char=True)
+        if isinstance(error, UnexpectedEOF) or (
+            isinstance(error, UnexpectedToken) and error.token.type == "$END"
+        ):
+            if not self.newlines.open:
+                return None
+            token = self.newlines.open[-1]
+            start = token.start_pos or 0
+            return Hint(
+                start,
+                start + 1,
+                f"unclosed '{token}' opened at line {token.line}: the file ends before its closing '{_CLOSING[str(token)]}'",
+            )
+        if isinstance(error, UnexpectedToken):
+            token = error.token
+            return syntax_hint(
+                text,
+                token.start_pos or 0,
+                kind=token.type,
+                value=str(token),
+                expected=error.expected,
+                keywords=self.keywords,
+            )
+        return None  # pragma: no cover - lark has no other kind
 
     def unclosed(self) -> str:
         if not self.newlines.open:

@@ -85,6 +85,8 @@ class CompiledRule:
     sample: float | None  # percent
     limits: tuple[tuple[int, str], ...]  # (count, unit)
     actions: tuple[CompiledAction, ...]
+    # For each limit, the functions of its `by` keys (all empty: no keyed limit).
+    limit_keys: tuple[tuple[Fn, ...], ...] = ()
 
     @property
     def triggers(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ evaluate, build the sends. Decisions only: nothing here does I/O; the caller dis
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -209,6 +210,25 @@ def _request(ctx: _Context, rule_name: str, destination: str, fields: dict[str, 
     )
 
 
+def _limit_histories(rule: CompiledRule, scope: Scope) -> list[tuple[str, str]]:
+    """For each limit of ``rule``: the name its firings are counted under (the rule's name, or
+    for ``limit … by KEYS`` the rule's name and the keys' values at this push) and the text a
+    trace adds to say which key was limited."""
+    if not rule.limit_keys:
+        return [(rule.name, "")] * len(rule.limits)
+    out: list[tuple[str, str]] = []
+    for keys in rule.limit_keys:
+        if not keys:
+            out.append((rule.name, ""))
+            continue
+        values = [f(scope) for f in keys]
+        key = json.dumps(
+            values, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str
+        )
+        out.append((f"{rule.name}\x1f{key}", f" for key {key}"))
+    return out
+
+
 def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
     scope, session = ctx.scope, ctx.session
     for condition in rule.conditions:
@@ -246,10 +266,11 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
             reason = f"sampled out: this session is outside the rule's {rule.sample:g}% sample"
             result.rules.append(RuleOutcome(rule.name, "sampled_out", reason, span=rule.span))
             return
-    for count, unit in rule.limits:
-        if session.limit_reached(rule.name, count, unit, ctx.now):
+    histories = _limit_histories(rule, scope)
+    for (count, unit), (history, shown) in zip(rule.limits, histories, strict=True):
+        if session.limit_reached(history, count, unit, ctx.now):
             reason = f"limited: already fired {count} time{'s' if count != 1 else ''} per {unit}"
-            result.rules.append(RuleOutcome(rule.name, "limited", reason, span=rule.span))
+            result.rules.append(RuleOutcome(rule.name, "limited", reason + shown, span=rule.span))
             return
     sends: list[Send] = []
     failure: str | None = None
@@ -274,7 +295,11 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
         result.rules.append(RuleOutcome(rule.name, "failed", failure, span=failed_span))
         return
     if rule.limits:
-        session.record_firing(rule.name, [unit for _, unit in rule.limits], ctx.now)
+        units_of: dict[str, list[str]] = {}
+        for (_, unit), (history, _shown) in zip(rule.limits, histories, strict=True):
+            units_of.setdefault(history, []).append(unit)
+        for history, units in units_of.items():  # one record per history: no double count
+            session.record_firing(history, units, ctx.now)
     result.rules.append(RuleOutcome(rule.name, "fired", span=rule.span))
 
 

@@ -7,6 +7,7 @@ these at run time; the checker calls them to fold constants.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+
+import re2
 
 Step = str | int
 
@@ -322,9 +325,103 @@ def f_length(v: Any) -> Any:
 
 
 def f_join(v: Any, separator: Any = ",") -> Any:
+    """The items as text, separated; ``null`` items are skipped (``["A", null, "B"]`` → ``A,B``)."""
     if type(v) is not list:
         return v
-    return stringify(separator).join(stringify(item) for item in v)
+    return stringify(separator).join(stringify(item) for item in v if item is not None)
+
+
+def _numbers(v: Any) -> list[int | float] | None:
+    """The numbers of a list, ``null`` items skipped; ``None`` when ``v`` is not a list or an
+    item is neither a number nor a number-like string (booleans are not numbers)."""
+    if type(v) is not list:
+        return None
+    out: list[int | float] = []
+    for item in v:
+        if item is None:
+            continue
+        number = as_number(item) if type(item) is not bool else None
+        if number is None:
+            return None
+        out.append(number)
+    return out
+
+
+def f_sum(v: Any) -> Any:
+    numbers = _numbers(v)
+    if numbers is None:
+        return None
+    try:
+        return _number_result(
+            math.fsum(numbers) if any(type(n) is float for n in numbers) else sum(numbers)
+        )
+    except OverflowError:
+        return None
+
+
+def f_min(v: Any) -> Any:
+    numbers = _numbers(v)
+    return _number_result(min(numbers)) if numbers else None
+
+
+def f_max(v: Any) -> Any:
+    numbers = _numbers(v)
+    return _number_result(max(numbers)) if numbers else None
+
+
+def f_count(v: Any) -> Any:
+    if v is None:
+        return 0
+    if type(v) is list:
+        return sum(1 for item in v if item is not None)
+    return None
+
+
+def _identity(value: Any) -> str:
+    """A key equal for equal JSON values of the same types (``1`` and ``"1"`` differ)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def f_unique(v: Any) -> Any:
+    if type(v) is not list:
+        return v
+    seen: set[tuple[str, str]] = set()
+    out: list[Any] = []
+    for item in v:
+        key = (type(item).__name__, _identity(item))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def f_compact(v: Any) -> Any:
+    return [item for item in v if item is not None] if type(v) is list else v
+
+
+def f_sha256(v: Any) -> Any:
+    """Hex SHA-256 of the UTF-8 text after trimming and lower-casing (what ad platforms expect
+    of e-mail addresses); numbers are hashed as their text; anything else is ``null``."""
+    kind = type(v)
+    if kind is not str and kind is not int and kind is not float:
+        return None
+    text = stringify(v).strip().lower()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# Linear-time (RE2) patterns for `redact`: e-mail addresses, then runs of 9 or more digits
+# with at most two separators between digits (space, `.`, `-`, `/`, parentheses), an optional `+`.
+_EMAIL = re2.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PHONE = re2.compile(r"\+?\(?\d(?:[ .\-/()]{0,2}\d){8,}")
+REDACTED = "[redacted]"
+
+
+def f_redact(v: Any) -> Any:
+    if type(v) is not str:
+        return v
+    if "@" in v:
+        v = _EMAIL.sub(REDACTED, v)
+    return _PHONE.sub(REDACTED, v)
 
 
 def f_first(v: Any) -> Any:
@@ -354,6 +451,14 @@ FILTERS: dict[str, tuple[Callable[..., Any], str]] = {
     "join": (f_join, "optional"),
     "first": (f_first, "none"),
     "last": (f_last, "none"),
+    "sum": (f_sum, "none"),
+    "min": (f_min, "none"),
+    "max": (f_max, "none"),
+    "count": (f_count, "none"),
+    "unique": (f_unique, "none"),
+    "compact": (f_compact, "none"),
+    "sha256": (f_sha256, "none"),
+    "redact": (f_redact, "none"),
 }
 
 

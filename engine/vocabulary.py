@@ -36,6 +36,7 @@ KEYWORDS = frozenset(
         "true",
         "false",
         "null",
+        "if",
     ]
 )
 RESERVED_NAMES = frozenset({"state", "event", "env", "request"})

@@ -254,7 +254,7 @@ CASES = {
     "unknown function": (
         "element n = count(state.items)\n",
         """\
-        t.rules:1:13: error: unknown function 'count'
+        t.rules:1:13: error: 'count' is not a function; use the 'count' filter: state.items | count
          1 | element n = count(state.items)
            |             ^~~~~~~~~~~~~~~~~~""",
     ),
@@ -268,9 +268,9 @@ CASES = {
     "syntax: missing brace": (
         'rule "R" {\n  on "x"\n  send event { type: "t" }\n',
         """\
-        t.rules:3:27: error: unexpected end of file; expected 'limit', 'on', 'push', 'sample', 'send', 'unless', 'when' (the '{' at line 1, column 10 is never closed by '}')
-         3 |   send event { type: "t" }
-           |                           ^""",
+        t.rules:1:10: error: unclosed '{' opened at line 1: the file ends before its closing '}'
+         1 | rule "R" {
+           |          ^""",
     ),
     "syntax: misspelt keyword": (
         'rule "R" {\n  on "x"\n  wehn state.a\n  send event { type: "t" }\n}\n',

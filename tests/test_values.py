@@ -445,7 +445,7 @@ def test_default_replaces_null_and_missing() -> None:
 
 def test_join() -> None:
     assert apply("join", ["a", "b", "c"], "-") == "a-b-c"
-    assert apply("join", [1, 2.0, None, True, "x"], "|") == "1|2||true|x"
+    assert apply("join", [1, 2.0, None, True, "x"], "|") == "1|2|true|x"  # null skipped
     assert apply("join", [], ",") == ""
     assert apply("join", [{"a": 1}], ";") == '{"a":1}'
     assert evaluate_element('state.tags | join ", "', {"tags": ["run", "trail"]}) == "run, trail"
