@@ -389,6 +389,13 @@ def _problem(
     )
 
 
+def _rejected(reject: _Reject, request_id: str, org: str | None) -> Response:
+    """The problem answer for a refused Edge request."""
+    return _problem(
+        reject.status, reject.code, reject.title, reject.detail, request_id=request_id, org=org
+    )
+
+
 class _Reject(Exception):
     """An Edge request that fails validation; becomes a problem response."""
 
@@ -444,14 +451,7 @@ async def edge(request: Request) -> Response:
         ):
             _check_primary_identity(org, events, version, action, request_xdm, entries, fpid_cookie)
     except _Reject as reject:
-        return _problem(
-            reject.status,
-            reject.code,
-            reject.title,
-            reject.detail,
-            request_id=request_id,
-            org=header_org or config.org,
-        )
+        return _rejected(reject, request_id, header_org or config.org)
 
     response_headers = {"x-request-id": request_id}
     opted_out = [
@@ -963,14 +963,7 @@ async def set_consent(request: Request) -> Response:
         _check_overrides(config, meta)
         entries = _entries(_object(meta.get("state"), "meta.state").get("entries"))
     except _Reject as reject:
-        return _problem(
-            reject.status,
-            reject.code,
-            reject.title,
-            reject.detail,
-            request_id=request_id,
-            org=header_org or config.org,
-        )
+        return _rejected(reject, request_id, header_org or config.org)
     org = header_org or _org_from_entries(entries) or config.org
     fpid_cookie = _fpid_cookie(headers)
     event = {"xdm": {"identityMap": identity_map or {}}}
