@@ -299,10 +299,10 @@ def merge_acdl(
     with ``state`` every subtree the push did not touch.
     """
     changed: list[Path] = []
-    return _acdl(state, data, (), changed, copy_json if copy else _same), changed
+    return _acdl(state, data, (), changed, copy_json if copy else _identity), changed
 
 
-def _same(value: Any) -> Any:
+def _identity(value: Any) -> Any:
     return value
 
 
@@ -423,9 +423,45 @@ def merge(
     """:func:`merge_acdl` for ``"acdl"``, :func:`merge_gtm` for ``"gtm"`` (which builds new
     containers for what it merges, so ``copy`` only matters for ACDL). Raises
     :class:`PushError` for what the merge refuses (GTM: too deep a dotted key), before
-    anything is changed."""
+    anything is changed.
+
+    The paths returned are those whose value the push changed: a push that sets a value
+    again, as it was, changes nothing (``on change`` does not fire, as Adobe's data-element
+    change and ACDL's listeners do not)."""
     if mode == "acdl":
-        return merge_acdl(state, data, copy=copy)
-    if mode == "gtm":
-        return merge_gtm(state, data)
-    raise ValueError(f"unknown merge mode {mode!r} (expected 'acdl' or 'gtm')")
+        new, paths = merge_acdl(state, data, copy=copy)
+    elif mode == "gtm":
+        new, paths = merge_gtm(state, data)
+    else:
+        raise ValueError(f"unknown merge mode {mode!r} (expected 'acdl' or 'gtm')")
+    return new, [path for path in paths if not _same(_at(state, path), _at(new, path))]
+
+
+_ABSENT: Any = object()
+
+
+def _at(state: Any, path: Path) -> Any:
+    value: Any = state
+    for step in path:
+        if type(value) is dict:
+            if step not in value:
+                return _ABSENT
+            value = value[step]
+        elif type(value) is list and isinstance(step, int) and 0 <= step < len(value):
+            value = value[step]
+        else:
+            return _ABSENT
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality that tells true from 1 (Python's == does not); 1 and 1.0 are one number."""
+    if a is b:
+        return True
+    if type(a) is bool or type(b) is bool:
+        return type(a) is type(b) and a == b
+    if type(a) is dict:
+        return type(b) is dict and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if type(a) is list:
+        return type(b) is list and len(a) == len(b) and all(map(_same, a, b))
+    return type(b) is not dict and type(b) is not list and bool(a == b)

@@ -509,16 +509,16 @@ def test_changed_paths_are_the_leaves_the_push_set(mode: str) -> None:
         ("user",),
     ]
     assert changed(mode, {"cart": {"total": 1}}, {"cart": None}) == [("cart",)]
-    # an identical value is still a change (ACDL fires :change on every data push)
-    assert changed(mode, {"a": 1}, {"a": 1}) == [("a",)]
+    # a value set again as it was is no change (on change fires when the value changes)
+    assert changed(mode, {"a": 1}, {"a": 1}) == []
+    assert changed(mode, {"a": 1}, {"a": True}) == [("a",)]  # true is not 1
+    assert changed(mode, {"a": [1, {"b": 2}]}, {"a": [1, {"b": 2}]}) == []
     assert changed(mode, {"a": 1}, {}) == []
 
 
 def test_changed_paths_for_deletion_and_gtm_specials() -> None:
-    assert changed("acdl", {"a": {"b": 1}}, {"a": {"b": None, "c": None}}) == [
-        ("a", "b"),
-        ("a", "c"),
-    ]
+    # deleting what is there is a change; deleting what was never there is none
+    assert changed("acdl", {"a": {"b": 1}}, {"a": {"b": None, "c": None}}) == [("a", "b")]
     assert changed("gtm", {}, {"a.b": 1, "a.c": {"d": 2}}) == [("a", "b"), ("a", "c", "d")]
     assert changed("gtm", {"a": [1, 2]}, {"a": [{"x": 1}]}) == [("a",)]
     # under _clear a key is replaced whole, so its path is reported, not the leaves below it
@@ -526,7 +526,8 @@ def test_changed_paths_for_deletion_and_gtm_specials() -> None:
         ("one",),
         ("five",),
     ]
-    assert changed("gtm", {"a": {"b": 1}}, {"a": {"_clear": True}}) == [("a",)]
+    # `_clear` alone assigns nothing: `a` keeps its value, so nothing changed
+    assert changed("gtm", {"a": {"b": 1}}, {"a": {"_clear": True}}) == []
 
 
 def test_a_watched_path_below_a_replaced_object_is_covered() -> None:

@@ -350,3 +350,31 @@ test "each milestone once per video" {
 
 def test_if_cannot_name_an_element() -> None:
     assert problems("element if = 1\n") == [(1, 9, "'if' is a keyword and cannot name an element")]
+
+
+def test_on_change_fires_only_when_the_value_changed() -> None:
+    text = """
+edge {
+  datastream: "ds"
+}
+rule "Route" {
+  on change route.path
+  send event { type: "web.webpagedetails.pageViews", data.path: state.route.path }
+}
+"""
+    from engine import Engine
+    from tests.conftest import load_text as load
+
+    with Engine(load(text), dry_run=True) as engine:
+        session = engine.session("s")
+        fired = [
+            session.push(push).fired
+            for push in (
+                {"route": {"path": "/a"}},
+                {"route": {"path": "/a"}},  # the same again: no change
+                {"route": {"path": "/a", "title": "A"}},  # a sibling changed, not the path
+                {"route": {"path": "/b"}},
+                {"route": None},  # deleted: a change
+            )
+        ]
+    assert fired == [["Route"], [], [], ["Route"], ["Route"]]
