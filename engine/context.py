@@ -133,7 +133,7 @@ class VisitorContext:
         headers: Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]],
         client: str | None = None,
         *,
-        trusted_proxies: Iterable[str] = (),
+        trusted_proxies: Iterable[str | Network] = (),
     ) -> VisitorContext:
         """The context of a visitor's request: its headers (any case; a mapping or pairs, as
         ASGI and WSGI give them) and the address it came from (``client``).

@@ -144,6 +144,7 @@ class CollectRequest:
     client: str | None = None
     scheme: str = "http"
     too_large: bool = False  # the body was refused while read (past max_body): a 413
+    parsed_cookies: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -194,6 +195,8 @@ def _cookies(request: CollectRequest) -> dict[str, str]:
     other scripts of the site store: a pair this cannot read is skipped alone (the standard
     library's parser stops at the first, losing every cookie after it). The first of two
     cookies of one name wins (the browser sends the most specific first)."""
+    if request.parsed_cookies is not None:  # read once per request (inline() reads them too)
+        return request.parsed_cookies
     out: dict[str, str] = {}
     for key, value in request.headers:
         if key.lower() != "cookie":
@@ -207,6 +210,7 @@ def _cookies(request: CollectRequest) -> dict[str, str]:
             if len(raw) >= 2 and raw[0] == raw[-1] == '"':
                 raw = raw[1:-1]
             out[name] = raw
+    request.parsed_cookies = out
     return out
 
 
@@ -273,6 +277,10 @@ class CollectCore:
         self.settings = settings or CollectSettings()
         self._signer = _Signer(self.settings.secret)
         self._origins = {origin.rstrip("/").lower() for origin in self.settings.cors_origins}
+        # Parsed once: every request asks whether its peer is one of them.
+        self._proxies = tuple(
+            ipaddress.ip_network(proxy, strict=False) for proxy in self.settings.trusted_proxies
+        )
         self._warned_sites: set[str] = set()
         self.metrics = metrics_for(engine)
         self._recent = _RecentVisitors(engine)
@@ -364,16 +372,12 @@ class CollectCore:
         """The host the browser asked for: ``Host``, or behind a trusted proxy (one that
         rewrites ``Host``) its ``X-Forwarded-Host``."""
         forwarded = request.header("x-forwarded-host")
-        if forwarded and request.client and self.settings.trusted_proxies:
+        if forwarded and request.client and self._proxies:
             try:
                 peer = ipaddress.ip_address(request.client)
-                trusted = any(
-                    peer in ipaddress.ip_network(proxy, strict=False)
-                    for proxy in self.settings.trusted_proxies
-                )
             except ValueError:
-                trusted = False
-            if trusted:
+                peer = None
+            if peer is not None and any(peer in network for network in self._proxies):
                 return forwarded.split(",")[0].strip().lower()
         return (request.header("host") or "").lower()
 
@@ -478,7 +482,7 @@ class CollectCore:
         if len(request.body) > settings.max_body:
             return _json(413, {"error": f"a request is at most {settings.max_body:,} bytes"})
         context = VisitorContext.from_headers(
-            request.headers, request.client, trusted_proxies=settings.trusted_proxies
+            request.headers, request.client, trusted_proxies=self._proxies
         )
         cookies = _cookies(request)
         known_visitor, known_session = self._identity(cookies)
