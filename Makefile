@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.runtime
 	$(BIN)/python -m benchmarks.dispatch
+	$(BIN)/python -m benchmarks.startup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/web/node_modules

@@ -240,6 +240,7 @@ class Rule:
     samples: tuple[Sample, ...]
     limits: tuple[Limit, ...]
     actions: tuple[Action, ...]
+    skipped_guards: tuple[tuple[str, Span], ...] = ()  # `skip guard "NAME", …`
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,26 @@ class Test:
     steps: tuple[TestStep, ...]
 
 
-Statement = Settings | Element | Rule | Test
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """``guard "NAME" { when …; unless … }``: conditions every rule of the ruleset meets
+    before its own, unless the rule skips the guard."""
+
+    span: Span
+    name: str
+    name_span: Span
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """``setup { … }``: steps run before each test of the file, in order."""
+
+    span: Span
+    steps: tuple[TestStep, ...]
+
+
+Statement = Settings | Element | Rule | Test | Guard | Setup
 
 
 @dataclass(frozen=True, slots=True)

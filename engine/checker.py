@@ -21,7 +21,7 @@ from engine import ast, values
 from engine.checker_edge import check_send_event
 from engine.diagnostics import Diagnostic, Span, did_you_mean
 from engine.patterns import PatternError, compile_pattern
-from engine.settings import SETTINGS_MODELS
+from engine.settings_fields import SETTINGS_FIELDS
 from engine.sitecore_formats import (
     CHECKED_PATHS,
     card_type_problem,
@@ -80,6 +80,9 @@ class FileFacts:
     elements: list[ast.Element] = field(default_factory=list)
     rules: list[ast.Rule] = field(default_factory=list)
     tests: list[ast.Test] = field(default_factory=list)
+    guards: list[ast.Guard] = field(default_factory=list)
+    setups: list[ast.Setup] = field(default_factory=list)
+    guard_refs: list[tuple[str, Span]] = field(default_factory=list)  # `skip guard "NAME"`
     # (element name, span, referenced from a %token%?, the element whose definition uses it)
     element_refs: list[tuple[str, Span, bool, str | None]] = field(default_factory=list)
     sends: list[tuple[str, Span]] = field(default_factory=list)  # (settings block, span)
@@ -90,6 +93,10 @@ class FileFacts:
     def diag(self, span: Span, message: str) -> None:
         line = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
         self.diagnostics.append(Diagnostic(span, message, source_line=line))
+
+    def warn(self, span: Span, message: str) -> None:
+        line = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
+        self.diagnostics.append(Diagnostic(span, message, "warning", line))
 
 
 # ------------------------------------------------------------------ static kinds
@@ -121,6 +128,17 @@ def _kind(expr: ast.Expr) -> str | None:
 
 
 _ORDERABLE = {"number", "number-like string", "date string"}
+
+# Characters that mean something in a regular expression and nothing in a glob.
+_REGEX_CHARS = re.compile(r"[\^$+()|\\{}\[]")
+
+
+def _as_glob(pattern: str) -> str | None:
+    """The glob a regular-expression-looking trigger probably meant, when one is plain."""
+    glob = pattern.removeprefix("^").removesuffix("$")
+    glob = re.sub(r"\[(.)\]", r"\1", glob)  # `[.]`: one character, itself
+    glob = re.sub(r"\.[*+]", "*", glob).replace("\\.", ".")
+    return glob if glob != pattern and not _REGEX_CHARS.search(glob) else None
 
 
 def _describe(expr: ast.Expr, kind: str) -> str:
@@ -190,6 +208,7 @@ class _FileChecker:
     def __init__(self, facts: FileFacts) -> None:
         self.facts = facts
         self.diag = facts.diag
+        self.warn = facts.warn
         self.owner: str | None = None  # the element being defined, for dependency edges
         self.allow_refs = True
         self.allow_env = False
@@ -206,17 +225,23 @@ class _FileChecker:
         elif isinstance(node, ast.Test):
             self.facts.tests.append(node)
             self.test(node)
+        elif isinstance(node, ast.Guard):
+            self.facts.guards.append(node)
+            self.guard(node)
+        elif isinstance(node, ast.Setup):
+            self.facts.setups.append(node)
+            self.setup(node)
         else:
             self.facts.settings.append(node)
             self.settings(node)
 
     def settings(self, node: ast.Settings) -> None:
-        model = SETTINGS_MODELS.get(node.kind)
-        if model is None:
-            hint = did_you_mean(node.kind, SETTINGS_MODELS)
+        fields = SETTINGS_FIELDS.get(node.kind)
+        if fields is None:
+            hint = did_you_mean(node.kind, SETTINGS_FIELDS)
             self.diag(node.kind_span, f"unknown settings block '{node.kind}'{hint}")
             return
-        allowed = list(model.model_fields)
+        allowed = list(fields)
         seen: dict[str, Span] = {}
         for pair in node.fields.pairs:
             name = ".".join(pair.key)
@@ -242,7 +267,40 @@ class _FileChecker:
         self.expr(node.expr)
         self.owner = None
 
+    def guard(self, node: ast.Guard) -> None:
+        if not node.conditions:
+            self.diag(
+                node.name_span,
+                f"guard '{node.name}' has no condition: add a 'when' or 'unless' line",
+            )
+        for condition in node.conditions:
+            self.expr(condition.expr)
+
+    def setup(self, node: ast.Setup) -> None:
+        if len(self.facts.setups) > 1:
+            first = self.facts.setups[0].span
+            self.diag(
+                Span(
+                    node.span.file,
+                    node.span.line,
+                    node.span.column,
+                    node.span.line,
+                    node.span.column + 5,
+                ),
+                f"this file already has a setup (line {first.line}): one setup per file",
+            )
+        for step in node.steps:
+            if isinstance(step, ast.ExpectSend | ast.ExpectCount | ast.ExpectRule):
+                self.diag(
+                    step.span,
+                    "a setup holds the steps every test of the file starts with, not "
+                    "expectations: move this 'expect' into a test",
+                )
+            else:
+                self.step(step)
+
     def rule(self, node: ast.Rule) -> None:
+        self.facts.guard_refs.extend(node.skipped_guards)
         if not node.triggers:
             self.diag(
                 node.name_span, f"rule '{node.name}' has no trigger: add an 'on \"event\"' line"
@@ -252,6 +310,15 @@ class _FileChecker:
         for trigger in node.triggers:
             if isinstance(trigger, ast.EventTrigger) and not trigger.pattern:
                 self.diag(trigger.span, 'an event trigger cannot be empty: use "*" for every event')
+            if isinstance(trigger, ast.EventTrigger) and _REGEX_CHARS.search(trigger.pattern):
+                glob = _as_glob(trigger.pattern)
+                hint = f' (did you mean "{glob}"?)' if glob else ""
+                self.warn(
+                    trigger.span,
+                    "event names are matched as globs, not regular expressions: '*' stands "
+                    f"for any text, '?' for one character, and every other character for "
+                    f"itself{hint}",
+                )
             if isinstance(trigger, ast.ChangeTrigger) and not trigger.path:
                 self.diag(trigger.span, "a change trigger needs a path, e.g. 'change cart.total'")
         for condition in node.conditions:
@@ -449,43 +516,45 @@ class _FileChecker:
 
     # -- tests
     def test(self, node: ast.Test) -> None:
-        pushes = expects = 0
+        expects = 0
         for step in node.steps:
-            if isinstance(step, ast.Push):
-                pushes += 1
-                self.constant(step.value, "in a test")
-            elif isinstance(step, ast.TestSession):
-                continue
-            elif isinstance(step, ast.TestVisitor):
-                self.constant(step.fields, "in a test")
-                for pair in step.fields.pairs:
-                    name = pair.key[0]
-                    if name not in REQUEST_FIELDS or len(pair.key) > 1:
-                        hint = did_you_mean(name, REQUEST_FIELDS)
-                        self.diag(
-                            pair.key_span,
-                            f"unknown request field '{'.'.join(pair.key)}'; expected "
-                            + ", ".join(REQUEST_FIELDS)
-                            + hint,
-                        )
-                    elif name == "bot" and not (
-                        isinstance(pair.value, ast.Literal) and isinstance(pair.value.value, bool)
-                    ):
-                        self.diag(pair.value.span, "request bot is true or false")
-            elif isinstance(step, ast.TestConsent):
-                if step.value not in CONSENT_VALUES:
-                    hint = did_you_mean(step.value, CONSENT_VALUES)
-                    self.diag(
-                        step.value_span,
-                        f"unknown consent '{step.value}'; expected 'in', 'out' or 'pending'{hint}",
-                    )
-            else:
+            if isinstance(step, ast.ExpectSend | ast.ExpectCount | ast.ExpectRule):
                 expects += 1
                 self.expectation(step)
-        if not pushes:
-            self.diag(node.name_span, f"test '{node.name}' has no push")
+            else:
+                self.step(step)
+        # "has no push" waits for the whole file: its setup may push (see check_file)
         if not expects:
             self.diag(node.name_span, f"test '{node.name}' expects nothing: add an 'expect' line")
+
+    def step(self, step: ast.Push | ast.TestSession | ast.TestVisitor | ast.TestConsent) -> None:
+        """A step of a test or a setup: a push, the session, the request, the consent."""
+        if isinstance(step, ast.Push):
+            self.constant(step.value, "in a test")
+        elif isinstance(step, ast.TestSession):
+            return
+        elif isinstance(step, ast.TestVisitor):
+            self.constant(step.fields, "in a test")
+            for pair in step.fields.pairs:
+                name = pair.key[0]
+                if name not in REQUEST_FIELDS or len(pair.key) > 1:
+                    hint = did_you_mean(name, REQUEST_FIELDS)
+                    self.diag(
+                        pair.key_span,
+                        f"unknown request field '{'.'.join(pair.key)}'; expected "
+                        + ", ".join(REQUEST_FIELDS)
+                        + hint,
+                    )
+                elif name == "bot" and not (
+                    isinstance(pair.value, ast.Literal) and isinstance(pair.value.value, bool)
+                ):
+                    self.diag(pair.value.span, "request bot is true or false")
+        elif isinstance(step, ast.TestConsent) and step.value not in CONSENT_VALUES:
+            hint = did_you_mean(step.value, CONSENT_VALUES)
+            self.diag(
+                step.value_span,
+                f"unknown consent '{step.value}'; expected 'in', 'out' or 'pending'{hint}",
+            )
 
     def expectation(self, step: ast.ExpectSend | ast.ExpectCount | ast.ExpectRule) -> None:
         if isinstance(step, ast.ExpectRule):
@@ -585,6 +654,20 @@ class _FileChecker:
     def logical(self, node: ast.Logical) -> None:
         for operand in node.operands:
             self.expr(operand)
+        fallback = next(
+            (
+                o
+                for o in node.operands
+                if isinstance(o, ast.Literal) and o.value is not None and type(o.value) is not bool
+            ),
+            None,
+        )
+        if fallback is not None:
+            self.warn(
+                node.span,
+                f"'{node.op}' gives true or false, never one of its values: for a fallback "
+                "value write 'A | default B'",
+            )
 
     def binary(self, node: ast.Binary) -> None:
         self.expr(node.left)
@@ -641,17 +724,14 @@ class _FileChecker:
             return
         # arithmetic
         numeric = ("number", "number-like string")
+        text = ("string", "date string", "number-like string")
+        if op == "+" and (left in text or right in text):
+            return  # joins as text (or adds, when both sides are numbers)
         for side, kind in ((node.left, left), (node.right, right)):
             if kind is None or kind in numeric:
                 continue
-            if (
-                op == "+"
-                and kind in ("string", "date string")
-                and left in (None, "string", "date string")
-                and right in (None, "string", "date string")
-            ):
-                continue
-            self.diag(node.op_span, f"'{op}' needs numbers, not {_describe(side, kind)}")
+            needs = "numbers or text" if op == "+" else "numbers"
+            self.diag(node.op_span, f"'{op}' needs {needs}, not {_describe(side, kind)}")
             break
         return
 
@@ -822,6 +902,11 @@ def check_file(file: ast.File, lines: list[str]) -> FileFacts:
     checker = _FileChecker(facts)
     for statement in file.statements:
         checker.statement(statement)
+    setup_pushes = any(isinstance(s, ast.Push) for setup in facts.setups for s in setup.steps)
+    for test in facts.tests:
+        if not setup_pushes and not any(isinstance(s, ast.Push) for s in test.steps):
+            facts.diag(test.name_span, f"test '{test.name}' has no push")
+    facts.diagnostics.sort(key=lambda d: (d.span.line, d.span.column))
     return facts
 
 
@@ -854,6 +939,11 @@ def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
     rules = unique("rule name", ((r.name, r.name_span) for f in files for r in f.rules))
     unique("test name", ((t.name, t.name_span) for f in files for t in f.tests))
     blocks = unique("settings block", ((s.kind, s.kind_span) for f in files for s in f.settings))
+    guards = unique("guard", ((g.name, g.name_span) for f in files for g in f.guards))
+    for facts in files:
+        for name, span in facts.guard_refs:
+            if name not in guards:
+                diag(span, f"unknown guard '{name}'{did_you_mean(name, guards)}")
 
     deps: dict[str, list[tuple[str, Span]]] = {name: [] for name in elements}
     for facts in files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import json
 import sys
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import click
-from rich.console import Console
-from rich.text import Text
 
 from engine.errors import EngineError, RuleError
 
 # Only light modules at import time: `tagengine --version` and `check` must start fast. The
 # engine, the delivery stack (httpx, redis), the emulator and the servers (uvicorn, starlette)
-# are imported inside the commands that use them (tests/test_cli_imports.py checks this).
+# are imported inside the commands that use them (tests/test_startup_imports.py and
+# tests/test_cli_tools.py check this; benchmarks/startup.py times it).
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
     from engine.diagnostics import Diagnostic
     from engine.engine import Engine
     from engine.results import PushResult
@@ -50,15 +53,22 @@ class _LazyGroup(click.Group):
 
 
 def _console() -> Console:
-    # Plain text when piped (CI logs, tests); colour only on a terminal.
+    # Plain text when piped (CI logs, tests); colour only on a terminal. rich is imported here,
+    # not at the top: `check` on a valid ruleset prints one unstyled line and never needs it.
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True, file=sys.stdout)
 
 
 def _console_err() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True, stderr=True)
 
 
 def _styled(diagnostic: Diagnostic) -> Text:
+    from rich.text import Text
+
     text = Text()
     head, *rest = diagnostic.render().split("\n")
     location, _, message = head.partition(f": {diagnostic.severity}: ")
@@ -93,9 +103,17 @@ def cli() -> None:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the outcome as one JSON object on stdout."
 )
-def check(path: Path, cache_dir: Path | None, as_json: bool) -> None:
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def check(path: Path, cache_dir: Path | None, as_json: bool, strict: bool) -> None:
     """Parse, check and compile the rules in PATH (default: rules/) and report every problem."""
-    ruleset = _load(path, cache_dir, as_json=as_json, summary=True)
+    global _freeze_at_exit
+    _freeze_at_exit = True
+    ruleset = _load(path, cache_dir, as_json=as_json, summary=True, strict=strict)
+    warnings = ruleset.warnings
+    if warnings:
+        console = _console_err() if as_json else _console()
+        for diagnostic in warnings:
+            console.print(_styled(diagnostic))
     if as_json:
         click.echo(
             json.dumps(
@@ -105,14 +123,17 @@ def check(path: Path, cache_dir: Path | None, as_json: bool) -> None:
                     "tests": len(ruleset.tests),
                     "files": len(ruleset.files),
                     "version": ruleset.version,
-                    "diagnostics": [],
-                }
+                    "diagnostics": [_diagnostic_json(d) for d in warnings],
+                },
+                ensure_ascii=False,
             )
         )
         return
-    _console().print(
+    # One unstyled line: click.echo prints what the rich console would, without importing rich.
+    click.echo(
         f"{_plural(len(ruleset.rules), 'rule')}, {_plural(len(ruleset.elements), 'element')}, "
         f"{_plural(len(ruleset.tests), 'test')} in {_plural(len(ruleset.files), 'file')}"
+        + (f"; {_plural(len(warnings), 'warning')}" if warnings else "")
     )
 
 
@@ -130,15 +151,29 @@ def _diagnostic_json(diagnostic: Diagnostic) -> dict[str, Any]:
 
 
 def _load(
-    path: Path, cache_dir: Path | None = None, *, as_json: bool = False, summary: bool = False
+    path: Path,
+    cache_dir: Path | None = None,
+    *,
+    as_json: bool = False,
+    summary: bool = False,
+    strict: bool = False,
 ) -> Ruleset:
     """The ruleset at ``path``, or exit 1 printing every diagnostic: as text on stdout, or with
     ``as_json`` as one JSON object on stdout (``{"error", "diagnostics"}``) and the text on
     stderr, so that stdout stays pure JSON."""
-    from engine.loader import load_ruleset
+    # The engine's modules are thousands of long-lived objects and no garbage: the cyclic
+    # collector would only rescan them while they load (about 5 ms of `check`). The loader
+    # holds it off in the same way while it builds the ruleset.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        from engine.loader import load_ruleset
+    finally:
+        if collecting:
+            gc.enable()
 
     try:
-        return load_ruleset(path, cache_dir=cache_dir)
+        return load_ruleset(path, cache_dir=cache_dir, strict=strict)
     except RuleError as error:
         console = _console_err() if as_json else _console()
         for diagnostic in error.diagnostics:
@@ -421,14 +456,17 @@ def _selected(name: str, pattern: str) -> bool:
     help="Run only the tests whose name contains PATTERN, or matches it as a glob "
     "(*, ?, [...]); case-insensitive.",
 )
-def test_command(path: Path, pattern: str | None) -> None:
+@click.option("--strict", is_flag=True, help="Treat the ruleset's warnings as errors.")
+def test_command(path: Path, pattern: str | None, strict: bool) -> None:
     """Run the test blocks of the rules in PATH (default: rules/).
 
     PATH may be one .rules file: its tests run, within the ruleset of its folder."""
+    from rich.text import Text
+
     from engine.testing import run_test
 
     single = path.is_file()
-    ruleset = _load(path.parent if single else path)
+    ruleset = _load(path.parent if single else path, strict=strict)
     tests = list(ruleset.tests)
     if single:
         target = path.resolve()
@@ -622,8 +660,37 @@ def lsp() -> None:
     serve()
 
 
+@cli.command("fmt")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path, allow_dash=True))
+@click.option(
+    "--check", is_flag=True, help="Change nothing; exit 1 if a file would be reformatted."
+)
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; change nothing.")
+def fmt(paths: tuple[Path, ...], check: bool, show_diff: bool) -> None:
+    """Rewrite .rules files in the canonical layout (PATHS: files or folders; default rules/).
+
+    A lone - formats standard input to standard output. A file with syntax errors is left as
+    it is: its errors are printed, and the exit status is 1."""
+    if len(paths) > 1 and any(str(path) == "-" for path in paths):
+        raise click.UsageError("- (standard input) must be the only path")
+    from engine.fmt import main as fmt_main  # imports lark: only when the command runs
+
+    sys.exit(fmt_main(paths, check=check, diff=show_diff))
+
+
 # `outbox` and `deliver` are added on first use: see _LazyGroup.
 
 
+# Set by the commands that end the process as soon as they are done (`check`).
+_freeze_at_exit = False
+
+
 def main() -> None:
-    cli(prog_name="tagengine")
+    try:
+        cli(prog_name="tagengine")
+    finally:
+        if _freeze_at_exit:
+            # Python's last collections at exit would go over every object once more (about
+            # 10 ms after `check`: the engine's modules, the syntax trees, lark's tables)
+            # only to free memory the exit frees anyway. Frozen, they are skipped.
+            gc.freeze()

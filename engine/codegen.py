@@ -31,7 +31,11 @@ _BOOLEAN_NODES = (ast.Matches, ast.Logical)
 
 class _Source:
     def __init__(self, closure_of: Callable[[ast.Expr], Fn]) -> None:
-        self.namespace: dict[str, Any] = {"_lookup": values.lookup, "_equals": values.equals}
+        self.namespace: dict[str, Any] = {
+            "_lookup": values.lookup,
+            "_equals": values.equals,
+            "_truthy": values.truthy,
+        }
         self.closure_of = closure_of
         self.count = 0
 
@@ -51,7 +55,7 @@ class _Source:
 
     def truth(self, node: ast.Expr) -> str:
         code = self.expr(node)
-        return code if self.is_boolean(node) else f"bool({code})"
+        return code if self.is_boolean(node) else f"_truthy({code})"
 
     def fallback(self, node: ast.Expr) -> str:
         return f"{self.name('f', self.closure_of(node))}(s)"
@@ -99,7 +103,7 @@ class _Source:
         left = self.expr(node.left)
         value = self.name("v", bind=False)
         number = type(constant) is int or type(constant) is float
-        if node.op in ("==", "!=") and type(constant) is str and values.as_number(constant) is None:
+        if node.op in ("==", "!=") and values.plain_text(constant):
             return f"({left} {node.op} {self.name('k', constant)})"
         if node.op in ("==", "!=") and number:
             k = self.name("k", constant)
@@ -118,7 +122,7 @@ class _Source:
         if (
             node.op in ("in", "not in")
             and type(constant) is list
-            and all(type(item) is str and values.as_number(item) is None for item in constant)
+            and all(values.plain_text(item) for item in constant)
         ):
             members = self.name("k", frozenset(constant))
             test = f"(type({value} := {left}) is str and {value} in {members})"

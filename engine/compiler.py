@@ -11,8 +11,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from pydantic import ValidationError
-
 from engine import ast, values
 from engine.codegen import generate_condition
 from engine.diagnostics import Diagnostic, Span
@@ -21,6 +19,7 @@ from engine.ruleset import (
     CompiledAction,
     CompiledCondition,
     CompiledElement,
+    CompiledGuard,
     CompiledRule,
     CompiledTest,
     ConsentStep,
@@ -32,13 +31,7 @@ from engine.ruleset import (
     VisitorStep,
 )
 from engine.scope import Fn, Scope
-from engine.settings import (
-    SETTINGS_MODELS,
-    ConsentSettings,
-    DatalayerSettings,
-    EdgeSettings,
-    SitecoreSettings,
-)
+from engine.settings_fields import LoadedSettings, plainly_valid
 from engine.vocabulary import DESTINATIONS
 
 __all__ = ["CompiledFile", "compile_expr", "compile_file", "compile_settings", "constant_value"]
@@ -198,7 +191,7 @@ def _conditional(node: ast.Conditional) -> Compiled:
     test, yes, no = compile_expr(node.test), compile_expr(node.yes), compile_expr(node.no)
     if isinstance(test, _Const):
         return yes if values.truthy(test.value) else no
-    test_fn, yes_fn, no_fn = test, _fn(yes), _fn(no)
+    test_fn, yes_fn, no_fn = _truth(node.test, test), _fn(yes), _fn(no)
     return lambda s: yes_fn(s) if test_fn(s) else no_fn(s)
 
 
@@ -264,8 +257,8 @@ def _unary(node: ast.Unary) -> Compiled:
     operand = compile_expr(node.operand)
     if node.op == "not":
         if isinstance(operand, _Const):
-            return _Const(not operand.value)
-        op = operand
+            return _Const(not values.truthy(operand.value))
+        op = _truth(node.operand, operand)
         return lambda s: not op(s)
     if node.op == "exists":
         if isinstance(operand, _Const):
@@ -323,8 +316,8 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
     """Fast paths for the commonest conditions: a value against a constant."""
     plain_number = type(c) is int or type(c) is float
     if op in ("==", "!="):
-        if type(c) is str and values.as_number(c) is None:
-            # A non-numeric string equals only the same string.
+        if values.plain_text(c):
+            # Text that spells no number or boolean equals only the same text.
             if op == "==":
                 return lambda s: left(s) == c
             return lambda s: left(s) != c
@@ -363,11 +356,7 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
             return bool(fast(v, c)) if t is int or t is float else slow(v, c)
 
         return ordered
-    if (
-        op in ("in", "not in")
-        and type(c) is list
-        and all(type(x) is str and values.as_number(x) is None for x in c)
-    ):
+    if op in ("in", "not in") and type(c) is list and all(values.plain_text(x) for x in c):
         members = frozenset(c)
 
         def member(s: Scope) -> bool:
@@ -380,26 +369,45 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
     return None
 
 
+def _is_boolean(node: ast.Expr) -> bool:
+    """Whether ``node`` always gives ``true`` or ``false`` (then no truthiness test is needed)."""
+    if isinstance(node, ast.Logical | ast.Matches):
+        return True
+    if isinstance(node, ast.Unary):
+        return node.op in ("not", "exists")
+    if isinstance(node, ast.Binary):
+        return node.op in values.COMPARISONS
+    return isinstance(node, ast.Literal) and type(node.value) is bool
+
+
+def _truth(node: ast.Expr, compiled: Compiled) -> Fn:
+    """``compiled`` as a condition: its truthiness (see values.truthy) as a bool."""
+    fn = _fn(compiled)
+    if _is_boolean(node):
+        return fn
+    truthy = values.truthy
+    return lambda s: truthy(fn(s))
+
+
 def _logical(node: ast.Logical) -> Compiled:
     is_and = node.op == "and"
     operands: list[Fn] = []
     for operand in node.operands:
         c = compile_expr(operand)
         if isinstance(c, _Const):
-            if bool(c.value) != is_and:  # false in `and` / true in `or` decides it
+            if values.truthy(c.value) != is_and:  # false in `and` / true in `or` decides it
                 return _Const(not is_and)
             continue  # true in `and` / false in `or` changes nothing
-        operands.append(c)
+        operands.append(_truth(operand, c))
     if not operands:
         return _Const(is_and)
     if len(operands) == 1:
-        only = operands[0]
-        return lambda s: bool(only(s))
+        return operands[0]
     if len(operands) == 2:
         a, b = operands
         if is_and:
-            return lambda s: bool(a(s)) and bool(b(s))
-        return lambda s: bool(a(s)) or bool(b(s))
+            return lambda s: a(s) and b(s)
+        return lambda s: a(s) or b(s)
     fns = tuple(operands)
     if is_and:
         return lambda s: all(f(s) for f in fns)
@@ -427,7 +435,7 @@ _COMPILERS: dict[type, Callable[[Any], Compiled]] = {
 class CompiledFile:
     """The compiled rules, elements and tests of one file."""
 
-    __slots__ = ("elements", "path", "rules", "tests")
+    __slots__ = ("elements", "guards", "path", "rules", "tests", "warnings")
 
     def __init__(
         self,
@@ -435,11 +443,15 @@ class CompiledFile:
         rules: list[CompiledRule],
         elements: list[CompiledElement],
         tests: list[CompiledTest],
+        guards: list[CompiledGuard] | None = None,
+        warnings: list[Diagnostic] | None = None,
     ) -> None:
         self.path = path
         self.rules = rules
         self.elements = elements
         self.tests = tests
+        self.guards = guards or []
+        self.warnings = warnings or []  # found while compiling (a condition that is constant)
 
 
 def _source(lines: Sequence[str], span: Span) -> str:
@@ -499,20 +511,37 @@ def _shown(expr: ast.Expr) -> list[ast.Expr]:
     return [expr]
 
 
-def _condition(node: ast.Condition, lines: Sequence[str]) -> CompiledCondition:
-    fn = _fn(compile_expr(node.expr))
-    test = (
-        (lambda s: bool(fn(s)))
-        if not isinstance(node.expr, ast.Binary | ast.Logical | ast.Unary | ast.Matches)
-        else fn
-    )
+def _condition(
+    node: ast.Condition,
+    lines: Sequence[str],
+    guard: str | None = None,
+    warnings: list[Diagnostic] | None = None,
+) -> CompiledCondition:
+    compiled = compile_expr(node.expr)
+    if isinstance(compiled, _Const) and warnings is not None:
+        verdict = "true" if values.truthy(compiled.value) else "false"
+        line = lines[node.span.line - 1] if 0 < node.span.line <= len(lines) else None
+        effect = (
+            "has no effect"
+            if (verdict == "true") != node.negated
+            else "stops the rule from ever firing"
+        )
+        warnings.append(
+            Diagnostic(
+                node.expr.span,
+                f"this condition is always {verdict}: the '{'unless' if node.negated else 'when'}' line {effect}",
+                "warning",
+                line,
+            )
+        )
+    test = _truth(node.expr, compiled)
     # The operands a trace shows when the clause decides: the values it compared, not constants.
     sources: dict[str, Fn] = {}
     for part in _shown(node.expr):
         if _has_refs(part):
             sources.setdefault(_source(lines, part.span), _lazy(part))
     operands = tuple(sources.items())
-    condition = CompiledCondition(test, node.negated, node.source, node.span, operands)
+    condition = CompiledCondition(test, node.negated, node.source, node.span, operands, guard)
     _upgrade_on_first_call(condition, node.expr)
     return condition
 
@@ -572,9 +601,11 @@ def _build_on_first_call(action: CompiledAction, fields: ast.ObjectExpr) -> None
     object.__setattr__(action, "build", first_call)
 
 
-def _rule(node: ast.Rule, position: int, lines: Sequence[str]) -> CompiledRule:
-    whens = [_condition(c, lines) for c in node.conditions if not c.negated]
-    unlesses = [_condition(c, lines) for c in node.conditions if c.negated]
+def _rule(
+    node: ast.Rule, position: int, lines: Sequence[str], warnings: list[Diagnostic] | None = None
+) -> CompiledRule:
+    whens = [_condition(c, lines, None, warnings) for c in node.conditions if not c.negated]
+    unlesses = [_condition(c, lines, None, warnings) for c in node.conditions if c.negated]
     return CompiledRule(
         name=node.name,
         order=node.order if node.order is not None else DEFAULT_ORDER,
@@ -587,6 +618,7 @@ def _rule(node: ast.Rule, position: int, lines: Sequence[str]) -> CompiledRule:
         sample=node.samples[0].percent if node.samples else None,
         limits=tuple((limit.count, limit.unit) for limit in node.limits),
         actions=tuple(_action(a) for a in node.actions),
+        skipped_guards=frozenset(name for name, _ in node.skipped_guards),
         limit_keys=(
             tuple(tuple(_closure(key) for key in limit.keys) for limit in node.limits)
             if any(limit.keys for limit in node.limits)
@@ -600,10 +632,10 @@ def _constant(node: ast.Expr) -> Any:
     return c.value if isinstance(c, _Const) else None
 
 
-def _test(node: ast.Test) -> CompiledTest:
+def _test(node: ast.Test, setup: ast.Setup | None = None) -> CompiledTest:
     session: str | None = None
     steps: list[TestStep] = []
-    for step in node.steps:
+    for step in (*(setup.steps if setup is not None else ()), *node.steps):
         if isinstance(step, ast.TestSession):
             session = step.session
         elif isinstance(step, ast.TestVisitor):
@@ -632,15 +664,32 @@ def compile_file(file: ast.File, lines: Sequence[str]) -> CompiledFile:
     rules: list[CompiledRule] = []
     elements: list[CompiledElement] = []
     tests: list[CompiledTest] = []
+    guards: list[CompiledGuard] = []
+    warnings: list[Diagnostic] = []
+    setup = next((s for s in file.statements if isinstance(s, ast.Setup)), None)
     for statement in file.statements:
         if isinstance(statement, ast.Rule):
-            rules.append(_rule(statement, len(rules), lines))
+            rules.append(_rule(statement, len(rules), lines, warnings))
         elif isinstance(statement, ast.Element):
             fn = _fn(compile_expr(statement.expr))
             elements.append(CompiledElement(statement.name, fn, statement.keep, statement.span))
         elif isinstance(statement, ast.Test):
-            tests.append(_test(statement))
-    return CompiledFile(file.path, rules, elements, tests)
+            tests.append(_test(statement, setup))
+        elif isinstance(statement, ast.Guard):
+            conditions = (
+                *(
+                    _condition(c, lines, statement.name, warnings)
+                    for c in statement.conditions
+                    if not c.negated
+                ),
+                *(
+                    _condition(c, lines, statement.name, warnings)
+                    for c in statement.conditions
+                    if c.negated
+                ),
+            )
+            guards.append(CompiledGuard(statement.name, conditions, statement.span))
+    return CompiledFile(file.path, rules, elements, tests, guards, warnings)
 
 
 # ------------------------------------------------------------------ settings
@@ -673,22 +722,20 @@ def constant_value(node: ast.Expr, environ: Mapping[str, str]) -> Any:
     return _constant(node)
 
 
-Settings = tuple[EdgeSettings | None, SitecoreSettings | None, DatalayerSettings, ConsentSettings]
-
-
 def compile_settings(
     blocks: Sequence[ast.Settings],
     lines_of: Callable[[Span], str | None],
     environ: Mapping[str, str] | None = None,
-) -> tuple[Settings, list[Diagnostic]]:
-    """Validate the settings blocks (reading the environment now) into settings models."""
+) -> tuple[LoadedSettings, list[Diagnostic]]:
+    """Validate the settings blocks (reading the environment now) into settings models.
+
+    When pydantic would accept every block as it is (:func:`plainly_valid`), there is nothing
+    to report and it is not imported: the models are built when first read."""
     env = os.environ if environ is None else environ
-    found: dict[str, Any] = {}
-    problems: list[Diagnostic] = []
+    read: list[tuple[ast.Settings, dict[str, Any], list[Diagnostic]]] = []
     for block in blocks:
-        model = SETTINGS_MODELS[block.kind]
-        spans = {pair.key[0]: pair for pair in block.fields.pairs}
         data: dict[str, Any] = {}
+        missed: list[Diagnostic] = []
         for pair in block.fields.pairs:
             try:
                 data[pair.key[0]] = constant_value(pair.value, env)
@@ -697,11 +744,22 @@ def compile_settings(
                     f"environment variable '{missing.name}' is not set and has no default "
                     f'(set it, or write env("{missing.name}", "default"))'
                 )
-                problems.append(
-                    Diagnostic(missing.span, message, source_line=lines_of(missing.span))
-                )
+                missed.append(Diagnostic(missing.span, message, source_line=lines_of(missing.span)))
+        read.append((block, data, missed))
+    if all(plainly_valid(block.kind, data) for block, data, _ in read):
+        problems = [problem for _, _, missed in read for problem in missed]
+        return LoadedSettings.plain({block.kind: data for block, data, _ in read}), problems
+    from pydantic import ValidationError
+
+    from engine.settings import SETTINGS_MODELS
+
+    found: dict[str, Any] = {}
+    problems = []
+    for block, data, missed in read:
+        problems.extend(missed)
+        spans = {pair.key[0]: pair for pair in block.fields.pairs}
         try:
-            found[block.kind] = model.model_validate(data)
+            found[block.kind] = SETTINGS_MODELS[block.kind].model_validate(data)
         except ValidationError as error:
             for item in error.errors(include_input=False, include_url=False):
                 key = str(item["loc"][0]) if item["loc"] else ""
@@ -714,10 +772,7 @@ def compile_settings(
                 detail = str(error_text) if error_text is not None else item["msg"].lower()
                 message = f"{block.kind} setting '{key}': {detail}"
                 problems.append(Diagnostic(span, message, source_line=lines_of(span)))
-    settings: Settings = (
-        found.get("edge"),
-        found.get("sitecore"),
-        found.get("datalayer") or DatalayerSettings(),
-        found.get("consent") or ConsentSettings(),
+    settings = LoadedSettings.built(
+        found.get("edge"), found.get("sitecore"), found.get("datalayer"), found.get("consent")
     )
     return settings, problems

@@ -17,8 +17,9 @@ import os
 import pickle
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from engine import ast, checker, compiler, vocabulary
@@ -26,9 +27,13 @@ from engine.checker import FileFacts, check_file, check_ruleset
 from engine.compiler import CompiledFile, compile_file, compile_settings
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import RuleError
+from engine.lint import ignored_files, ruleset_warnings
 from engine.parser import GRAMMAR, parse, source_lines
-from engine.ruleset import Ruleset
-from engine.settings import EdgeSettings
+from engine.ruleset import CompiledGuard, CompiledRule, Ruleset
+from engine.settings_fields import LoadedSettings
+
+if TYPE_CHECKING:  # pydantic: not imported to load a ruleset (engine/settings_fields.py)
+    from engine.settings import EdgeSettings
 
 __all__ = ["clear_cache", "load_ruleset", "require_rules", "rule_files"]
 
@@ -151,8 +156,14 @@ def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
             if not any(d.severity == "error" for d in facts.diagnostics):
                 compiled = compile_file(tree, lines)
         except RecursionError:
+            span, depth = _deepest(tree)
             facts.diagnostics.append(
-                Diagnostic(Span(name, 1, 1, 1, 2), "expressions are nested too deeply to compile")
+                Diagnostic(
+                    span,
+                    f"this expression is nested {depth} levels deep, too deep to compile: "
+                    "split it into elements",
+                    source_line=lines[span.line - 1] if 0 < span.line <= len(lines) else None,
+                )
             )
             compiled = None
     unit = _Unit(digest, facts, compiled, parsed=tree is not None)
@@ -161,15 +172,42 @@ def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
     return unit
 
 
+def _guarded(rule: CompiledRule, guards: Sequence[CompiledGuard]) -> CompiledRule:
+    """``rule`` with the ruleset's guards' conditions before its own (a new object: the
+    compiled file is cached, and another load may have other guards)."""
+    held = [c for g in guards if g.name not in rule.skipped_guards for c in g.conditions]
+    return replace(rule, conditions=(*held, *rule.conditions)) if held else rule
+
+
+def _deepest(tree: ast.File) -> tuple[Span, int]:
+    """The clause (or element) holding the most deeply nested expression, and its depth:
+    found without recursion, since recursion is what failed."""
+    best: tuple[Span, int] = (Span(tree.path, 1, 1, 1, 2), 0)
+    stack: list[tuple[object, int, Span | None]] = [(s, 0, None) for s in tree.statements]
+    while stack:
+        node, depth, clause = stack.pop()
+        if depth > best[1] and clause is not None:
+            best = (clause, depth)
+        for slot in getattr(node, "__slots__", ()):
+            child = getattr(node, slot, None)
+            for item in child if isinstance(child, tuple) else (child,):
+                span = getattr(item, "span", None)
+                if isinstance(span, Span):
+                    stack.append((item, depth + 1, clause or span))
+    return best
+
+
 def load_ruleset(
     path: str | os.PathLike[str],
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    strict: bool = False,
 ) -> Ruleset:
     """Load, check and compile the ruleset at ``path`` (a folder of ``.rules`` files or one
     file). Raises :class:`~engine.errors.RuleError` with every diagnostic when anything is
-    wrong. ``environ`` (default ``os.environ``) is what ``env()`` reads."""
+    wrong. ``environ`` (default ``os.environ``) is what ``env()`` reads. Warnings are kept on
+    the ruleset (``Ruleset.warnings``); with ``strict`` they are errors."""
     files = rule_files(path)
     require_rules(path, files)
     sources: list[tuple[str, bytes]] = []
@@ -179,7 +217,13 @@ def load_ruleset(
             sources.append((str(file), file.read_bytes()))
         except OSError as error:
             problems.append(_file_error(str(file), f"cannot read file: {error.strerror or error}"))
-    return build_ruleset(sources, cache_dir=cache_dir, environ=environ, problems=problems)
+    return build_ruleset(
+        sources,
+        cache_dir=cache_dir,
+        environ=environ,
+        problems=[*problems, *ignored_files(path)],
+        strict=strict,
+    )
 
 
 def build_ruleset(
@@ -188,6 +232,7 @@ def build_ruleset(
     cache_dir: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     problems: Iterable[Diagnostic] = (),
+    strict: bool = False,
 ) -> Ruleset:
     """:func:`load_ruleset` over in-memory sources: ``(file name, content)`` pairs."""
     disk = Path(cache_dir) if cache_dir is not None else None
@@ -196,7 +241,7 @@ def build_ruleset(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _build(sources, disk, environ, problems)
+        return _build(sources, disk, environ, problems, strict)
     finally:
         if collecting:
             gc.enable()
@@ -207,11 +252,14 @@ def _build(
     disk: Path | None,
     environ: Mapping[str, str] | None,
     problems: Iterable[Diagnostic],
+    strict: bool = False,
 ) -> Ruleset:
     units = [_unit(name, data, disk) for name, data in sources]
     diagnostics = list(problems)
     for unit in units:
         diagnostics.extend(unit.facts.diagnostics)
+        if unit.compiled is not None:
+            diagnostics.extend(unit.compiled.warnings)
     facts = [unit.facts for unit in units]
     cross = check_ruleset(facts)
     if not all(unit.parsed for unit in units):
@@ -220,7 +268,7 @@ def _build(
             d
             for d in cross
             if not d.message.startswith(
-                ("unknown element", "unknown token", "unknown rule", "send ")
+                ("unknown element", "unknown token", "unknown rule", "unknown guard", "send ")
             )
         ]
     diagnostics.extend(cross)
@@ -233,25 +281,28 @@ def _build(
     blocks = [s for f in facts for s in f.settings if not _has_error_in(s, f)]
     settings, setting_problems = compile_settings(blocks, line_of, environ)
     diagnostics.extend(setting_problems)
-    diagnostics.extend(_primary_identity(settings[0], facts, line_of))
-    if any(d.severity == "error" for d in diagnostics):
-        diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
-        raise RuleError(diagnostics)
-    edge, sitecore, datalayer, consent = settings
+    diagnostics.extend(_primary_identity(settings, facts, line_of))
+    if all(unit.parsed for unit in units):
+        diagnostics.extend(ruleset_warnings(facts))
+    diagnostics.sort(key=lambda d: (d.span.file, d.span.line, d.span.column))
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if errors:  # the warnings wait: some follow from the errors (an element misspelt in a rule)
+        raise RuleError(errors)
+    if strict and diagnostics:  # `--strict`: a warning fails the load like an error
+        raise RuleError([replace(d, severity="error") for d in diagnostics])
     compiled = [unit.compiled for unit in units if unit.compiled is not None]
+    guards = [guard for c in compiled for guard in c.guards]
     version = hashlib.blake2b(
         "\0".join(f"{unit.facts.path}:{unit.digest}" for unit in units).encode(), digest_size=16
     ).hexdigest()
     return Ruleset(
-        [rule for c in compiled for rule in c.rules],
+        [_guarded(rule, guards) for c in compiled for rule in c.rules],
         {e.name: e for c in compiled for e in c.elements},
         [t for c in compiled for t in c.tests],
-        edge=edge,
-        sitecore=sitecore,
-        datalayer=datalayer,
-        consent=consent,
+        settings=settings,
         files=tuple(unit.facts.path for unit in units),
         version=version,
+        warnings=diagnostics,
     )
 
 
@@ -261,26 +312,37 @@ AUTHENTICATED_HOST = "server.adobedc.net"
 def authenticated_host(edge: EdgeSettings) -> bool:
     """Whether ``edge`` sends to Edge's authenticated host (server-to-server): by its URL, or
     by the credentials that get a token for it."""
-    host = urlsplit(edge.url).hostname or ""
-    secret = edge.client_secret is not None and bool(edge.client_secret.get_secret_value())
+    secret = edge.client_secret.get_secret_value() if edge.client_secret is not None else None
+    return _authenticated(edge.url, edge.client_id, secret)
+
+
+def _authenticated(url: str, client_id: str | None, client_secret: str | None) -> bool:
+    host = urlsplit(url).hostname or ""
     return (
         host == AUTHENTICATED_HOST
         or host.endswith("." + AUTHENTICATED_HOST)
-        or (bool(edge.client_id) and secret)
+        or (bool(client_id) and bool(client_secret))
     )
 
 
 def _primary_identity(
-    edge: EdgeSettings | None,
+    settings: LoadedSettings,
     facts: Sequence[FileFacts],
     line_of: Callable[[Span], str | None],
 ) -> list[Diagnostic]:
     """The authenticated host rejects an event without a primary identity (EXEG-0306-400),
     and no ECID ever comes back to fix the next ones: each send event there needs a source of
-    one from its very first event."""
-    if edge is None or edge.fpid or not authenticated_host(edge):
+    one from its very first event. (Read from the settings' values: their models need
+    pydantic, which a load does not import.)"""
+
+    def edge(name: str) -> Any:
+        return settings.value("edge", name)
+
+    if not settings.declared("edge") or edge("fpid"):
         return []
-    host = urlsplit(edge.url).hostname or ""
+    if not _authenticated(edge("url"), edge("client_id"), edge("client_secret")):
+        return []
+    host = urlsplit(edge("url")).hostname or ""
     where = host if host.endswith(AUTHENTICATED_HOST) else "client_id and client_secret are set"
     return [
         Diagnostic(

@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, cast
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import lark
 from lark import Token
@@ -113,6 +113,7 @@ class Newlines:
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 _ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)")
 _TOKEN = re.compile(r"%%|%([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+|\[-?\d+\])*)%")
+_MAX_INDEX_DIGITS = 18
 _PATH_STEP = re.compile(r"\.([A-Za-z0-9_]+)|\[(-?\d+)\]")
 
 
@@ -172,7 +173,7 @@ def parse_template(
         text = []
         column = span.column + 1 + match.start()
         where = Span(span.file, span.line, column, span.line, column + len(match.group(0)))
-        parts.append(ast.TemplatePart(_token_ref(match.group(1), where), where))
+        parts.append(ast.TemplatePart(_token_ref(match.group(1), where, errors, lines), where))
     text.append(_unescape(raw[last:], span, errors, lines))
     joined = "".join(text)
     if joined:
@@ -181,12 +182,20 @@ def parse_template(
     return value, (tuple(parts) if has_token else None)
 
 
-def _token_ref(text: str, span: Span) -> ast.Ref:
+def _token_ref(text: str, span: Span, errors: list[Diagnostic], lines: list[str]) -> ast.Ref:
     head = re.match(r"[A-Za-z_][A-Za-z0-9_]*", text)
     assert head is not None
     steps: list[ast.Step] = []
     for match in _PATH_STEP.finditer(text, head.end()):
-        steps.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        if match.group(1) is not None:
+            steps.append(match.group(1))
+        elif len(match.group(2).lstrip("-")) > _MAX_INDEX_DIGITS:
+            # int() refuses 4,300+ digits, and no list is that long anyway.
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            errors.append(_diag(span, f"list index in %{shown}% is out of range", lines))
+            steps.append(0)
+        else:
+            steps.append(int(match.group(2)))
     return _make_ref(head.group(0), span, tuple(steps), span)
 
 
@@ -233,6 +242,17 @@ class _On:
         self.triggers = triggers
 
 
+_S = TypeVar("_S", bound=ast.Statement)
+
+
+class _SkipGuard:
+    __slots__ = ("guards", "span")
+
+    def __init__(self, span: Span, guards: tuple[tuple[str, Span], ...]) -> None:
+        self.span = span
+        self.guards = guards
+
+
 class _Named:
     """A small result: a name (or number) with its span, e.g. ``order 10`` or ``keep visitor``."""
 
@@ -251,6 +271,7 @@ class Builder(lark.Transformer[Token, Any]):
         self.file = file
         self.lines = source_lines(text)
         self.errors: list[Diagnostic] = []
+        self.statements: list[ast.Statement] = []  # top-level statements, as they complete
 
     # -- helpers
     def span(self, token: Token) -> Span:
@@ -321,23 +342,52 @@ class Builder(lark.Transformer[Token, Any]):
 
     # -- top level
     def start(self, children: list[Any]) -> tuple[ast.Statement, ...]:
-        return tuple(c for c in children if c is not None)
+        # The statements were collected as they completed (see `statements`): a parse that
+        # recovers from a syntax error keeps the ones before it.
+        return tuple(self.statements)
+
+    def _completed(self, statement: _S) -> _S:
+        self.statements.append(statement)
+        return statement
 
     def settings(self, c: list[Any]) -> ast.Settings:
         kind, fields = c
         kind_span = self.span(kind)
-        return ast.Settings(kind_span.to(fields.span), str(kind), kind_span, fields)
+        return self._completed(
+            ast.Settings(kind_span.to(fields.span), str(kind), kind_span, fields)
+        )
 
     def element(self, c: list[Any]) -> ast.Element:
         keyword, name, expr, keep = c
         end = keep.span if keep is not None else expr.span
-        return ast.Element(
-            self.upto(keyword, end),
-            str(name),
-            self.span(name),
-            expr,
-            keep.value if keep is not None else None,
-            keep.span if keep is not None else None,
+        return self._completed(
+            ast.Element(
+                self.upto(keyword, end),
+                str(name),
+                self.span(name),
+                expr,
+                keep.value if keep is not None else None,
+                keep.span if keep is not None else None,
+            )
+        )
+
+    def guard(self, c: list[Any]) -> ast.Guard:
+        keyword, name, *clauses, close = c
+        conditions = tuple(clause for clause in clauses if clause is not None)
+        return self._completed(
+            ast.Guard(self.between(keyword, close), self.string(name), self.span(name), conditions)
+        )
+
+    def setup(self, c: list[Any]) -> ast.Setup:
+        keyword, *steps, close = c
+        steps = [s for s in steps if s is not None]
+        return self._completed(ast.Setup(self.between(keyword, close), tuple(steps)))
+
+    def skip_guard(self, c: list[Any]) -> _SkipGuard:
+        keyword, *names = c
+        return _SkipGuard(
+            self.between(keyword, names[-1]),
+            tuple((self.string(n), self.span(n)) for n in names),
         )
 
     def keep(self, c: list[Any]) -> _Named:
@@ -353,10 +403,13 @@ class Builder(lark.Transformer[Token, Any]):
         samples: list[ast.Sample] = []
         limits: list[ast.Limit] = []
         actions: list[ast.Action] = []
+        skipped: list[tuple[str, Span]] = []
         for clause in clauses:
             if clause is None:
                 continue
-            if isinstance(clause, _On):
+            if isinstance(clause, _SkipGuard):
+                skipped.extend(clause.guards)
+            elif isinstance(clause, _On):
                 triggers.extend(clause.triggers)
             elif isinstance(clause, ast.Condition):
                 conditions.append(clause)
@@ -366,17 +419,20 @@ class Builder(lark.Transformer[Token, Any]):
                 limits.append(clause)
             else:
                 actions.append(clause)
-        return ast.Rule(
-            self.between(keyword, close),
-            self.string(name),
-            self.span(name),
-            order.value if order is not None else None,
-            order.span if order is not None else None,
-            tuple(triggers),
-            tuple(conditions),
-            tuple(samples),
-            tuple(limits),
-            tuple(actions),
+        return self._completed(
+            ast.Rule(
+                self.between(keyword, close),
+                self.string(name),
+                self.span(name),
+                order.value if order is not None else None,
+                order.span if order is not None else None,
+                tuple(triggers),
+                tuple(conditions),
+                tuple(samples),
+                tuple(limits),
+                tuple(actions),
+                tuple(skipped),
+            )
         )
 
     def on(self, c: list[Any]) -> _On:
@@ -435,7 +491,7 @@ class Builder(lark.Transformer[Token, Any]):
         keyword, name, *steps, close = c
         steps = [s for s in steps if s is not None]
         span = self.between(keyword, close)
-        return ast.Test(span, self.string(name), self.span(name), tuple(steps))
+        return self._completed(ast.Test(span, self.string(name), self.span(name), tuple(steps)))
 
     def test_session(self, c: list[Any]) -> ast.TestSession:
         return ast.TestSession(self.between(c[0], c[1]), self.string(c[1]))
@@ -521,9 +577,13 @@ class Builder(lark.Transformer[Token, Any]):
 
     # -- expressions
     def _logical(self, op: Any, c: list[Any]) -> ast.Logical:
-        left, right = c
-        operands = left.operands if isinstance(left, ast.Logical) and left.op == op else (left,)
-        return ast.Logical(left.span.to(right.span), op, (*operands, right))
+        operands: list[ast.Expr] = []
+        for operand in c:  # `(a and b) and c` is one chain of three
+            if isinstance(operand, ast.Logical) and operand.op == op:
+                operands.extend(operand.operands)
+            else:
+                operands.append(operand)
+        return ast.Logical(c[0].span.to(c[-1].span), op, tuple(operands))
 
     def or_(self, c: list[Any]) -> ast.Logical:
         return self._logical("or", c)
@@ -665,13 +725,81 @@ class Builder(lark.Transformer[Token, Any]):
 
 # ------------------------------------------------------------------ parsing
 class ParseResult:
-    """The syntax tree of one file (``None`` when it does not parse) and the problems found."""
+    """The syntax tree of one file (``None`` when it does not parse) and the problems found;
+    ``statements`` are those that parsed, also when others did not (for an editor)."""
 
-    __slots__ = ("diagnostics", "file")
+    __slots__ = ("diagnostics", "file", "statements")
 
-    def __init__(self, file: ast.File | None, diagnostics: list[Diagnostic]) -> None:
+    def __init__(
+        self,
+        file: ast.File | None,
+        diagnostics: list[Diagnostic],
+        statements: tuple[ast.Statement, ...] | None = None,
+    ) -> None:
         self.file = file
         self.diagnostics = diagnostics
+        self.statements = (
+            statements if statements is not None else (file.statements if file else ())
+        )
+
+
+_MAX_SYNTAX_ERRORS = 50
+# A line that starts a statement: a statement keyword, or a settings block's name and `{`.
+_STATEMENT_START = re.compile(
+    r"(?:rule|element|test|guard)\b|setup[ \t]*\{|(?:edge|sitecore|datalayer|consent)[ \t]*\{"
+)
+_BLANK = re.compile(r"[^\n]")
+_WORD = re.compile(r"[A-Za-z_]+")
+_CONTINUES_AFTER_CHARS = frozenset("+-*/%|,:=([{<>!")
+_CODE = re.compile(r"\S")
+
+
+def _error_position(error: UnexpectedInput, text: str) -> int:
+    if isinstance(error, UnexpectedToken):
+        return len(text) if error.token.type == "$END" else error.token.start_pos or 0
+    if isinstance(error, UnexpectedCharacters):
+        return error.pos_in_stream or 0
+    return len(text)
+
+
+def _end_of(statements: list[ast.Statement], text: str) -> int:
+    """The offset just after the last complete statement (0 when there is none)."""
+    if not statements:
+        return 0
+    span = statements[-1].span
+    return _offset(text, span.end_line, span.end_column)
+
+
+def _code_start(text: str, position: int) -> int:
+    """The first offset at or after ``position`` that is neither blank nor a comment."""
+    while True:
+        match = _CODE.search(text, position)
+        if match is None:
+            return len(text)
+        if text[match.start()] != "#":
+            return match.start()
+        position = text.find("\n", match.start())
+        if position < 0:
+            return len(text)
+
+
+def _next_statement(text: str, start: int, stop: int | None = None) -> int | None:
+    """The first line start in ``start..stop`` (inclusive) that opens a statement."""
+    for match in _STATEMENT_START.finditer(text, start):
+        at = match.start()
+        if stop is not None and at > stop:
+            return None
+        if at == 0 or text[at - 1] == "\n":
+            return at
+    return None
+
+
+def _offset(text: str, line: int, column: int) -> int:
+    """The 0-based offset of a 1-based line and column."""
+    start = 0
+    for _ in range(line - 1):
+        start = text.index("\n", start) + 1
+    return start + column - 1
 
 
 _READABLE = {
@@ -756,24 +884,61 @@ class _Parser:
         self.lock = threading.Lock()
 
     def parse(self, text: str, filename: str) -> ParseResult:
+        """Parse ``text``; after a syntax error, go on from the next statement, so one pass
+        reports every broken statement of the file (at most ``_MAX_SYNTAX_ERRORS``)."""
         with self.lock:
             builder = self.builder
             builder.file = filename
             builder.lines = source_lines(text)
             builder.errors = []
-            self.newlines.text = text
+            statements: list[ast.Statement] = []
+            syntax: list[Diagnostic] = []
+            source = text
             try:
-                statements = cast(tuple[ast.Statement, ...], self.lark.parse(text))
-            except UnexpectedInput as error:
-                return ParseResult(
-                    None, [*builder.errors, self.syntax_error(error, filename, text)]
-                )
+                while True:
+                    builder.statements = []
+                    self.newlines.text = source
+                    try:
+                        self.lark.parse(source)
+                    except UnexpectedInput as error:
+                        statements.extend(builder.statements)
+                        position = _error_position(error, source)
+                        begin = _code_start(source, _end_of(builder.statements, source))
+                        inner = _next_statement(source, begin + 1, position)
+                        syntax.append(self.syntax_error(error, filename, text, begin, inner))
+                        resume = (
+                            inner if inner is not None else _next_statement(source, position + 1)
+                        )
+                        if resume is None or len(syntax) >= _MAX_SYNTAX_ERRORS:
+                            break
+                        # Everything before `resume` has been parsed or reported: blank it
+                        # (keeping line ends, so positions stay true) and parse the rest.
+                        source = _BLANK.sub(" ", source[:resume]) + source[resume:]
+                        continue
+                    statements.extend(builder.statements)
+                    break
             finally:
                 self.newlines.text = ""
-            return ParseResult(ast.File(filename, statements), builder.errors)
+                builder.statements = []
+            if syntax:
+                problems = sorted([*builder.errors, *syntax], key=lambda d: d.span[1:3])
+                return ParseResult(None, problems, tuple(statements))
+            return ParseResult(ast.File(filename, tuple(statements)), builder.errors)
 
-    def syntax_error(self, error: UnexpectedInput, filename: str, text: str) -> Diagnostic:
+    def syntax_error(
+        self,
+        error: UnexpectedInput,
+        filename: str,
+        text: str,
+        begin: int = 0,
+        interrupted: int | None = None,
+    ) -> Diagnostic:
+        """The diagnostic for ``error``. ``interrupted`` is where a new statement starts inside
+        the broken one (which began at ``begin``): the problem is before it, not at the token
+        lark stopped at."""
         lines = source_lines(text)
+        if interrupted is not None:
+            return self.unfinished(filename, text, lines, begin, interrupted)
         line = max(1, min(getattr(error, "line", 1) or 1, len(lines)))
         column = max(1, getattr(error, "column", 1) or 1)
         end = column + 1
@@ -805,7 +970,9 @@ class _Parser:
                     keywords = [self.keywords[n] for n in error.expected if n in self.keywords]
                     from engine.diagnostics import did_you_mean
 
-                    message += did_you_mean(str(token), keywords)
+                    suggestion = did_you_mean(str(token), keywords)
+                    if suggestion:  # the likely fix says more than the list of tokens
+                        message = f"unexpected {shown}{suggestion}"
         elif isinstance(error, UnexpectedEOF):
             line = _last_line(lines)
             column = len(lines[line - 1]) + 1
@@ -820,6 +987,38 @@ class _Parser:
             end = column + max(found.end - found.start, 1)
             message = found.message
         span = Span(filename, line, column, line, max(end, column + 1))
+        return Diagnostic(span, message, source_line=lines[line - 1])
+
+    def unfinished(
+        self, filename: str, text: str, lines: list[str], begin: int, interrupted: int
+    ) -> Diagnostic:
+        """A statement that a new statement's line cuts short: an unclosed bracket, or an
+        expression that goes on (a line ending with an operator)."""
+        next_line, _ = _position(text, interrupted)
+        opened = [t for t in self.newlines.open if (t.start_pos or 0) < interrupted]
+        if opened:
+            token = opened[-1]
+            start = token.start_pos or 0
+            message = (
+                f"unclosed '{token}' opened at line {token.line}: the statement at line "
+                f"{next_line} starts before its closing '{_CLOSING[str(token)]}'"
+            )
+            end = start + 1
+        else:
+            end = len(text[:interrupted].rstrip())
+            start = end - 1
+            what = _WORD.match(text, begin)
+            kind = what.group(0) if what is not None else "statement"
+            kind = kind if kind in ("rule", "element", "test", "guard", "setup") else "block"
+            last = text[start]
+            message = (
+                f"this {kind} is unfinished: its line ends with '{last}', so the expression "
+                f"goes on, but line {next_line} starts the next statement"
+                if last in _CONTINUES_AFTER_CHARS
+                else f"this {kind} is unfinished when line {next_line} starts the next statement"
+            )
+        line, column = _position(text, start)
+        span = Span(filename, line, column, line, column + max(end - start, 1))
         return Diagnostic(span, message, source_line=lines[line - 1])
 
     def hint(self, error: UnexpectedInput, text: str) -> Hint | None:

@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from engine.diagnostics import Span
+from engine.diagnostics import Diagnostic, Span
 from engine.scope import Fn
-from engine.settings import ConsentSettings, DatalayerSettings, EdgeSettings, SitecoreSettings
+from engine.settings_fields import LoadedSettings
+
+if TYPE_CHECKING:  # pydantic: imported when a setting is first read (engine/settings_fields.py)
+    from engine.settings import ConsentSettings, DatalayerSettings, EdgeSettings, SitecoreSettings
 
 __all__ = [
     "CompiledAction",
@@ -58,6 +61,16 @@ class CompiledCondition:
     source: str
     span: Span
     operands: tuple[tuple[str, Fn], ...] = ()
+    guard: str | None = None  # the ruleset guard this condition belongs to
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGuard:
+    """``guard "NAME" { … }``: conditions put in front of every rule's own (see the loader)."""
+
+    name: str
+    conditions: tuple[CompiledCondition, ...]
+    span: Span
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,7 @@ class CompiledRule:
     actions: tuple[CompiledAction, ...]
     # For each limit, the functions of its `by` keys (all empty: no keyed limit).
     limit_keys: tuple[tuple[Fn, ...], ...] = ()
+    skipped_guards: frozenset[str] = frozenset()  # `skip guard "NAME"`
 
     @property
     def triggers(self) -> tuple[str, ...]:
@@ -171,15 +185,13 @@ class Ruleset:
         "_exact",
         "_globs",
         "_rank",
-        "consent",
-        "datalayer",
-        "edge",
+        "_settings",
         "elements",
         "files",
         "rules",
-        "sitecore",
         "tests",
         "version",
+        "warnings",
     )
 
     def __init__(
@@ -188,23 +200,29 @@ class Ruleset:
         elements: Mapping[str, CompiledElement],
         tests: Iterable[CompiledTest],
         *,
-        edge: EdgeSettings | None,
-        sitecore: SitecoreSettings | None,
-        datalayer: DatalayerSettings,
+        edge: EdgeSettings | None = None,
+        sitecore: SitecoreSettings | None = None,
+        datalayer: DatalayerSettings | None = None,
         files: tuple[str, ...],
         version: str,
         consent: ConsentSettings | None = None,
+        settings: LoadedSettings | None = None,
+        warnings: Iterable[Diagnostic] = (),
     ) -> None:
+        """The settings are the models given, or ``settings`` (built when first read: the
+        loader's, so that loading does not import pydantic); no datalayer or consent means
+        the default ones."""
         ordered = sorted(rules, key=lambda r: (r.order, r.file, r.position))
         self.rules: tuple[CompiledRule, ...] = tuple(ordered)
         self.elements: Mapping[str, CompiledElement] = MappingProxyType(dict(elements))
         self.tests: tuple[CompiledTest, ...] = tuple(tests)
-        self.edge = edge
-        self.sitecore = sitecore
-        self.datalayer = datalayer
-        self.consent = consent or ConsentSettings()
+        if settings is None:
+            settings = LoadedSettings.built(edge, sitecore, datalayer, consent)
+        self._settings = settings
         self.files = files
         self.version = version
+        # What loaded but deserves a look (tagengine check prints them; --strict refuses them).
+        self.warnings: tuple[Diagnostic, ...] = tuple(warnings)
         self._rank = {id(rule): i for i, rule in enumerate(ordered)}
         exact: dict[str, list[CompiledRule]] = {}
         globs: dict[str, list[CompiledRule]] = {}
@@ -221,6 +239,22 @@ class Ruleset:
         if hasattr(self, name):
             raise AttributeError(f"a Ruleset is immutable: cannot set {name!r}")
         object.__setattr__(self, name, value)
+
+    @property
+    def edge(self) -> EdgeSettings | None:
+        return self._settings.edge
+
+    @property
+    def sitecore(self) -> SitecoreSettings | None:
+        return self._settings.sitecore
+
+    @property
+    def datalayer(self) -> DatalayerSettings:
+        return self._settings.datalayer
+
+    @property
+    def consent(self) -> ConsentSettings:
+        return self._settings.consent
 
     def __repr__(self) -> str:
         return (

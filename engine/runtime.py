@@ -108,7 +108,8 @@ def _explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) ->
     verdict = "true" if condition.negated else "false"
     word = "unless" if condition.negated else "when"
     shown = ", ".join(f"{source} = {_show(value)}" for source, value in seen)
-    return f"{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
+    guard = f"guard '{condition.guard}': " if condition.guard is not None else ""
+    return f"{guard}{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,8 @@
 """Destination and data-layer settings, as declared in ``edge { … }``, ``sitecore { … }`` and
 ``datalayer { … }`` blocks. Validated with pydantic when the ruleset loads; secrets are
-:class:`~pydantic.SecretStr` so they never print."""
+:class:`~pydantic.SecretStr` so they never print. A block whose values pydantic would take as
+they are is built when first read instead (:mod:`engine.settings_fields`, which keeps a copy
+of these fields and defaults: tests/test_settings_fields.py holds the two together)."""
 
 from __future__ import annotations
 

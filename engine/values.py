@@ -95,14 +95,34 @@ def stringify(value: Any) -> str:
 
 
 def truthy(value: Any) -> bool:
-    """``null``, ``false``, ``0``, ``""``, ``[]`` and ``{}`` are false; everything else true."""
+    """``null``, ``false``, ``0``, ``[]``, ``{}`` are false, and so is text that is blank or
+    says no (``""``, ``"false"``, ``"no"``, ``"off"``, ``"0"``, any case, trimmed: data layers
+    and consent tools carry booleans as text); everything else is true. ``| bool`` agrees."""
+    if type(value) is str:
+        return value.strip().lower() not in _FALSE_TEXT and as_number(value) != 0
     return bool(value)
+
+
+_FALSE_TEXT = frozenset({"", "false", "no", "off"})
+
+
+def as_boolean(value: str) -> bool | None:
+    """The boolean a text spells (``"true"``/``"false"``, any case, trimmed), else ``None``."""
+    text = value.strip().lower()
+    return True if text == "true" else False if text == "false" else None
+
+
+def plain_text(value: Any) -> bool:
+    """Whether ``value`` is text that equals only the same text: it spells no number and no
+    boolean (the fast paths of ``==`` and ``in`` compare such constants directly)."""
+    return type(value) is str and as_number(value) is None and as_boolean(value) is None
 
 
 # ------------------------------------------------------------------ comparisons
 def equals(a: Any, b: Any) -> bool:
-    """Deep equality; a number and a number-like string compare numerically (``1 == "1"``),
-    ``""`` never equals ``0``, ``null`` equals only ``null``, ``true`` only ``true``."""
+    """Deep equality; text that spells a number or a boolean equals that number or boolean
+    (``1 == "1"``, ``true == "true"``), ``""`` never equals ``0``, ``null`` equals only
+    ``null``."""
     ta, tb = type(a), type(b)
     if ta is tb:
         if ta is dict:
@@ -110,7 +130,13 @@ def equals(a: Any, b: Any) -> bool:
         if ta is list:
             return len(a) == len(b) and all(equals(x, y) for x, y in zip(a, b, strict=True))
         return bool(a == b)
-    if a is None or b is None or ta is bool or tb is bool:
+    if a is None or b is None:
+        return False
+    if ta is bool or tb is bool:  # `"true" == true`: text spelling a boolean is that boolean
+        if ta is str:
+            return as_boolean(a) is b
+        if tb is str:
+            return as_boolean(b) is a
         return False
     na, nb = as_number(a), as_number(b)
     if na is None or nb is None:
@@ -224,15 +250,18 @@ def _number_result(value: float | int) -> int | float | None:
 
 
 def add(a: Any, b: Any) -> Any:
-    """Numbers (and number-like strings) add; two strings otherwise concatenate; else null."""
+    """Numbers (and number-like text) add; otherwise, when either side is text, the two join
+    as text (``"," + 123`` is ``",123"``); ``null`` on either side, or no text, gives null."""
+    if a is None or b is None:
+        return None
     na, nb = as_number(a), as_number(b)
     if na is not None and nb is not None and type(a) is not bool and type(b) is not bool:
         try:
             return _number_result(na + nb)
         except OverflowError:
             return None
-    if type(a) is str and type(b) is str:
-        return a + b
+    if type(a) is str or type(b) is str:
+        return stringify(a) + stringify(b)
     return None
 
 
@@ -297,11 +326,7 @@ def f_string(v: Any) -> Any:
 
 
 def f_bool(v: Any) -> Any:
-    if v is None:
-        return None
-    if type(v) is str and v.strip().lower() in ("false", "no", "off", "0"):
-        return False
-    return bool(v)
+    return None if v is None else truthy(v)
 
 
 def f_round(v: Any, digits: Any = 0) -> Any:

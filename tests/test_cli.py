@@ -20,12 +20,41 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_check_passes_on_a_good_folder_with_a_summary(tmp_path: Path) -> None:
     (tmp_path / "s.rules").write_text(SETTINGS)
     (tmp_path / "r.rules").write_text(
-        'element a = state.x\nrule "R" { on "e"; send event { type: "t" } }\n'
+        'element a = state.x\nrule "R" { on "e"; send event { type: "t", data: { a: a } } }\n'
         'test "T" {\n  push { event: "e" }\n  expect 1 send\n}\n'
     )
     result = run("check", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "1 rule, 1 element, 1 test in 2 files"
+
+
+def test_check_prints_warnings_and_strict_fails_on_them(tmp_path: Path) -> None:
+    (tmp_path / "s.rules").write_text(SETTINGS)
+    (tmp_path / "r.rules").write_text(
+        'element a = state.x\nrule "R" { on "e"; send event { type: "t" } }\n'
+        'test "T" {\n  push { event: "e" }\n  expect 1 send\n}\n'
+    )
+    name = tmp_path / "r.rules"
+    result = run("check", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == (
+        f"{name}:1:9: warning: element 'a' is never used: no rule, element or string token "
+        "reads it\n"
+        " 1 | element a = state.x\n"
+        "   |         ^\n"
+        "1 rule, 1 element, 1 test in 2 files; 1 warning\n"
+    )
+    strict = run("check", "--strict", str(tmp_path))
+    assert strict.returncode == 1
+    assert strict.stdout == (
+        f"{name}:1:9: error: element 'a' is never used: no rule, element or string token "
+        "reads it\n"
+        " 1 | element a = state.x\n"
+        "   |         ^\n"
+        "1 error in 1 file\n"
+    )
+    assert run("test", "--strict", str(tmp_path)).returncode == 1
+    assert run("test", str(tmp_path)).returncode == 0
 
 
 def test_check_prints_every_diagnostic_and_fails(tmp_path: Path) -> None:

@@ -155,6 +155,8 @@ def test_all_sends_succeeding_exits_zero(tmp_path: Path, emulator: EmulatorServe
     assert done.stdout.splitlines()[-1] == "3 pushes, 3 rules fired, 4 sends"
 
 
+# The warnings `check` gives RULES: neither rule has a test. (line, rule, event)
+WARNED = [(1, "View", "page.view"), (6, "Buy", "buy")]
 BROKEN = 'rule "R" {\n  on "e"\n  when nope > 1\n  send event { type: "t" }\n}\n'
 
 
@@ -192,7 +194,19 @@ def test_check_json(tmp_path: Path) -> None:
         "tests": 0,
         "files": 2,
         "version": "-",
-        "diagnostics": [],
+        "diagnostics": [
+            {
+                "file": str(tmp_path / "r.rules"),
+                "line": line,
+                "column": 6,
+                "end_line": line,
+                "end_column": 6 + len(name) + 2,
+                "message": f"rule '{name}' has no test: no test pushes what it listens to "
+                f'(on "{event}") or names it',
+                "severity": "warning",
+            }
+            for line, name, event in WARNED
+        ],
     }
     (tmp_path / "r.rules").write_text(BROKEN)
     bad = tagengine("check", "--json", tmp_path)

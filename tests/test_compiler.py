@@ -462,7 +462,11 @@ def test_when_and_unless_conditions() -> None:
         True,
     ]
     # Bare values use truthiness and the condition functions return real booleans.
-    for flag, expected in [(None, False), ("", False), ({}, False), ("0", True), ([0], True)]:
+    # Text that is blank or says no is false (see values.truthy).
+    cases = [(None, False), ("", False), ({}, False), ("0", False), ([0], True)]
+    cases += [("false", False), (" FALSE ", False), ("no", False), ("off", False)]
+    cases += [("true", True), ("yes", True), ("0.5", True), (" ", False)]
+    for flag, expected in cases:
         value = rule.conditions[1].fn(scope(rs, {"flag": flag}))
         assert value is expected
 

@@ -81,6 +81,9 @@ EQUAL = [
     ({"a": {"b": [1, 2]}, "c": None}, {"c": None, "a": {"b": [1, 2]}}),
     ([], []),
     ({}, {}),
+    (True, "true"),
+    ("false", False),
+    (" TRUE ", True),
 ]
 
 NOT_EQUAL = [
@@ -104,6 +107,10 @@ NOT_EQUAL = [
     ({"a": {"b": 1}}, {"a": {"b": 2}}),
     ([1], 1),
     ("1x", 1),
+    ("yes", True),
+    ("1", True),
+    (0, False),
+    ("false", True),
 ]
 
 
@@ -294,12 +301,16 @@ def test_exists(state: dict[str, Any], expected: bool) -> None:
     assert evaluate_element("state.a exists", state) is expected
 
 
-@pytest.mark.parametrize("value", [None, False, 0, 0.0, "", [], {}])
+@pytest.mark.parametrize(
+    "value", [None, False, 0, 0.0, "", [], {}, "0", "0.0", "false", " False ", "no", "OFF", " "]
+)
 def test_falsy_values(value: Any) -> None:
     assert values.truthy(value) is False
 
 
-@pytest.mark.parametrize("value", [True, 1, -1, 0.5, "0", "false", " ", [0], [None], {"a": None}])
+@pytest.mark.parametrize(
+    "value", [True, 1, -1, 0.5, "1", "true", "yes", "0.5", "falsey", [0], [None], {"a": None}]
+)
 def test_truthy_values(value: Any) -> None:
     assert values.truthy(value) is True
 
@@ -313,7 +324,12 @@ def test_truthy_values(value: Any) -> None:
         ("+", "1", 2, 3),
         ("+", "a", "b", "ab"),
         ("+", "", "b", "b"),
-        ("+", "a", 1, None),
+        ("+", "a", 1, "a1"),
+        ("+", ",", 123, ",123"),
+        ("+", 1.5, "x", "1.5x"),
+        ("+", "a", True, "atrue"),
+        ("+", "a", None, None),
+        ("+", True, 1, None),
         ("+", None, 1, None),
         ("+", [1], [2], None),
         ("-", 5, 7, -2),
@@ -568,4 +584,6 @@ def test_round_is_total_on_large_numbers(value: Any, digits: int) -> None:
 )
 def test_arithmetic_is_total_on_large_numbers(op: str, a: Any, b: Any) -> None:
     result = values.ARITHMETIC[op](a, b)
-    assert result is None or isinstance(result, int | float)
+    # Text too large to be a number is text: `+` joins it.
+    joined = op == "+" and isinstance(a, str) and isinstance(result, str)
+    assert result is None or isinstance(result, int | float) or joined

@@ -113,10 +113,12 @@ class SurfaceError(ValueError):
 # alloy's SURFACE_REGEX, AUTHORITY_REGEX, PATH_REGEX and FRAGMENT_REGEX, with JavaScript's
 # ASCII \w and \d spelt out (Python's are Unicode) and "\u00a1-\uffff" widened to every code
 # point above U+00A0 (a JavaScript string holds the rest as surrogates in that range).
+# The last three are compiled on first use (re's cache keeps them): their Unicode ranges take
+# about 1.5 ms each to compile, which a `tagengine check` without surfaces should not pay.
 _SURFACE = re.compile(r"([A-Za-z0-9_]+)://([^/#]+)(/[^#]*)?(#.*)?")
-_HOST = re.compile(r"(?:[a-z0-9\u00a1-\U0010ffff.-]+|\[[a-f0-9:]+\])(?::[0-9]+)?")
-_PATH = re.compile(r"/(?:[/A-Za-z0-9_\u00a1-\U0010ffff.~-]|%[a-fA-F0-9]{2})*")
-_FRAGMENT = re.compile(r"#(?:[/A-Za-z0-9_\u00a1-\U0010ffff.~-]|%[a-fA-F0-9]{2})+")
+_HOST = r"(?:[a-z0-9\u00a1-\U0010ffff.-]+|\[[a-f0-9:]+\])(?::[0-9]+)?"
+_PATH = r"/(?:[/A-Za-z0-9_\u00a1-\U0010ffff.~-]|%[a-fA-F0-9]{2})*"
+_FRAGMENT = r"#(?:[/A-Za-z0-9_\u00a1-\U0010ffff.~-]|%[a-fA-F0-9]{2})+"
 _SURFACE_TYPES = ("web", "webapp")
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
@@ -131,7 +133,7 @@ def _authority_ok(authority: str) -> bool:
     userinfo, at, host = authority.rpartition("@")
     if at and "\n" in userinfo:
         return False
-    return _HOST.fullmatch(host) is not None
+    return re.fullmatch(_HOST, host) is not None
 
 
 def page_surface(url: str) -> str:
@@ -186,13 +188,13 @@ def normalize_surface(surface: Any, page_url: str | None) -> str:
     if not _authority_ok(authority):
         raise SurfaceError(f"invalid host '{authority}' in surface {show(surface)}")
     path = _normalize_path(match[3]) if match[3] else "/"
-    if not _PATH.fullmatch(path):
+    if not re.fullmatch(_PATH, path):
         raise SurfaceError(
             f"invalid path '{path}' in surface {show(surface)}: letters, digits, '/', '-', '.', "
             "'_', '~' and %XX escapes only (no query string)"
         )
     fragment = match[4] or ""
-    if fragment and not _FRAGMENT.fullmatch(fragment):
+    if fragment and not re.fullmatch(_FRAGMENT, fragment):
         raise SurfaceError(f"invalid fragment '{fragment}' in surface {show(surface)}")
     return f"{kind}://{authority}{path}{fragment}"
 
