@@ -27,6 +27,7 @@ from engine.ruleset import (
     ExpectRuleStep,
     ExpectSendStep,
     PushStep,
+    SessionStep,
     TestStep,
     VisitorStep,
 )
@@ -637,7 +638,10 @@ def _test(node: ast.Test, setup: ast.Setup | None = None) -> CompiledTest:
     steps: list[TestStep] = []
     for step in (*(setup.steps if setup is not None else ()), *node.steps):
         if isinstance(step, ast.TestSession):
-            session = step.session
+            if any(not isinstance(done, VisitorStep) for done in steps):
+                steps.append(SessionStep(step.session, step.span))  # switches from here on
+            else:
+                session = step.session
         elif isinstance(step, ast.TestVisitor):
             steps.append(VisitorStep(_constant(step.fields), step.span))
         elif isinstance(step, ast.TestConsent):

@@ -15,6 +15,7 @@ import gc
 import hashlib
 import os
 import pickle
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -172,6 +173,32 @@ def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
     return unit
 
 
+_DEFINED = {
+    "element": re.compile(r"^[ \t]*element[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M),
+    "rule": re.compile(r'^[ \t]*rule[ \t]+"((?:[^"\\\n]|\\.)*)"', re.M),
+    "guard": re.compile(r'^[ \t]*guard[ \t]+"((?:[^"\\\n]|\\.)*)"', re.M),
+    "settings": re.compile(r"^[ \t]*(edge|sitecore)[ \t]*\{", re.M),
+}
+_UNKNOWN = re.compile(
+    r"unknown (element|rule|guard) '([^']*)'|unknown token '%([^%]*)%'|"
+    r"send \w+ needs a '(\w+) \{"
+)
+
+
+def _maybe_defined(message: str, broken: Sequence[FileFacts]) -> bool:
+    """Whether ``message`` reports a name that a file which did not parse seems to define."""
+    match = _UNKNOWN.match(message)
+    if match is None:
+        return False
+    kind, name, token, block = match.groups()
+    if token is not None:
+        kind, name = "element", token
+    elif block is not None:
+        kind, name = "settings", block
+    pattern = _DEFINED[kind]
+    return any(name in pattern.findall("\n".join(facts.lines)) for facts in broken)
+
+
 def _guarded(rule: CompiledRule, guards: Sequence[CompiledGuard]) -> CompiledRule:
     """``rule`` with the ruleset's guards' conditions before its own (a new object: the
     compiled file is cached, and another load may have other guards)."""
@@ -262,15 +289,11 @@ def _build(
             diagnostics.extend(unit.compiled.warnings)
     facts = [unit.facts for unit in units]
     cross = check_ruleset(facts)
-    if not all(unit.parsed for unit in units):
-        # Names defined in a file that did not parse are unknown; do not report their uses.
-        cross = [
-            d
-            for d in cross
-            if not d.message.startswith(
-                ("unknown element", "unknown token", "unknown rule", "unknown guard", "send ")
-            )
-        ]
+    broken = [unit.facts for unit in units if not unit.parsed]
+    if broken:
+        # A name defined in a file that did not parse may be defined in one of its broken
+        # statements: its uses are not reported, but every other unknown name still is.
+        cross = [d for d in cross if not _maybe_defined(d.message, broken)]
     diagnostics.extend(cross)
     by_file = {f.path: f for f in facts}
 

@@ -750,6 +750,23 @@ _STATEMENT_START = re.compile(
 )
 _BLANK = re.compile(r"[^\n]")
 _WORD = re.compile(r"[A-Za-z_]+")
+# A string, a comment, or any other run of text: what a line holds, strings kept whole.
+_PIECES = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[^"#\n]+')
+
+
+def _last_code(text: str) -> int | None:
+    """The offset of the last character that is neither blank nor in a comment."""
+    last = None
+    for match in _PIECES.finditer(text):
+        piece = match.group(0)
+        if piece.startswith("#"):
+            continue
+        stripped = piece.rstrip()
+        if stripped:
+            last = match.start() + len(stripped) - 1
+    return last
+
+
 _CONTINUES_AFTER_CHARS = frozenset("+-*/%|,:=([{<>!")
 _CODE = re.compile(r"\S")
 
@@ -960,6 +977,15 @@ class _Parser:
                 end = column + 1
                 message = f"unexpected end of file; expected {_expected(error.expected)}"
                 message += self.unclosed()
+                last = _last_code(text)
+                if (
+                    not self.newlines.open
+                    and last is not None
+                    and text[last] in _CONTINUES_AFTER_CHARS
+                ):
+                    line, column = _position(text, last)
+                    end = column + 1
+                    message = f"the file ends after '{text[last]}': a value must follow it"
             else:
                 end = (
                     (token.end_column or column + 1) if token.end_line == token.line else column + 1

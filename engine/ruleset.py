@@ -149,7 +149,24 @@ class VisitorStep:
     span: Span
 
 
-TestStep = PushStep | ConsentStep | VisitorStep | ExpectSendStep | ExpectCountStep | ExpectRuleStep
+@dataclass(frozen=True, slots=True)
+class SessionStep:
+    """A ``session "NAME"`` line after the test has pushed: the steps after it run in that
+    session (a second visit, another tab)."""
+
+    session: str
+    span: Span
+
+
+TestStep = (
+    PushStep
+    | ConsentStep
+    | VisitorStep
+    | SessionStep
+    | ExpectSendStep
+    | ExpectCountStep
+    | ExpectRuleStep
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from engine.ruleset import (
     ExpectSendStep,
     PushStep,
     Ruleset,
+    SessionStep,
     VisitorStep,
 )
 from engine.stores.memory import MemorySessions
@@ -224,7 +225,8 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     engine = Engine(
         ruleset, dry_run=True, transport=RecordingTransport(), sessions=MemorySessions()
     )
-    session = engine.session(test.session or f"test-{next(_counter)}")
+    first = test.session or f"test-{next(_counter)}"
+    session = engine.session(first)
     sends: list[Send] = []
     pushed: Pushed = []
     latest: dict[str, RuleOutcome] = {}
@@ -246,6 +248,9 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
             continue
         if isinstance(step, ConsentStep):
             sends.extend(session.set_consent(step.value).released)
+            continue
+        if isinstance(step, SessionStep):
+            session = engine.session(step.session, visitor=first)  # the same visitor
             continue
         if isinstance(step, ExpectSendStep):
             failure = _check_send(step, sends, ruleset, pushed, latest)
