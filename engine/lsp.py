@@ -136,12 +136,15 @@ KEYWORD_DOCS: dict[str, str] = {
     "expect": "`expect send …`, `expect N sends …`, `expect no send …`, `expect rule …` in a test",
     "keep": "`keep pageview|session|visitor`: the element's last non-null value is kept",
     "order": "`order N`: rules fire in ascending order (default 50)",
-    "change": "`on change PATH`: a push that touches PATH",
+    "change": "`on change PATH`: a push that changes the value at PATH",
+    "guard": '`guard "NAME" { when …; unless … }`: conditions every rule meets before its own',
+    "skip": '`skip guard "NAME"`: this rule is not held by that guard',
+    "setup": "`setup { … }`: steps every test of this file starts with",
 }
 
-RULE_CLAUSES = ("on", "when", "unless", "sample", "limit", "send", "push")
+RULE_CLAUSES = ("on", "when", "unless", "sample", "limit", "send", "push", "skip")
 TEST_CLAUSES = ("push", "expect", "session", "consent", "request")
-TOP_LEVEL = ("rule", "element", "test", *SETTINGS_MODELS)
+TOP_LEVEL = ("rule", "element", "test", "guard", "setup", *SETTINGS_MODELS)
 
 # ------------------------------------------------------------------ reading the folder
 _ELEMENT = re.compile(r"^[ \t]*element[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.MULTILINE)

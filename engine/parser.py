@@ -985,7 +985,8 @@ class _Parser:
                 ):
                     line, column = _position(text, last)
                     end = column + 1
-                    message = f"the file ends after '{text[last]}': a value must follow it"
+                    follows = "a filter" if text[last] == "|" else "a value"
+                    message = f"the file ends after '{text[last]}': {follows} must follow it"
             else:
                 end = (
                     (token.end_column or column + 1) if token.end_line == token.line else column + 1

@@ -165,6 +165,9 @@ class LoadedSettings:
         return self._data[kind].get(name, SETTINGS_FIELDS[kind][name][0])
 
     def _model(self, kind: str) -> Any:
+        models = self._models
+        if kind in models:  # built: read on every push (the datalayer's merge), no lock
+            return models[kind]
         with self._lock:
             if kind not in self._models:
                 from engine.settings import SETTINGS_MODELS

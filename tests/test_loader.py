@@ -113,7 +113,7 @@ def test_broken_file_does_not_hide_others_problems_or_invent_unknowns(tmp_path: 
         load_ruleset(tmp_path)
     messages = [d.message for d in caught.value.diagnostics]
     assert len(messages) == 2
-    assert messages[0].startswith("unexpected end of file")
+    assert messages[0] == "the file ends after '|': a filter must follow it"
     assert messages[1] == "unknown filter 'lowr' (did you mean 'lower'?)"
 
 
