@@ -50,6 +50,15 @@ _WORDS: dict[str, Consent] = {
     "denied": "out",
     "y": "in",  # Adobe consent standard 2.0's collect.val
     "n": "out",
+    # Booleans carried as text, read as a rule's `when` reads them (engine/values.py truthy).
+    "true": "in",
+    "yes": "in",
+    "on": "in",
+    "1": "in",
+    "false": "out",
+    "no": "out",
+    "off": "out",
+    "0": "out",
 }
 _EXPECTED = "'in', 'out' or 'pending' (or true/false, 'granted'/'denied', 'y'/'n')"
 

@@ -48,7 +48,7 @@ from engine.ruleset import (
 )
 from engine.stores.memory import MemorySessions
 from engine.transports import RecordingTransport
-from engine.values import equals, lookup
+from engine.values import lookup
 
 __all__ = ["TestReport", "run_test", "run_tests"]
 
@@ -153,6 +153,23 @@ def _lines(head: str, details: list[str]) -> str:
     return "\n".join([head, *(f"    {detail}" for detail in details)])
 
 
+def same_json(actual: Any, expected: Any) -> bool:
+    """Whether a request carries exactly the expected JSON: a test of what goes on the wire
+    tells the text "true" from true and "1" from 1 (1 and 1.0 are one JSON number)."""
+    ta, te = type(actual), type(expected)
+    if ta is dict and te is dict:
+        return actual.keys() == expected.keys() and all(
+            same_json(actual[k], expected[k]) for k in actual
+        )
+    if ta is list and te is list:
+        return len(actual) == len(expected) and all(
+            same_json(a, e) for a, e in zip(actual, expected, strict=True)
+        )
+    if ta in (int, float) and te in (int, float):
+        return bool(actual == expected)
+    return ta is te and bool(actual == expected)
+
+
 def _check_send(
     step: ExpectSendStep,
     sends: list[Send],
@@ -171,7 +188,7 @@ def _check_send(
         misses = []
         for path, expected, _ in step.fields:
             actual = read_path(send, path)
-            if not equals(actual, expected):
+            if not same_json(actual, expected):
                 misses.append((_path_text(path), expected, actual))
         if not misses:
             return None

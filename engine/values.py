@@ -95,15 +95,18 @@ def stringify(value: Any) -> str:
 
 
 def truthy(value: Any) -> bool:
-    """``null``, ``false``, ``0``, ``[]``, ``{}`` are false, and so is text that is blank or
-    says no (``""``, ``"false"``, ``"no"``, ``"off"``, ``"0"``, any case, trimmed: data layers
-    and consent tools carry booleans as text); everything else is true. ``| bool`` agrees."""
+    """``null``, ``false``, ``0``, ``[]``, ``{}`` are false, and so is text that is blank,
+    says no or says nothing (``""``, ``"false"``, ``"no"``, ``"off"``, ``"denied"``,
+    ``"null"``, ``"undefined"``, ``"0"``; any case, trimmed): data layers and consent tools
+    carry booleans as text. Everything else is true. ``| bool`` agrees."""
     if type(value) is str:
         return value.strip().lower() not in _FALSE_TEXT and as_number(value) != 0
     return bool(value)
 
 
-_FALSE_TEXT = frozenset({"", "false", "no", "off"})
+# Text that says no (or nothing): the booleans of CMPs and data layers written as text,
+# Google consent mode's "denied", and JavaScript's "null"/"undefined" turned into text.
+_FALSE_TEXT = frozenset({"", "false", "no", "off", "denied", "null", "undefined"})
 
 
 def as_boolean(value: str) -> bool | None:

@@ -465,7 +465,7 @@ def test_when_and_unless_conditions() -> None:
     # Text that is blank or says no is false (see values.truthy).
     cases = [(None, False), ("", False), ({}, False), ("0", False), ([0], True)]
     cases += [("false", False), (" FALSE ", False), ("no", False), ("off", False)]
-    cases += [("true", True), ("yes", True), ("0.5", True), (" ", False)]
+    cases += [("true", True), ("yes", True), ("0.5", True), (" ", False), ("denied", False)]
     for flag, expected in cases:
         value = rule.conditions[1].fn(scope(rs, {"flag": flag}))
         assert value is expected

@@ -507,3 +507,31 @@ def test_a_session_line_after_pushes_starts_a_new_session_of_the_same_visitor() 
     )
     (report,) = run_tests(load_text({"s.rules": SETTINGS, "t.rules": rules}))
     assert report.failures == []
+
+
+def test_an_expect_tells_text_from_booleans_and_numbers() -> None:
+    rules = dedent(
+        """\
+        rule "R" {
+          on "a"
+          send event { type: "t", data: { flag: state.flag, count: state.count } }
+        }
+        test "typed" {
+          push { event: "a", flag: "true", count: "1" }
+          expect send event { data.flag: true, data.count: 1 }
+        }
+        test "same" {
+          push { event: "a", flag: true, count: 1.0 }
+          expect send event { data.flag: true, data.count: 1 }
+        }
+        """
+    )
+    typed, same = run_tests(load_text({"s.rules": SETTINGS, "t.rules": rules}))
+    assert typed.failures == [
+        "expect send event (line 7): no send matches; the closest differs in:\n"
+        "    - data.flag: true\n"
+        '    + data.flag: "true"\n'
+        "    - data.count: 1\n"
+        '    + data.count: "1"'
+    ]
+    assert same.failures == []

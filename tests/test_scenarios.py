@@ -28,7 +28,7 @@ SCENARIOS = ROOT / "examples" / "scenarios"
 FOLDERS = sorted(
     p.name for p in SCENARIOS.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
 )
-KNOWN = ["cart", "lead-form", "spa", "video"]
+KNOWN = ["cart", "cmp-flags", "consent", "lead-form", "spa", "video"]
 
 TEST_BLOCK = re.compile(r'^\s*test\s+"', re.MULTILINE)
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
@@ -354,3 +354,322 @@ def test_lead_form_never_sends_the_address() -> None:
         None,
         "condition_not_met",
     ]
+
+
+# ---------------------------------------------------------------- consent
+
+# The rules of the consent scenario that meet both guards, by the event each listens to.
+CONSENT_GUARDED = {
+    "page.view": "Page view",
+    "product.view": "Product view",
+    "cart.add": "Add to cart",
+    "order.complete": "Purchase",
+    "search.results": "Site search",
+    "video.start": "Video start",
+    "video.complete": "Video complete",
+    "form.submit": "Newsletter sign-up",
+    "link.click": "Link click",
+}
+
+
+def consent_lines() -> list[tuple[str, dict[str, Any], bool, Any]]:
+    """(session, push, bot, consent.analytics as merged so far) of each line of the consent
+    replay: the bot verdict from the envelope's context, the flag as the CMP last wrote it."""
+    out: list[tuple[str, dict[str, Any], bool, Any]] = []
+    flags: dict[str, dict[str, Any]] = {}
+    for line in (SCENARIOS / "consent" / "events.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        envelope = json.loads(line)
+        session, push = envelope.get("session", "default"), envelope["push"]
+        if "consent" in push:
+            flags.setdefault(session, {}).update(push["consent"])
+        bot = bool((envelope.get("context") or {}).get("bot", False))
+        out.append((session, push, bot, flags.get(session, {}).get("analytics")))
+    return out
+
+
+def test_consent_nothing_is_sent_without_consent_or_for_a_bot() -> None:
+    lines = consent_lines()
+    assert len(lines) == len(replay("consent"))
+    seen = {"fired": 0, "bots": 0, "consent": 0}
+    for (session, push, bot, analytics), line in zip(lines, replay("consent"), strict=True):
+        assert line["session"] == session
+        rule = CONSENT_GUARDED.get(push.get("event", ""))
+        sent = {send["rule"] for send in line["sends"]}
+        if rule is None:
+            assert sent <= {"Consent choice"}, line
+            continue
+        (outcome,) = [r for r in line["rules"] if r["rule"] == rule]
+        if bot:  # the bots guard comes first, whatever the data layer says
+            assert outcome["status"] == "blocked"
+            assert (
+                outcome["reason"]
+                == "guard 'bots': unless request.bot was true (request.bot = true)"
+            )
+            seen["bots"] += 1
+        elif analytics is not True:
+            assert outcome["status"] == "condition_not_met"
+            assert outcome["reason"] == (
+                "guard 'consent': when state.consent.analytics was false "
+                f"(state.consent.analytics = {json.dumps(analytics)})"
+            )
+            seen["consent"] += 1
+        else:
+            assert not (outcome.get("reason") or "").startswith("guard "), outcome
+            seen["fired"] += outcome["status"] == "fired"
+        if bot or analytics is not True:
+            assert line["sends"] == [], line
+    # every kind is in the sample: sent, kept out by the consent guard, kept out as a bot
+    assert all(count > 0 for count in seen.values()), seen
+
+
+def test_consent_page_views_and_purchase_follow_the_choice() -> None:
+    expected_pages = [
+        (session, push["page"]["name"])
+        for session, push, bot, analytics in consent_lines()
+        if push.get("event") == "page.view" and not bot and analytics is True
+    ]
+    sent = [
+        (s, e["xdm"]["web"]["webPageDetails"]["name"]) for s, e in sends("consent", "Page view")
+    ]
+    assert sent == expected_pages
+    sitecore = [(s, b["page"]) for s, b in sends("consent", "Page view", "sitecore")]
+    assert sitecore == expected_pages
+    # the page each session saw before choosing is never sent, not even after accepting
+    first: dict[str, str] = {}
+    for session, push, _, _ in consent_lines():
+        if push.get("event") == "page.view":
+            first.setdefault(session, push["page"]["name"])
+    assert ("visit-1", first["visit-1"]) not in sent
+    orders = {
+        session: push["order"]
+        for session, push, bot, analytics in consent_lines()
+        if "order" in push and not bot and analytics is True
+    }
+    purchases = [
+        (
+            s,
+            e["xdm"]["commerce"]["order"]["purchaseID"],
+            e["xdm"]["commerce"]["order"]["priceTotal"],
+        )
+        for s, e in sends("consent", "Purchase")
+    ]
+    assert purchases == [
+        (session, order["id"].strip().upper(), round(float(order["total"]), 2))
+        for session, order in orders.items()
+    ]
+
+
+def test_consent_the_choice_is_recorded_whatever_it_is_but_not_for_a_bot() -> None:
+    def yes_no(flag: Any) -> str:
+        return "y" if flag is True else "n"
+
+    expected = [
+        (
+            session,
+            yes_no(push["consent"].get("analytics")),
+            yes_no(push["consent"].get("marketing")),
+            push.get("eventInfo", {}).get("method", "banner").lower(),
+        )
+        for session, push, bot, _ in consent_lines()
+        if push.get("event") == "consent.update" and not bot
+    ]
+    sent = [
+        (
+            s,
+            e["xdm"]["consents"]["collect"]["val"],
+            e["xdm"]["consents"]["personalize"]["content"]["val"],
+            e["data"]["consent"]["method"],
+        )
+        for s, e in sends("consent", "Consent choice")
+    ]
+    assert sent == expected
+    assert ("visit-2", "n", "n", "banner") in sent  # a refusal goes out: skip guard "consent"
+    assert all(
+        e["xdm"]["eventType"] == "consent.preferences"
+        for _, e in sends("consent", "Consent choice")
+    )
+    # the crawler's choice is not recorded: the bots guard is not skipped
+    crawler = [
+        status
+        for status, (_, push, bot, _) in zip(
+            statuses("consent", "Consent choice"), consent_lines(), strict=True
+        )
+        if bot and push.get("event") == "consent.update"
+    ]
+    assert crawler == ["blocked"]
+    # the consent { } block (default "in", no path) never holds or drops a send of the replay
+    assert all("consent" not in send for line in replay("consent") for send in line["sends"])
+
+
+# ---------------------------------------------------------------- cmp-flags
+
+
+def says_yes(value: Any) -> bool:
+    """A flag as the CMP and the back end write it: text that is blank, says no or is a zero
+    is no, as are null, false and 0."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "false", "no", "off"):
+            return False
+        try:
+            return float(text) != 0
+        except ValueError:
+            return True
+    return bool(value)
+
+
+def flag_states() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(session, push, data layer as merged so far) of each line of the cmp-flags replay:
+    ACDL merges objects key by key (null deletes), which is all these pushes need."""
+    layers: dict[str, dict[str, Any]] = {}
+    for session, push in pushes("cmp-flags"):
+        layer = layers.setdefault(session, {})
+        for key, value in push.items():
+            if key in ("event", "eventInfo"):
+                continue
+            if isinstance(value, dict):
+                merged = {**layer.get(key, {}), **value}
+                layer[key] = {k: v for k, v in merged.items() if v is not None}
+            else:
+                layer[key] = value
+        yield session, push, {k: dict(v) for k, v in layer.items()}
+
+
+def test_cmp_flags_text_flags_decide_the_page_views() -> None:
+    assert {p["consent"]["analytics"] for _, p in pushes("cmp-flags") if "consent" in p} >= {
+        "true",
+        "false",
+        "0",
+        "no",
+    }
+    expected: list[tuple[str, str, bool, bool, int, bool]] = []
+    for session, push, layer in flag_states():
+        if push.get("event") != "page.view":
+            continue
+        consent, user, page = layer.get("consent", {}), layer.get("user", {}), layer["page"]
+        if says_yes(consent.get("analytics")) and not says_yes(user.get("internal")):
+            status = int(page.get("status", 200))
+            expected.append(
+                (
+                    session,
+                    page["name"],
+                    page["home"] == "true",
+                    status >= 400,
+                    status,
+                    says_yes(user.get("loggedIn")),
+                )
+            )
+    edge = sends("cmp-flags", "Page view")
+    sitecore = sends("cmp-flags", "Page view", "sitecore")
+    sent = [
+        (
+            s,
+            e["xdm"]["web"]["webPageDetails"]["name"],
+            e["xdm"]["web"]["webPageDetails"]["isHomePage"],
+            e["xdm"]["web"]["webPageDetails"]["isErrorPage"],
+            b["ext"]["status"],
+            b["ext"]["loggedIn"],
+        )
+        for (s, e), (_, b) in zip(edge, sitecore, strict=True)
+    ]
+    assert sent == expected
+    # real booleans and numbers in the bodies, not the text the data layer carried
+    for row in sent:
+        assert [type(v) for v in row[2:]] == [bool, bool, int, bool], row
+    # the CMP's "false" all visit long, and the staff member ("1"): no page view at all
+    assert all(s not in ("flags-2", "flags-5") for s, *_ in sent)
+
+
+def test_cmp_flags_error_pages_from_a_status_as_text() -> None:
+    expected: list[tuple[str, str, int, str]] = []
+    for session, push, layer in flag_states():
+        page = layer.get("page", {})
+        if push.get("event") != "page.view" or int(page.get("status", 200)) not in (404, 410):
+            continue
+        assert isinstance(page["status"], str)  # "404" as text, compared with == 404
+        if says_yes(layer["consent"]["analytics"]) and not says_yes(layer["user"]["internal"]):
+            status = int(page["status"])
+            expected.append(
+                (session, page["url"], status, "not found" if status == 404 else "gone")
+            )
+    sent = [
+        (
+            s,
+            e["xdm"]["web"]["webPageDetails"]["URL"],
+            e["xdm"]["_spinair"]["error"]["status"],
+            e["xdm"]["_spinair"]["error"]["kind"],
+        )
+        for s, e in sends("cmp-flags", "Error page")
+    ]
+    assert sent == expected
+    assert [s for s, *_ in sent] == ["flags-1", "flags-4"]
+    assert all(type(status) is int for _, _, status, _ in sent)
+    sitecore = [
+        (s, b["ext"]["brokenUrl"], b["ext"]["status"])
+        for s, b in sends("cmp-flags", "Error page", "sitecore")
+    ]
+    assert sitecore == [(s, url, status) for s, url, status, _ in expected]
+
+
+def test_cmp_flags_purchase_ids_join_text_and_numbers() -> None:
+    expected: list[tuple[str, str, str, str, float]] = []
+    sent_refs: set[tuple[str, str]] = set()
+    for session, push, layer in flag_states():
+        if push.get("event") != "order.complete":
+            continue
+        order = layer.get("order", {})
+        if not says_yes(layer["consent"]["analytics"]) or "id" not in order:
+            continue
+        if not says_yes(order.get("paid")) or says_yes(order.get("test")):
+            continue
+        ref = f"order-{order['id']}"
+        if (session, ref) in sent_refs:  # the confirmation page reloaded
+            continue
+        sent_refs.add((session, ref))
+        total = round(float(order["total"]), 2)
+        total_text = str(int(total)) if total == int(total) else str(total)
+        units = sum(int(item["qty"]) for item in order.get("items", []))
+        expected.append(
+            (
+                session,
+                ref,
+                f"{order['id']},{order['storeId']}",
+                f"purchase,event61={units},event62={total_text}",
+                total,
+            )
+        )
+    sent = [
+        (
+            s,
+            e["xdm"]["commerce"]["order"]["purchaseID"],
+            e["data"]["__adobe"]["analytics"]["eVar61"],
+            e["data"]["__adobe"]["analytics"]["events"],
+            e["xdm"]["commerce"]["order"]["priceTotal"],
+        )
+        for s, e in sends("cmp-flags", "Purchase")
+    ]
+    assert sent == expected
+    # the order service's ids are numbers: joined as text, never added
+    assert all(
+        isinstance(p["order"]["id"], int)
+        for _, p in pushes("cmp-flags")
+        if "id" in p.get("order", {})
+    )
+    assert (
+        "flags-1",
+        "order-10057",
+        "10057,123",
+        "purchase,event61=4,event62=182.45",
+        182.45,
+    ) in sent
+    assert [
+        (s, b["ext"]["orderRef"], b["ext"]["orderKey"])
+        for s, b in sends("cmp-flags", "Purchase", "sitecore")
+    ] == [(s, ref, key) for s, ref, key, _, _ in expected]
+    # the reload is limited; payment pending ("false") not met; the QA order ("yes") blocked
+    outcomes = [status for status in statuses("cmp-flags", "Purchase") if status is not None]
+    assert outcomes.count("limited") == 1
+    assert outcomes.count("blocked") == 1
+    assert outcomes.count("fired") == len(expected)
