@@ -26,9 +26,21 @@ Canonical form:
   bracket, before a closing one or inside a continued expression; exactly one between two
   top-level statements when either spans several lines (consecutive one-line statements, such
   as a group of ``element`` lines, keep the author's choice of none or one).
-- Comments keep their text and their place: a trailing comment stays after its line's code,
-  two spaces before ``#``; a comment on its own line is indented like the code that follows it
-  (like the block's contents before a closing bracket).
+- Comments keep their text and their place: a trailing comment stays after its line's code;
+  a comment on its own line is indented like the code that follows it (like the block's
+  contents before a closing bracket).
+- Trailing comments are aligned, much as gofmt aligns them. A *run* is a maximal sequence of
+  consecutive lines of code at the same indentation: a blank line, a comment on its own line
+  or a change of indentation ends it. The trailing comments of a run start at one column: two
+  spaces after the longest code among its lines that have one (the lines without a comment
+  neither end the run nor widen it); a lone trailing comment is two spaces after its code.
+  Aligning never pushes a comment past column 100: while padding would make a line of the run
+  longer than 100 characters, the line with the longest code leaves the alignment (it keeps
+  two spaces) and the column is worked out again without it.
+- In a run of consecutive one-line ``element`` statements (a blank line, a comment on its own
+  line or any other statement, a multi-line ``element`` included, ends it) the names are
+  padded so that the ``=`` line up, one space after the longest name. This comes before the
+  comments are aligned.
 - String literals and numbers are written as they were, byte for byte. Trailing whitespace is
   removed, line ends are ``\\n``, a byte order mark is dropped, and the file ends with exactly
   one line end (an empty file stays empty).
@@ -222,6 +234,7 @@ class _Line:
     statement: int = -1  # the top-level statement its code belongs to (-1: no code)
     first: str = ""  # kinds of its first and last tokens
     last: str = ""
+    name_end: int = -1  # an `element` line: where the element's name ends in ``code``
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +384,8 @@ def _layout(tokens: list[_Tok], gaps: list[_Gap]) -> list[_Line]:
                 line.code += ","
                 before = "COMMA"
             line.code += _space(tokens, index, before) + token.text
+            if before == "ELEMENT" and line.first == "ELEMENT" and not frames:
+                line.name_end = len(line.code)
         line.last = token.kind
         if token.kind in _OPENERS:
             frames.append(_Frame(index, line.level, entry))
@@ -388,6 +403,67 @@ def _layout(tokens: list[_Tok], gaps: list[_Gap]) -> list[_Line]:
     return lines
 
 
+_WIDTH = 100  # the column no trailing comment is pushed past to align it
+
+
+@dataclass(slots=True)
+class _Row:
+    """An output line: its indentation, code and trailing comment (or its comment alone)."""
+
+    indent: str
+    code: str
+    comment: str | None
+    name_end: int = -1  # a one-line `element` statement: where its name ends in ``code``
+    spaces: int = 2  # between the code and its trailing comment
+
+
+def _align_names(rows: list[_Row | None]) -> None:
+    """Pad the names of consecutive one-line `element` statements so their `=` line up."""
+    run: list[_Row] = []
+    for row in [*rows, None]:
+        if row is not None and row.name_end >= 0:
+            run.append(row)
+            continue
+        if len(run) > 1:
+            width = max(r.name_end for r in run)
+            for r in run:
+                r.code = r.code[: r.name_end] + " " * (width - r.name_end) + r.code[r.name_end :]
+        run = []
+
+
+def _comment_column(run: list[_Row]) -> tuple[int, set[int]]:
+    """The column of the `#` of a run of trailing comments, and the rows (by position in
+    ``run``) that are aligned to it: while padding would make a row end past column
+    :data:`_WIDTH`, the row with the longest code leaves the alignment."""
+    widths = [len(r.indent) + len(r.code) for r in run]
+    members = set(range(len(run)))
+    while True:
+        column = max(widths[i] for i in members) + 2
+        pushed = any(
+            widths[i] + 2 < column and column + len(run[i].comment or "") > _WIDTH for i in members
+        )
+        if not pushed or len(members) < 2:
+            return column, members
+        members.remove(max(members, key=lambda i: (widths[i], -i)))
+
+
+def _align_comments(rows: list[_Row | None]) -> None:
+    """Line up the trailing comments of each run of consecutive lines of code at the same
+    indentation (the lines without a comment stay as they are)."""
+    run: list[_Row] = []
+    for row in [*rows, None]:
+        if row is not None and row.code and (not run or row.indent == run[0].indent):
+            run.append(row)
+            continue
+        commented = [r for r in run if r.comment is not None]
+        column, members = _comment_column(commented) if commented else (0, set())
+        for position, r in enumerate(commented):
+            width = len(r.indent) + len(r.code)
+            if position in members:
+                r.spaces = column - width
+        run = [row] if row is not None and row.code else []
+
+
 def _render(lines: list[_Line]) -> str:
     first: dict[int, int] = {}
     last: dict[int, int] = {}
@@ -398,7 +474,7 @@ def _render(lines: list[_Line]) -> str:
     several = {s for s in first if last[s] > first[s]}
     # One blank line after a statement when it or the next one spans several lines.
     separated = {last[s] for s in first if s + 1 in first and (s in several or s + 1 in several)}
-    out: list[str] = []
+    rows: list[_Row | None] = []  # None: a blank line
     blank = separate = False
     written: _Line | None = None
     for number, line in enumerate(lines):
@@ -414,14 +490,27 @@ def _render(lines: list[_Line]) -> str:
                 and not line.continued
             )
         ):
-            out.append("")
-        indent = "  " * line.level
-        if line.code:
-            comment = f"  {line.comment}" if line.comment is not None else ""
-            out.append(f"{indent}{line.code}{comment}")
-        else:
-            out.append(f"{indent}{line.comment}")
+            rows.append(None)
+        one_line_element = line.name_end >= 0 and line.statement not in several
+        rows.append(
+            _Row(
+                "  " * line.level,
+                line.code,
+                line.comment,
+                line.name_end if one_line_element else -1,
+            )
+        )
         blank, separate, written = False, number in separated, line
+    _align_names(rows)
+    _align_comments(rows)
+    out: list[str] = []
+    for row in rows:
+        if row is None:
+            out.append("")
+        elif row.code and row.comment is not None:
+            out.append(f"{row.indent}{row.code}{' ' * row.spaces}{row.comment}")
+        else:
+            out.append(f"{row.indent}{row.code or row.comment}")
     return "".join(f"{text}\n" for text in out)
 
 

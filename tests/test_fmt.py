@@ -117,9 +117,9 @@ MESSY_ELEMENTS_FORMATTED = """\
 # elements
 
 element page_name = state.page.name | clean | default "unknown"  # cleaned
-element total = (price * qty) | round 2
-element delta = -total + -1
-element tier = state.user.tier | lower keep visitor
+element total     = (price * qty) | round 2
+element delta     = -total + -1
+element tier      = state.user.tier | lower keep visitor
 
 element is_big = total > 100 and
   tier in ["gold", "platinum"] or
@@ -285,6 +285,144 @@ def test_comments_stay_in_place() -> None:
     )
 
 
+def test_trailing_comments_of_a_run_are_aligned() -> None:
+    # A run: consecutive lines of code at the same indentation. A blank line, a comment line
+    # or another indentation ends it; a line without a comment neither ends nor widens it.
+    source = (
+        "element a = 1 # one\n"
+        "element bbb = 22   # two\n"
+        "\n"
+        "element c = 3 # alone\n"
+        'rule "r" {\n'
+        '  on "a"   # trigger\n'
+        "  when x and y\n"
+        "  unless state.user.internal # staff\n"
+        "  # a comment line ends a run\n"
+        "  limit 1 per session # once\n"
+        "  sample 50%   # half\n"
+        "  send event {  # the event\n"
+        '    type: "t"   # its type\n'
+        "    xdm: { a: 1 }\n"
+        "  }  # sent\n"
+        "}\n"
+    )
+    expected = (
+        "element a   = 1   # one\n"
+        "element bbb = 22  # two\n"
+        "\n"
+        "element c = 3  # alone\n"
+        "\n"
+        'rule "r" {\n'
+        '  on "a"                      # trigger\n'
+        "  when x and y\n"
+        "  unless state.user.internal  # staff\n"
+        "  # a comment line ends a run\n"
+        "  limit 1 per session  # once\n"
+        "  sample 50%           # half\n"
+        "  send event {         # the event\n"
+        '    type: "t"  # its type\n'
+        "    xdm: { a: 1 }\n"
+        "  }  # sent\n"
+        "}\n"
+    )
+    assert format_source(source) == expected
+    assert format_source(expected) == expected
+
+
+def test_lines_without_a_comment_do_not_widen_a_run() -> None:
+    source = (
+        'rule "r" {\n'
+        '  on "a"  # first\n'
+        "  when a_much_longer_condition_than_the_others and another_one\n"
+        "  unless b  # second\n"
+        "}\n"
+    )
+    expected = (
+        'rule "r" {\n'
+        '  on "a"    # first\n'
+        "  when a_much_longer_condition_than_the_others and another_one\n"
+        "  unless b  # second\n"
+        "}\n"
+    )
+    assert format_source(source) == expected
+    assert format_source(expected) == expected
+
+
+def test_aligning_pushes_no_comment_past_column_100() -> None:
+    wide = '  send event { type: "a long type name that makes this line very long", xdm: {} }'
+    assert len(wide) == 81  # its comment at column 83 (0-based)
+
+    def rule(first: str, pad: int) -> str:
+        return (
+            'rule "r" {\n'
+            f'  on "a"{" " * pad}{first}\n'
+            f"  when x{' ' * pad}# short\n"
+            f"{wide}  # wide\n"
+            f"  unless y{' ' * max(pad - 2, 1)}# short too\n"
+            "}\n"
+        )
+
+    # Aligned at column 83, the first line ends at column 100 exactly: all four are aligned.
+    fits = "# " + "x" * 15
+    assert format_source(rule(fits, 1)) == rule(fits, 75)
+    assert max(map(len, rule(fits, 75).splitlines())) == 100
+    # One character more would push it past column 100: the widest line keeps two spaces and
+    # leaves the alignment, the others are aligned without it.
+    too_long = "# " + "x" * 16
+    assert format_source(rule(too_long, 1)) == rule(too_long, 4)
+    for pad in (75, 4):
+        assert format_source(rule(fits, pad)) == rule(fits, 75)
+        assert format_source(rule(too_long, pad)) == rule(too_long, 4)
+    # Of two lines, neither is aligned then (a lone comment has two spaces anyway).
+    two = f'element a = 1  # {"x" * 70}\nelement b = "{"x" * 40}"  # b\n'
+    assert format_source(two) == two
+    # A line past column 100 on its own keeps two spaces before its comment.
+    alone = f'element a = "{"x" * 90}"    # far\n'
+    assert format_source(alone) == f'element a = "{"x" * 90}"  # far\n'
+
+
+def test_the_equal_signs_of_consecutive_one_line_elements_are_aligned() -> None:
+    # A blank line, a comment line, a multi-line element or another statement ends a run.
+    source = (
+        "element a = 1\n"
+        "element bbb = 2 # b\n"
+        "element cc = [1,\n"
+        "  2]\n"
+        "element dddd = 4\n"
+        "element e = 5\n"
+        "# comment line\n"
+        "element ffffff = 6\n"
+        "element g = 7\n"
+        "\n"
+        "element hh = 8\n"
+        "element i = 9  # i\n"
+        'edge { datastream: "d" }\n'
+        "element jjjj = 10\n"
+        "element k=11\n"
+    )
+    expected = (
+        "element a   = 1\n"
+        "element bbb = 2  # b\n"
+        "\n"
+        "element cc = [1,\n"
+        "  2]\n"
+        "\n"
+        "element dddd = 4\n"
+        "element e    = 5\n"
+        "# comment line\n"
+        "element ffffff = 6\n"
+        "element g      = 7\n"
+        "\n"
+        "element hh = 8\n"
+        "element i  = 9  # i\n"
+        'edge { datastream: "d" }\n'
+        "element jjjj = 10\n"
+        "element k    = 11\n"
+    )
+    assert format_source(source) == expected
+    assert format_source(expected) == expected
+
+
 def test_continuation_lines_are_indented_one_level() -> None:
     assert format_source(MESSY["continued expressions"]) == (
         "element a = x and\n"
@@ -374,6 +512,12 @@ def test_formatted_rules_load_to_the_same_ruleset(tmp_path: Path) -> None:
     assert _summary(formatted) == _summary(original)
     assert all(report.passed for report in run_tests(formatted))
     assert main(copy, check=True)[0] == 0  # formatted once: nothing left to do
+
+
+def test_the_repository_rules_are_canonical() -> None:
+    result = run_fmt("--check", "rules")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(RULES)} files already formatted" in result.stderr
 
 
 # ---------------------------------------------------------------------------- the command
