@@ -142,6 +142,8 @@ def _as_glob(pattern: str) -> str | None:
 
 
 def _describe(expr: ast.Expr, kind: str) -> str:
+    if kind == "null":
+        return "null"
     if isinstance(expr, ast.Literal):
         shown = "null" if expr.value is None else repr(expr.value).replace("'", '"')
         if isinstance(expr.value, bool):
@@ -725,8 +727,8 @@ class _FileChecker:
         # arithmetic
         numeric = ("number", "number-like string")
         text = ("string", "date string", "number-like string")
-        if op == "+" and (left in text or right in text):
-            return  # joins as text (or adds, when both sides are numbers)
+        if op == "+" and (left in text or right in text or left is None or right is None):
+            return  # joins as text when a side is text (known only at run time when unknown)
         for side, kind in ((node.left, left), (node.right, right)):
             if kind is None or kind in numeric:
                 continue

@@ -17,7 +17,7 @@ from engine.diagnostics import suggest
 __all__ = ["STATEMENT_KEYWORDS", "Hint", "syntax_hint"]
 
 # Words that start a statement (settings blocks start with their own name).
-STATEMENT_KEYWORDS = ("rule", "element", "test")
+STATEMENT_KEYWORDS = ("rule", "element", "test", "guard", "setup")
 
 _SMART_QUOTES = "“”„‘’‚«»"
 _EVENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/\-]*")

@@ -444,6 +444,10 @@ class Builder(lark.Transformer[Token, Any]):
 
     def change_trigger(self, c: list[Any]) -> ast.ChangeTrigger:
         path, span = c[1]
+        if len(path) == 1 and isinstance(path[0], str) and self.source(span).startswith('"'):
+            # `on change "cart.total"` reads as `on change cart.total`, as `on "…"` is quoted
+            # (a key with a dot in it is watched with brackets: `on change cart["a.b"]`)
+            path = tuple(path[0].split("."))
         if path and path[0] == "state":  # `change state.cart` reads as `change cart`
             path = path[1:]
         return ast.ChangeTrigger(self.upto(c[0], span), path)
