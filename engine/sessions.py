@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from bisect import bisect_right, insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType, TracebackType
 from typing import Any
 
 from engine.datalayer import MAX_DEPTH, validate
@@ -49,27 +50,191 @@ _RESTORE_DEPTH = max(256, MAX_DEPTH + 2)
 _RESTORE_ITEMS = sys.maxsize
 
 
-class VisitorMemory:
-    """What a visitor's sessions share: ``kept`` (``keep visitor`` values) and ``firings``
-    (rule name → sorted timestamps of that visitor's firings of the rule)."""
+_GUARD = threading.Lock()
+"""Held a moment while a lock or a part of a session made on first use is made (or a lock
+given up): each is made once, however many threads want it at the same time."""
 
-    __slots__ = ("firings", "kept", "lock", "sessions", "visitor_id")
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+_new_rlock = threading.RLock
+
+
+class _Lockable:
+    """Holds a reentrant lock, ``lock``, made when first taken and given up when nobody holds
+    or waits for it: an idle session or visitor memory holds no lock (one is ~100 bytes).
+
+    The same guarantees as a ``threading.RLock`` of its own: one thread at a time, which may
+    take it again while it holds it.
+    """
+
+    __slots__ = ("_holders", "_rlock")
+
+    _rlock: threading.RLock | None
+    _holders: int  # threads holding or waiting for _rlock, each counted once
+
+    @property
+    def lock(self) -> _Lock:
+        """The lock: ``with x.lock:``, or ``acquire()`` then ``release()``."""
+        return _Lock(self)
+
+    # (on every push's path: the guard taken without `with`, the fewest steps)
+    def _acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        lock = self._rlock
+        if lock is not None and lock._is_owned():  # type: ignore[attr-defined]
+            return lock.acquire()  # taken again by the thread holding it: nothing to count
+        _GUARD.acquire()
+        lock = self._rlock
+        if lock is None:
+            lock = self._rlock = _new_rlock()
+        self._holders += 1
+        _GUARD.release()
+        if lock.acquire(blocking, timeout):
+            return True
+        self._let_go()
+        return False
+
+    def _release(self) -> None:
+        lock = self._rlock
+        if lock is None:
+            raise RuntimeError("cannot release un-acquired lock")
+        lock.release()  # RuntimeError when this thread does not hold it
+        if not lock._is_owned():  # type: ignore[attr-defined]
+            self._let_go()
+
+    def _let_go(self) -> None:
+        _GUARD.acquire()
+        self._holders -= 1
+        if not self._holders:
+            self._rlock = None
+        _GUARD.release()
+
+
+class _Lock:
+    """:attr:`_Lockable.lock`: a reentrant lock's interface to one object's lock."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: _Lockable) -> None:
+        self._owner = owner
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._owner._acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._owner._release()
+
+    def __enter__(self) -> bool:
+        return self._owner._acquire()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._owner._release()
+
+
+class VisitorMemory(_Lockable):
+    """What a visitor's sessions share: ``kept`` (``keep visitor`` values) and ``firings``
+    (rule name → sorted timestamps of that visitor's firings of the rule).
+
+    A session makes its visitor's memory when it first needs it (:attr:`Session.visitor`: a
+    ``keep visitor`` value, a ``per visitor`` firing, the visitor's consent or first-party id),
+    so a visitor with one session and nothing kept for it has none; a store gives a visitor's
+    sessions one memory between them once there are two.
+    """
+
+    __slots__ = ("firings", "kept", "sessions", "visitor_id")
 
     def __init__(self, visitor_id: str) -> None:
+        self._rlock = None
+        self._holders = 0
         self.visitor_id = visitor_id
         self.kept: dict[str, Any] = {}
         self.firings: dict[str, list[float]] = {}
-        self.lock = threading.Lock()
         self.sessions = 0  # live sessions holding this memory, counted by the store
 
 
-class Session:
+class _Kept(Mapping[str, dict[str, Any]]):
+    """:attr:`Session.kept`: each keep scope's values, the session's made on first use and the
+    visitor's in its memory (made then too)."""
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def __getitem__(self, scope: str) -> dict[str, Any]:
+        session = self._session
+        if scope == "visitor":
+            return session.visitor.kept
+        if scope == "pageview":
+            values = session._pageview
+        elif scope == "session":
+            values = session._session_kept
+        else:
+            raise KeyError(scope)
+        return session._make_kept(scope) if values is None else values
+
+    def get(self, scope: str, default: Any = None) -> Any:
+        # (what Scope.element calls, once for each kept element a push evaluates)
+        session = self._session
+        if scope == "session":
+            values = session._session_kept
+        elif scope == "pageview":
+            values = session._pageview
+        elif scope == "visitor":
+            return session.visitor.kept
+        else:
+            return default
+        return session._make_kept(scope) if values is None else values
+
+    def __contains__(self, scope: object) -> bool:
+        return scope in KEEP_SCOPES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(KEEP_SCOPES)
+
+    def __len__(self) -> int:
+        return len(KEEP_SCOPES)
+
+    def __repr__(self) -> str:
+        session = self._session
+        shared = session._visitor
+        return repr(
+            {
+                "pageview": session._pageview or {},
+                "session": session._session_kept or {},
+                "visitor": {} if shared is None else shared.kept,
+            }
+        )
+
+
+class Session(_Lockable):
     """One visitor's data layer and runtime memory.
 
     The runtime holds ``lock`` while it processes one push of the session, which keeps the
     session's pushes in order. ``kept["visitor"]`` and the visitor's firing history are shared
     with the visitor's other sessions (see :class:`VisitorMemory`).
+
+    What a session has not used costs nothing: its kept values, firing history and identity
+    are made on first use (``kept``, ``firings``, ``identity``), its visitor memory too
+    (``visitor``), and its lock is held only while taken.
     """
+
+    __slots__ = (
+        "_firings",
+        "_identity",
+        "_pageview",
+        "_session_kept",
+        "_visitor",
+        "created",
+        "id",
+        "last_seen",
+        "pushes",
+        "state",
+        "visitor_id",
+    )
 
     def __init__(
         self,
@@ -84,29 +249,90 @@ class Session:
         visitor_id = id if visitor_id is None else visitor_id
         if type(visitor_id) is not str or not visitor_id:
             raise ValueError("a visitor id must be a non-empty string")
-        if visitor is None:
-            visitor = VisitorMemory(visitor_id)
-        elif visitor.visitor_id != visitor_id:
+        if visitor is not None and visitor.visitor_id != visitor_id:
             raise ValueError(f"visitor memory of {visitor.visitor_id!r} given to {visitor_id!r}")
         created = time.time() if now is None else now
+        self._rlock = None
+        self._holders = 0
         self.id = id
         self.visitor_id = visitor_id
-        self.visitor = visitor
+        self._visitor = visitor
         self.state: dict[str, Any] = {}
-        self.kept: dict[str, dict[str, Any]] = {
-            "pageview": {},
-            "session": {},
-            "visitor": visitor.kept,
-        }
-        self.firings: dict[str, list[float]] = {}  # rule → timestamps, for `per session`
-        self.identity: dict[str, Any] = {}
+        self._pageview: dict[str, Any] | None = None
+        self._session_kept: dict[str, Any] | None = None
+        self._firings: dict[str, list[float]] | None = None  # rule → times, for `per session`
+        self._identity: dict[str, Any] | None = None
         self.created = created
         self.last_seen = created
         self.pushes = 0
-        self.lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, visitor_id={self.visitor_id!r}, pushes={self.pushes})"
+
+    # ------------------------------------------------------------------ parts made on first use
+    @property
+    def visitor(self) -> VisitorMemory:
+        """The visitor's memory, shared with the visitor's other sessions (made now if the
+        visitor had none)."""
+        memory = self._visitor
+        if memory is None:
+            with _GUARD:
+                memory = self._visitor
+                if memory is None:
+                    memory = self._visitor = VisitorMemory(self.visitor_id)
+        return memory
+
+    @property
+    def visitor_kept(self) -> Mapping[str, Any]:
+        """The visitor's ``keep visitor`` values, to read (empty, and nothing made, while the
+        visitor has no memory); write through ``visitor.kept``."""
+        memory = self._visitor
+        return _NOTHING if memory is None else memory.kept
+
+    @property
+    def kept(self) -> Mapping[str, dict[str, Any]]:
+        """Keep scope (``pageview``, ``session``, ``visitor``) → the values kept there."""
+        return _Kept(self)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """An opaque dict for destinations (ids, cookies' state, held sends)."""
+        identity = self._identity
+        if identity is None:
+            with _GUARD:
+                identity = self._identity
+                if identity is None:
+                    identity = self._identity = {}
+        return identity
+
+    @identity.setter
+    def identity(self, value: dict[str, Any]) -> None:
+        self._identity = value
+
+    @property
+    def firings(self) -> dict[str, list[float]]:
+        """Rule → sorted timestamps of its firings in this session (for ``per session``)."""
+        firings = self._firings
+        if firings is None:
+            with _GUARD:
+                firings = self._firings
+                if firings is None:
+                    firings = self._firings = {}
+        return firings
+
+    @firings.setter
+    def firings(self, value: dict[str, list[float]]) -> None:
+        self._firings = value
+
+    def _make_kept(self, scope: str) -> dict[str, Any]:
+        with _GUARD:
+            if scope == "pageview":
+                if self._pageview is None:
+                    self._pageview = {}
+                return self._pageview
+            if self._session_kept is None:
+                self._session_kept = {}
+            return self._session_kept
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -116,8 +342,13 @@ class Session:
 
     def new_pageview(self) -> None:
         """Forget the ``keep pageview`` values (a ``page.view``/``viewStart`` event began)."""
-        with self.lock:
-            self.kept["pageview"].clear()
+        pageview = self._pageview
+        if pageview:  # (emptied in place: whoever holds the dict sees it emptied)
+            self._acquire()
+            try:
+                pageview.clear()
+            finally:
+                self._release()
 
     # ------------------------------------------------------------------ limit and sample
     def limit_reached(self, rule: str, count: int, unit: str, now: float) -> bool:
@@ -125,16 +356,25 @@ class Session:
         (``session``), any session of the visitor (``visitor``), or the visitor's last
         60/3600/86400 seconds (``minute``/``hour``/``day``, rolling)."""
         if unit == "session":
-            with self.lock:
-                fired = len(self.firings.get(rule, ()))
+            self._acquire()
+            try:
+                firings = self._firings
+                fired = len(firings.get(rule, ())) if firings else 0
+            finally:
+                self._release()
         elif unit in LIMIT_UNITS:
-            memory = self.visitor
-            with memory.lock:
+            memory = self._visitor
+            if memory is None:
+                return count <= 0  # no memory yet: the visitor never fired anything
+            memory._acquire()
+            try:
                 times = memory.firings.get(rule, [])
                 if unit == "visitor":
                     fired = len(times)
                 else:
                     fired = len(times) - bisect_right(times, now - WINDOWS[unit])
+            finally:
+                memory._release()
         else:
             raise ValueError(f"unknown limit unit {unit!r}")
         return fired >= count
@@ -151,16 +391,22 @@ class Session:
         if unknown:
             raise ValueError(f"unknown limit unit {sorted(unknown)[0]!r}")
         if "session" in wanted:
-            with self.lock:
+            self._acquire()
+            try:
                 insort(self.firings.setdefault(rule, []), now)
+            finally:
+                self._release()
         windows = [WINDOWS[unit] for unit in wanted if unit in WINDOWS]
         if "visitor" in wanted or windows:
             memory = self.visitor
-            with memory.lock:
+            memory._acquire()
+            try:
                 times = memory.firings.setdefault(rule, [])
                 insort(times, now)
                 if "visitor" not in wanted:
                     del times[: bisect_right(times, now - max(windows))]
+            finally:
+                memory._release()
 
     def sample_bucket(self, rule: str) -> float:
         """A value in [0, 100) fixed by (session id, rule name); ``sample P%`` keeps the
@@ -174,23 +420,33 @@ class Session:
     def export(self) -> dict[str, Any]:
         """A JSON-serialisable copy of everything the session holds, the visitor's shared
         memory included; :meth:`from_export` (or :meth:`SessionStore.restore`) rebuilds it."""
-        memory = self.visitor
-        with self.lock, memory.lock:
-            return {
-                "format": EXPORT_FORMAT,
-                "id": self.id,
-                "visitor_id": self.visitor_id,
-                "state": copy_json(self.state),
-                "kept": {scope: copy_json(self.kept[scope]) for scope in KEEP_SCOPES},
-                "firings": {
-                    "session": copy_json(self.firings),
-                    "visitor": copy_json(memory.firings),
-                },
-                "identity": copy_json(self.identity),
-                "created": self.created,
-                "last_seen": self.last_seen,
-                "pushes": self.pushes,
-            }
+        with self.lock:
+            memory = self._visitor
+            if memory is None:
+                return self._export({}, {})
+            with memory.lock:
+                return self._export(memory.kept, memory.firings)
+
+    def _export(self, shared: dict[str, Any], history: dict[str, list[float]]) -> dict[str, Any]:
+        return {
+            "format": EXPORT_FORMAT,
+            "id": self.id,
+            "visitor_id": self.visitor_id,
+            "state": copy_json(self.state),
+            "kept": {
+                "pageview": copy_json(self._pageview or {}),
+                "session": copy_json(self._session_kept or {}),
+                "visitor": copy_json(shared),
+            },
+            "firings": {
+                "session": copy_json(self._firings or {}),
+                "visitor": copy_json(history),
+            },
+            "identity": copy_json(self._identity or {}),
+            "created": self.created,
+            "last_seen": self.last_seen,
+            "pushes": self.pushes,
+        }
 
     @classmethod
     def from_export(cls, data: object, *, visitor: VisitorMemory | None = None) -> Session:
@@ -242,18 +498,22 @@ class Session:
                 f"session export: visitor {visitor_id!r} given the memory of {visitor.visitor_id!r}"
             )
         session = cls(id_, visitor_id, now=numbers["created"], visitor=visitor)
+        # validate() made these copies: the session may keep them as they are
         session.state = state
-        session.identity = identity
-        session.kept["pageview"].update(kept.get("pageview", {}))
-        session.kept["session"].update(kept.get("session", {}))
-        session.firings = histories["session"]
+        session._identity = identity or None
+        session._pageview = kept.get("pageview") or None
+        session._session_kept = kept.get("session") or None
+        session._firings = histories["session"] or None
         session.last_seen = numbers["last_seen"]
         session.pushes = pushes
+        shared, history = kept.get("visitor") or {}, histories["visitor"]
+        if visitor is None and not shared and not history:
+            return session  # nothing for the visitor's memory: made when first needed
         memory = session.visitor
         with memory.lock:
-            for key, value in kept.get("visitor", {}).items():
+            for key, value in shared.items():
                 memory.kept.setdefault(key, value)
-            for rule, times in histories["visitor"].items():
+            for rule, times in history.items():
                 held = memory.firings.get(rule)
                 memory.firings[rule] = sorted(set(times).union(held)) if held else times
         return session

@@ -24,7 +24,10 @@ __all__ = ["MemorySessions"]
 
 
 class _Saved:
-    """What a push may change in a session and its visitor's memory, as it was before."""
+    """What a push may change in a session and its visitor's memory, as it was before.
+
+    It reads the session's parts as they are, ``None`` for those not made yet, so that taking
+    it makes nothing."""
 
     __slots__ = (
         "firings",
@@ -44,36 +47,45 @@ class _Saved:
         # Sitecore browser id) and appends to firing lists.
         # No lock for the visitor's memory: the pushes that change it are this one and
         # others of the visitor, which wait for this one (MemorySessions.begin).
-        kept, memory = session.kept, session.visitor
         self.state = session.state
-        self.pageview = dict(kept["pageview"])
-        self.session_kept = dict(kept["session"])
-        firings = session.firings
-        self.firings = {rule: list(times) for rule, times in firings.items()} if firings else {}
-        self.identity = dict(session.identity)
+        values = session._pageview
+        self.pageview = dict(values) if values else None
+        values = session._session_kept
+        self.session_kept = dict(values) if values else None
+        firings = session._firings
+        self.firings = {rule: list(times) for rule, times in firings.items()} if firings else None
+        values = session._identity
+        self.identity = dict(values) if values else None
         self.last_seen, self.pushes = session.last_seen, session.pushes
-        self.visitor_kept = dict(memory.kept)
-        shared = memory.firings
-        self.visitor_firings = {rule: list(t) for rule, t in shared.items()} if shared else {}
+        memory = session._visitor
+        if memory is None:
+            self.visitor_kept = self.visitor_firings = None
+        else:
+            self.visitor_kept = dict(memory.kept)
+            shared = memory.firings
+            self.visitor_firings = {rule: list(t) for rule, t in shared.items()}
 
     def restore(self, session: Session) -> None:
         """Put it back, in place: other code holds references to these dicts."""
         session.state = self.state
-        for held, saved in (
-            (session.kept["pageview"], self.pageview),
-            (session.kept["session"], self.session_kept),
-            (session.firings, self.firings),
-            (session.identity, self.identity),
-        ):
-            held.clear()
-            held.update(saved)
+        _put_back(session._pageview, self.pageview)
+        _put_back(session._session_kept, self.session_kept)
+        _put_back(session._firings, self.firings)
+        _put_back(session._identity, self.identity)
         session.last_seen, session.pushes = self.last_seen, self.pushes
-        memory = session.visitor
-        with memory.lock:
-            memory.kept.clear()
-            memory.kept.update(self.visitor_kept)
-            memory.firings.clear()
-            memory.firings.update(self.visitor_firings)
+        memory = session._visitor  # made by the push, perhaps: then emptied
+        if memory is not None:
+            with memory.lock:
+                _put_back(memory.kept, self.visitor_kept)
+                _put_back(memory.firings, self.visitor_firings)
+
+
+def _put_back(held: dict[str, Any] | None, saved: dict[str, Any] | None) -> None:
+    """``held`` (a session's dict, if made) as it was: ``saved`` (``None``: empty)."""
+    if held is not None:
+        held.clear()
+        if saved:
+            held.update(saved)
 
 
 class _Transaction(PushTransaction):
@@ -121,7 +133,7 @@ class _Hold:
         self._visitor_id = session.visitor_id
         self._lock = store._visitor_locks.acquire(session.visitor_id)
         try:
-            session.lock.acquire()
+            session._acquire()  # (session.lock's, without making a handle on every push)
         except BaseException:
             store._visitor_locks.release(session.visitor_id, self._lock)
             raise
@@ -140,7 +152,7 @@ class _Hold:
             if kind is not None:
                 transaction.rollback()
         finally:
-            transaction.session.lock.release()
+            transaction.session._release()
             self._store._visitor_locks.release(transaction.session.visitor_id, self._lock)
 
 
@@ -168,7 +180,9 @@ class MemorySessions(Sessions):
         self.max_sessions = max_sessions
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # least recently used first
-        self._visitors: dict[str, VisitorMemory] = {}
+        # A visitor's shared memory; or its only session (unless that session's id is the
+        # visitor's: then nothing), which makes its memory when it first needs it.
+        self._visitors: dict[str, VisitorMemory | Session] = {}
         self._lock = threading.Lock()
         # One visitor's pushes one at a time, whichever of its sessions: they share its
         # memory, which a failed push puts back as it was.
@@ -199,12 +213,8 @@ class MemorySessions(Sessions):
                     self._sessions.move_to_end(session_id)
                     return session, before
                 self._drop(session_id)
-            session = Session(
-                session_id,
-                visitor_id,
-                now=now,
-                visitor=self._visitor(session_id if visitor_id is None else visitor_id),
-            )
+            session = Session(session_id, visitor_id, now=now)
+            self._attach(session)
             self._add(session)
             return session, session.last_seen
 
@@ -221,7 +231,7 @@ class MemorySessions(Sessions):
         if session is None:
             return None
         with session.lock:
-            return copy_json(session.identity)  # type: ignore[no-any-return]
+            return copy_json(session._identity or {})  # type: ignore[no-any-return]
 
     def merge_identity(self, session_id: str, base: dict[str, Any], result: dict[str, Any]) -> None:
         session = self.peek(session_id)
@@ -250,14 +260,22 @@ class MemorySessions(Sessions):
         live sessions: their values win, the export fills in the rest."""
         now = self.clock()
         with self._lock:
+            existing = None
             visitor_id = data.get("visitor_id") if type(data) is dict else None
-            existing = self._visitors.get(visitor_id) if type(visitor_id) is str else None
+            if type(visitor_id) is str:
+                entry = self._visitors.get(visitor_id)
+                if isinstance(entry, VisitorMemory):
+                    existing = entry
+                else:
+                    own = entry if entry is not None else self._own(visitor_id)
+                    if own is not None:
+                        # The visitor's one live session: its memory (made now) is shared,
+                        # unless it is the session replaced (its memory, if any, is joined).
+                        existing = own._visitor if own.id == data.get("id") else own.visitor
             session = Session.from_export(data, visitor=existing)
             if session.id in self._sessions:
                 self._drop(session.id)
-            # from_export made fresh memory if this visitor had none; the store now owns it
-            self._visitors.setdefault(session.visitor_id, session.visitor)
-            session.visitor.sessions += 1
+            self._attach(session)
             session.last_seen = max(session.last_seen, now)
             self._add(session)
             return session
@@ -280,12 +298,39 @@ class MemorySessions(Sessions):
     def _expired(self, session: Session, now: float) -> bool:
         return now - session.last_seen >= self.idle_timeout
 
-    def _visitor(self, visitor_id: str) -> VisitorMemory:
-        memory = self._visitors.get(visitor_id)
-        if memory is None:
-            memory = self._visitors[visitor_id] = VisitorMemory(visitor_id)
-        memory.sessions += 1
-        return memory
+    def _own(self, visitor_id: str) -> Session | None:
+        """The visitor's only live session, when it has one and shares no memory yet."""
+        entry = self._visitors.get(visitor_id)
+        if entry is None:
+            own = self._sessions.get(visitor_id)  # the one session of its id, if any
+            return own if own is not None and own.visitor_id == visitor_id else None
+        return entry if isinstance(entry, Session) else None
+
+    def _attach(self, session: Session) -> None:
+        """Give a session joining the store (not in ``_sessions`` yet) its visitor's memory.
+
+        A visitor's sessions share one memory, made when the visitor has a second live
+        session (or when a session first needs it) and held in ``_visitors`` while any of
+        them lives. A visitor with one session is found through it: by its id when it is the
+        visitor's (a session id is its visitor id by default), else through ``_visitors``.
+        """
+        visitor_id = session.visitor_id
+        entry = self._visitors.get(visitor_id)
+        if isinstance(entry, VisitorMemory):
+            # (a restored session was given this memory already)
+            assert session._visitor is None or session._visitor is entry
+            session._visitor = entry
+            entry.sessions += 1
+            return
+        own = entry if entry is not None else self._own(visitor_id)
+        if own is not None and own is not session:
+            memory = own.visitor  # the visitor's second session: now they share it
+            assert session._visitor is None or session._visitor is memory
+            session._visitor = memory
+            memory.sessions = 2
+            self._visitors[visitor_id] = memory
+        elif session.id != visitor_id:
+            self._visitors[visitor_id] = session
 
     def _add(self, session: Session) -> None:
         while len(self._sessions) >= self.max_sessions:
@@ -295,8 +340,11 @@ class MemorySessions(Sessions):
     def _drop(self, session_id: str) -> Session | None:
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            memory = session.visitor
-            memory.sessions -= 1
-            if memory.sessions <= 0 and self._visitors.get(memory.visitor_id) is memory:
-                del self._visitors[memory.visitor_id]
+            entry = self._visitors.get(session.visitor_id)
+            if entry is session:
+                del self._visitors[session.visitor_id]
+            elif isinstance(entry, VisitorMemory) and session._visitor is entry:
+                entry.sessions -= 1
+                if entry.sessions <= 0:
+                    del self._visitors[session.visitor_id]
         return session

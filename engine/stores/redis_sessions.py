@@ -90,19 +90,18 @@ def _dumps(value: Any) -> bytes:
 
 
 def _session_data(session: Session) -> bytes:
-    return _dumps(
-        {
-            "vi": session.visitor_id,
-            "st": session.state,
-            "kp": session.kept["pageview"],
-            "ks": session.kept["session"],
-            "f": session.firings,
-            "id": session.identity,
-            "c": session.created,
-            "l": session.last_seen,
-            "n": session.pushes,
-        }
-    )
+    data: dict[str, Any] = {"vi": session.visitor_id, "st": session.state}
+    # What the session has not used is left out (read back as empty: _build), not stored
+    for key, values in (
+        ("kp", session._pageview),
+        ("ks", session._session_kept),
+        ("f", session._firings),
+        ("id", session._identity),
+    ):
+        if values:
+            data[key] = values
+    data["c"], data["l"], data["n"] = session.created, session.last_seen, session.pushes
+    return _dumps(data)
 
 
 def _visitor_data(memory: VisitorMemory) -> bytes:
@@ -390,10 +389,10 @@ class RedisSessions(Sessions):
         session = Session(session_id, visitor_id, now=now, visitor=memory)
         if data is not None:
             session.state = data.get("st") or {}
-            session.kept["pageview"].update(data.get("kp") or {})
-            session.kept["session"].update(data.get("ks") or {})
-            session.firings = data.get("f") or {}
-            session.identity = data.get("id") or {}
+            session._pageview = data.get("kp") or None  # (each made on first use if absent)
+            session._session_kept = data.get("ks") or None
+            session._firings = data.get("f") or None
+            session._identity = data.get("id") or None
             session.created = float(data.get("c", now))
             session.last_seen = max(float(data.get("l", now)), now)
             session.pushes = int(data.get("n", 0))
