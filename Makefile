@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.load
 	$(BIN)/python -m benchmarks.runtime
+	$(BIN)/python -m benchmarks.floor
 	$(BIN)/python -m benchmarks.dispatch
 	$(BIN)/python -m benchmarks.startup
 

@@ -1,10 +1,12 @@
 """Python source for hot conditions, generated from the checked syntax tree.
 
 Closures (:mod:`engine.compiler`) are cheap to build, so every condition starts as one. The
-first time a condition runs, it is rewritten as one flat Python function: paths, comparisons
-with constants and ``and``/``or``/``not`` inline, anything else calling its closure. Python's
-``compile()`` costs ~0.1 ms a condition, too much to pay for every rule at load time, and
-nothing at all for a rule that never fires.
+first time a condition runs, it is rewritten as one flat Python function: paths, truthiness,
+``and``/``or``/``not``, comparisons (with a constant on either side, list membership included)
+and arithmetic inline, a container read by several paths (``state.user`` in ``state.user.tier``
+and ``state.user.segments``) read once; filters, ``matches``, ``if``/``else`` and the like call
+their closure. Python's ``compile()`` costs ~0.1 ms a condition, too much to pay for every rule
+at load time, and nothing at all for a rule that never fires.
 
 Only code generated here is ever compiled: the source holds generated names (``_k3``, ``_v1``)
 and nothing from the rule text; constants, strings included, live in the function's namespace.
@@ -12,6 +14,7 @@ and nothing from the rule text; constants, strings included, live in the functio
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,23 +30,43 @@ _NUMERIC_FALLBACK = {
     "<=": values.less_equal,
 }
 _BOOLEAN_NODES = (ast.Matches, ast.Logical)
+_SWAPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+# What a container read by several paths holds when it is not an object (nothing writes it).
+_EMPTY: dict[str, Any] = {}
+
+# A path read as a container (``state.user`` in ``state.user.tier``): its root, then its steps.
+_Prefix = tuple[Any, ...]
 
 
 class _Source:
-    def __init__(self, closure_of: Callable[[ast.Expr], Fn]) -> None:
+    def __init__(self, closure_of: Callable[[ast.Expr], Fn], shared: set[_Prefix]) -> None:
         self.namespace: dict[str, Any] = {
             "_lookup": values.lookup,
             "_equals": values.equals,
             "_truthy": values.truthy,
+            "_E": _EMPTY,
         }
         self.closure_of = closure_of
         self.count = 0
+        self.constants: dict[tuple[type, Any], str] = {}
+        # Containers read more than once, and those of them whose local is certainly set at the
+        # point being generated (code is generated in the order it runs).
+        self.shared = shared
+        self.available: dict[_Prefix, str] = {}
 
     def name(self, prefix: str, value: Any = None, *, bind: bool = True) -> str:
+        if bind and prefix == "k" and (type(value) is str or type(value) is int):
+            known = self.constants.get((type(value), value))
+            if known is not None:
+                return known
         self.count += 1
         name = f"_{prefix}{self.count}"
         if bind:
             self.namespace[name] = value
+            if prefix == "k" and (type(value) is str or type(value) is int):
+                self.constants[(type(value), value)] = name
         return name
 
     def is_boolean(self, node: ast.Expr) -> bool:
@@ -54,8 +77,20 @@ class _Source:
         return isinstance(node, ast.Binary) and node.op in values.COMPARISONS
 
     def truth(self, node: ast.Expr) -> str:
+        """``node`` as a bool (values.truthy): only text needs the function, the rest is
+        Python's truthiness."""
         code = self.expr(node)
-        return code if self.is_boolean(node) else f"_truthy({code})"
+        if self.is_boolean(node):
+            return code
+        v = self.name("v", bind=False)
+        return f"(_truthy({v}) if type({v} := {code}) is str else (True if {v} else False))"
+
+    def negation(self, node: ast.Expr) -> str:
+        code = self.expr(node)
+        if self.is_boolean(node):
+            return f"(not {code})"
+        v = self.name("v", bind=False)
+        return f"(not (_truthy({v}) if type({v} := {code}) is str else {v}))"
 
     def fallback(self, node: ast.Expr) -> str:
         return f"{self.name('f', self.closure_of(node))}(s)"
@@ -66,17 +101,55 @@ class _Source:
         if isinstance(node, ast.Ref):
             return self.ref(node)
         if isinstance(node, ast.Logical):
-            joiner = f" {node.op} "
-            return "(" + joiner.join(self.truth(o) for o in node.operands) + ")"
+            # Only the first operand surely runs: what the others set is not available after.
+            parts = [self.truth(node.operands[0])]
+            after_first = dict(self.available)
+            parts.extend(self.truth(o) for o in node.operands[1:])
+            self.available = after_first
+            return "(" + f" {node.op} ".join(parts) + ")"
         if isinstance(node, ast.Unary) and node.op == "not":
-            return f"(not {self.truth(node.operand)})"
+            return self.negation(node.operand)
         if isinstance(node, ast.Unary) and node.op == "exists":
             return f"({self.expr(node.operand)} is not None)"
+        if isinstance(node, ast.Unary):
+            return f"{self.name('g', values.negate)}({self.expr(node.operand)})"
         if isinstance(node, ast.Binary):
-            constant = _constant(node.right)
-            if constant is not _NOT_CONSTANT:
-                return self.compare(node, constant) or self.fallback(node)
+            return self.binary(node)
         return self.fallback(node)
+
+    def binary(self, node: ast.Binary) -> str:
+        right = _constant(node.right)
+        if right is not _NOT_CONSTANT:
+            fast = self.compare(node.op, node.left, right)
+            if fast is not None:
+                return fast
+        left = _constant(node.left)
+        if left is not _NOT_CONSTANT and right is _NOT_CONSTANT:
+            fast = self.constant_left(node.op, left, node.right)
+            if fast is not None:
+                return fast
+        if node.op not in values.COMPARISONS:  # arithmetic
+            function = self.name("g", values.ARITHMETIC[node.op])
+            return f"{function}({self.expr(node.left)}, {self.expr(node.right)})"
+        # Left before right, as the closure reads them; a constant list is passed as it is
+        # (no comparison changes or keeps its operands).
+        function = self.name("g", values.COMPARISONS[node.op])
+        return f"{function}({self.operand(node.left)}, {self.operand(node.right)})"
+
+    def operand(self, node: ast.Expr) -> str:
+        constant = _constant(node)
+        return self.name("k", constant) if constant is not _NOT_CONSTANT else self.expr(node)
+
+    def constant_left(self, op: str, constant: Any, right: ast.Expr) -> str | None:
+        if op in _SWAPPED:  # `c < x` is `x > c`: equality is symmetric, values.order antisymmetric
+            return self.compare(_SWAPPED[op], right, constant)
+        if op in ("in", "not in") and values.plain_text(constant):
+            # Plain text equals only the same text (values.equals): Python's `in` is exact.
+            value = self.name("v", bind=False)
+            k = self.name("k", constant)
+            test = f"(type({value} := {self.expr(right)}) is list and {k} in {value})"
+            return test if op == "in" else f"(not {test})"
+        return None
 
     def ref(self, node: ast.Ref) -> str:
         if node.root == "state":
@@ -88,45 +161,65 @@ class _Source:
         else:
             base = f"s.element({self.name('k', node.name)})"
         code = base
+        prefix: _Prefix = (node.root, node.name)
         for index, step in enumerate(node.path):
             key = self.name("k", step)
             holder = self.name("v", bind=False)
             if isinstance(step, str) and index == 0 and node.root != "element":
                 code = f"{code}.get({key})"  # the state and the event are always objects
+            elif isinstance(step, str) and prefix in self.available:
+                code = f"{self.available[prefix]}.get({key})"
+            elif isinstance(step, str) and prefix in self.shared:
+                # Read once, kept in a local as an object (or an empty one) for the next reads.
+                code = f"({holder} if type({holder} := {code}) is dict else ({holder} := _E)).get({key})"
+                self.available[prefix] = holder
             elif isinstance(step, str):
                 code = f"({holder}.get({key}) if type({holder} := {code}) is dict else None)"
             else:
                 code = f"_lookup({code}, ({key},))"
+            prefix = (*prefix, step)
         return code
 
-    def compare(self, node: ast.Binary, constant: Any) -> str | None:
-        left = self.expr(node.left)
+    def compare(self, op: str, node: ast.Expr, constant: Any) -> str | None:
+        """``node OP constant`` inline, when the constant allows a fast path."""
         value = self.name("v", bind=False)
         number = type(constant) is int or type(constant) is float
-        if node.op in ("==", "!=") and values.plain_text(constant):
-            return f"({left} {node.op} {self.name('k', constant)})"
-        if node.op in ("==", "!=") and number:
+        if op in ("==", "!=") and values.plain_text(constant):
+            return f"({self.expr(node)} {op} {self.name('k', constant)})"
+        if op in ("==", "!=") and number:
             k = self.name("k", constant)
             test = (
-                f"({value} == {k} if type({value} := {left}) is int or type({value}) is float "
-                f"else _equals({value}, {k}))"
+                f"({value} == {k} if type({value} := {self.expr(node)}) is int "
+                f"or type({value}) is float else _equals({value}, {k}))"
             )
-            return test if node.op == "==" else f"(not {test})"
-        if node.op in _NUMERIC_FALLBACK and number:
+            return test if op == "==" else f"(not {test})"
+        if op in _NUMERIC_FALLBACK and number:
             k = self.name("k", constant)
-            slow = self.name("g", _NUMERIC_FALLBACK[node.op])
+            slow = self.name("g", _NUMERIC_FALLBACK[op])
             return (
-                f"({value} {node.op} {k} if type({value} := {left}) is int or type({value}) is float "
-                f"else {slow}({value}, {k}))"
+                f"({value} {op} {k} if type({value} := {self.expr(node)}) is int "
+                f"or type({value}) is float else {slow}({value}, {k}))"
             )
         if (
-            node.op in ("in", "not in")
+            op in ("in", "not in")
             and type(constant) is list
             and all(values.plain_text(item) for item in constant)
         ):
             members = self.name("k", frozenset(constant))
-            test = f"(type({value} := {left}) is str and {value} in {members})"
-            return test if node.op == "in" else f"(not {test})"
+            test = f"(type({value} := {self.expr(node)}) is str and {value} in {members})"
+            return test if op == "in" else f"(not {test})"
+        if op == "contains" and values.plain_text(constant):
+            # Substring of text, item of a list (plain text equals only itself), key of an object.
+            k = self.name("k", constant)
+            kind = self.name("v", bind=False)
+            return (
+                f"((({kind} := type({value} := {self.expr(node)})) is str or {kind} is list "
+                f"or {kind} is dict) and {k} in {value})"
+            )
+        if op in ("starts with", "ends with") and type(constant) is str:
+            method = "startswith" if op == "starts with" else "endswith"
+            k = self.name("k", constant)
+            return f"(type({value} := {self.expr(node)}) is str and {value}.{method}({k}))"
         return None
 
 
@@ -143,15 +236,43 @@ def _constant(node: ast.Expr) -> Any:
     return _NOT_CONSTANT
 
 
+_NAME = re.compile(r"\b_\w+")
+
+
+def _shared_containers(expr: ast.Expr) -> set[_Prefix]:
+    """The containers (a path whose next step is a name) ``expr`` reads more than once."""
+    seen: set[_Prefix] = set()
+    shared: set[_Prefix] = set()
+    stack: list[Any] = [expr]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Ref):
+            prefix: _Prefix = (node.root, node.name)
+            for index, step in enumerate(node.path):
+                if type(step) is not str:
+                    break
+                if index > 0 or node.root == "element":
+                    (shared if prefix in seen else seen).add(prefix)
+                prefix = (*prefix, step)
+        elif isinstance(node, tuple):
+            stack.extend(node)
+        elif hasattr(node, "__slots__"):  # any other node: look at its fields
+            stack.extend(getattr(node, slot) for slot in node.__slots__)
+    return shared
+
+
 def generate_condition(expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], label: str) -> Fn:
     """One Python function computing ``bool(expr)`` for a scope."""
-    source = _Source(closure_of)
+    source = _Source(closure_of, _shared_containers(expr))
     body = source.truth(expr)
     # Constants and helpers become default arguments: locals are the fastest names to read.
-    bound = "".join(f", {name}={name}" for name in source.namespace)
+    used = set(_NAME.findall(body))
+    bound = "".join(f", {name}={name}" for name in source.namespace if name in used)
     text = f"def _condition(s{bound}):\n    st = s.state\n    return {body}\n"
     code = compile(text, f"<condition {label}>", "exec")
     namespace = source.namespace
     exec(code, namespace)  # generated above from the checked tree; no rule text in it
-    function: Fn = namespace["_condition"]
+    # Taken out of its own globals: a function in them is a reference cycle, which a frozen
+    # ruleset (gc.freeze) would never free.
+    function: Fn = namespace.pop("_condition")
     return function

@@ -8,12 +8,14 @@ at load time. Nothing here walks the tree per push, and no rule text is ever exe
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from engine import ast, values
 from engine.codegen import generate_condition
 from engine.diagnostics import Diagnostic, Span
+from engine.fieldgen import FieldBuilder, generate_element, generate_fields
 from engine.patterns import compile_pattern
 from engine.ruleset import (
     CompiledAction,
@@ -309,8 +311,28 @@ def _binary(node: ast.Binary) -> Compiled:
         specialised = _against_constant(op, left, right.value)
         if specialised is not None:
             return specialised
+    if isinstance(left, _Const) and not isinstance(right, _Const):
+        specialised = _constant_against(op, left.value, right)
+        if specialised is not None:
+            return specialised
     lf, rf = _fn(left), _fn(right)
     return lambda s: function(lf(s), rf(s))
+
+
+# `c OP x` is `x SWAPPED[OP] c`: equality is symmetric and values.order antisymmetric.
+_SWAPPED = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _constant_against(op: str, c: Any, right: Fn) -> Fn | None:
+    """Fast paths for a constant on the left: ``"sale" in state.user.segments``, ``100 < x``."""
+    if op in _SWAPPED:
+        return _against_constant(_SWAPPED[op], right, c)
+    if op in ("in", "not in") and values.plain_text(c):
+        # Plain text equals only the same text (values.equals), so Python's `in` is exact.
+        if op == "in":
+            return lambda s: type(v := right(s)) is list and c in v
+        return lambda s: not (type(v := right(s)) is list and c in v)
+    return None
 
 
 def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
@@ -367,7 +389,17 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
         if op == "in":
             return member
         return lambda s: not member(s)
+    if op == "contains" and values.plain_text(c):
+        # Substring of text, item of a list (plain text equals only itself), key of an object.
+        return lambda s: type(v := left(s)) in _CONTAINERS and c in v
+    if op == "starts with" and type(c) is str:
+        return lambda s: type(v := left(s)) is str and v.startswith(c)
+    if op == "ends with" and type(c) is str:
+        return lambda s: type(v := left(s)) is str and v.endswith(c)
     return None
+
+
+_CONTAINERS = frozenset({str, list, dict})
 
 
 def _is_boolean(node: ast.Expr) -> bool:
@@ -554,22 +586,37 @@ def _closure(expr: ast.Expr) -> Fn:
 def _upgrade_on_first_call(condition: CompiledCondition, expr: ast.Expr) -> None:
     """Swap the condition's closure for generated code the first time it runs (see
     :mod:`engine.codegen`); a condition that never runs never pays for ``compile()``."""
-    closure = condition.fn
     if isinstance(expr, ast.Literal):
         return  # a constant: nothing to gain
+    object.__setattr__(condition, "fn", _Upgrade(condition, expr))
 
-    def first_call(s: Scope) -> Any:
-        current = condition.fn
-        if current is first_call:
+
+class _Upgrade:
+    """A condition's function until its first call (:func:`_upgrade_on_first_call`). It holds
+    its condition weakly: a strong reference would be a cycle (the condition holds it), and a
+    ruleset with cycles is never freed once frozen (``gc.freeze``, README "Garbage
+    collection"); without one, a reload frees the old ruleset by reference counting."""
+
+    __slots__ = ("closure", "condition", "expr")
+
+    def __init__(self, condition: CompiledCondition, expr: ast.Expr) -> None:
+        self.condition = weakref.ref(condition)
+        self.closure = condition.fn
+        self.expr = expr
+
+    def __call__(self, s: Scope) -> Any:
+        condition = self.condition()
+        current = self if condition is None else condition.fn
+        if current is self:
+            label = "" if condition is None else str(condition.span)
             try:
-                current = generate_condition(expr, _closure, str(condition.span))
+                current = generate_condition(self.expr, _closure, label)
             except (RecursionError, SyntaxError, MemoryError):  # a huge expression: keep closures
-                current = closure
-            # The snapshot stays immutable in meaning: the same function, only faster.
-            object.__setattr__(condition, "fn", current)
+                current = self.closure
+            if condition is not None:
+                # The snapshot stays immutable in meaning: the same function, only faster.
+                object.__setattr__(condition, "fn", current)
         return current(s)
-
-    object.__setattr__(condition, "fn", first_call)
 
 
 def _action(node: ast.Action) -> CompiledAction:
@@ -591,15 +638,74 @@ def _unbuilt(s: Scope) -> Any:  # pragma: no cover - replaced before any call
 def _build_on_first_call(action: CompiledAction, fields: ast.ObjectExpr) -> None:
     """Compile the action's field builder when its rule first fires: most rules of a large
     property fire rarely, and a load (or a hot reload) should not pay for all of them."""
+    object.__setattr__(action, "build", _Build(action, fields))
 
-    def first_call(s: Scope) -> Any:
-        current = action.build
-        if current is first_call:
-            current = _fn(compile_expr(fields))
-            object.__setattr__(action, "build", current)  # the same builder, compiled
+
+def _upgrade_element_on_first_call(element: CompiledElement, expr: ast.Expr) -> None:
+    """Swap the element's closures for generated code (:mod:`engine.fieldgen`) the first
+    time it is evaluated, as conditions are (an element never read never pays for it)."""
+    if isinstance(expr, ast.Literal) and expr.parts is None:
+        return  # a constant: nothing to gain
+    object.__setattr__(element, "fn", _ElementUpgrade(element, expr))
+
+
+class _ElementUpgrade:
+    """An element's function until its first call; the element weakly held, as in
+    _Upgrade."""
+
+    __slots__ = ("closure", "element", "expr")
+
+    def __init__(self, element: CompiledElement, expr: ast.Expr) -> None:
+        self.element = weakref.ref(element)
+        self.closure = element.fn
+        self.expr = expr
+
+    def __call__(self, s: Scope) -> Any:
+        element = self.element()
+        current = self if element is None else element.fn
+        if current is self:
+            label = "" if element is None else f"{element.name} {element.span}"
+            try:
+                current = generate_element(self.expr, _leaf, label)
+            except (RecursionError, SyntaxError, MemoryError):  # too deep: keep the closures
+                current = self.closure
+            if element is not None:
+                object.__setattr__(element, "fn", current)  # the same value, computed faster
         return current(s)
 
-    object.__setattr__(action, "build", first_call)
+
+def _leaf(node: ast.Expr) -> tuple[bool, Any]:
+    compiled = compile_expr(node)
+    return (True, compiled.value) if isinstance(compiled, _Const) else (False, compiled)
+
+
+def _field_builder(fields: ast.ObjectExpr, label: str) -> FieldBuilder:
+    """The action's fields as generated code (:mod:`engine.fieldgen`), or as closures for a
+    structure too deep to compile."""
+    try:
+        return generate_fields(fields, _leaf, label)
+    except (RecursionError, SyntaxError, MemoryError):
+        closure = _fn(compile_expr(fields))
+        return FieldBuilder(closure, closure)
+
+
+class _Build:
+    """An action's builder until its first call; the action weakly held, as in _Upgrade."""
+
+    __slots__ = ("action", "fields")
+
+    def __init__(self, action: CompiledAction, fields: ast.ObjectExpr) -> None:
+        self.action = weakref.ref(action)
+        self.fields = fields
+
+    def __call__(self, s: Scope) -> Any:
+        action = self.action()
+        current = self if action is None else action.build
+        if current is self:
+            current = _field_builder(self.fields, "" if action is None else str(action.span))
+            if action is not None:
+                object.__setattr__(action, "build", current)  # the same builder, compiled
+        return current(s)
 
 
 def _rule(
@@ -676,7 +782,9 @@ def compile_file(file: ast.File, lines: Sequence[str]) -> CompiledFile:
             rules.append(_rule(statement, len(rules), lines, warnings))
         elif isinstance(statement, ast.Element):
             fn = _fn(compile_expr(statement.expr))
-            elements.append(CompiledElement(statement.name, fn, statement.keep, statement.span))
+            element = CompiledElement(statement.name, fn, statement.keep, statement.span)
+            _upgrade_element_on_first_call(element, statement.expr)
+            elements.append(element)
         elif isinstance(statement, ast.Test):
             tests.append(_test(statement, setup))
         elif isinstance(statement, ast.Guard):

@@ -276,6 +276,47 @@ def _acdl(
     return result
 
 
+def _acdl_changes(
+    old: dict[str, Any] | None,
+    data: dict[str, Any],
+    prefix: Path,
+    changed: list[Path],
+    copy: Callable[[Any], Any],
+) -> dict[str, Any]:
+    """:func:`_acdl`, noting only the paths whose value differs once merged (what
+    :func:`merge` reports), each compared as it is set: one walk, where comparing afterwards
+    walked every path again from the root."""
+    result = {} if old is None else dict(old)
+    for key, value in data.items():
+        kind = type(value)
+        if value is None:
+            if key in result:  # a key of `old`: deleted; an absent one stays absent
+                del result[key]
+                changed.append((*prefix, key))
+        elif kind is dict:
+            current = result.get(key)
+            if value:
+                result[key] = _acdl_changes(
+                    current if type(current) is dict else None,
+                    value,
+                    (*prefix, key),
+                    changed,
+                    copy,
+                )
+            elif type(current) is not dict:  # `{}` over a dict keeps it as it is
+                result[key] = {}
+                changed.append((*prefix, key))
+        else:
+            before = result.get(key, _ABSENT)
+            after = result[key] = _without_nulls(value) if kind is list else copy(value)
+            if kind is str and type(before) is str:  # the commonest: text over text
+                if before != after:
+                    changed.append((*prefix, key))
+            elif not _same(before, after):
+                changed.append((*prefix, key))
+    return result
+
+
 def _without_nulls(value: Any) -> Any:
     """A copy without ``null``: ACDL's merge omits it everywhere, array items included
     (``["A", null, "B"]`` is stored as ``["A", "B"]``, as its own tests pin)."""
@@ -429,8 +470,10 @@ def merge(
     again, as it was, changes nothing (``on change`` does not fire, as Adobe's data-element
     change and ACDL's listeners do not)."""
     if mode == "acdl":
-        new, paths = merge_acdl(state, data, copy=copy)
-    elif mode == "gtm":
+        changed: list[Path] = []
+        new = _acdl_changes(state, data, (), changed, copy_json if copy else _identity)
+        return new, changed
+    if mode == "gtm":
         new, paths = merge_gtm(state, data)
     else:
         raise ValueError(f"unknown merge mode {mode!r} (expected 'acdl' or 'gtm')")

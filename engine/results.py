@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine.destinations.base import Request
@@ -13,27 +13,126 @@ from engine.ruleset import NotTriggered
 from engine.values import copy_json
 
 if TYPE_CHECKING:
-    from engine.ruleset import Ruleset
+    from engine.ruleset import CompiledCondition, Ruleset
 
 __all__ = ["NotTriggered", "PushResult", "RuleOutcome", "Send", "Status"]
 
 Status = Literal["fired", "condition_not_met", "blocked", "sampled_out", "limited", "failed"]
 
 
-@dataclass(frozen=True, slots=True)
+_MAX_SHOWN = 120  # characters of a value shown in a reason
+
+
+def _show(value: Any) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
+def explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) -> str:
+    """Why a rule stopped at ``condition``, with the values its operands had (``seen``)."""
+    verdict = "true" if condition.negated else "false"
+    word = "unless" if condition.negated else "when"
+    shown = ", ".join(f"{source} = {_show(value)}" for source, value in seen)
+    guard = f"guard '{condition.guard}': " if condition.guard is not None else ""
+    return f"{guard}{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
+
+
+_FIELDS = ("rule", "status", "reason", "clause", "values", "span")
+
+
 class RuleOutcome:
     """One rule's fate on one push.
 
     ``reason`` says why it did not fire (``None`` when it fired); ``clause`` is the source text of
     the deciding ``when``/``unless`` and ``values`` what its operands evaluated to, for traces.
+
+    Immutable, compared and hashed by those six fields (as a frozen dataclass). The reason of a
+    rule whose condition decided (:meth:`stopped_at`) is written when first read: most never
+    are (traces, ``--json`` and failing tests read them), and rendering each operand as JSON
+    costs most of such a rule's time. The values are those the operands had during the push
+    (the snapshot's, or elements'): the engine never changes them afterwards.
     """
+
+    __slots__ = ("_reason", "_why", "clause", "rule", "span", "status", "values")
+    __match_args__ = ("rule", "status", "reason", "clause", "values", "span")
 
     rule: str
     status: Status
-    reason: str | None = None
-    clause: str | None = None
-    values: tuple[tuple[str, Any], ...] = ()
-    span: Span | None = None
+    clause: str | None
+    values: tuple[tuple[str, Any], ...]
+    span: Span | None
+    _reason: str | None
+    _why: CompiledCondition | None
+
+    def __init__(
+        self,
+        rule: str,
+        status: Status,
+        reason: str | None = None,
+        clause: str | None = None,
+        values: tuple[tuple[str, Any], ...] = (),
+        span: Span | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "rule", rule)
+        put(self, "status", status)
+        put(self, "_reason", reason)
+        put(self, "clause", clause)
+        put(self, "values", values)
+        put(self, "span", span)
+        put(self, "_why", None)
+
+    @classmethod
+    def stopped_at(
+        cls,
+        rule: str,
+        status: Status,
+        condition: CompiledCondition,
+        values: tuple[tuple[str, Any], ...],
+    ) -> RuleOutcome:
+        """The outcome of a rule ``condition`` stopped, its operands having had ``values``;
+        the reason is :func:`explain`'s text, written when first read."""
+        outcome = cls(rule, status, None, condition.source, values, condition.span)
+        object.__setattr__(outcome, "_why", condition)
+        return outcome
+
+    @property
+    def reason(self) -> str | None:
+        why = self._why
+        if why is not None:
+            object.__setattr__(self, "_reason", explain(why, self.values))
+            object.__setattr__(self, "_why", None)
+        return self._reason
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.rule, self.status, self.reason, self.clause, self.values, self.span)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
+        return f"RuleOutcome({shown})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickle and copy: the fields, the reason written
+        return (
+            RuleOutcome,
+            (self.rule, self.status, self.reason, self.clause, self.values, self.span),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"rule": self.rule, "status": self.status, "reason": self.reason}

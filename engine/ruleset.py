@@ -9,8 +9,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -42,7 +43,7 @@ __all__ = [
 Path = tuple[str | int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # see compiler._ElementUpgrade
 class CompiledElement:
     name: str
     fn: Fn
@@ -50,7 +51,7 @@ class CompiledElement:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # see compiler._Upgrade
 class CompiledCondition:
     """A ``when`` (or, with ``negated``, an ``unless``) clause. ``fn`` returns a bool;
     ``operands`` are the clause's top-level operands (source text, function) so a trace can show
@@ -73,7 +74,7 @@ class CompiledGuard:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # see compiler._Upgrade
 class CompiledAction:
     """``send event``/``send sitecore`` (``destination`` ``"edge"``/``"sitecore"``) or ``push``.
     ``build`` returns the action's fields as a fresh dict; ``field_spans`` locate each field."""
@@ -189,6 +190,88 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern.replace("[", "[[]")), re.DOTALL)
 
 
+_EVENT_MEMO = 4096  # event names a ruleset with globs remembers the rules of (names repeat)
+
+Rules = tuple[CompiledRule, ...]
+# A node of the change-trigger trie: its children by path step, the ranks of the rules watching
+# exactly its path, and the ranks of the rules watching its path or a longer one under it.
+_Node = tuple[dict[str | int, "_Node"], frozenset[int], frozenset[int]]
+
+
+def _event_index(
+    exact: dict[str, Rules], globs: dict[str, list[CompiledRule]], rank: dict[int, int]
+) -> Callable[[str], Rules]:
+    """The rules an event name triggers, exact names and globs together, in evaluation order.
+
+    A glob is only tried on names that start with its literal prefix (the text before its first
+    wildcard), and the answer for a name is remembered: the cost of a push does not grow with
+    the number of globs."""
+    by_prefix: dict[int, dict[str, list[tuple[Callable[[str], object], Rules]]]] = {}
+    for pattern, rules in globs.items():
+        prefix = pattern[: next(i for i, c in enumerate(pattern) if c in _GLOB_CHARS)]
+        entries = by_prefix.setdefault(len(prefix), {}).setdefault(prefix, [])
+        entries.append((glob_regex(pattern).match, tuple(rules)))
+    lengths = tuple(sorted(by_prefix.items()))
+
+    @lru_cache(maxsize=_EVENT_MEMO)
+    def rules_of(event: str) -> Rules:
+        found = list(exact.get(event, ()))
+        for length, prefixes in lengths:
+            for match, rules in prefixes.get(event[:length], ()):
+                if match(event):
+                    found.extend(rules)
+        return _ranked(found, rank)
+
+    return rules_of
+
+
+def _ranked(rules: list[CompiledRule], rank: dict[int, int]) -> Rules:
+    """``rules`` once each, in evaluation order."""
+    if len(rules) < 2:
+        return tuple(rules)
+    return tuple(sorted({id(r): r for r in rules}.values(), key=lambda r: rank[id(r)]))
+
+
+def _change_index(watched: list[tuple[Path, int]]) -> _Node:
+    """A trie of the watched paths, keyed by step: a changed path only visits the nodes along
+    it, so rules watching paths a push does not touch cost it nothing."""
+    tree: dict[str, Any] = {"children": {}, "here": set(), "all": set()}
+    for path, rank in watched:
+        node = tree
+        node["all"].add(rank)
+        for step in path:
+            node = node["children"].setdefault(step, {"children": {}, "here": set(), "all": set()})
+            node["all"].add(rank)
+        node["here"].add(rank)
+    return _frozen(tree)
+
+
+def _frozen(node: dict[str, Any]) -> _Node:
+    # Module level, not nested: a nested recursive function is a reference cycle, garbage that
+    # a gc.freeze() after the load would keep forever.
+    children = {step: _frozen(child) for step, child in node["children"].items()}
+    return children, frozenset(node["here"]), frozenset(node["all"])
+
+
+def _touched(root: _Node, changed: Iterable[Path]) -> set[int]:
+    """The ranks of the rules watching a path that one of ``changed`` touches (see
+    :func:`_touches`): those watching a prefix of the changed path (met on the way down) and
+    those watching the changed path or a path under it (below where the walk ends)."""
+    found: set[int] = set()
+    for path in changed:
+        children, here, below = root
+        for step in path:
+            if here:
+                found |= here
+            node = children.get(step)
+            if node is None:
+                break
+            children, here, below = node
+        else:
+            found |= below
+    return found
+
+
 class Ruleset:
     """An immutable, compiled ruleset.
 
@@ -198,9 +281,9 @@ class Ruleset:
     """
 
     __slots__ = (
-        "_change_rules",
+        "_changes",
         "_exact",
-        "_globs",
+        "_on_event",
         "_rank",
         "_settings",
         "elements",
@@ -240,17 +323,18 @@ class Ruleset:
         self.version = version
         # What loaded but deserves a look (tagengine check prints them; --strict refuses them).
         self.warnings: tuple[Diagnostic, ...] = tuple(warnings)
-        self._rank = {id(rule): i for i, rule in enumerate(ordered)}
+        self._rank = rank = {id(rule): i for i, rule in enumerate(ordered)}
         exact: dict[str, list[CompiledRule]] = {}
         globs: dict[str, list[CompiledRule]] = {}
-        changes: list[tuple[Path, CompiledRule]] = []
+        changes: list[tuple[Path, int]] = []
         for rule in ordered:
             for pattern in dict.fromkeys(rule.events):
                 (globs if is_glob(pattern) else exact).setdefault(pattern, []).append(rule)
-            changes.extend((path, rule) for path in rule.changes)
-        self._exact = {name: tuple(rs) for name, rs in exact.items()}
-        self._globs = tuple((glob_regex(p).match, tuple(rs)) for p, rs in globs.items())
-        self._change_rules = tuple(changes)
+            changes.extend((path, rank[id(rule)]) for path in rule.changes)
+        self._exact = {name: _ranked(rs, rank) for name, rs in exact.items()}
+        # Without globs an exact name is one dict lookup; with them, names go through a memo.
+        self._on_event = _event_index(self._exact, globs, rank) if globs else None
+        self._changes = _change_index(changes) if changes else None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if hasattr(self, name):
@@ -309,23 +393,19 @@ class Ruleset:
         ``event`` is the pushed event name (``None`` for a data push); ``changed`` are the data
         paths the push touched (see ``change`` triggers).
         """
-        found: list[CompiledRule] = []
+        found: Rules = ()
         if event:
-            found.extend(self._exact.get(event, ()))
-            for match, rules in self._globs:
-                if match(event):
-                    found.extend(rules)
-        if self._change_rules:
-            touched = tuple(changed)
-            if touched:
-                for path, rule in self._change_rules:
-                    if any(_touches(t, path) for t in touched):
-                        found.append(rule)
-        if len(found) < 2:
-            return found
+            on_event = self._on_event
+            found = self._exact.get(event, ()) if on_event is None else on_event(event)
+        if self._changes is None:
+            return list(found)
+        ranks = _touched(self._changes, changed)
+        if not ranks:
+            return list(found)
         rank = self._rank
-        unique = {id(rule): rule for rule in found}
-        return sorted(unique.values(), key=lambda r: rank[id(r)])
+        ranks.update(rank[id(rule)] for rule in found)
+        rules = self.rules
+        return [rules[i] for i in sorted(ranks)]
 
 
 def _touches(changed: Path, watched: Path) -> bool:

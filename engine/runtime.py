@@ -17,9 +17,10 @@ from typing import Any
 from engine import datalayer
 from engine.context import VisitorContext
 from engine.destinations.base import Request, check_size
-from engine.destinations.edge import build_edge_request
+from engine.destinations.edge import build_edge_request, plan_edge_send
 from engine.destinations.sitecore import build_sitecore_request
 from engine.errors import EngineError
+from engine.fieldgen import FieldBuilder
 from engine.results import PushResult, RuleOutcome, Send, Status
 from engine.ruleset import CompiledCondition, CompiledRule, Ruleset
 from engine.scope import Scope
@@ -29,7 +30,6 @@ from engine.settings import EdgeSettings, SitecoreSettings
 __all__ = ["Ids", "Targets", "process_push"]
 
 PAGE_VIEW_EVENTS = frozenset({"page.view", "viewStart"})
-_MAX_SHOWN = 120  # characters of a value shown in a reason
 
 
 _VERSION_4 = (0xF000 << 64) | (0xC000 << 48), (0x4000 << 64) | (0x8000 << 48)
@@ -44,24 +44,30 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)
 
 
-def new_id() -> str:
+def new_id(
+    _bits: Callable[[int], int] = _random_bits,
+    _keep: int = ~_VERSION_4[0],
+    _put: int = _VERSION_4[1],
+) -> str:
     """A random (version 4) UUID as text, like ``str(uuid.uuid4())``.
 
     From a pseudo-random generator seeded from ``os.urandom`` rather than ``os.urandom``
     itself: ids must be unique, not secret, and ``os.urandom`` is a system call that lets the
-    delivery threads take the GIL in the middle of a push.
+    delivery threads take the GIL in the middle of a push. (Its helpers are default
+    arguments, the fastest names to read: a push mints two ids per Edge send.)
     """
-    clear, put = _VERSION_4
-    text = f"{_random_bits(128) & ~clear | put:032x}"
+    text = (_bits(128) & _keep | _put).to_bytes(16, "big").hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
 class Ids:
-    """Where per-event identifiers come from; tests inject deterministic ones."""
+    """Where per-event identifiers come from; tests inject deterministic ones.
+    ``browser_id`` mints a session's local Sitecore browser id (until Sitecore issues one)."""
 
     event_id: Callable[[], str] = new_id
     request_id: Callable[[], str] = new_id
+    browser_id: Callable[[], str] = new_id
 
 
 def _timestamp(now: float) -> str:
@@ -84,16 +90,6 @@ def _timestamp(now: float) -> str:
 _last_second: tuple[float, str] = (math.nan, "")
 
 
-def _show(value: Any) -> str:
-    import json
-
-    try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
-
-
 def _operands(condition: CompiledCondition, scope: Scope) -> tuple[tuple[str, Any], ...]:
     seen: list[tuple[str, Any]] = []
     for source, fn in condition.operands:
@@ -102,14 +98,6 @@ def _operands(condition: CompiledCondition, scope: Scope) -> tuple[tuple[str, An
         except Exception as error:
             seen.append((source, f"<error: {error}>"))
     return tuple(seen)
-
-
-def _explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) -> str:
-    verdict = "true" if condition.negated else "false"
-    word = "unless" if condition.negated else "when"
-    shown = ", ".join(f"{source} = {_show(value)}" for source, value in seen)
-    guard = f"guard '{condition.guard}': " if condition.guard is not None else ""
-    return f"{guard}{word} {condition.source} was {verdict}" + (f" ({shown})" if shown else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +168,29 @@ def _fpid(session: Session) -> None:
         kept[VISITOR_FPID] = fpid
 
 
-def _request(ctx: _Context, rule_name: str, destination: str, fields: dict[str, Any]) -> Request:
+def _request(
+    ctx: _Context,
+    rule_name: str,
+    destination: str,
+    fields: dict[str, Any],
+    builder: FieldBuilder | None = None,
+) -> Request:
     targets, session = ctx.targets, ctx.session
     if destination == "edge":
         assert targets.edge is not None  # the checker guarantees a settings block
         if targets.edge.fpid:
             _fpid(session)
-        request = build_edge_request(
+        build = build_edge_request
+        if builder is not None:
+            # What the send's constant fields decide, worked out on its first send.
+            plan = builder.plan
+            if plan is None:
+                constants = builder.constants  # None: not known (closures, not generated)
+                planned = None if constants is None else plan_edge_send(constants, builder.pushed)
+                plan = builder.plan = planned or False
+            if plan is not False:
+                build = plan.build
+        request = build(
             fields,
             targets.edge,
             rule=rule_name,
@@ -204,7 +208,7 @@ def _request(ctx: _Context, rule_name: str, destination: str, fields: dict[str, 
     if not isinstance(browser_id, str):
         # The Stream API's browser id is created once per session (the dispatcher replaces
         # this one with the server's); until then the session keeps a local one.
-        browser_id = new_id()
+        browser_id = ctx.ids.browser_id()
         session.identity["sitecore_browser_id"] = browser_id
     return build_sitecore_request(
         fields, targets.sitecore, rule=rule_name, browser_id=browser_id, requested_at=ctx.timestamp
@@ -231,13 +235,14 @@ def _limit_histories(rule: CompiledRule, scope: Scope) -> list[tuple[str, str]]:
 
 
 def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
-    scope, session = ctx.scope, ctx.session
+    scope = ctx.scope
+    outcomes = result.rules
     for condition in rule.conditions:
         try:
             value = condition.fn(scope)
         except Exception as error:
             where = condition.span
-            result.rules.append(
+            outcomes.append(
                 RuleOutcome(
                     rule.name,
                     "failed",
@@ -248,60 +253,60 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
             )
             return
         if bool(value) == condition.negated:
-            seen = _operands(condition, scope)
+            # The operands' values now (an element read later could read what a later push
+            # kept); the reason is written from them only if someone reads it.
             status: Status = "blocked" if condition.negated else "condition_not_met"
-            result.rules.append(
-                RuleOutcome(
-                    rule.name,
-                    status,
-                    _explain(condition, seen),
-                    condition.source,
-                    seen,
-                    condition.span,
-                )
-            )
+            seen = _operands(condition, scope)
+            outcomes.append(RuleOutcome.stopped_at(rule.name, status, condition, seen))
             return
-    if rule.sample is not None:
-        bucket = session.sample_bucket(rule.name)
-        if bucket >= rule.sample:
-            reason = f"sampled out: this session is outside the rule's {rule.sample:g}% sample"
-            result.rules.append(RuleOutcome(rule.name, "sampled_out", reason, span=rule.span))
-            return
-    histories = _limit_histories(rule, scope)
-    for (count, unit), (history, shown) in zip(rule.limits, histories, strict=True):
-        if session.limit_reached(history, count, unit, ctx.now):
-            reason = f"limited: already fired {count} time{'s' if count != 1 else ''} per {unit}"
-            result.rules.append(RuleOutcome(rule.name, "limited", reason + shown, span=rule.span))
-            return
-    sends: list[Send] = []
-    failure: str | None = None
-    failed_span = None
+    session = ctx.session
+    sample = rule.sample
+    # A bucket is below 100: a 100% sample keeps every session, without hashing its id.
+    if sample is not None and sample < 100 and session.sample_bucket(rule.name) >= sample:
+        reason = f"sampled out: this session is outside the rule's {sample:g}% sample"
+        outcomes.append(RuleOutcome(rule.name, "sampled_out", reason, span=rule.span))
+        return
+    limits = rule.limits
+    if limits:
+        histories = _limit_histories(rule, scope)
+        for (count, unit), (history, shown) in zip(limits, histories, strict=True):
+            if session.limit_reached(history, count, unit, ctx.now):
+                plural = "s" if count != 1 else ""
+                reason = f"limited: already fired {count} time{plural} per {unit}"
+                outcomes.append(RuleOutcome(rule.name, "limited", reason + shown, span=rule.span))
+                return
+    # Sends are added as they are built: actions before a failing one have run, as in Adobe
+    # Tags.
+    sends = result.sends
     for action in rule.actions:
         try:
-            fields = action.build(scope)
-            if action.kind == "push":
-                result.pushes.append(fields)
+            destination = action.destination
+            if destination is None:  # a `push` action
+                result.pushes.append(action.build(scope))
                 continue
-            assert action.destination is not None
-            request = _request(ctx, rule.name, action.destination, fields)
-            sends.append(Send(rule.name, action.destination, request))
+            build = action.build
+            if type(build) is FieldBuilder:
+                # A compiled send reads its constants without copying them: the request
+                # builders copy what they keep and change nothing they are given.
+                request = _request(ctx, rule.name, destination, build.sent(scope), build)
+            else:
+                request = _request(ctx, rule.name, destination, build(scope))
+            sends.append(Send(rule.name, destination, request))
         except EngineError as error:
-            failure, failed_span = f"{action.span}: {error}", action.span
-            break
+            failure = f"{action.span}: {error}"
         except Exception as error:
-            failure, failed_span = f"{action.span}: {type(error).__name__}: {error}", action.span
-            break
-    result.sends.extend(sends)  # actions before a failing one have run, as in Adobe Tags
-    if failure is not None:
-        result.rules.append(RuleOutcome(rule.name, "failed", failure, span=failed_span))
+            failure = f"{action.span}: {type(error).__name__}: {error}"
+        else:
+            continue
+        outcomes.append(RuleOutcome(rule.name, "failed", failure, span=action.span))
         return
-    if rule.limits:
+    if limits:
         units_of: dict[str, list[str]] = {}
-        for (_, unit), (history, _shown) in zip(rule.limits, histories, strict=True):
+        for (_, unit), (history, _shown) in zip(limits, histories, strict=True):
             units_of.setdefault(history, []).append(unit)
         for history, units in units_of.items():  # one record per history: no double count
             session.record_firing(history, units, ctx.now)
-    result.rules.append(RuleOutcome(rule.name, "fired", span=rule.span))
+    outcomes.append(RuleOutcome(rule.name, "fired", span=rule.span))
 
 
 def notice_request(
@@ -352,5 +357,5 @@ def process_push(
     ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids(), context)
     for rule in ruleset.match(event, changed):
         _evaluate(ctx, rule, result)
-    result.elements = dict(scope.memo)
+    result.elements = scope.memo  # the scope ends with the push: its memo is the result's
     return result

@@ -24,7 +24,9 @@ class Scope:
     elements declared with ``keep``; the runtime owns those mappings.
     """
 
-    __slots__ = ("elements", "event", "kept", "memo", "request", "state")
+    # A push builds one, and a condition that matches one rule pays for it: nothing is made
+    # here that a push may not need (the memo is made by the first element evaluated).
+    __slots__ = ("_memo", "elements", "event", "kept", "request", "state")
 
     def __init__(
         self,
@@ -39,11 +41,21 @@ class Scope:
         self.request = NO_REQUEST if request is None else request
         self.elements = elements
         self.kept = kept
-        self.memo: dict[str, Any] = {}
+        self._memo: dict[str, Any] | None = None
+
+    @property
+    def memo(self) -> dict[str, Any]:
+        """The elements evaluated so far, by name."""
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        return memo
 
     def element(self, name: str) -> Any:
-        memo = self.memo
-        if name in memo:
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        elif name in memo:
             return memo[name]
         element = self.elements[name]
         value = element.fn(self)

@@ -240,7 +240,11 @@ def run_test(ruleset: Ruleset, test: CompiledTest) -> TestReport:
     """Run one test block against ``ruleset``."""
     report = TestReport(test.name, test.span)
     engine = Engine(
-        ruleset, dry_run=True, transport=RecordingTransport(), sessions=MemorySessions()
+        ruleset,
+        dry_run=True,
+        transport=RecordingTransport(),
+        sessions=MemorySessions(),
+        freeze_gc=False,  # a scratch engine per test: nothing long-lived to freeze
     )
     first = test.session or f"test-{next(_counter)}"
     session = engine.session(first)

@@ -94,8 +94,9 @@ class RulesWatcher:
     error); ``on_error(error)`` after a bad one. Both run on the watcher's thread (or, for the
     check :meth:`start` makes, on the caller's). ``ruleset`` is the one serving now: when given,
     :meth:`start` only reports a difference from it; otherwise :meth:`start` loads the rules
-    and reports the result. ``cache_dir`` and ``environ`` are as for
-    :func:`~engine.loader.load_ruleset`.
+    and reports the result. ``cache_dir``, ``environ`` and ``freeze`` are as for
+    :func:`~engine.loader.load_ruleset` (an engine that freezes the collector's generations
+    wants its rebuilds frozen as they end, before a collection scans them).
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class RulesWatcher:
         environ: Mapping[str, str] | None = None,
         ruleset: Ruleset | None = None,
         write_wait: float = _WRITE_WAIT,
+        freeze: bool = False,
     ) -> None:
         if debounce < 0:
             raise ValueError("debounce must not be negative")
@@ -120,6 +122,7 @@ class RulesWatcher:
         self._on_error = on_error
         self._cache_dir = cache_dir
         self._environ = environ
+        self._freeze = freeze
         # A folder is watched itself; a single file through its folder, by name. Both resolved:
         # `..` and symlinks would never match the paths of the observer's events.
         real = Path(os.path.realpath(self.path))
@@ -380,7 +383,11 @@ class RulesWatcher:
             return error, None
         try:
             ruleset = build_ruleset(
-                sources, cache_dir=self._cache_dir, environ=self._environ, problems=problems
+                sources,
+                cache_dir=self._cache_dir,
+                environ=self._environ,
+                problems=problems,
+                freeze=self._freeze,
             )
         except RuleError as error:
             return error, snapshot
@@ -435,10 +442,12 @@ def watch_engine(
     cache_dir: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     start: bool = True,
+    freeze: bool | None = None,
 ) -> RulesWatcher:
     """A :class:`RulesWatcher` that swaps each good build into ``engine`` (then calls
     ``on_change``) and keeps a bad one in :attr:`RulesWatcher.last_error` (then calls
-    ``on_error``); started unless ``start`` is false."""
+    ``on_error``); started unless ``start`` is false. Its builds are frozen (``freeze``) when
+    the engine freezes (``Engine(freeze_gc=True)``, the default) unless told otherwise."""
 
     def swap(ruleset: Ruleset) -> None:
         engine.ruleset = ruleset
@@ -457,5 +466,6 @@ def watch_engine(
         cache_dir=cache_dir,
         environ=environ,
         ruleset=engine.ruleset,
+        freeze=engine.freeze_gc if freeze is None else freeze,
     )
     return watcher.start() if start else watcher

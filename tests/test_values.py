@@ -303,8 +303,25 @@ def test_exists(state: dict[str, Any], expected: bool) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [None, False, 0, 0.0, "", [], {}, "0", "0.0", "false", " False ", "no", "OFF", " ", "denied"]
-    + ["null", "Undefined"],
+    [
+        None,
+        False,
+        0,
+        0.0,
+        "",
+        [],
+        {},
+        "0",
+        "0.0",
+        "false",
+        " False ",
+        "no",
+        "OFF",
+        " ",
+        "denied",
+        "null",
+        "Undefined",
+    ],
 )
 def test_falsy_values(value: Any) -> None:
     assert values.truthy(value) is False

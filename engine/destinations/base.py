@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
 
@@ -21,11 +22,14 @@ from engine.errors import EvaluationError, PayloadTooLarge
 __all__ = [
     "EDGE_SIZE_LIMIT",
     "ENGINE_VERSION",
+    "PLAIN_TYPES",
     "Request",
     "check_size",
     "deep_merge",
     "drop_nulls",
     "largest_fields",
+    "percent_encode",
+    "plain_json",
     "serialize",
     "serialize_bytes",
 ]
@@ -42,7 +46,10 @@ Destination = Literal["edge", "sitecore"]
 Kind = Literal["interact", "collect", "event", "browser", "consent"]
 
 
-@dataclass(frozen=True, slots=True)
+_put = object.__setattr__
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class Request:
     """The exact HTTP request a destination receives for one send.
 
@@ -63,6 +70,33 @@ class Request:
     kind: Kind
     event_id: str | None = None
     request_id: str | None = None
+
+    def __init__(
+        self,
+        destination: Destination,
+        rule: str,
+        method: Literal["POST", "GET"],
+        url: str,
+        headers: tuple[tuple[str, str], ...],
+        body: dict[str, Any],
+        body_bytes: bytes,
+        kind: Kind,
+        event_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        # The frozen dataclass's own __init__, with its setter bound once: one is built for
+        # every send.
+        put = _put
+        put(self, "destination", destination)
+        put(self, "rule", rule)
+        put(self, "method", method)
+        put(self, "url", url)
+        put(self, "headers", headers)
+        put(self, "body", body)
+        put(self, "body_bytes", body_bytes)
+        put(self, "kind", kind)
+        put(self, "event_id", event_id)
+        put(self, "request_id", request_id)
 
     @property
     def event(self) -> dict[str, Any]:
@@ -109,6 +143,13 @@ def serialize_bytes(value: Any, *, rule: str) -> bytes:
         ) from exc
 
 
+def plain_json(value: Any) -> bytes | None:
+    """``value``'s compact JSON when it holds only plain JSON values and no null (what
+    :func:`serialize_bytes` writes, and what :func:`drop_nulls` would leave as it is), else
+    ``None``. ``orjson.loads`` of it is then a copy of ``value`` sharing nothing with it."""
+    return _orjson(value, _PLAIN_JSON)
+
+
 def _orjson(value: Any, option: int = 0) -> bytes | None:
     """``value`` as orjson writes it, or ``None`` where :mod:`json` must decide instead:
     orjson refused it (an integer beyond 64 bits, a non-string key, extreme depth) or the
@@ -123,6 +164,37 @@ def _orjson(value: Any, option: int = 0) -> bytes | None:
 def serialize(value: Any, *, rule: str) -> str:
     """:func:`serialize_bytes` as text (a Sitecore message travels in a URL)."""
     return serialize_bytes(value, rule=rule).decode()
+
+
+# Printable ASCII that a URL query value escapes ('%' first: the escapes hold one), and the
+# escape of each. urllib's quote() looks every byte up in Python; here each character that
+# occurs is replaced in one C pass, and one that does not costs one C scan.
+_UNRESERVED_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_UNRESERVED_TEXT = re.compile(r"[A-Za-z0-9_.~-]*")
+_ESCAPED_ASCII = (
+    ("%", "%25"),
+    *(
+        (char, f"%{ord(char):02X}")
+        for char in map(chr, range(32, 127))
+        if char not in _UNRESERVED_CHARS and char != "%"
+    ),
+)
+
+
+def percent_encode(text: str) -> str:
+    """``urllib.parse.quote(text, safe="")``: every character but ``A-Z a-z 0-9 _ . - ~``
+    as ``%XX`` escapes of its UTF-8 bytes (a Sitecore message is a whole JSON event: this
+    runs on every character of every direct-mode send)."""
+    if _UNRESERVED_TEXT.fullmatch(text):  # ids, keys: nothing to escape
+        return text
+    for char, escape in _ESCAPED_ASCII:
+        if char in text:
+            text = text.replace(char, escape)
+    if not (text.isascii() and text.isprintable()):
+        # Control characters, DEL and non-ASCII: each distinct one once, as quote() has it.
+        for char in {char for char in text if not " " <= char <= "~"}:
+            text = text.replace(char, quote(char, safe=""))
+    return text
 
 
 def parse_bytes(data: bytes | str) -> Any:
@@ -198,7 +270,8 @@ def _drop(value: Any) -> Any:
 
 # Exact types first: bodies are plain dicts and lists, and an isinstance check against an ABC
 # costs more than the copy itself.
-_PLAIN = frozenset((str, int, float, bool))
+_PLAIN = PLAIN_TYPES = frozenset((str, int, float, bool))
+"""The exact types of JSON scalars (a value of one has nothing to drop or copy)."""
 
 
 def _drop_in_dict(value: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlsplit
 
+import orjson
+
 from engine.context import VisitorContext
 from engine.destinations.base import (
     EDGE_SIZE_LIMIT,
@@ -53,6 +55,8 @@ from engine.destinations.base import (
     Request,
     deep_merge,
     drop_nulls,
+    percent_encode,
+    plain_json,
     serialize_bytes,
 )
 from engine.destinations.edge_fields import (
@@ -75,8 +79,10 @@ __all__ = [
     "PAGE_WIDE_SCOPE",
     "PERSONALIZATION_SCHEMAS",
     "Batch",
+    "EdgePlan",
     "batch_collect",
     "build_edge_request",
+    "plan_edge_send",
     "proposition_notification",
 ]
 
@@ -130,11 +136,48 @@ def build_edge_request(
     :data:`~engine.destinations.edge_fields.MAX_DECISION_SCOPES` decision scopes) and
     :class:`~engine.errors.DispatchError` when no datastream id is configured.
     """
+    args = (settings, rule, identity, timestamp, event_id, request_id, version, has_identity)
+    # Most sends hold no null: their xdm and data are written as they are, once, and the
+    # body read back from the bytes (a copy sharing nothing with the fields). A null (or a
+    # value orjson does not write as json does) takes the way that drops them first.
+    request = _build(fields, *args, now, context, copy=False)
+    if request is None:
+        request = _build(fields, *args, now, context, copy=True)
+        assert request is not None  # the copying way always builds one (or raises)
+    return request
+
+
+def _build(
+    fields: Mapping[str, Any],
+    settings: EdgeSettings,
+    rule: str,
+    identity: Mapping[str, Any],
+    timestamp: str,
+    event_id: str,
+    request_id: str,
+    version: str,
+    has_identity: bool | None,
+    now: float | None,
+    context: VisitorContext | None,
+    *,
+    copy: bool,
+) -> Request | None:
+    """:func:`build_edge_request`; without ``copy``, ``None`` for fields it must copy (an
+    identity map, checked once its nulls are dropped) or whose body holds a null."""
+    get = fields.get
     event_type = _text(fields, "type", rule)
     view_start = event_type == VIEW_START
-    xdm_in = _object(fields.get("xdm"), "xdm", rule)
-    data = _object(fields.get("data"), "data", rule)
-    shortcut = _object(fields.get("identityMap"), "identityMap", rule)
+    xdm_in: Mapping[str, Any]
+    data: Mapping[str, Any]
+    if copy:
+        xdm_in = _object(get("xdm"), "xdm", rule)
+        data = _object(get("data"), "data", rule)
+    else:
+        xdm_in = _mapping(get("xdm"), "xdm", rule)
+        data = _mapping(get("data"), "data", rule)
+        if get("identityMap") is not None or xdm_in.get("identityMap") is not None:
+            return None
+    shortcut = _object(get("identityMap"), "identityMap", rule)
     rule_map = xdm_in.get("identityMap")
     if rule_map is not None:  # most sends have none: no call for them (this runs per send)
         _check_identity_map(rule_map, "xdm.identityMap", rule)
@@ -142,13 +185,17 @@ def build_edge_request(
         _check_identity_map(shortcut, "identityMap", rule)
     merge_id = _text(fields, "mergeId", rule)
     dataset_id = _text(fields, "datasetId", rule)
-    personalization = _object(fields.get("personalization"), "personalization", rule)
-    include_rendered = _flag(personalization, "includeRenderedPropositions", rule)
-    default_personalization = _flag(personalization, "defaultPersonalizationEnabled", rule)
-    # alloy hands decisionContext to its in-browser rules engine and never sends it: checked
-    # for its shape, then left out.
-    if personalization.get("decisionContext") is not None:
-        _object(personalization["decisionContext"], "personalization.decisionContext", rule)
+    # Most sends ask for no personalization: nothing of it is looked at then.
+    personalization = _object(get("personalization"), "personalization", rule)
+    if personalization:
+        include_rendered = _flag(personalization, "includeRenderedPropositions", rule)
+        default_personalization = _flag(personalization, "defaultPersonalizationEnabled", rule)
+        # alloy hands decisionContext to its in-browser rules engine and never sends it:
+        # checked for its shape, then left out.
+        if personalization.get("decisionContext") is not None:
+            _object(personalization["decisionContext"], "personalization.decisionContext", rule)
+    else:
+        include_rendered = default_personalization = None
 
     # -- xdm: automatic fields first, the rule's xdm merged over them
     auto: dict[str, Any] = {}
@@ -166,21 +213,23 @@ def build_edge_request(
     if context is not None and context.referer:
         # As Adobe's Server SDK: the page is the request's Referer, unless the rule says.
         auto["web"] = {"webPageDetails": {"URL": context.referer}}
-    identity_map = _session_identity_map(identity, (xdm_in.get("identityMap"), shortcut))
-    if identity_map:
-        auto["identityMap"] = identity_map
+    if identity or rule_map is not None or shortcut:  # a new session's identity is empty
+        identity_map = _session_identity_map(identity, (rule_map, shortcut))
+        if identity_map:
+            auto["identityMap"] = identity_map
     if merge_id is not None:
         auto["eventMergeId"] = merge_id
-    final_type = xdm_in.get("eventType")
-    decisioning = _decisioning(
-        fields,
-        final_type if isinstance(final_type, str) else auto.get("eventType"),
-        include_rendered,
-        rule,
-    )
-    if decisioning is not None:
-        auto["_experience"] = {"decisioning": decisioning}
-    xdm = deep_merge(auto, xdm_in)
+    if "propositions" in fields:
+        final_type = xdm_in.get("eventType")
+        decisioning = _decisioning(
+            fields,
+            final_type if isinstance(final_type, str) else auto.get("eventType"),
+            include_rendered,
+            rule,
+        )
+        if decisioning is not None:
+            auto["_experience"] = {"decisioning": decisioning}
+    xdm = deep_merge(auto, xdm_in) if xdm_in else auto
     if shortcut:
         current = xdm.get("identityMap")
         xdm["identityMap"] = deep_merge(current if isinstance(current, Mapping) else {}, shortcut)
@@ -192,14 +241,13 @@ def build_edge_request(
         event["data"] = data
 
     # -- personalization query (interact only), as alloy's createPersonalizationDetails
-    scopes = _dedupe(
-        [
-            *_strings(fields.get("decisionScopes"), "decisionScopes", rule),
-            *_strings(
-                personalization.get("decisionScopes"), "personalization.decisionScopes", rule
-            ),
-        ]
-    )
+    scopes = _strings(get("decisionScopes"), "decisionScopes", rule)
+    if personalization:
+        asked_scopes = personalization.get("decisionScopes")
+        if asked_scopes is not None:
+            scopes += _strings(asked_scopes, "personalization.decisionScopes", rule)
+    if len(scopes) > 1:
+        scopes = _dedupe(scopes)
     # A server has no "first call of the page" to add the page-wide scope to by default:
     # viewStart (the page's own start) and defaultPersonalizationEnabled: true do, and
     # defaultPersonalizationEnabled: false keeps even viewStart from asking, as in alloy.
@@ -215,7 +263,7 @@ def build_edge_request(
             f"and 'personalization.decisionScopes' together{page}, without duplicates); Edge "
             f"takes at most {MAX_DECISION_SCOPES} in one request"
         )
-    asked = personalization.get("surfaces")
+    asked = personalization.get("surfaces") if personalization else None
     add_page = default_personalization is True
     surfaces = _surfaces(asked, xdm, add_page, rule) if asked is not None or add_page else []
     query_personalization: dict[str, Any] | None = None
@@ -226,21 +274,27 @@ def build_edge_request(
         query_personalization = {"schemas": schemas, "decisionScopes": scopes, "surfaces": surfaces}
 
     # -- datastream and overrides
-    overrides = fields.get("edgeConfigOverrides")
-    if overrides is None:
-        overrides = {}
-    elif not isinstance(overrides, Mapping):
-        raise _shape(rule, "edgeConfigOverrides", "an object", overrides)
-    override_id = overrides.get("datastreamId")
-    if override_id is not None and not isinstance(override_id, str):
-        raise _shape(rule, "edgeConfigOverrides.datastreamId", "a string", override_id)
-    rest: dict[str, Any] = {k: v for k, v in overrides.items() if k != "datastreamId"}
-    if dataset_id is not None:
-        rest = deep_merge(
-            rest,
-            {"com_adobe_experience_platform": {"datasets": {"event": {"datasetId": dataset_id}}}},
-        )
-    config_overrides = _filter_overrides(rest)
+    overrides = get("edgeConfigOverrides")
+    override_id = None
+    config_overrides: dict[str, Any] = {}
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            raise _shape(rule, "edgeConfigOverrides", "an object", overrides)
+        override_id = overrides.get("datastreamId")
+        if override_id is not None and not isinstance(override_id, str):
+            raise _shape(rule, "edgeConfigOverrides.datastreamId", "a string", override_id)
+    if overrides or dataset_id is not None:
+        rest: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if k != "datastreamId"}
+        if dataset_id is not None:
+            rest = deep_merge(
+                rest,
+                {
+                    "com_adobe_experience_platform": {
+                        "datasets": {"event": {"datasetId": dataset_id}}
+                    }
+                },
+            )
+        config_overrides = _filter_overrides(rest)
     configured = settings.datastream or None
     datastream = override_id or configured
     if not datastream:
@@ -251,9 +305,10 @@ def build_edge_request(
 
     # -- meta
     state: dict[str, Any] = {"domain": settings.domain or "", "cookiesEnabled": True}
-    entries = _state_entries(identity.get("entries"), now, timestamp)
-    if entries:
-        state["entries"] = entries
+    if identity:
+        entries = _state_entries(identity.get("entries"), now, timestamp)
+        if entries:
+            state["entries"] = entries
     meta: dict[str, Any] = {"state": state}
     if config_overrides:
         meta["configOverrides"] = config_overrides
@@ -261,9 +316,12 @@ def build_edge_request(
         meta["sdkConfig"] = {"datastream": {"original": configured}}
 
     # -- route and body
-    if has_identity is None:
-        has_identity = _has_identity(identity)
-    collect = fields.get("documentUnloading") is True and has_identity and not view_start
+    if get("documentUnloading") is True and not view_start:
+        if has_identity is None:
+            has_identity = _has_identity(identity)
+        collect = has_identity
+    else:
+        collect = False
     v2 = settings.api == "v2"
     body: dict[str, Any]
     if collect:
@@ -279,24 +337,289 @@ def build_edge_request(
         body = {"events": [event], "query": {"identity": {"fetch": ["ECID"]}}, "meta": meta}
 
     action: Literal["collect", "interact"] = "collect" if collect else "interact"
-    params = [("datastreamId" if v2 else "configId", datastream), ("requestId", request_id)]
-    if collect and v2:
-        params.append(("silent", "true"))
     base, hint = location_hint(identity.get("location_hint"), settings.url)
     path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
-    url = f"{path}?{_query(params)}"
+    url = (
+        f"{path}?{'datastreamId' if v2 else 'configId'}={_query_value(datastream)}"
+        f"&requestId={_query_value(request_id)}"
+    )
+    if collect and v2:
+        url += "&silent=true"
     final_id = xdm.get("_id")
+    if copy:
+        body_bytes = serialize_bytes(body, rule=rule)
+    else:
+        written = plain_json(body)
+        if written is None:
+            return None
+        body, body_bytes = orjson.loads(written), written
     return Request(
-        destination="edge",
-        rule=rule,
-        method="POST",
-        url=url,
-        headers=_HEADERS if context is None else _HEADERS + context.headers(),
-        body=body,
-        body_bytes=serialize_bytes(body, rule=rule),
-        kind=action,
-        event_id=final_id if isinstance(final_id, str) else event_id,
-        request_id=request_id,
+        "edge",
+        rule,
+        "POST",
+        url,
+        _HEADERS if context is None else _HEADERS + context.headers(),
+        body,
+        body_bytes,
+        action,
+        final_id if isinstance(final_id, str) else event_id,
+        request_id,
+    )
+
+
+# ------------------------------------------------------------------ a send event, planned
+class EdgePlan:
+    """What a ``send event``'s constant fields decide (its type, personalization query,
+    datastream override, configuration overrides, whether it may unload the page), worked
+    out once for the rule; :meth:`build` then does per send only what its ``xdm`` and
+    ``data`` (and the session, the settings) need, with the same result as
+    :func:`build_edge_request`. Made by :func:`plan_edge_send`, for a send whose other fields
+    are all constants."""
+
+    __slots__ = (
+        "config_overrides",
+        "event_type",
+        "merge_id",
+        "override_id",
+        "query_personalization",
+        "unloading",
+        "view_start",
+    )
+
+    def __init__(
+        self,
+        event_type: str | None,
+        merge_id: str | None,
+        query_personalization: dict[str, Any] | None,
+        override_id: str | None,
+        config_overrides: dict[str, Any],
+        unloading: bool,
+    ) -> None:
+        self.event_type = event_type
+        self.view_start = event_type == VIEW_START
+        self.merge_id = merge_id
+        self.query_personalization = query_personalization
+        self.override_id = override_id
+        self.config_overrides = config_overrides
+        self.unloading = unloading
+
+    def build(
+        self,
+        fields: Mapping[str, Any],
+        settings: EdgeSettings,
+        *,
+        rule: str,
+        identity: Mapping[str, Any],
+        timestamp: str,
+        event_id: str,
+        request_id: str,
+        now: float | None = None,
+        context: VisitorContext | None = None,
+    ) -> Request:
+        """:func:`build_edge_request` of ``fields``, which hold this plan's constants."""
+        request = self._build(
+            fields, settings, rule, identity, timestamp, event_id, request_id, now, context
+        )
+        if request is None:  # a null, or an identity map in the xdm: the general way
+            request = build_edge_request(
+                fields,
+                settings,
+                rule=rule,
+                identity=identity,
+                timestamp=timestamp,
+                event_id=event_id,
+                request_id=request_id,
+                now=now,
+                context=context,
+            )
+        return request
+
+    def _build(
+        self,
+        fields: Mapping[str, Any],
+        settings: EdgeSettings,
+        rule: str,
+        identity: Mapping[str, Any],
+        timestamp: str,
+        event_id: str,
+        request_id: str,
+        now: float | None,
+        context: VisitorContext | None,
+    ) -> Request | None:
+        # As _build(copy=False), each step in the same order, the constants' already taken.
+        get = fields.get
+        xdm_in = _mapping(get("xdm"), "xdm", rule)
+        data = _mapping(get("data"), "data", rule)
+        if xdm_in.get("identityMap") is not None:
+            return None
+        auto: dict[str, Any] = {}
+        if self.view_start:
+            auto["eventType"] = PAGE_VIEW
+        elif self.event_type is not None:
+            auto["eventType"] = self.event_type
+        auto["timestamp"] = timestamp
+        auto["_id"] = event_id
+        auto["implementationDetails"] = _IMPLEMENTATION
+        if context is not None and context.referer:
+            auto["web"] = {"webPageDetails": {"URL": context.referer}}
+        if identity:
+            identity_map = _session_identity_map(identity, (None, {}))
+            if identity_map:
+                auto["identityMap"] = identity_map
+        if self.merge_id is not None:
+            auto["eventMergeId"] = self.merge_id
+        xdm = deep_merge(auto, xdm_in) if xdm_in else auto
+        event: dict[str, Any] = {"xdm": xdm}
+        if data:
+            event["data"] = data
+        override_id = self.override_id
+        configured = settings.datastream or None
+        datastream = override_id or configured
+        if not datastream:
+            raise DispatchError(
+                f"rule {rule!r}: no Edge datastream id: set 'datastream' in the edge settings",
+                destination="edge",
+            )
+        state: dict[str, Any] = {"domain": settings.domain or "", "cookiesEnabled": True}
+        if identity:
+            entries = _state_entries(identity.get("entries"), now, timestamp)
+            if entries:
+                state["entries"] = entries
+        meta: dict[str, Any] = {"state": state}
+        if self.config_overrides:
+            meta["configOverrides"] = self.config_overrides
+        if override_id and configured and override_id != configured:
+            meta["sdkConfig"] = {"datastream": {"original": configured}}
+        collect = self.unloading and not self.view_start and _has_identity(identity)
+        v2 = settings.api == "v2"
+        query_personalization = self.query_personalization
+        body: dict[str, Any]
+        if collect:
+            body = {"events": [event], "meta": meta}
+        elif v2:
+            query: dict[str, Any] = {"identity": _FETCH_ECID}
+            if query_personalization is not None:
+                query["personalization"] = query_personalization
+            body = {"event": event, "query": query, "meta": meta}
+        else:
+            if query_personalization is not None:
+                event["query"] = {"personalization": query_personalization}
+            body = {"events": [event], "query": {"identity": _FETCH_ECID}, "meta": meta}
+        # Written once, then read back: the body shares nothing with the fields or this plan.
+        written = plain_json(body)
+        if written is None:
+            return None
+        action: Literal["collect", "interact"] = "collect" if collect else "interact"
+        base, hint = location_hint(identity.get("location_hint"), settings.url)
+        path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
+        url = (
+            f"{path}?{'datastreamId' if v2 else 'configId'}={_query_value(datastream)}"
+            f"&requestId={_query_value(request_id)}"
+        )
+        if collect and v2:
+            url += "&silent=true"
+        return Request(
+            "edge",
+            rule,
+            "POST",
+            url,
+            _HEADERS if context is None else _HEADERS + context.headers(),
+            orjson.loads(written),
+            written,
+            action,
+            final_id if isinstance(final_id := xdm.get("_id"), str) else event_id,
+            request_id,
+        )
+
+
+_IMPLEMENTATION = {"name": IMPLEMENTATION_NAME, "version": ENGINE_VERSION, "environment": "server"}
+_FETCH_ECID = {"fetch": ["ECID"]}
+# The fields whose values a plan takes as they are, and those it may take from a push.
+_PLANNED = frozenset(
+    {
+        "type",
+        "xdm",
+        "data",
+        "mergeId",
+        "datasetId",
+        "personalization",
+        "decisionScopes",
+        "edgeConfigOverrides",
+        "documentUnloading",
+        "renderDecisions",
+    }
+)
+_CONTENT = frozenset({"xdm", "data"})
+
+
+def plan_edge_send(constants: Mapping[str, Any], pushed: Iterable[str]) -> EdgePlan | None:
+    """The plan of a ``send event`` whose fields are ``constants`` and, with values known
+    only per push, ``pushed`` (names); ``None`` when a decision depends on a push (a field
+    other than ``xdm`` and ``data`` that is not a constant, ``identityMap``,
+    ``propositions``, surfaces, which read the page) or a constant is refused (every send
+    then says so, as :func:`build_edge_request` does)."""
+    if not _CONTENT.issuperset(pushed) or not _PLANNED.issuperset(constants):
+        return None
+    rule = "plan"
+    try:
+        event_type = _text(constants, "type", rule)
+        merge_id = _text(constants, "mergeId", rule)
+        dataset_id = _text(constants, "datasetId", rule)
+        personalization = _object(constants.get("personalization"), "personalization", rule)
+        _flag(personalization, "includeRenderedPropositions", rule)
+        default_personalization = _flag(personalization, "defaultPersonalizationEnabled", rule)
+        if personalization.get("decisionContext") is not None:
+            _object(personalization["decisionContext"], "personalization.decisionContext", rule)
+        if personalization.get("surfaces") is not None or default_personalization is True:
+            return None  # surfaces read the page's URL, from the xdm
+        scopes = _dedupe(
+            [
+                *_strings(constants.get("decisionScopes"), "decisionScopes", rule),
+                *_strings(
+                    personalization.get("decisionScopes"), "personalization.decisionScopes", rule
+                ),
+            ]
+        )
+        if (
+            event_type == VIEW_START
+            and default_personalization is not False
+            and PAGE_WIDE_SCOPE not in scopes
+        ):
+            scopes.append(PAGE_WIDE_SCOPE)
+        if len(scopes) > MAX_DECISION_SCOPES:
+            return None
+        query_personalization: dict[str, Any] | None = None
+        if scopes:
+            schemas = list(PERSONALIZATION_SCHEMAS)
+            if PAGE_WIDE_SCOPE in scopes:
+                schemas.append(DOM_ACTION_SCHEMA)
+            query_personalization = {"schemas": schemas, "decisionScopes": scopes, "surfaces": []}
+        overrides = constants.get("edgeConfigOverrides")
+        override_id = None
+        config_overrides: dict[str, Any] = {}
+        if overrides is not None:
+            if not isinstance(overrides, Mapping):
+                return None
+            override_id = overrides.get("datastreamId")
+            if override_id is not None and not isinstance(override_id, str):
+                return None
+        if overrides or dataset_id is not None:
+            rest = {k: v for k, v in (overrides or {}).items() if k != "datastreamId"}
+            if dataset_id is not None:
+                rest = deep_merge(
+                    rest,
+                    {
+                        "com_adobe_experience_platform": {
+                            "datasets": {"event": {"datasetId": dataset_id}}
+                        }
+                    },
+                )
+            config_overrides = _filter_overrides(rest)
+    except EvaluationError:
+        return None
+    unloading = constants.get("documentUnloading") is True
+    return EdgePlan(
+        event_type, merge_id, query_personalization, override_id, config_overrides, unloading
     )
 
 
@@ -562,10 +885,11 @@ _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
 def _query(params: list[tuple[str, str]]) -> str:
     """``urlencode(params, quote_via=quote)``, without quoting what needs none (ids are
     UUIDs: this runs for every send)."""
-    return "&".join(
-        f"{key}={value if _UNRESERVED.fullmatch(value) else quote(value, safe='')}"
-        for key, value in params
-    )
+    return "&".join(f"{key}={_query_value(value)}" for key, value in params)
+
+
+def _query_value(value: str) -> str:
+    return value if _UNRESERVED.fullmatch(value) else percent_encode(value)
 
 
 # ------------------------------------------------------------------ field shapes
@@ -581,6 +905,15 @@ def _text(fields: Mapping[str, Any], name: str, rule: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise _shape(rule, name, "a string", value)
+    return value
+
+
+def _mapping(value: Any, name: str, rule: str) -> Mapping[str, Any]:
+    """A field that must be an object, as it is; ``{}`` when absent."""
+    if value is None:
+        return {}
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise _shape(rule, name, "an object", value)
     return value
 
 

@@ -25,6 +25,7 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 from engine.diagnostics import did_you_mean
+from engine.values import copy_json
 
 __all__ = [
     "AUTHENTICATED_STATES",
@@ -348,7 +349,8 @@ def proposition_meta(propositions: Any, where: str = "propositions") -> list[dic
         if details is not None:
             if not isinstance(details, Mapping):
                 raise ValueError(f"'{name}.scopeDetails' must be an object, not {_kind(details)}")
-            meta["scopeDetails"] = dict(details)
+            # A deep copy: the request holds it, and must share nothing with what it was given
+            meta["scopeDetails"] = {key: copy_json(value) for key, value in details.items()}
         out.append(meta)
     return out
 

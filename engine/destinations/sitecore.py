@@ -16,13 +16,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl
 
 from engine.destinations.base import (
+    PLAIN_TYPES,
     Request,
     drop_nulls,
     is_finite_scalar,
     largest_fields,
+    percent_encode,
     serialize,
     serialize_bytes,
 )
@@ -59,6 +61,7 @@ _SPECIAL = frozenset(
     {*_BASE, "client_key", "ext", "session_data", "identifiers", "page_variant_id", *_RENAMED}
 )
 _JSON = (("Content-Type", "application/json"),)
+_PLAIN = PLAIN_TYPES
 
 
 def build_sitecore_request(
@@ -108,7 +111,9 @@ def build_sitecore_request(
     for name, value in fields.items():
         if value is None:
             continue
-        if name in ("ext", "page_variant_id"):
+        if name not in _SPECIAL:  # the rule's own fields: most are text or numbers
+            event[name] = value if type(value) in _PLAIN else drop_nulls(value)
+        elif name in ("ext", "page_variant_id"):
             if "ext" not in event:  # where the rule wrote the first of the two
                 ext = _ext(fields, settings, rule)
                 if ext:
@@ -125,8 +130,6 @@ def build_sitecore_request(
             session_data = _session_data(value, rule)
             if session_data:
                 event["session_data"] = session_data
-        elif name not in _SPECIAL:
-            event[name] = drop_nulls(value)
     if event_type == "IDENTITY" and not event.get("identifiers"):
         raise EvaluationError(
             f"rule {rule!r}: an IDENTITY event needs 'identifiers' "
@@ -137,8 +140,9 @@ def build_sitecore_request(
     base = settings.url.rstrip("/")
     if not proxy:
         message = serialize(event, rule=rule)
-        url = f"{base}/v1.2/event/create.json?" + _query(
-            [("client_key", _client_key(settings, rule)), ("message", message)]
+        url = (
+            f"{base}/v1.2/event/create.json?client_key="
+            f"{percent_encode(_client_key(settings, rule))}&message={_encoded_message(message)}"
         )
         request = Request("sitecore", rule, "GET", url, (), event, b"", "event")
         check_url_size(request)
@@ -220,8 +224,25 @@ def camel(key: str) -> str:
     """An ``ext`` name part: runs of characters other than ``[A-Za-z0-9]`` are dropped and
     the letter after each is upper-cased (``page_type`` → ``pageType``, ``a.b`` → ``aB``);
     the same result as :func:`engine.checker.camel` for the keys a rule can write."""
-    parts = _NOT_ALNUM.split(key)
-    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+    return _camel_parts(key)[0]
+
+
+# An ext key's name part, and the same with its first letter upper-cased (how it follows a
+# prefix), kept once made: a rule's keys are few and the same on every send. Bounded, for
+# keys that come from data.
+_CAMEL: dict[str, tuple[str, str]] = {}
+_CAMEL_KEPT = 4096
+
+
+def _camel_parts(key: str) -> tuple[str, str]:
+    found = _CAMEL.get(key)
+    if found is None:
+        parts = _NOT_ALNUM.split(key)
+        part = parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+        found = (part, part[:1].upper() + part[1:])
+        if len(_CAMEL) < _CAMEL_KEPT:
+            _CAMEL[key] = found
+    return found
 
 
 def flatten_ext(ext: Mapping[str, Any], *, rule: str, names: str = "camel") -> dict[str, Any]:
@@ -242,20 +263,24 @@ def flatten_ext(ext: Mapping[str, Any], *, rule: str, names: str = "camel") -> d
 
     def walk(prefix: str, value: Mapping[str, Any]) -> None:
         for key, item in value.items():
-            part = str(key) if sdk else camel(str(key))
+            if sdk:
+                part = str(key)
+                name = f"{prefix}_{part}" if prefix else part
+            else:
+                part, title = _camel_parts(key if type(key) is str else str(key))
+                name = prefix + title if prefix else part
             if not part:
                 what = "is empty" if sdk else "has no letters or digits"
                 raise EvaluationError(f"rule {rule!r}: sitecore ext key {key!r} {what}")
-            if sdk:
-                name = f"{prefix}_{part}" if prefix else part
-            else:
-                name = prefix + part[:1].upper() + part[1:] if prefix else part
             if item is None:
                 continue
-            if isinstance(item, Mapping):
+            kind = type(item)
+            if kind is dict or (kind not in _PLAIN and isinstance(item, Mapping)):
                 walk(name, item)
                 continue
-            if isinstance(item, list | tuple):
+            if kind is str or kind is bool or kind is int:
+                pass  # most values: nothing to check
+            elif isinstance(item, list | tuple):
                 if sdk:
                     serialize(item, rule=rule)  # refuses what JSON cannot carry
                     item = drop_nulls(list(item))
@@ -367,6 +392,8 @@ def _check_formats(event: Mapping[str, Any], event_type: str, rule: str) -> None
 
 def _base_text(fields: Mapping[str, Any], name: str, default: str | None, rule: str) -> str | None:
     value = fields.get(name)
+    if type(value) is str:  # the commonest: no other test
+        return value or default
     if value is None or value == "":
         return default
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -419,8 +446,32 @@ def _session_data(value: Any, rule: str) -> dict[str, Any]:
     return out
 
 
+class _Pieces(dict[str, str]):
+    """The percent-encoding of the pieces of messages between their quotes: names,
+    punctuation, common values ("VIEW", "EN"), the same in most sends. Cleared when full, so
+    that pieces seen once (a page name) cannot crowd out the others for good."""
+
+    def __missing__(self, piece: str) -> str:
+        encoded = percent_encode(piece)
+        if len(self) >= _PIECES_KEPT:
+            self.clear()
+        self[piece] = encoded
+        return encoded
+
+
+_PIECES_KEPT = 4096
+_piece = _Pieces().__getitem__
+
+
+def _encoded_message(message: str) -> str:
+    """``percent_encode(message)``, a piece between two quotes at a time (it encodes each
+    character on its own: where the text is cut changes nothing), most from the cache."""
+    return "%22".join(map(_piece, message.split('"')))
+
+
 def _query(params: list[tuple[str, str]]) -> str:
-    return urlencode(params, quote_via=quote)
+    """``urlencode(params, quote_via=quote)``."""
+    return "&".join(f"{percent_encode(key)}={percent_encode(value)}" for key, value in params)
 
 
 def _client_key(settings: SitecoreSettings, rule: str) -> str:
