@@ -19,7 +19,7 @@ from typing import Any
 
 from engine import ast, values
 from engine.checker_edge import check_send_event
-from engine.diagnostics import Diagnostic, Span, did_you_mean
+from engine.diagnostics import Diagnostic, Severity, Span, did_you_mean
 from engine.patterns import PatternError, compile_pattern
 from engine.settings_fields import SETTINGS_FIELDS
 from engine.sitecore_formats import (
@@ -90,13 +90,12 @@ class FileFacts:
     edge_sends: list[tuple[Span, bool]] = field(default_factory=list)
     rule_refs: list[tuple[str, Span]] = field(default_factory=list)  # from tests
 
-    def diag(self, span: Span, message: str) -> None:
+    def diag(self, span: Span, message: str, severity: Severity = "error") -> None:
         line = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
-        self.diagnostics.append(Diagnostic(span, message, source_line=line))
+        self.diagnostics.append(Diagnostic(span, message, severity, line))
 
     def warn(self, span: Span, message: str) -> None:
-        line = self.lines[span.line - 1] if 0 < span.line <= len(self.lines) else None
-        self.diagnostics.append(Diagnostic(span, message, "warning", line))
+        self.diag(span, message, "warning")
 
 
 # ------------------------------------------------------------------ static kinds
