@@ -180,7 +180,6 @@ def _request(
         assert targets.edge is not None  # the checker guarantees a settings block
         if targets.edge.fpid:
             _fpid(session)
-        build = build_edge_request
         if builder is not None:
             # What the send's constant fields decide, worked out on its first send.
             plan = builder.plan
@@ -189,8 +188,34 @@ def _request(
                 planned = None if constants is None else plan_edge_send(constants, builder.pushed)
                 plan = builder.plan = planned or False
             if plan is not False:
-                build = plan.build
-        request = build(
+                # plan.build's work, without its keyword call: once per planned send
+                event_id, request_id = ctx.ids.event_id(), ctx.ids.request_id()
+                planned_request: Request | None = plan._build(
+                    fields,
+                    targets.edge,
+                    rule_name,
+                    session.identity,
+                    ctx.timestamp,
+                    event_id,
+                    request_id,
+                    ctx.now,
+                    ctx.context,
+                )
+                if planned_request is None:  # a null, an identity map: the general way
+                    planned_request = build_edge_request(
+                        fields,
+                        targets.edge,
+                        rule=rule_name,
+                        identity=session.identity,
+                        timestamp=ctx.timestamp,
+                        event_id=event_id,
+                        request_id=request_id,
+                        now=ctx.now,
+                        context=ctx.context,
+                    )
+                check_size(planned_request)  # refused before any network call, as below
+                return planned_request
+        request = build_edge_request(
             fields,
             targets.edge,
             rule=rule_name,

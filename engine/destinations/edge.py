@@ -46,12 +46,11 @@ from operator import attrgetter, methodcaller
 from typing import Any, Literal, NamedTuple
 from urllib.parse import quote, urlsplit
 
-import orjson
-
 from engine.context import VisitorContext
 from engine.destinations.base import (
     EDGE_SIZE_LIMIT,
     ENGINE_VERSION,
+    READ_BACK,
     Request,
     deep_merge,
     drop_nulls,
@@ -352,7 +351,7 @@ def _build(
         written = plain_json(body)
         if written is None:
             return None
-        body, body_bytes = orjson.loads(written), written
+        body, body_bytes = READ_BACK, written
     return Request(
         "edge",
         rule,
@@ -377,11 +376,13 @@ class EdgePlan:
     are all constants."""
 
     __slots__ = (
+        "auto_type",
         "config_overrides",
         "event_type",
         "merge_id",
         "override_id",
         "query_personalization",
+        "sites",
         "unloading",
         "view_start",
     )
@@ -397,11 +398,13 @@ class EdgePlan:
     ) -> None:
         self.event_type = event_type
         self.view_start = event_type == VIEW_START
+        self.auto_type = PAGE_VIEW if self.view_start else event_type  # xdm.eventType
         self.merge_id = merge_id
         self.query_personalization = query_personalization
         self.override_id = override_id
         self.config_overrides = config_overrides
         self.unloading = unloading
+        self.sites: _Sites | None = None
 
     def build(
         self,
@@ -434,6 +437,14 @@ class EdgePlan:
             )
         return request
 
+    def _sites(self, settings: EdgeSettings, rule: str) -> _Sites:
+        """What ``settings`` decide of this send (settings are frozen: worked out once for
+        the settings object the sends use, which the cache holds)."""
+        sites = self.sites
+        if sites is None or sites.settings is not settings:
+            sites = self.sites = _Sites(settings, self.override_id, rule)
+        return sites
+
     def _build(
         self,
         fields: Mapping[str, Any],
@@ -446,77 +457,88 @@ class EdgePlan:
         now: float | None,
         context: VisitorContext | None,
     ) -> Request | None:
-        # As _build(copy=False), each step in the same order, the constants' already taken.
+        # As _build(copy=False), each step in the same order, the constants' and the
+        # settings' already taken.
         get = fields.get
-        xdm_in = _mapping(get("xdm"), "xdm", rule)
-        data = _mapping(get("data"), "data", rule)
+        xdm_in = get("xdm")
+        if type(xdm_in) is not dict:
+            xdm_in = _mapping(xdm_in, "xdm", rule)
+        data = get("data")
+        if type(data) is not dict:
+            data = _mapping(data, "data", rule)
         if xdm_in.get("identityMap") is not None:
             return None
-        auto: dict[str, Any] = {}
-        if self.view_start:
-            auto["eventType"] = PAGE_VIEW
-        elif self.event_type is not None:
-            auto["eventType"] = self.event_type
-        auto["timestamp"] = timestamp
+        event_type = self.auto_type
+        auto: dict[str, Any] = (
+            {"timestamp": timestamp}
+            if event_type is None
+            else {"eventType": event_type, "timestamp": timestamp}
+        )
         auto["_id"] = event_id
         auto["implementationDetails"] = _IMPLEMENTATION
         if context is not None and context.referer:
             auto["web"] = {"webPageDetails": {"URL": context.referer}}
-        if identity:
+        read = identity.get
+        # (_session_identity_map finds nothing without one of these: a session's commonest)
+        if identity and (read("identity_map") is not None or read("fpid") or read("ecid")):
             identity_map = _session_identity_map(identity, (None, {}))
             if identity_map:
                 auto["identityMap"] = identity_map
         if self.merge_id is not None:
             auto["eventMergeId"] = self.merge_id
-        xdm = deep_merge(auto, xdm_in) if xdm_in else auto
+        if not xdm_in:
+            xdm = auto
+        elif auto.keys().isdisjoint(xdm_in):  # deep_merge's result, without its walk
+            xdm = {**auto, **xdm_in}
+        else:
+            xdm = deep_merge(auto, xdm_in)
         event: dict[str, Any] = {"xdm": xdm}
         if data:
             event["data"] = data
-        override_id = self.override_id
-        configured = settings.datastream or None
-        datastream = override_id or configured
-        if not datastream:
-            raise DispatchError(
-                f"rule {rule!r}: no Edge datastream id: set 'datastream' in the edge settings",
-                destination="edge",
-            )
-        state: dict[str, Any] = {"domain": settings.domain or "", "cookiesEnabled": True}
-        if identity:
-            entries = _state_entries(identity.get("entries"), now, timestamp)
-            if entries:
-                state["entries"] = entries
+        sites = self._sites(settings, rule)
+        raw_entries = read("entries") if identity else None
+        entries = _state_entries(raw_entries, now, timestamp) if raw_entries else None
+        state: dict[str, Any] = (
+            {"domain": sites.domain, "cookiesEnabled": True, "entries": entries}
+            if entries
+            else {"domain": sites.domain, "cookiesEnabled": True}
+        )
         meta: dict[str, Any] = {"state": state}
         if self.config_overrides:
             meta["configOverrides"] = self.config_overrides
-        if override_id and configured and override_id != configured:
-            meta["sdkConfig"] = {"datastream": {"original": configured}}
+        if sites.sdk_config is not None:
+            meta["sdkConfig"] = sites.sdk_config
         collect = self.unloading and not self.view_start and _has_identity(identity)
-        v2 = settings.api == "v2"
         query_personalization = self.query_personalization
         body: dict[str, Any]
         if collect:
             body = {"events": [event], "meta": meta}
-        elif v2:
-            query: dict[str, Any] = {"identity": _FETCH_ECID}
-            if query_personalization is not None:
-                query["personalization"] = query_personalization
+        elif sites.v2:
+            query: dict[str, Any] = (
+                {"identity": _FETCH_ECID}
+                if query_personalization is None
+                else {"identity": _FETCH_ECID, "personalization": query_personalization}
+            )
             body = {"event": event, "query": query, "meta": meta}
         else:
             if query_personalization is not None:
                 event["query"] = {"personalization": query_personalization}
             body = {"events": [event], "query": {"identity": _FETCH_ECID}, "meta": meta}
-        # Written once, then read back: the body shares nothing with the fields or this plan.
+        # Written once; the body is read back from the bytes only if someone reads it, and
+        # then shares nothing with the fields or this plan.
         written = plain_json(body)
         if written is None:
             return None
         action: Literal["collect", "interact"] = "collect" if collect else "interact"
-        base, hint = location_hint(identity.get("location_hint"), settings.url)
-        path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
-        url = (
-            f"{path}?{'datastreamId' if v2 else 'configId'}={_query_value(datastream)}"
-            f"&requestId={_query_value(request_id)}"
-        )
-        if collect and v2:
+        hint = read("location_hint")
+        if hint is None:
+            prefix = sites.collect if collect else sites.interact
+        else:
+            base, hint = location_hint(hint, settings.url)
+            path = f"{base}/ee{'/' + hint if hint else ''}/{settings.api}/{action}"
+            prefix = f"{path}?{sites.stream_key}={sites.stream}&requestId="
+        url = f"{prefix}{_query_value(request_id)}"
+        if collect and sites.v2:
             url += "&silent=true"
         return Request(
             "edge",
@@ -524,11 +546,51 @@ class EdgePlan:
             "POST",
             url,
             _HEADERS if context is None else _HEADERS + context.headers(),
-            orjson.loads(written),
+            READ_BACK,
             written,
             action,
             final_id if isinstance(final_id := xdm.get("_id"), str) else event_id,
             request_id,
+        )
+
+
+class _Sites:
+    """What one :class:`EdgeSettings` decides of a planned send: its URLs up to the request
+    id (without a location hint), the datastream, the meta's domain and ``sdkConfig``."""
+
+    __slots__ = (
+        "collect",
+        "domain",
+        "interact",
+        "sdk_config",
+        "settings",
+        "stream",
+        "stream_key",
+        "v2",
+    )
+
+    def __init__(self, settings: EdgeSettings, override_id: str | None, rule: str) -> None:
+        self.settings = settings  # held: its identity is the cache's key
+        configured = settings.datastream or None
+        datastream = override_id or configured
+        if not datastream:
+            raise DispatchError(
+                f"rule {rule!r}: no Edge datastream id: set 'datastream' in the edge settings",
+                destination="edge",
+            )
+        self.domain = settings.domain or ""
+        self.sdk_config: dict[str, Any] | None = (
+            {"datastream": {"original": configured}}
+            if override_id and configured and override_id != configured
+            else None
+        )
+        self.v2 = settings.api == "v2"
+        self.stream_key = "datastreamId" if self.v2 else "configId"
+        self.stream = _query_value(datastream)
+        base = settings.url.rstrip("/")
+        self.interact, self.collect = (
+            f"{base}/ee/{settings.api}/{action}?{self.stream_key}={self.stream}&requestId="
+            for action in ("interact", "collect")
         )
 
 

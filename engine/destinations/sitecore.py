@@ -12,6 +12,7 @@ written, without nulls. ``ext`` is flattened by :func:`flatten_ext`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -86,6 +87,13 @@ def build_sitecore_request(
     ``currencyCode``, ``cardType``), :class:`~engine.errors.PayloadTooLarge` for a direct-mode
     URL above 8 KB and :class:`~engine.errors.DispatchError` for missing settings.
     """
+    sites = _sites
+    if sites.settings is not settings:
+        sites = _Sites.of(settings)
+    if sites.direct and browser_id:
+        request = _direct(fields, sites, rule, browser_id)
+        if request is not None:
+            return request
     proxy = settings.mode == "proxy"
     if not browser_id:
         raise DispatchError(f"rule {rule!r}: no Sitecore browser id yet", destination="sitecore")
@@ -157,6 +165,160 @@ def build_sitecore_request(
     url = f"{base}/v1/events/v1.2/events?" + _query(params)
     body_bytes = serialize_bytes(event, rule=rule)
     return Request("sitecore", rule, "POST", url, _JSON, event, body_bytes, "event")
+
+
+class _Sites:
+    """What one :class:`SitecoreSettings` decides of a direct-mode send, worked out once for
+    the settings object the sends use (settings are frozen; the last one is kept): the URL up
+    to the message, and the base fields a send takes from the settings. ``direct`` is false
+    when the general way must decide (proxy mode, a setting that fails every send)."""
+
+    __slots__ = ("channel", "currency", "direct", "language", "pos", "prefix", "settings")
+
+    def __init__(self, settings: SitecoreSettings | None) -> None:
+        self.settings = settings  # held: its identity is the cache's key
+        self.direct = False
+        self.channel = self.pos = self.prefix = ""
+        self.language: str | None = None
+        self.currency: str | None = None
+
+    @classmethod
+    def of(cls, settings: SitecoreSettings) -> _Sites:
+        global _sites
+        sites = cls(settings)
+        pos, key = settings.pos, settings.client_key
+        if settings.mode != "proxy" and settings.ext_names == "camel" and pos and key:
+            sites.direct = True
+            sites.channel = (settings.channel or "").upper()
+            sites.pos = pos
+            # The settings' own (None: a send must give one, or fails the general way).
+            sites.language = language_code(settings.language) if settings.language else None
+            sites.currency = currency_code(settings.currency) if settings.currency else None
+            base = settings.url.rstrip("/")
+            sites.prefix = (
+                f"{base}/v1.2/event/create.json?client_key={percent_encode(key)}&message="
+            )
+        _sites = sites
+        return sites
+
+
+_sites = _Sites(None)
+
+
+def _direct(fields: Mapping[str, Any], sites: _Sites, rule: str, browser_id: str) -> Request | None:
+    """:func:`build_sitecore_request` in direct mode for the commonest fields (base fields
+    that are text or absent, no renamed fields, identifiers, session data or page variant),
+    with the same result; ``None`` for anything else, which the general way builds."""
+    get = fields.get
+    event_type = get("type")
+    if type(event_type) is not str or not event_type or event_type == "IDENTITY":
+        return None
+    value = get("channel")
+    if value is None:
+        channel = sites.channel
+    elif type(value) is str and value:
+        channel = value.upper()
+    else:
+        return None
+    value = get("language")
+    if value is None or value == "":
+        language = sites.language
+    else:
+        language = language_code(value) if type(value) is str else None
+    value = get("currency")
+    if value is None or value == "":
+        currency = sites.currency
+    else:
+        currency = currency_code(value) if type(value) is str else None
+    page = get("page")
+    if page is None:
+        page = ""
+    elif type(page) is not str:
+        return None
+    pos = get("pos")
+    if pos is None or pos == "":
+        pos = sites.pos
+    elif type(pos) is not str:
+        return None
+    if language is None or currency is None:
+        return None  # missing or not a code: the general way says which
+    event: dict[str, Any] = {
+        "channel": channel,
+        "type": event_type,
+        "language": language,
+        "currency": currency,
+        "page": page,
+        "pos": pos,
+        "browser_id": browser_id,
+    }
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name not in _SPECIAL:  # the rule's own fields: most are text or numbers
+            event[name] = value if type(value) in _PLAIN else drop_nulls(value)
+        elif name == "ext":
+            if type(value) is not dict:
+                return None
+            ext = _flat_ext(value, rule)
+            if ext:
+                event["ext"] = ext
+        elif name not in _BASE:
+            return None  # renamed fields, identifiers, session data, a page variant
+    if not _CHECKED_ROOTS.isdisjoint(event):
+        _check_formats(event, event_type, rule)
+    message = serialize(event, rule=rule)
+    request = Request(
+        "sitecore",
+        rule,
+        "GET",
+        sites.prefix + _encoded_message(message),
+        (),
+        event,
+        b"",
+        "event",
+    )
+    check_url_size(request)
+    return request
+
+
+_SCALAR = {str: True, bool: True, int: True}  # what an ext attribute takes as it is
+_finite = math.isfinite
+
+
+def _flat_ext(ext: dict[str, Any], rule: str) -> dict[str, Any]:
+    """:func:`flatten_ext` in camel mode, without its walk for the commonest ``ext`` (text,
+    boolean, integer, finite float or null values, in objects nested once at most, under keys seen
+    before), else by it."""
+    out: dict[str, Any] = {}
+    camel = _CAMEL.get
+    for key, item in ext.items():
+        found = camel(key)
+        if found is None or not found[0]:
+            return flatten_ext(ext, rule=rule)
+        if item is None:
+            continue
+        kind = type(item)
+        name = found[0]
+        if (_SCALAR.get(kind) or (kind is float and _finite(item))) and name not in out:
+            out[name] = item
+            continue
+        if kind is not dict:
+            return flatten_ext(ext, rule=rule)
+        for inner_key, inner in item.items():
+            found = camel(inner_key)
+            if found is None or not found[0]:
+                return flatten_ext(ext, rule=rule)
+            if inner is None:
+                continue
+            kind = type(inner)
+            inner_name = name + found[1]
+            if (_SCALAR.get(kind) or (kind is float and _finite(inner))) and inner_name not in out:
+                out[inner_name] = inner
+            else:
+                return flatten_ext(ext, rule=rule)
+    if len(out) > EXT_LIMIT:
+        return flatten_ext(ext, rule=rule)  # which raises
+    return out
 
 
 def build_browser_request(settings: SitecoreSettings, *, rule: str = "") -> Request:
