@@ -15,7 +15,7 @@ from typing import Any, cast
 from engine import ast, values
 from engine.codegen import generate_condition
 from engine.diagnostics import Diagnostic, Span
-from engine.fieldgen import FieldBuilder, generate_element, generate_fields
+from engine.fieldgen import FieldBuilder, generate_element, generate_fields, place
 from engine.patterns import compile_pattern
 from engine.ruleset import (
     CompiledAction,
@@ -202,29 +202,15 @@ def _object(node: ast.ObjectExpr) -> Compiled:
     # Dotted keys expand into nested objects: build the shape first, then one builder per level.
     shape: dict[str, Any] = {}
     for pair in node.pairs:
-        _place(shape, pair.key, pair.value)
+        place(shape, pair.key, pair.value)
     return _build_shape(shape)
 
 
-def _place(shape: dict[str, Any], key: tuple[str, ...], value: ast.Expr) -> None:
-    for part in key[:-1]:
-        inner = shape.get(part)
-        if not isinstance(inner, dict):
-            inner = shape[part] = {}
-        shape = inner
-    last = key[-1]
-    if isinstance(value, ast.ObjectExpr):
-        inner = shape.get(last)
-        if not isinstance(inner, dict):
-            inner = shape[last] = {}
-        for pair in value.pairs:
-            _place(inner, pair.key, pair.value)
-    else:
-        shape[last] = compile_expr(value)
-
-
 def _build_shape(shape: dict[str, Any]) -> Compiled:
-    entries = [(key, _build_shape(v) if isinstance(v, dict) else v) for key, v in shape.items()]
+    entries = [
+        (key, _build_shape(v) if isinstance(v, dict) else compile_expr(v))
+        for key, v in shape.items()
+    ]
     if all(isinstance(v, _Const) for _, v in entries):
         return _Const({k: cast(_Const, v).value for k, v in entries})
     items = tuple((k, _fn(v)) for k, v in entries)

@@ -28,7 +28,7 @@ from typing import Any
 from engine import ast, values
 from engine.scope import Fn, Scope
 
-__all__ = ["FieldBuilder", "generate_element", "generate_fields"]
+__all__ = ["FieldBuilder", "generate_element", "generate_fields", "place"]
 
 
 class FieldBuilder:
@@ -102,11 +102,11 @@ class _Source:
     # ------------------------------------------------------------------ shapes
     @staticmethod
     def shape(node: ast.ObjectExpr) -> dict[str, Any]:
-        """Dotted keys expanded into nested dicts whose leaves are expressions (as the
-        compiler's ``_place`` does)."""
+        """Dotted keys expanded into nested dicts whose leaves are expressions (see
+        :func:`place`; the compiler's closures are built from the same shapes)."""
         shape: dict[str, Any] = {}
         for pair in node.pairs:
-            _place(shape, pair.key, pair.value)
+            place(shape, pair.key, pair.value)
         return shape
 
     def object(self, shape: dict[str, Any]) -> _Part:
@@ -206,7 +206,9 @@ class _Source:
         return _Part(source, source)
 
 
-def _place(shape: dict[str, Any], key: tuple[str, ...], value: ast.Expr) -> None:
+def place(shape: dict[str, Any], key: tuple[str, ...], value: ast.Expr) -> None:
+    """Put ``value`` at the dotted ``key`` of a nested object's shape: dotted keys and nested
+    object literals become nested dicts, the other values stay expressions."""
     for part in key[:-1]:
         inner = shape.get(part)
         if not isinstance(inner, dict):
@@ -218,7 +220,7 @@ def _place(shape: dict[str, Any], key: tuple[str, ...], value: ast.Expr) -> None
         if not isinstance(inner, dict):
             inner = shape[last] = {}
         for pair in value.pairs:
-            _place(inner, pair.key, pair.value)
+            place(inner, pair.key, pair.value)
     else:
         shape[last] = value
 
