@@ -265,35 +265,10 @@ def _build(
     asked = personalization.get("surfaces") if personalization else None
     add_page = default_personalization is True
     surfaces = _surfaces(asked, xdm, add_page, rule) if asked is not None or add_page else []
-    query_personalization: dict[str, Any] | None = None
-    if scopes or surfaces:
-        schemas = list(PERSONALIZATION_SCHEMAS)
-        if PAGE_WIDE_SCOPE in scopes:
-            schemas.append(DOM_ACTION_SCHEMA)
-        query_personalization = {"schemas": schemas, "decisionScopes": scopes, "surfaces": surfaces}
+    query_personalization = _query_personalization(scopes, surfaces)
 
     # -- datastream and overrides
-    overrides = get("edgeConfigOverrides")
-    override_id = None
-    config_overrides: dict[str, Any] = {}
-    if overrides is not None:
-        if not isinstance(overrides, Mapping):
-            raise _shape(rule, "edgeConfigOverrides", "an object", overrides)
-        override_id = overrides.get("datastreamId")
-        if override_id is not None and not isinstance(override_id, str):
-            raise _shape(rule, "edgeConfigOverrides.datastreamId", "a string", override_id)
-    if overrides or dataset_id is not None:
-        rest: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if k != "datastreamId"}
-        if dataset_id is not None:
-            rest = deep_merge(
-                rest,
-                {
-                    "com_adobe_experience_platform": {
-                        "datasets": {"event": {"datasetId": dataset_id}}
-                    }
-                },
-            )
-        config_overrides = _filter_overrides(rest)
+    override_id, config_overrides = _overrides(get("edgeConfigOverrides"), dataset_id, rule)
     configured = settings.datastream or None
     datastream = override_id or configured
     if not datastream:
@@ -650,33 +625,11 @@ def plan_edge_send(constants: Mapping[str, Any], pushed: Iterable[str]) -> EdgeP
             scopes.append(PAGE_WIDE_SCOPE)
         if len(scopes) > MAX_DECISION_SCOPES:
             return None
-        query_personalization: dict[str, Any] | None = None
-        if scopes:
-            schemas = list(PERSONALIZATION_SCHEMAS)
-            if PAGE_WIDE_SCOPE in scopes:
-                schemas.append(DOM_ACTION_SCHEMA)
-            query_personalization = {"schemas": schemas, "decisionScopes": scopes, "surfaces": []}
-        overrides = constants.get("edgeConfigOverrides")
-        override_id = None
-        config_overrides: dict[str, Any] = {}
-        if overrides is not None:
-            if not isinstance(overrides, Mapping):
-                return None
-            override_id = overrides.get("datastreamId")
-            if override_id is not None and not isinstance(override_id, str):
-                return None
-        if overrides or dataset_id is not None:
-            rest = {k: v for k, v in (overrides or {}).items() if k != "datastreamId"}
-            if dataset_id is not None:
-                rest = deep_merge(
-                    rest,
-                    {
-                        "com_adobe_experience_platform": {
-                            "datasets": {"event": {"datasetId": dataset_id}}
-                        }
-                    },
-                )
-            config_overrides = _filter_overrides(rest)
+        query_personalization = _query_personalization(scopes, [])
+        # A malformed override raises here as in the general path: no plan, that path reports it
+        override_id, config_overrides = _overrides(
+            constants.get("edgeConfigOverrides"), dataset_id, rule
+        )
     except EvaluationError:
         return None
     unloading = constants.get("documentUnloading") is True
@@ -955,6 +908,39 @@ def _query_value(value: str) -> str:
 
 
 # ------------------------------------------------------------------ field shapes
+def _query_personalization(scopes: list[str], surfaces: list[str]) -> dict[str, Any] | None:
+    """The request's ``query.personalization``: what to decide, and in which schemas."""
+    if not scopes and not surfaces:
+        return None
+    schemas = list(PERSONALIZATION_SCHEMAS)
+    if PAGE_WIDE_SCOPE in scopes:
+        schemas.append(DOM_ACTION_SCHEMA)
+    return {"schemas": schemas, "decisionScopes": scopes, "surfaces": surfaces}
+
+
+def _overrides(
+    overrides: Any, dataset_id: str | None, rule: str
+) -> tuple[str | None, dict[str, Any]]:
+    """A send's datastream override and its configuration overrides (the dataset included)."""
+    override_id = None
+    config_overrides: dict[str, Any] = {}
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            raise _shape(rule, "edgeConfigOverrides", "an object", overrides)
+        override_id = overrides.get("datastreamId")
+        if override_id is not None and not isinstance(override_id, str):
+            raise _shape(rule, "edgeConfigOverrides.datastreamId", "a string", override_id)
+    if overrides or dataset_id is not None:
+        rest: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if k != "datastreamId"}
+        if dataset_id is not None:
+            dataset = {
+                "com_adobe_experience_platform": {"datasets": {"event": {"datasetId": dataset_id}}}
+            }
+            rest = deep_merge(rest, dataset)
+        config_overrides = _filter_overrides(rest)
+    return override_id, config_overrides
+
+
 def _shape(rule: str, name: str, expected: str, value: Any) -> EvaluationError:
     return EvaluationError(
         f"rule {rule!r}: send event '{name}' must be {expected}, not {type(value).__name__}"
