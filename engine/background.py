@@ -28,6 +28,14 @@ and what happens here instead:
   connection error) is rescheduled in the outbox with backoff (:class:`Redelivery`); a final
   refusal (a 400, say) or an exhausted budget goes to the dead letters with the last error.
 
+What a push pays for the threads beside it: nothing it must wait for. :meth:`BackgroundDelivery.notify`
+takes no lock (a ticket and a token on a queue), and a worker does not start a step (a
+delivery, a claim) while a push of this process is in progress (``pushing``), waiting at most
+one switch interval (5 ms) for it: a push gives the GIL away in C code that releases it (RE2
+matching, a contended lock), and a worker that takes it then would keep it until the
+interpreter takes it back, a switch interval later. Pushes back to back thus leave delivery
+one step a switch interval, and delivery catches up in the pauses between them.
+
 Per-session order: the outbox's ordering key is the session id, so at most one request of a
 session is in flight, and its sends (Edge and Sitecore alike) go out in push order, as in wait
 mode. That request is one send, or a run of the session's queued Edge collect sends merged
@@ -42,9 +50,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import logging
 import os
+import queue
 import random as _random
+import sys
 import threading
 import time
 import weakref
@@ -86,6 +97,7 @@ _STORE_RETRY_MAX = 1.0  # ...up to this
 _INTAKE_EVERY = 0.01  # seconds between two readings-in of a push-only process's journal (often:
 # each reading-in then holds the GIL a short while, and a web app's tail latency stays low)
 _UNGUARDED = contextlib.nullcontext()
+_YIELD_POLL = 0.0002  # seconds between two looks at whether the pushes a worker yields to ended
 
 _T = TypeVar("_T")
 
@@ -222,6 +234,12 @@ class BackgroundDelivery:
         """Fresh locks, no threads, no dispatcher (at construction and in a forked child)."""
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
+        # Idle workers wait here rather than on _cond, so that a push wakes one without a
+        # lock a worker may hold (a pusher blocked on a lock hands the GIL to the delivery
+        # thread, and waits up to a switch interval to get it back).
+        self._bell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._tickets = itertools.count(1)
+        self.pushing: list[None] = []  # one item per push in progress (see _yield_to_pushes)
         self._guard = threading.Lock()  # held around every session-lock section (fork safety)
         self._guard_held = False
         self._halt = threading.Event()  # interrupts retry waits at shutdown
@@ -238,7 +256,9 @@ class BackgroundDelivery:
         self._acks: list[int] = []  # delivered, acknowledged together (_commit_acks)
         self._acks_since = 0.0
         self._running = 0
-        self._work = 0  # bumped when sends are submitted or a session's head is acknowledged
+        # A new ticket each time sends are submitted or a session's head is acknowledged:
+        # written without a lock, unique, so a worker that saw another knows there is work.
+        self._work = 0
         self._progress = 0  # bumped when an entry leaves "in flight"
         self._idle = 0
         self._flushers = 0
@@ -288,11 +308,12 @@ class BackgroundDelivery:
         self._ensure_workers()
 
     def notify(self) -> None:
-        """Sends were stored: wake a worker."""
-        with self._cond:
-            self._work += 1
-            if self._idle:
-                self._cond.notify()
+        """Sends were stored: wake a worker. Takes no lock, so a push never waits for a
+        delivery thread. (The ticket is written before ``_idle`` is read, and a worker counts
+        itself idle before it compares tickets: one of them sees the other.)"""
+        self._work = next(self._tickets)
+        if self._idle:
+            self._bell.put(None)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the outbox holds nothing pending or in flight (dead letters aside), at
@@ -349,6 +370,7 @@ class BackgroundDelivery:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+            self._ring(len(self._threads))
         self._halt.set()
         with self._cond:
             unstarted, self._claimed = list(self._claimed), deque()
@@ -469,6 +491,7 @@ class BackgroundDelivery:
     def _cycle(self, busy: list[float]) -> Literal["go", "stop", "retire"]:
         """Deliver one claimed entry, or claim a batch, or wait: ``"go"`` on, ``"stop"`` (the
         delivery is stopping) or ``"retire"`` (a spare thread, idle for long)."""
+        self._yield_to_pushes()
         with self._cond:
             if self._stopping:
                 return "stop"
@@ -488,15 +511,15 @@ class BackgroundDelivery:
                 return "stop"
             if self._claimed:
                 return "go"
-            if self._claiming:  # another worker is claiming, for all
-                self._idle += 1
-                try:
-                    self._cond.wait(self._poll)
-                finally:
-                    self._idle -= 1
-                return "go"
-            self._claiming = True
-            seen = self._work
+            waiting = self._claiming  # another worker is claiming, for all
+            if waiting:
+                self._idle += 1  # woken when the claim is shared out
+            else:
+                self._claiming = True
+                seen = self._work
+        if waiting:
+            self._wait_for_work(self._poll)
+            return "go"
         entries: list[Entry] = []
         try:
             self._sweep()
@@ -506,26 +529,64 @@ class BackgroundDelivery:
             with self._cond:
                 self._claiming = False
                 self._claimed.extend(entries)
-                if entries and self._idle:
-                    self._cond.notify(len(entries))
+                if entries:
+                    self._ring(min(len(entries), self._idle))
         if entries:
             return "go"
         with self._cond:
             if self._stopping:
                 return "stop"
-            if self._work == seen and not self._claimed:
-                wait = self._poll
-                if due is not None:
-                    wait = min(wait, max(due - self._clock(), 0.001))
-                if self._running > 1 and time.monotonic() - busy[0] > _IDLE_EXIT:
-                    self._running -= 1  # decided and counted at once: never below one
-                    return "retire"  # a spare thread: the pool shrinks back
-                self._idle += 1
-                try:
-                    self._cond.wait(wait)
-                finally:
-                    self._idle -= 1
+            self._drain_bell()  # tokens rung before the tickets are compared are stale
+            self._idle += 1  # before the comparison: a push that misses it sees this
+            if self._work != seen or self._claimed:
+                self._idle -= 1
+                return "go"
+            wait = self._poll
+            if due is not None:
+                wait = min(wait, max(due - self._clock(), 0.001))
+            if self._running > 1 and time.monotonic() - busy[0] > _IDLE_EXIT:
+                self._idle -= 1
+                self._running -= 1  # decided and counted at once: never below one
+                return "retire"  # a spare thread: the pool shrinks back
+        self._wait_for_work(wait)
         return "go"
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Wait, counted in ``_idle`` (the caller counted it), until the bell rings or
+        ``timeout`` seconds pass."""
+        try:
+            self._bell.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        finally:
+            with self._cond:
+                self._idle -= 1
+
+    def _ring(self, count: int) -> None:
+        """Wake up to ``count`` idle workers."""
+        for _ in range(count):
+            self._bell.put(None)
+
+    def _drain_bell(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._bell.get_nowait()
+
+    def _yield_to_pushes(self) -> None:
+        """Let the pushes of this process in progress end before the next step (a delivery,
+        a claim), waiting at most one switch interval: then go on regardless, so that pushes
+        back to back still leave delivery a step at a time.
+
+        A push holds the GIL from start to end but for moments in C code that lets go of it
+        (RE2 matching, a contended lock); a delivery thread that takes it then keeps it until
+        it lets go itself or the interpreter takes it back, a switch interval (5 ms) later,
+        which the push waits out. So a worker does not start a step while a push runs.
+        """
+        if not self.pushing:
+            return
+        deadline = time.monotonic() + sys.getswitchinterval()
+        while self.pushing and not self._stopping and time.monotonic() < deadline:
+            time.sleep(_YIELD_POLL)
 
     def _commit_acks(self, *, force: bool) -> None:
         """Acknowledge the delivered entries in one transaction: when asked, else once there
@@ -777,11 +838,11 @@ class BackgroundDelivery:
         may be claimable now, or a retry due sooner than it was waiting for)."""
         with self._cond:
             self._progress += count
-            self._work += 1
+            self._work = next(self._tickets)
             if self._flushers:
                 self._cond.notify_all()
-            elif self._idle:
-                self._cond.notify()
+            if self._idle:
+                self._bell.put(None)
 
     # ------------------------------------------------------------------ clients
     def _sleep(self, seconds: float) -> None:

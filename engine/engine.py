@@ -652,12 +652,24 @@ class Engine:
         consent: ConsentChange | None = None,
         notice: dict[str, Any] | None = None,
         push_id: str | None = None,
+        _marked: bool = False,
     ) -> PushResult:
         """One push, atomic: the session's change and its sends are stored together or not at
         all (a failed outbox write leaves the session as it was). With sessions shared by
         other processes, a push that finds the session changed meanwhile runs again on it.
         With ``consent`` (:meth:`EngineSession.set_consent`) there is no push: only the
         consent changes, and what it releases goes out."""
+        background = self._background
+        if background is not None and not _marked:
+            # Marked in progress: the delivery threads do not start a step meanwhile.
+            pushing = background.pushing
+            pushing.append(None)
+            try:
+                return self._push(
+                    session_id, visitor_id, item, context, consent, notice, push_id, True
+                )
+            finally:
+                pushing.pop()
         if self._closed:
             raise EngineError("the engine is closed")
         if push_id is not None and (not isinstance(push_id, str) or not 0 < len(push_id) <= 128):
@@ -668,8 +680,8 @@ class Engine:
             context = context.forwarding(self.forward_ip)
         ruleset, targets = self._live
         outbox = self._outbox
-        if self._background is not None:
-            self._background.check_open()
+        if background is not None:
+            background.check_open()
         for attempt in range(MAX_PUSH_ATTEMPTS):
             if attempt:
                 # Lost a race for the session: step aside a random moment, growing, so that
