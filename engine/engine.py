@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -74,6 +74,9 @@ _jitter = random.Random()
 
 SEEN_FOR = 900.0  # seconds a session remembers a push id (a browser's retries come sooner)
 MAX_SEEN = 100  # push ids a session remembers, at most (the latest: retries are of those)
+
+
+_NO_IDENTITY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _seen(session: Session, push_id: str, now: float) -> bool:
@@ -587,7 +590,10 @@ class Engine:
     def push(
         self, item: object, *, session: str = "default", context: VisitorContext | None = None
     ) -> PushResult:
-        return self.session(session).push(item, context=context)
+        # (the push finds or makes the session itself: no EngineSession, no second look-up)
+        if not isinstance(session, str) or not session:
+            raise EngineError("a session id is a non-empty string")
+        return self._push(session, None, item, context)
 
     async def apush(
         self, item: object, *, session: str = "default", context: VisitorContext | None = None
@@ -652,7 +658,6 @@ class Engine:
         consent: ConsentChange | None = None,
         notice: dict[str, Any] | None = None,
         push_id: str | None = None,
-        _marked: bool = False,
     ) -> PushResult:
         """One push, atomic: the session's change and its sends are stored together or not at
         all (a failed outbox write leaves the session as it was). With sessions shared by
@@ -660,97 +665,103 @@ class Engine:
         With ``consent`` (:meth:`EngineSession.set_consent`) there is no push: only the
         consent changes, and what it releases goes out."""
         background = self._background
-        if background is not None and not _marked:
-            # Marked in progress: the delivery threads do not start a step meanwhile.
-            pushing = background.pushing
+        # Marked in progress: the delivery threads do not start a step meanwhile. (In this
+        # frame, not a second call: it is on every push's path.)
+        pushing = None if background is None else background.pushing
+        if pushing is not None:
             pushing.append(None)
-            try:
-                return self._push(
-                    session_id, visitor_id, item, context, consent, notice, push_id, True
-                )
-            finally:
-                pushing.pop()
-        if self._closed:
-            raise EngineError("the engine is closed")
-        if push_id is not None and (not isinstance(push_id, str) or not 0 < len(push_id) <= 128):
-            raise PushError("a push id is a string of 1 to 128 characters")
-        if context is not None:
-            if not isinstance(context, VisitorContext):
-                raise PushError(f"context must be a VisitorContext, not {type(context).__name__}")
-            context = context.forwarding(self.forward_ip)
-        ruleset, targets = self._live
-        outbox = self._outbox
-        if background is not None:
-            background.check_open()
-        for attempt in range(MAX_PUSH_ATTEMPTS):
-            if attempt:
-                # Lost a race for the session: step aside a random moment, growing, so that
-                # processes pushing to one session at once all get through (no livelock).
-                time.sleep(_jitter.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))
-            now = self._clock()
-            with self.sessions.begin(session_id, visitor_id, now) as transaction:
-                session = transaction.session
-                before = session.state
-                if push_id is not None and _seen(session, push_id, now):
-                    result = PushResult(session.id, None, ruleset.version, session.state)
-                    result.duplicate = True
-                    transaction.commit((), None, now)
-                    return result
-                if notice is not None:
-                    result = PushResult(session.id, None, ruleset.version, session.state)
-                    request = notice_request(
-                        targets,
-                        session,
-                        notice,
-                        name=str(notice["type"]),
-                        now=now,
-                        ids=self._ids,
-                        context=context,
+        try:
+            if self._closed:
+                raise EngineError("the engine is closed")
+            if push_id is not None and (
+                not isinstance(push_id, str) or not 0 < len(push_id) <= 128
+            ):
+                raise PushError("a push id is a string of 1 to 128 characters")
+            if context is not None:
+                if not isinstance(context, VisitorContext):
+                    raise PushError(
+                        f"context must be a VisitorContext, not {type(context).__name__}"
                     )
-                    result.sends.append(Send(request.rule, "edge", request))
-                elif consent is None:
-                    result = process_push(
-                        ruleset,
-                        session,
-                        item,
-                        now=now,
-                        ids=self._ids,
-                        targets=targets,
-                        context=context,
+                context = context.forwarding(self.forward_ip)
+            ruleset, targets = self._live
+            outbox = self._outbox
+            if background is not None:
+                background.check_open()
+            for attempt in range(MAX_PUSH_ATTEMPTS):
+                if attempt:
+                    # Lost a race for the session: step aside a random moment, growing, so that
+                    # processes pushing to one session at once all get through (no livelock).
+                    time.sleep(_jitter.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))
+                now = self._clock()
+                with self.sessions.begin(session_id, visitor_id, now) as transaction:
+                    session = transaction.session
+                    before = session.state
+                    if push_id is not None and _seen(session, push_id, now):
+                        result = PushResult(session.id, None, ruleset.version, session.state)
+                        result.duplicate = True
+                        transaction.commit((), None, now)
+                        return result
+                    if notice is not None:
+                        result = PushResult(session.id, None, ruleset.version, session.state)
+                        request = notice_request(
+                            targets,
+                            session,
+                            notice,
+                            name=str(notice["type"]),
+                            now=now,
+                            ids=self._ids,
+                            context=context,
+                        )
+                        result.sends.append(Send(request.rule, "edge", request))
+                    elif consent is None:
+                        result = process_push(
+                            ruleset,
+                            session,
+                            item,
+                            now=now,
+                            ids=self._ids,
+                            targets=targets,
+                            context=context,
+                        )
+                        if result.pushes:
+                            self._follow(ruleset, targets, session, result, context)
+                    else:
+                        result = PushResult(session.id, None, ruleset.version, session.state)
+                    sends, stored = self._gate(
+                        ruleset, targets, session, result, before, now, consent
                     )
-                    self._follow(ruleset, targets, session, result, context)
-                else:
-                    result = PushResult(session.id, None, ruleset.version, session.state)
-                sends, stored = self._gate(ruleset, targets, session, result, before, now, consent)
-                if outbox is not None:
-                    items = [] if stored else [(send.request, session.id) for send in sends]
-                    if not transaction.commit(items, outbox, now):
-                        continue  # another process changed the session: again, on its state
+                    if outbox is not None:
+                        items = [] if stored else [(send.request, session.id) for send in sends]
+                        if not transaction.commit(items, outbox, now):
+                            continue  # another process changed the session: again, on its state
+                        self._count_dropped(result)
+                        if self._background is not None and (items or stored):
+                            self._background.notify()
+                        return result
+                    if not transaction.commit((), None, now):
+                        continue
                     self._count_dropped(result)
-                    if self._background is not None and (items or stored):
-                        self._background.notify()
-                    return result
-                if not transaction.commit((), None, now):
-                    continue
-                self._count_dropped(result)
-                if self.dry_run:
-                    return result
-                # Still holding the session (its lock here, or this process's turn on a
-                # shared one): its sends answer in order, and the identity the first one
-                # brings back is in the requests built after it.
-                if isinstance(self.sessions, MemorySessions):
+                    if self.dry_run:
+                        return result
+                    # Still holding the session (its lock here, or this process's turn on a
+                    # shared one): its sends answer in order, and the identity the first one
+                    # brings back is in the requests built after it.
+                    if isinstance(self.sessions, MemorySessions):
+                        self._deliver(sends, session, targets)
+                        return result
+                    # A shared store: what the answers changed of the identity is stored, as a
+                    # delivery worker does.
+                    base = copy_json(session.identity)
                     self._deliver(sends, session, targets)
+                    self.sessions.merge_identity(session.id, base, session.identity)
                     return result
-                # A shared store: what the answers changed of the identity is stored, as a
-                # delivery worker does.
-                base = copy_json(session.identity)
-                self._deliver(sends, session, targets)
-                self.sessions.merge_identity(session.id, base, session.identity)
-                return result
-        raise EngineError(
-            f"session {session_id!r} was changed by other processes {MAX_PUSH_ATTEMPTS} times "
-            "while this push ran; nothing was stored"
-        )
+            raise EngineError(
+                f"session {session_id!r} was changed by other processes {MAX_PUSH_ATTEMPTS} times "
+                "while this push ran; nothing was stored"
+            )
+        finally:
+            if pushing is not None:
+                pushing.pop()
 
     def _follow(
         self,
@@ -796,18 +807,27 @@ class Engine:
         store or deliver now, in order (Edge told of a change first, then the sends consent
         released, then the push's own), and whether they are stored already (released from
         the outbox). Held and dropped sends are marked on the result."""
-        settings, identity, visitor = ruleset.consent, session.identity, session.visitor_kept
-        if (
-            change is None
-            and settings.path is None
-            and VISITOR_KEY not in visitor
-            and "held" not in identity
-            and "held_out" not in identity
-            and consent_of(identity, settings, visitor) == "in"
-        ):
-            # Nothing to decide (a ruleset without a consent block): every send goes.
-            sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
-            return sends, False
+        settings = ruleset.consent
+        if change is None and settings.path is None:
+            # Nothing to decide (a ruleset without a consent block, a visitor who never set
+            # one, nothing held): every send goes. Read without making the session's parts.
+            identity = session._identity or _NO_IDENTITY
+            memory = session._visitor
+            if (
+                (memory is None or VISITOR_KEY not in memory.kept)
+                and "held" not in identity
+                and "held_out" not in identity
+                # (consent_of, without the visitor's value: Edge's entries, else the default)
+                and (
+                    ("entries" not in identity and settings.default == "in")
+                    or consent_of(identity, settings, _NO_IDENTITY) == "in"
+                )
+            ):
+                if not result.followups:
+                    return list(result.sends), False
+                sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
+                return sends, False
+        identity, visitor = session.identity, session.visitor_kept
         current = consent_of(identity, settings, visitor)
         wanted = change.value if change is not None else None
         if wanted is None:

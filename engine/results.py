@@ -41,6 +41,7 @@ def explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) -> 
 
 
 _FIELDS = ("rule", "status", "reason", "clause", "values", "span")
+_MAX_FIRED = 10_000  # shared "fired" outcomes kept, at most
 
 
 class RuleOutcome:
@@ -67,15 +68,25 @@ class RuleOutcome:
     _reason: str | None
     _why: CompiledCondition | None
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         rule: str,
         status: Status,
         reason: str | None = None,
         clause: str | None = None,
         values: tuple[tuple[str, Any], ...] = (),
         span: Span | None = None,
-    ) -> None:
+    ) -> RuleOutcome:
+        # A rule's "fired" outcome is the same on every push: immutable, it is made once and
+        # shared (most rules a push evaluates fire). Keyed by the span's identity, which the
+        # cached outcome keeps alive, so the key cannot be reused by another span.
+        fired = status == "fired" and reason is None and clause is None and not values
+        if fired:
+            key = (rule, id(span))
+            shared = _FIRED.get(key)
+            if shared is not None and shared.__class__ is cls:
+                return shared
+        self = object.__new__(cls)
         put = object.__setattr__
         put(self, "rule", rule)
         put(self, "status", status)
@@ -84,6 +95,11 @@ class RuleOutcome:
         put(self, "values", values)
         put(self, "span", span)
         put(self, "_why", None)
+        if fired:
+            if len(_FIRED) >= _MAX_FIRED:  # rulesets reloaded many times: start again
+                _FIRED.clear()
+            _FIRED[key] = self
+        return self
 
     @classmethod
     def stopped_at(
@@ -95,7 +111,7 @@ class RuleOutcome:
     ) -> RuleOutcome:
         """The outcome of a rule ``condition`` stopped, its operands having had ``values``;
         the reason is :func:`explain`'s text, written when first read."""
-        outcome = cls(rule, status, None, condition.source, values, condition.span)
+        outcome = cls(rule, status, None, condition.source, values, condition.span)  # (not shared)
         object.__setattr__(outcome, "_why", condition)
         return outcome
 
@@ -136,6 +152,9 @@ class RuleOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {"rule": self.rule, "status": self.status, "reason": self.reason}
+
+
+_FIRED: dict[tuple[str, int], RuleOutcome] = {}
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ lives in a :class:`VisitorMemory` shared by every session of that visitor id in 
 
 from __future__ import annotations
 
+import _thread
 import hashlib
 import json
 import math
@@ -55,7 +56,8 @@ _GUARD = threading.Lock()
 given up): each is made once, however many threads want it at the same time."""
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
-_new_rlock = threading.RLock
+# The C class itself: threading.RLock is a Python function around it (a frame per call).
+_new_rlock = _thread.RLock
 
 
 class _Lockable:
@@ -390,10 +392,15 @@ class Session(_Lockable):
         unknown = wanted - LIMIT_UNITS
         if unknown:
             raise ValueError(f"unknown limit unit {sorted(unknown)[0]!r}")
+        # Each list is replaced, never changed: a push's rollback copy of the firings
+        # (engine/stores/memory.py) is then a shallow one.
         if "session" in wanted:
             self._acquire()
             try:
-                insort(self.firings.setdefault(rule, []), now)
+                firings = self.firings
+                times = list(firings.get(rule, ()))
+                insort(times, now)
+                firings[rule] = times
             finally:
                 self._release()
         windows = [WINDOWS[unit] for unit in wanted if unit in WINDOWS]
@@ -401,10 +408,11 @@ class Session(_Lockable):
             memory = self.visitor
             memory._acquire()
             try:
-                times = memory.firings.setdefault(rule, [])
+                times = list(memory.firings.get(rule, ()))
                 insort(times, now)
                 if "visitor" not in wanted:
                     del times[: bisect_right(times, now - max(windows))]
+                memory.firings[rule] = times
             finally:
                 memory._release()
 

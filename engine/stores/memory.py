@@ -7,6 +7,7 @@ never happened and the app's retry fires again.
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 from collections import OrderedDict
@@ -17,67 +18,16 @@ from typing import Any
 from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
 from engine.sessions import Session, VisitorMemory
-from engine.stores.base import BaseOutbox, KeyedLocks, PushTransaction, Sessions
+from engine.stores.base import BaseOutbox, PushTransaction, Sessions
 from engine.values import copy_json
 
 __all__ = ["MemorySessions"]
 
+# The C class itself: threading.RLock is a Python function around it (a frame per call).
+_new_rlock = _thread.RLock
 
-class _Saved:
-    """What a push may change in a session and its visitor's memory, as it was before.
 
-    It reads the session's parts as they are, ``None`` for those not made yet, so that taking
-    it makes nothing."""
-
-    __slots__ = (
-        "firings",
-        "identity",
-        "last_seen",
-        "pageview",
-        "pushes",
-        "session_kept",
-        "state",
-        "visitor_firings",
-        "visitor_kept",
-    )
-
-    def __init__(self, session: Session) -> None:
-        # Shallow copies suffice: a state is replaced, never changed, and kept values are
-        # snapshots of it; a push changes only the top level of the identity (a local
-        # Sitecore browser id) and appends to firing lists.
-        # No lock for the visitor's memory: the pushes that change it are this one and
-        # others of the visitor, which wait for this one (MemorySessions.begin).
-        self.state = session.state
-        values = session._pageview
-        self.pageview = dict(values) if values else None
-        values = session._session_kept
-        self.session_kept = dict(values) if values else None
-        firings = session._firings
-        self.firings = {rule: list(times) for rule, times in firings.items()} if firings else None
-        values = session._identity
-        self.identity = dict(values) if values else None
-        self.last_seen, self.pushes = session.last_seen, session.pushes
-        memory = session._visitor
-        if memory is None:
-            self.visitor_kept = self.visitor_firings = None
-        else:
-            self.visitor_kept = dict(memory.kept)
-            shared = memory.firings
-            self.visitor_firings = {rule: list(t) for rule, t in shared.items()}
-
-    def restore(self, session: Session) -> None:
-        """Put it back, in place: other code holds references to these dicts."""
-        session.state = self.state
-        _put_back(session._pageview, self.pageview)
-        _put_back(session._session_kept, self.session_kept)
-        _put_back(session._firings, self.firings)
-        _put_back(session._identity, self.identity)
-        session.last_seen, session.pushes = self.last_seen, self.pushes
-        memory = session._visitor  # made by the push, perhaps: then emptied
-        if memory is not None:
-            with memory.lock:
-                _put_back(memory.kept, self.visitor_kept)
-                _put_back(memory.firings, self.visitor_firings)
+_new_hold = object.__new__
 
 
 def _put_back(held: dict[str, Any] | None, saved: dict[str, Any] | None) -> None:
@@ -88,13 +38,82 @@ def _put_back(held: dict[str, Any] | None, saved: dict[str, Any] | None) -> None
             held.update(saved)
 
 
-class _Transaction(PushTransaction):
-    __slots__ = ("committed", "saved", "session")
+class _Hold(PushTransaction):
+    """:meth:`MemorySessions.begin`'s context and the push's transaction in one object (a
+    class, not a generator, and one object, not three: it is on every push's path).
 
-    def __init__(self, session: Session) -> None:
+    Entering it takes what a push may change in the session and its visitor's memory, as it
+    was: shallow copies suffice, as a state is replaced, never changed, kept values are
+    snapshots of it, a push changes only the top level of the identity (a local Sitecore
+    browser id) and firing lists are replaced, never changed (Session.record_firing). A part
+    not made yet is saved as ``None``, so that saving makes nothing. No lock for the visitor's
+    memory: the pushes that change it are this one and others of the visitor, which wait for
+    this one (the visitor's lock)."""
+
+    __slots__ = (
+        "_committed",
+        "_firings",
+        "_identity",
+        "_last_seen",
+        "_lock",
+        "_now",
+        "_pageview",
+        "_pushes",
+        "_session_id",
+        "_session_kept",
+        "_state",
+        "_store",
+        "_visitor_firings",
+        "_visitor_id",
+        "_visitor_kept",
+        "session",
+    )
+
+    _store: MemorySessions
+    _session_id: str
+    _visitor_id: str | None
+    _now: float
+
+    def __enter__(self) -> _Hold:
+        store = self._store
+        # Marked used at once (a push of it arriving meanwhile must not find it expired),
+        # and put back as it was if this push fails.
+        # The visitor's lock is counted in under the store's lock, which the look-up takes
+        # anyway: one acquisition of it where a separate set of keyed locks took two.
+        with store._lock:
+            session, self._last_seen = store._use(self._session_id, self._visitor_id, self._now)
+            self._visitor_id = visitor_id = session.visitor_id
+            held = store._held.get(visitor_id)
+            if held is None:
+                held = store._held[visitor_id] = [_new_rlock(), 1]
+            else:
+                held[1] += 1
+        self._lock = held
+        lock = held[0]
+        lock.acquire()
+        try:
+            session._acquire()  # (session.lock's, without making a handle on every push)
+        except BaseException:
+            self._let_go()
+            raise
         self.session = session
-        self.saved = _Saved(session)
-        self.committed = False
+        self._committed = False
+        self._state, self._pushes = session.state, session.pushes
+        values = session._pageview
+        self._pageview = dict(values) if values else None
+        values = session._session_kept
+        self._session_kept = dict(values) if values else None
+        values = session._firings
+        self._firings = dict(values) if values else None
+        values = session._identity
+        self._identity = dict(values) if values else None
+        memory = session._visitor
+        if memory is None:
+            self._visitor_kept = self._visitor_firings = None
+        else:
+            self._visitor_kept = dict(memory.kept)
+            self._visitor_firings = dict(memory.firings)
+        return self
 
     def commit(
         self,
@@ -104,42 +123,27 @@ class _Transaction(PushTransaction):
     ) -> bool:
         if items and outbox is not None:
             outbox.check_bound(len(items))
-            outbox.append_many(items, now=now)  # raises: rolled back by begin()
-        self.committed = True
+            outbox.append_many(items, now=now)  # raises: rolled back on the way out
+        self._committed = True
         return True
 
     def rollback(self) -> None:
-        if not self.committed:
-            self.saved.restore(self.session)
-
-
-class _Hold:
-    """:meth:`MemorySessions.begin`'s context (a class, not a generator: it is on every
-    push's path)."""
-
-    __slots__ = ("_lock", "_now", "_session_id", "_store", "_transaction", "_visitor_id")
-
-    def __init__(
-        self, store: MemorySessions, session_id: str, visitor_id: str | None, now: float
-    ) -> None:
-        self._store = store
-        self._session_id, self._visitor_id, self._now = session_id, visitor_id, now
-
-    def __enter__(self) -> _Transaction:
-        store = self._store
-        # Marked used at once (a push of it arriving meanwhile must not find it expired),
-        # and put back as it was if this push fails.
-        session, before = store._checkout(self._session_id, self._visitor_id, self._now)
-        self._visitor_id = session.visitor_id
-        self._lock = store._visitor_locks.acquire(session.visitor_id)
-        try:
-            session._acquire()  # (session.lock's, without making a handle on every push)
-        except BaseException:
-            store._visitor_locks.release(session.visitor_id, self._lock)
-            raise
-        self._transaction = _Transaction(session)
-        self._transaction.saved.last_seen = before
-        return self._transaction
+        """Put the session back as it was, in place: other code holds references to its
+        dicts."""
+        if self._committed:
+            return
+        session = self.session
+        session.state = self._state
+        _put_back(session._pageview, self._pageview)
+        _put_back(session._session_kept, self._session_kept)
+        _put_back(session._firings, self._firings)
+        _put_back(session._identity, self._identity)
+        session.last_seen, session.pushes = self._last_seen, self._pushes
+        memory = session._visitor  # made by the push, perhaps: then emptied
+        if memory is not None:
+            with memory.lock:
+                _put_back(memory.kept, self._visitor_kept)
+                _put_back(memory.firings, self._visitor_firings)
 
     def __exit__(
         self,
@@ -147,13 +151,22 @@ class _Hold:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        transaction = self._transaction
         try:
             if kind is not None:
-                transaction.rollback()
+                self.rollback()
         finally:
-            transaction.session._release()
-            self._store._visitor_locks.release(transaction.session.visitor_id, self._lock)
+            self.session._release()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Give up the visitor's lock, dropped when nobody holds or waits for it."""
+        held = self._lock
+        held[0].release()
+        store = self._store
+        with store._lock:
+            held[1] -= 1
+            if not held[1]:
+                del store._held[self.session.visitor_id]
 
 
 class MemorySessions(Sessions):
@@ -185,8 +198,9 @@ class MemorySessions(Sessions):
         self._visitors: dict[str, VisitorMemory | Session] = {}
         self._lock = threading.Lock()
         # One visitor's pushes one at a time, whichever of its sessions: they share its
-        # memory, which a failed push puts back as it was.
-        self._visitor_locks = KeyedLocks()
+        # memory, which a failed push puts back as it was. Visitor id → [its reentrant lock,
+        # pushes holding or waiting for it], counted under _lock (_Hold).
+        self._held: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -205,23 +219,36 @@ class MemorySessions(Sessions):
         puts back)."""
         now = self.clock() if now is None else now
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None:
-                if not self._expired(session, now):
-                    before = session.last_seen
-                    session.last_seen = max(session.last_seen, now)
-                    self._sessions.move_to_end(session_id)
-                    return session, before
-                self._drop(session_id)
-            session = Session(session_id, visitor_id, now=now)
-            self._attach(session)
-            self._add(session)
-            return session, session.last_seen
+            return self._use(session_id, visitor_id, now)
+
+    def _use(self, session_id: str, visitor_id: str | None, now: float) -> tuple[Session, float]:
+        """:meth:`_checkout`'s work, the lock held."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            before = session.last_seen
+            if now - before < self.idle_timeout:  # (_expired, inline: on every push's path)
+                if now > before:
+                    session.last_seen = now
+                self._sessions.move_to_end(session_id)
+                return session, before
+            self._drop(session_id)
+        session = Session(session_id, visitor_id, now=now)
+        self._attach(session)
+        self._add(session)
+        return session, session.last_seen
 
     def begin(self, session_id: str, visitor_id: str | None, now: float) -> _Hold:
         """The live session, held for one push: the visitor's pushes (all its sessions) one at
         a time, and on an exception or a failed commit everything the push changed undone."""
-        return _Hold(self, session_id, visitor_id, now)
+        # (made without calling __init__: one frame fewer on every push's path)
+        hold = _new_hold(_Hold)
+        hold._store, hold._session_id, hold._visitor_id, hold._now = (
+            self,
+            session_id,
+            visitor_id,
+            now,
+        )
+        return hold
 
     def read(self, session_id: str) -> Session | None:
         return self.peek(session_id)
