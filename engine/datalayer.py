@@ -28,6 +28,7 @@ __all__ = [
     "merge_gtm",
     "split",
     "validate",
+    "validate_merge",
 ]
 
 # A push's limits. MAX_DEPTH bounds the state as well: both merges put every pushed value at
@@ -241,6 +242,203 @@ def split(item: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     event = name if type(name) is str and name else None
     data = {k: v for k, v in item.items() if k != "event" and k != "eventInfo"}
     return event, data
+
+
+# ------------------------------------------------------------------ all three at once
+def validate_merge(
+    mode: str,
+    state: dict[str, Any],
+    item: object,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_items: int = MAX_ITEMS,
+) -> tuple[dict[str, Any], str | None, dict[str, Any], list[Path]]:
+    """``(pushed, event, new state, changed)``: :func:`validate` of ``item``, :func:`split` of
+    that and :func:`merge` of its data into ``state`` (``copy=False``), with what they return
+    and raise. ACDL takes one walk of the push for the three (the push is read once, where the
+    merge read the validated copy again); GTM and anything refused take them one by one, which
+    say what is wrong."""
+    if mode == "acdl" and type(item) is dict:
+        try:
+            pushed, new, changed = _walk(state, item, (), 1, [max_items - 1, max_depth], True)
+        except (_Refused, RecursionError):
+            pass  # the steps one by one name the problem
+        else:
+            name = pushed.get("event")
+            return pushed, name if type(name) is str and name else None, new, changed
+    pushed = validate(item, max_depth=max_depth, max_items=max_items)
+    event, data = split(pushed)
+    new, changed = merge(mode, state, data, copy=False)
+    return pushed, event, new, changed
+
+
+def _walk(
+    old: dict[str, Any] | None,
+    value: dict[Any, Any],
+    prefix: Path,
+    depth: int,
+    limits: list[int],
+    top: bool = False,
+    changed: list[Path] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
+    """:func:`_quick_dict` of ``value`` and :func:`_acdl_changes` of that copy into ``old``,
+    in one walk: ``(copy, merged, changed)``. At the ``top`` level ``event`` and
+    ``eventInfo`` are copied but not merged, as :func:`split` leaves them out."""
+    if changed is None:
+        changed = []
+    limits[0] -= len(value)
+    if depth > limits[1] or limits[0] < 0:
+        raise _Refused
+    out: dict[str, Any] = {}
+    result = {} if old is None else dict(old)
+    for key, child in value.items():
+        if type(key) is not str or (not key.isascii() and _SURROGATE.search(key)):
+            raise _Refused
+        kind = type(child)
+        if top and (key == "event" or key == "eventInfo"):
+            if kind is dict:
+                child = _quick_dict(child, depth + 1, limits)
+            elif kind is list:
+                child = _quick_list(child, depth + 1, limits)
+            elif child is not None and kind is not bool:
+                _quick_list([child], depth, [1, depth])  # a scalar: checked as in a list
+            out[key] = child  # not merged
+            continue
+        if kind is dict:
+            current = result.get(key)
+            if child:
+                child, result[key], _ = _walk(
+                    current if type(current) is dict else None,
+                    child,
+                    (*prefix, key),
+                    depth + 1,
+                    limits,
+                    False,
+                    changed,
+                )
+            else:
+                if depth >= limits[1]:  # as _quick_dict({}) one level down
+                    raise _Refused
+                child = {}
+                if type(current) is not dict:  # `{}` over a dict keeps it as it is
+                    result[key] = {}
+                    changed.append((*prefix, key))
+        elif child is None:
+            if key in result:  # a key of `old`: deleted; an absent one stays absent
+                del result[key]
+                changed.append((*prefix, key))
+        else:
+            if kind is list:
+                child, after = _clean_list(child, depth + 1, limits)
+            else:
+                if kind is str:
+                    if not child.isascii() and _SURROGATE.search(child):
+                        raise _Refused
+                elif kind is int:
+                    if child > INT_MAX or child < INT_MIN:
+                        raise _Refused
+                elif kind is float:
+                    if not _isfinite(child):
+                        raise _Refused
+                elif kind is not bool:
+                    raise _Refused
+                after = child
+            before = result.get(key, _ABSENT)
+            result[key] = after
+            if kind is str and type(before) is str:  # the commonest: text over text
+                if before != after:
+                    changed.append((*prefix, key))
+            elif not _same(before, after):
+                changed.append((*prefix, key))
+        out[key] = child
+    return out, result, changed
+
+
+def _clean_list(value: list[Any], depth: int, limits: list[int]) -> tuple[list[Any], Any]:
+    """:func:`_quick_list` of ``value`` and :func:`_without_nulls` of that copy, in one walk;
+    the copy itself when it holds no null (states and pushes are never changed in place)."""
+    limits[0] -= len(value)
+    if depth > limits[1] or limits[0] < 0:
+        raise _Refused
+    out: list[Any] = []
+    clean: list[Any] = []
+    same = True
+    for child in value:
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() and _SURROGATE.search(child):
+                raise _Refused
+        elif kind is dict:
+            child, kept = _clean_dict(child, depth + 1, limits)
+            out.append(child)
+            clean.append(kept)
+            same = same and kept is child
+            continue
+        elif kind is list:
+            child, kept = _clean_list(child, depth + 1, limits)
+            out.append(child)
+            clean.append(kept)
+            same = same and kept is child
+            continue
+        elif child is None:
+            out.append(None)
+            same = False
+            continue
+        elif kind is int:
+            if child > INT_MAX or child < INT_MIN:
+                raise _Refused
+        elif kind is float:
+            if not _isfinite(child):
+                raise _Refused
+        elif kind is not bool:
+            raise _Refused
+        out.append(child)
+        clean.append(child)
+    return out, out if same else clean
+
+
+def _clean_dict(value: dict[Any, Any], depth: int, limits: list[int]) -> tuple[dict[str, Any], Any]:
+    """:func:`_clean_list` for an object in a list."""
+    limits[0] -= len(value)
+    if depth > limits[1] or limits[0] < 0:
+        raise _Refused
+    out: dict[str, Any] = {}
+    clean: dict[str, Any] = {}
+    same = True
+    for key, child in value.items():
+        if type(key) is not str or (not key.isascii() and _SURROGATE.search(key)):
+            raise _Refused
+        kind = type(child)
+        if kind is str:
+            if not child.isascii() and _SURROGATE.search(child):
+                raise _Refused
+        elif kind is dict:
+            child, kept = _clean_dict(child, depth + 1, limits)
+            out[key] = child
+            clean[key] = kept
+            same = same and kept is child
+            continue
+        elif kind is list:
+            child, kept = _clean_list(child, depth + 1, limits)
+            out[key] = child
+            clean[key] = kept
+            same = same and kept is child
+            continue
+        elif child is None:
+            out[key] = None
+            same = False
+            continue
+        elif kind is int:
+            if child > INT_MAX or child < INT_MIN:
+                raise _Refused
+        elif kind is float:
+            if not _isfinite(child):
+                raise _Refused
+        elif kind is not bool:
+            raise _Refused
+        out[key] = child
+        clean[key] = child
+    return out, out if same else clean
 
 
 # ------------------------------------------------------------------ ACDL merge

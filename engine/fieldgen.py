@@ -65,6 +65,8 @@ Leaf = Callable[[ast.Expr], tuple[bool, Any]]
 _STRING_METHODS = {"lower": "lower", "upper": "upper", "trim": "strip"}
 
 _SCALARS = (str, int, float, bool, type(None))
+_NO_MEMO: dict[str, Any] = {}  # a scope's memo before its first element (never written)
+_MISS: Any = object()
 
 
 class _Part:
@@ -84,6 +86,9 @@ class _Source:
             "_copy": values.copy_json,
             "_text": values.stringify,
             "_lookup": values.lookup,
+            "_join": " ".join,
+            "_nomemo": _NO_MEMO,
+            "_miss": _MISS,
         }
         self.count = 0
 
@@ -166,7 +171,13 @@ class _Source:
     def ref(self, node: ast.Ref) -> str:
         """A reference read inline, as the compiler's closures read it."""
         if node.root == "element":
-            code = f"s.element({self.name('k', node.name)})"
+            # The push's memo read inline (a C lookup); Scope.element only for the first
+            # read, which computes the element and keeps it as its `keep` says.
+            name, v = self.name("k", node.name), self.local()
+            code = (
+                f"({v} if ({v} := (s._memo or _nomemo).get({name}, _miss)) is not _miss "
+                f"else s.element({name}))"
+            )
         else:
             # The state, the event and the request are always objects.
             code = {"state": "s.state", "event": "s.event", "request": "s.request"}[node.root]
@@ -189,6 +200,8 @@ class _Source:
         if node.name == "default":
             fallback = "None" if node.arg is None else self.value(node.arg)
             return f"({v} if ({v} := {operand}) is not None else {fallback})"
+        if node.name == "clean" and node.arg is None:  # values.f_clean, without its call
+            return f"(_join({v}.split()) if type({v} := {operand}) is str else {v})"
         if node.name in _STRING_METHODS and node.arg is None:
             method = _STRING_METHODS[node.name]
             return f"({v}.{method}() if type({v} := {operand}) is str else {v})"

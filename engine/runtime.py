@@ -367,10 +367,10 @@ def process_push(
     Raises :class:`~engine.errors.PushError` for input that is not a valid push, leaving the
     session untouched.
     """
-    pushed = datalayer.validate(item)
-    event, data = datalayer.split(pushed)
     # `pushed` is validate's private copy: the state may keep its values without copying.
-    state, changed = datalayer.merge(ruleset.datalayer.merge, session.state, data, copy=False)
+    pushed, event, state, changed = datalayer.validate_merge(
+        ruleset.datalayer.merge, session.state, item
+    )
     session.state = state  # the merge copied what it changed: `state` is the snapshot
     session.last_seen = now
     session.pushes += 1

@@ -14,6 +14,7 @@ Fn = Callable[["Scope"], Any]
 
 
 NO_REQUEST: dict[str, Any] = {"bot": False}  # what rules see of a push without a context
+_MISS: Any = object()
 
 
 class Scope:
@@ -52,15 +53,19 @@ class Scope:
         return memo
 
     def element(self, name: str) -> Any:
+        # Generated code (engine.fieldgen) reads `_memo` itself and calls this on a miss.
         memo = self._memo
         if memo is None:
             memo = self._memo = {}
-        elif name in memo:
-            return memo[name]
+        else:
+            value = memo.get(name, _MISS)
+            if value is not _MISS:
+                return value
         element = self.elements[name]
         value = element.fn(self)
-        if element.keep is not None and self.kept is not None:
-            store = self.kept.get(element.keep)
+        keep = element.keep
+        if keep is not None and self.kept is not None:
+            store = self.kept.get(keep)
             if store is not None:
                 if value is None:
                     value = store.get(name)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import random
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -125,3 +127,45 @@ def test_a_body_read_back_is_its_bytes_parsed_when_first_read() -> None:
         lazy.other  # type: ignore[attr-defined]  # noqa: B018
     with pytest.raises(dataclasses.FrozenInstanceError):
         lazy.body = {}  # type: ignore[misc]
+
+
+PLAN_FIELDS: list[dict[str, Any]] = [
+    {"type": "t", "xdm": {"commerce": {"cart": {"cartID": None}, "checkouts": {"value": 1}}}},
+    {"type": "t", "xdm": {"eventType": None, "_id": "mine"}, "data": {"a": None, "b": [None]}},
+    {"type": "t", "xdm": {"identityMap": {"CRMID": [{"id": "c", "primary": False}]}}},
+    {"type": "t", "xdm": {"identityMap": {"CRMID": [{"id": None, "primary": True}]}}},
+    {"type": "t", "xdm": {"identityMap": {}}, "data": {"n": None}},
+    {"type": "t", "xdm": {"identityMap": {"CRMID": "not a list"}}},
+]
+
+
+@pytest.mark.parametrize("fields", PLAN_FIELDS)
+@pytest.mark.parametrize("identity", [{}, {"fpid": "F1"}, {"ecid": "E1", "identity_map": {}}])
+def test_a_plan_builds_sends_holding_nulls_or_an_identity_map_itself(
+    fields: dict[str, Any], identity: dict[str, Any]
+) -> None:
+    plan = plan_edge_send({"type": "t"}, {"xdm", "data"})
+    assert plan is not None
+    settings = EdgeSettings(datastream="ds-1")
+    options: dict[str, Any] = {
+        "rule": "R",
+        "identity": identity,
+        "timestamp": "2025-06-02T10:00:00.123Z",
+        "event_id": "e-1",
+        "request_id": "r-1",
+        "now": 1.0,
+    }
+    general = _attempt(build_edge_request, fields, settings, **options)
+    args = ("R", identity, options["timestamp"], "e-1", "r-1", 1.0, None)
+    planned = _attempt(plan._build, fields, settings, *args)
+    assert planned == general
+    assert planned is not None  # not handed back to the general way
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_message_cut_at_its_separators_is_encoded_as_a_whole(seed: int) -> None:
+    rng = random.Random(seed)
+    tokens = ['","', '"', ",", '":"', "a", " ", "%", "ü", '\\"', "{", "}", "😀"]
+    for _ in range(2000):
+        text = "".join(rng.choice(tokens) for _ in range(rng.randint(0, 30)))
+        assert sitecore._encoded_message(text) == quote(text, safe="")

@@ -431,9 +431,11 @@ class EdgePlan:
         request_id: str,
         now: float | None,
         context: VisitorContext | None,
+        cleaned: bool = False,
     ) -> Request | None:
         # As _build(copy=False), each step in the same order, the constants' and the
-        # settings' already taken.
+        # settings' already taken; ``cleaned``: as _build(copy=True), for an xdm or data
+        # holding a null or an identity map (their nulls dropped first, as it does).
         get = fields.get
         xdm_in = get("xdm")
         if type(xdm_in) is not dict:
@@ -441,8 +443,26 @@ class EdgePlan:
         data = get("data")
         if type(data) is not dict:
             data = _mapping(data, "data", rule)
-        if xdm_in.get("identityMap") is not None:
-            return None
+        if cleaned:
+            xdm_in, data = drop_nulls(xdm_in), drop_nulls(data)
+            rule_map = xdm_in.get("identityMap")
+            if rule_map is not None:
+                _check_identity_map(rule_map, "xdm.identityMap", rule)
+        elif xdm_in.get("identityMap") is not None:
+            return self._build(
+                fields,
+                settings,
+                rule,
+                identity,
+                timestamp,
+                event_id,
+                request_id,
+                now,
+                context,
+                True,
+            )
+        else:
+            rule_map = None
         event_type = self.auto_type
         auto: dict[str, Any] = (
             {"timestamp": timestamp}
@@ -456,7 +476,7 @@ class EdgePlan:
         read = identity.get
         # (_session_identity_map finds nothing without one of these: a session's commonest)
         if identity and (read("identity_map") is not None or read("fpid") or read("ecid")):
-            identity_map = _session_identity_map(identity, (None, {}))
+            identity_map = _session_identity_map(identity, (rule_map, {}))
             if identity_map:
                 auto["identityMap"] = identity_map
         if self.merge_id is not None:
@@ -467,6 +487,8 @@ class EdgePlan:
             xdm = {**auto, **xdm_in}
         else:
             xdm = deep_merge(auto, xdm_in)
+        if rule_map is not None and xdm.get("identityMap") == {}:
+            del xdm["identityMap"]
         event: dict[str, Any] = {"xdm": xdm}
         if data:
             event["data"] = data
@@ -503,7 +525,21 @@ class EdgePlan:
         # then shares nothing with the fields or this plan.
         written = plain_json(body)
         if written is None:
-            return None
+            if cleaned:
+                return None  # a NaN or a number beyond 64 bits: the general way decides
+            # A null (a missing value the rule sends): dropped, as the general way does.
+            return self._build(
+                fields,
+                settings,
+                rule,
+                identity,
+                timestamp,
+                event_id,
+                request_id,
+                now,
+                context,
+                True,
+            )
         action: Literal["collect", "interact"] = "collect" if collect else "interact"
         hint = read("location_hint")
         if hint is None:
