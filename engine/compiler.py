@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from engine import ast, values
-from engine.codegen import generate_condition
 from engine.diagnostics import Diagnostic, Span
 from engine.fieldgen import FieldBuilder, generate_element, generate_fields, place
 from engine.patterns import compile_pattern
@@ -595,6 +594,9 @@ class _Upgrade:
         current = self if condition is None else condition.fn
         if current is self:
             label = "" if condition is None else str(condition.span)
+            # Imported here: loading a ruleset (and `tagengine check`) never runs a condition.
+            from engine.codegen import generate_condition
+
             try:
                 current = generate_condition(self.expr, _closure, label)
             except (RecursionError, SyntaxError, MemoryError):  # a huge expression: keep closures
