@@ -331,7 +331,9 @@ class _FileChecker:
                 self.diag(
                     sample.span, f"sample must be between 0% and 100%, not {sample.percent:g}%"
                 )
-        units: dict[str, Span] = {}
+        # One limit per unit, and one keyed limit per unit besides ("each milestone once, at
+        # most 20 a session"): they are counted apart, under the rule's name and its keys.
+        units: dict[tuple[str, bool], Span] = {}
         for limit in node.limits:
             for key in limit.keys:
                 self.expr(key)
@@ -343,9 +345,10 @@ class _FileChecker:
                     limit.unit_span,
                     f"unknown limit unit '{limit.unit}'; expected {', '.join(LIMIT_UNITS)}{hint}",
                 )
-            elif limit.unit in units:
-                self.diag(limit.unit_span, f"the rule already has a limit per {limit.unit}")
-            units[limit.unit] = limit.unit_span
+            elif (limit.unit, bool(limit.keys)) in units:
+                keyed = "keyed limit" if limit.keys else "limit"
+                self.diag(limit.unit_span, f"the rule already has a {keyed} per {limit.unit}")
+            units[limit.unit, bool(limit.keys)] = limit.unit_span
         for action in node.actions:
             if isinstance(action, ast.Send):
                 self.send(action)

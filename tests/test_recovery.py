@@ -535,3 +535,35 @@ def test_an_expect_tells_text_from_booleans_and_numbers() -> None:
         '    + data.count: "1"'
     ]
     assert same.failures == []
+
+
+def test_a_keyed_and_an_unkeyed_limit_may_share_a_unit() -> None:
+    rules = dedent(
+        """\
+        rule "Milestone" {
+          on "m"
+          limit 1 per session by event.video, event.milestone
+          limit 3 per session
+          send event { type: "media.milestone" }
+        }
+        test "each once, at most three" {
+          push { event: "m", video: "a", milestone: 25 }
+          push { event: "m", video: "a", milestone: 25 }
+          push { event: "m", video: "a", milestone: 50 }
+          push { event: "m", video: "b", milestone: 25 }
+          push { event: "m", video: "b", milestone: 50 }
+          expect 3 sends from "Milestone"
+        }
+        """
+    )
+    (report,) = run_tests(load_text({"s.rules": SETTINGS, "t.rules": rules}))
+    assert report.failures == []
+    twice = rules.replace("limit 3 per session", "limit 3 per session by event.video")
+    assert rendered_errors({"s.rules": SETTINGS, "t.rules": twice}) == [
+        dedent(
+            """\
+            t.rules:4:15: error: the rule already has a keyed limit per session
+             4 |   limit 3 per session by event.video
+               |               ^~~~~~~"""
+        )
+    ]
