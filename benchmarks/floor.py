@@ -153,9 +153,13 @@ def _number(v: Any) -> int | float | None:
     return None
 
 
-def _round2(v: int | float | None) -> float | None:
-    # round() agrees with the engine's round-half-up on every amount of the journey
-    return None if v is None else round(float(v), 2)
+def _round2(v: int | float | None) -> int | float | None:
+    # round() agrees with the engine's round-half-up on every amount of the journey; a whole
+    # result is written as a whole number, as the engine (and JSON.stringify) writes it
+    if v is None:
+        return None
+    result = round(float(v), 2)
+    return int(result) if result.is_integer() else result
 
 
 _NO = frozenset({"", "false", "no", "off"})

@@ -341,7 +341,11 @@ def f_round(v: Any, digits: Any = 0) -> Any:
         return _bounded(number) if type(number) is int else number
     quantum = Decimal(1).scaleb(-places)
     rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
-    return int(rounded) if places <= 0 else float(rounded)
+    if places <= 0:
+        return int(rounded)
+    result = float(rounded)
+    # A whole number is written as one (`100`, not `100.0`), as JSON.stringify writes it.
+    return int(result) if result.is_integer() else result
 
 
 def f_length(v: Any) -> Any:

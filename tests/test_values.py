@@ -606,3 +606,13 @@ def test_arithmetic_is_total_on_large_numbers(op: str, a: Any, b: Any) -> None:
     # Text too large to be a number is text: `+` joins it.
     joined = op == "+" and isinstance(a, str) and isinstance(result, str)
     assert result is None or isinstance(result, int | float) or joined
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "expected"), [(100, 2, 100), ("0", 2, 0), (2.5, 2, 2.5), (1.005, 2, 1.01)]
+)
+def test_round_writes_a_whole_result_as_a_whole_number(
+    value: Any, digits: int, expected: Any
+) -> None:
+    result = values.f_round(value, digits)
+    assert result == expected and type(result) is type(expected)
