@@ -922,8 +922,13 @@ def _line(facts_by_file: dict[str, FileFacts], span: Span) -> str | None:
     return None
 
 
-def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
-    """Cross-file checks over the facts of every file, in load order."""
+def check_ruleset(
+    files: Sequence[FileFacts], maybe_defined: Callable[[str, str], bool] | None = None
+) -> list[Diagnostic]:
+    """Cross-file checks over the facts of every file, in load order. ``maybe_defined(kind,
+    name)`` says whether a file that did not parse may define an ``element``, ``rule``,
+    ``guard`` or ``settings`` block of that name: its uses are then not reported unknown."""
+    elsewhere = maybe_defined or (lambda kind, name: False)
     by_file = {f.path: f for f in files}
     out: list[Diagnostic] = []
 
@@ -946,13 +951,13 @@ def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
     guards = unique("guard", ((g.name, g.name_span) for f in files for g in f.guards))
     for facts in files:
         for name, span in facts.guard_refs:
-            if name not in guards:
+            if name not in guards and not elsewhere("guard", name):
                 diag(span, f"unknown guard '{name}'{did_you_mean(name, guards)}")
 
     deps: dict[str, list[tuple[str, Span]]] = {name: [] for name in elements}
     for facts in files:
         for name, span, token, owner in facts.element_refs:
-            if name not in elements:
+            if name not in elements and not elsewhere("element", name):
                 hint = did_you_mean(name, elements)
                 what = (
                     f"unknown token '%{name}%': no element '{name}'"
@@ -963,14 +968,14 @@ def check_ruleset(files: Sequence[FileFacts]) -> list[Diagnostic]:
             elif owner is not None and owner in deps:
                 deps[owner].append((name, span))
         for block, span in facts.sends:
-            if block not in blocks:
+            if block not in blocks and not elsewhere("settings", block):
                 dest = "event" if block == "edge" else "sitecore"
                 diag(
                     span,
                     f"send {dest} needs a '{block} {{ … }}' settings block; this ruleset has none",
                 )
         for name, span in facts.rule_refs:
-            if name not in rules:
+            if name not in rules and not elsewhere("rule", name):
                 diag(span, f"unknown rule '{name}'{did_you_mean(name, rules)}")
     for chain, span in _cycles(deps):
         diag(span, "element cycle: " + " → ".join(chain))

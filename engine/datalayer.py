@@ -281,7 +281,7 @@ def _walk(
     top: bool = False,
     changed: list[Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[Path]]:
-    """:func:`_quick_dict` of ``value`` and :func:`_acdl_changes` of that copy into ``old``,
+    """:func:`_quick_dict` of ``value`` and :func:`_acdl` of that copy into ``old``,
     in one walk: ``(copy, merged, changed)``. At the ``top`` level ``event`` and
     ``eventInfo`` are copied but not merged, as :func:`split` leaves them out."""
     if changed is None:
@@ -448,42 +448,11 @@ def _acdl(
     prefix: Path,
     changed: list[Path],
     copy: Callable[[Any], Any],
+    every: bool = False,
 ) -> dict[str, Any]:
-    result = {} if old is None else dict(old)
-    for key, value in data.items():
-        path = (*prefix, key)
-        if value is None:
-            result.pop(key, None)
-            changed.append(path)
-        elif type(value) is dict:
-            current = result.get(key)
-            if value:
-                result[key] = _acdl(
-                    current if type(current) is dict else None, value, path, changed, copy
-                )
-            else:
-                if type(current) is not dict:
-                    result[key] = {}
-                changed.append(path)
-        elif type(value) is list:
-            result[key] = _without_nulls(value)
-            changed.append(path)
-        else:
-            result[key] = copy(value)
-            changed.append(path)
-    return result
-
-
-def _acdl_changes(
-    old: dict[str, Any] | None,
-    data: dict[str, Any],
-    prefix: Path,
-    changed: list[Path],
-    copy: Callable[[Any], Any],
-) -> dict[str, Any]:
-    """:func:`_acdl`, noting only the paths whose value differs once merged (what
-    :func:`merge` reports), each compared as it is set: one walk, where comparing afterwards
-    walked every path again from the root."""
+    """``data`` merged into ``old`` (see :func:`merge_acdl`), noting in ``changed`` the paths
+    whose value differs once merged (what :func:`merge` reports), each compared as it is set;
+    with ``every``, every leaf path the push sets."""
     result = {} if old is None else dict(old)
     for key, value in data.items():
         kind = type(value)
@@ -491,23 +460,30 @@ def _acdl_changes(
             if key in result:  # a key of `old`: deleted; an absent one stays absent
                 del result[key]
                 changed.append((*prefix, key))
+            elif every:
+                changed.append((*prefix, key))
         elif kind is dict:
             current = result.get(key)
             if value:
-                result[key] = _acdl_changes(
+                result[key] = _acdl(
                     current if type(current) is dict else None,
                     value,
                     (*prefix, key),
                     changed,
                     copy,
+                    every,
                 )
             elif type(current) is not dict:  # `{}` over a dict keeps it as it is
                 result[key] = {}
                 changed.append((*prefix, key))
+            elif every:
+                changed.append((*prefix, key))
         else:
             before = result.get(key, _ABSENT)
             after = result[key] = _without_nulls(value) if kind is list else copy(value)
-            if kind is str and type(before) is str:  # the commonest: text over text
+            if every:
+                changed.append((*prefix, key))
+            elif kind is str and type(before) is str:  # the commonest: text over text
                 if before != after:
                     changed.append((*prefix, key))
             elif not _same(before, after):
@@ -538,7 +514,7 @@ def merge_acdl(
     with ``state`` every subtree the push did not touch.
     """
     changed: list[Path] = []
-    return _acdl(state, data, (), changed, copy_json if copy else _identity), changed
+    return _acdl(state, data, (), changed, copy_json if copy else _identity, True), changed
 
 
 def _identity(value: Any) -> Any:
@@ -669,7 +645,7 @@ def merge(
     change and ACDL's listeners do not)."""
     if mode == "acdl":
         changed: list[Path] = []
-        new = _acdl_changes(state, data, (), changed, copy_json if copy else _identity)
+        new = _acdl(state, data, (), changed, copy_json if copy else _identity)
         return new, changed
     if mode == "gtm":
         new, paths = merge_gtm(state, data)

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine import ast
 from engine.checker import FileFacts
 from engine.diagnostics import Diagnostic, Span
-from engine.ruleset import glob_regex, is_glob
+from engine.ruleset import glob_regex, is_glob, trigger_text
 
 __all__ = ["ignored_files", "ruleset_warnings"]
 
@@ -61,7 +61,13 @@ def ruleset_warnings(files: Sequence[FileFacts]) -> list[Diagnostic]:
     for facts, rule in rules:
         if rule.name in named or _exercised(rule, events, keys):
             continue
-        listens = ", ".join(_trigger_text(t) for t in rule.triggers) or "nothing"
+        listens = (
+            ", ".join(
+                trigger_text(t.pattern if isinstance(t, ast.EventTrigger) else t.path)
+                for t in rule.triggers
+            )
+            or "nothing"
+        )
         out.append(
             _warning(
                 facts,
@@ -94,13 +100,6 @@ def _exercised(rule: ast.Rule, events: set[str], keys: set[str]) -> bool:
         elif trigger.path and str(trigger.path[0]) in keys:
             return True
     return False
-
-
-def _trigger_text(trigger: ast.Trigger) -> str:
-    if isinstance(trigger, ast.EventTrigger):
-        return f'on "{trigger.pattern}"'
-    steps = "".join(f".{s}" if isinstance(s, str) else f"[{s}]" for s in trigger.path)
-    return f"on change {steps.removeprefix('.')}"
 
 
 # Names a rule file is given by mistake: the loader reads only `*.rules`.

@@ -29,7 +29,7 @@ from engine.compiler import CompiledFile, compile_file, compile_settings
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import RuleError
 from engine.lint import ignored_files, ruleset_warnings
-from engine.parser import GRAMMAR, parse, source_lines
+from engine.parser import ELEMENT_DEFINITION, GRAMMAR, RULE_DEFINITION, parse, source_lines
 from engine.ruleset import CompiledGuard, CompiledRule, Ruleset
 from engine.settings_fields import LoadedSettings
 
@@ -173,30 +173,27 @@ def _unit(name: str, data: bytes, cache_dir: Path | None) -> _Unit:
     return unit
 
 
+def _defined_in(broken: Sequence[FileFacts]) -> Callable[[str, str], bool]:
+    """Whether one of the files that did not parse seems to define a name: read from its
+    text, since its broken statements have no syntax tree."""
+    texts = ["\n".join(facts.lines) for facts in broken]
+    found: dict[str, set[str]] = {}
+
+    def maybe_defined(kind: str, name: str) -> bool:
+        if kind not in found:
+            pattern = _DEFINED[kind]
+            found[kind] = {match for text in texts for match in pattern.findall(text)}
+        return name in found[kind]
+
+    return maybe_defined
+
+
 _DEFINED = {
-    "element": re.compile(r"^[ \t]*element[ \t]+([A-Za-z_][A-Za-z0-9_]*)", re.M),
-    "rule": re.compile(r'^[ \t]*rule[ \t]+"((?:[^"\\\n]|\\.)*)"', re.M),
+    "element": ELEMENT_DEFINITION,
+    "rule": RULE_DEFINITION,
     "guard": re.compile(r'^[ \t]*guard[ \t]+"((?:[^"\\\n]|\\.)*)"', re.M),
     "settings": re.compile(r"^[ \t]*(edge|sitecore)[ \t]*\{", re.M),
 }
-_UNKNOWN = re.compile(
-    r"unknown (element|rule|guard) '([^']*)'|unknown token '%([^%]*)%'|"
-    r"send \w+ needs a '(\w+) \{"
-)
-
-
-def _maybe_defined(message: str, broken: Sequence[FileFacts]) -> bool:
-    """Whether ``message`` reports a name that a file which did not parse seems to define."""
-    match = _UNKNOWN.match(message)
-    if match is None:
-        return False
-    kind, name, token, block = match.groups()
-    if token is not None:
-        kind, name = "element", token
-    elif block is not None:
-        kind, name = "settings", block
-    pattern = _DEFINED[kind]
-    return any(name in pattern.findall("\n".join(facts.lines)) for facts in broken)
 
 
 def _guarded(rule: CompiledRule, guards: Sequence[CompiledGuard]) -> CompiledRule:
@@ -307,12 +304,10 @@ def _build(
         if unit.compiled is not None:
             diagnostics.extend(unit.compiled.warnings)
     facts = [unit.facts for unit in units]
-    cross = check_ruleset(facts)
     broken = [unit.facts for unit in units if not unit.parsed]
-    if broken:
-        # A name defined in a file that did not parse may be defined in one of its broken
-        # statements: its uses are not reported, but every other unknown name still is.
-        cross = [d for d in cross if not _maybe_defined(d.message, broken)]
+    # A name defined in a file that did not parse may be defined in one of its broken
+    # statements: its uses are not reported, but every other unknown name still is.
+    cross = check_ruleset(facts, _defined_in(broken) if broken else None)
     diagnostics.extend(cross)
     by_file = {f.path: f for f in facts}
 

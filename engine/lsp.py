@@ -25,6 +25,7 @@ from engine import vocabulary
 from engine.diagnostics import Diagnostic, Span
 from engine.errors import RuleError
 from engine.loader import build_ruleset, rule_files
+from engine.parser import ELEMENT_DEFINITION, RULE_DEFINITION
 from engine.settings import SETTINGS_MODELS
 from engine.values import FILTERS
 
@@ -147,8 +148,8 @@ TEST_CLAUSES = ("push", "expect", "session", "consent", "request")
 TOP_LEVEL = ("rule", "element", "test", "guard", "setup", *SETTINGS_MODELS)
 
 # ------------------------------------------------------------------ reading the folder
-_ELEMENT = re.compile(r"^[ \t]*element[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.MULTILINE)
-_RULE = re.compile(r'^[ \t]*rule[ \t]+"((?:[^"\\\n]|\\.)*)"', re.MULTILINE)
+_ELEMENT = ELEMENT_DEFINITION
+_RULE = RULE_DEFINITION
 _EVENT_FIELD = re.compile(r'\bevent[ \t]*:[ \t]*"((?:[^"\\\n]|\\.)*)"')
 _ON = re.compile(r"^[ \t]*on[ \t]+([^\n]*)", re.MULTILINE)
 _STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')

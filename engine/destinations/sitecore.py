@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
@@ -499,24 +499,35 @@ def _missing(rule: str, name: str, example: str) -> EvaluationError:
     )
 
 
-def _language(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> str:
-    value = _base_text(fields, "language", settings.language, rule)
+def _coded(
+    fields: Mapping[str, Any],
+    name: str,
+    default: str | None,
+    rule: str,
+    example: str,
+    code_of: Callable[[str], str | None],
+    problem: Callable[[str], str],
+) -> str:
+    """The send's (or the settings') language or currency, as the code the API takes."""
+    value = _base_text(fields, name, default, rule)
     if not value:
-        raise _missing(rule, "language", "EN")
-    code = language_code(value)
+        raise _missing(rule, name, example)
+    code = code_of(value)
     if code is None:
-        raise EvaluationError(f"rule {rule!r}: sitecore {language_problem(value)}")
+        raise EvaluationError(f"rule {rule!r}: sitecore {problem(value)}")
     return code
+
+
+def _language(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> str:
+    return _coded(
+        fields, "language", settings.language, rule, "EN", language_code, language_problem
+    )
 
 
 def _currency(fields: Mapping[str, Any], settings: SitecoreSettings, rule: str) -> str:
-    value = _base_text(fields, "currency", settings.currency, rule)
-    if not value:
-        raise _missing(rule, "currency", "EUR")
-    code = currency_code(value)
-    if code is None:
-        raise EvaluationError(f"rule {rule!r}: sitecore {currency_problem(value)}")
-    return code
+    return _coded(
+        fields, "currency", settings.currency, rule, "EUR", currency_code, currency_problem
+    )
 
 
 _CHECKED_ROOTS = frozenset(path[0] for path in CHECKED_PATHS)
