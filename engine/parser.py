@@ -24,9 +24,21 @@ from engine.diagnostics import Diagnostic, Span
 from engine.hints import Hint, syntax_hint
 from engine.values import INT_MAX
 
-__all__ = ["GRAMMAR", "ParseResult", "parse", "parse_template"]
+__all__ = [
+    "ELEMENT_DEFINITION",
+    "GRAMMAR",
+    "RULE_DEFINITION",
+    "ParseResult",
+    "parse",
+    "parse_template",
+]
 
 GRAMMAR = Path(__file__).with_name("grammar.lark").read_text(encoding="utf-8")
+
+# Where a file defines an element or a rule, read from its text without parsing it (a file
+# being typed, or one with syntax errors): group 1 is the name.
+ELEMENT_DEFINITION = re.compile(r"^[ \t]*element[ \t]+([A-Za-z_][A-Za-z0-9_]*)[ \t]*=", re.M)
+RULE_DEFINITION = re.compile(r'^[ \t]*rule[ \t]+"((?:[^"\\\n]|\\.)*)"', re.M)
 
 # Tokens after which a newline cannot end a clause: the expression or list goes on.
 _CONTINUES_AFTER = frozenset(
@@ -930,7 +942,19 @@ class _Parser:
                         resume = (
                             inner if inner is not None else _next_statement(source, position + 1)
                         )
-                        if resume is None or len(syntax) >= _MAX_SYNTAX_ERRORS:
+                        if resume is not None and len(syntax) >= _MAX_SYNTAX_ERRORS:
+                            # Said, not silently dropped: where checking stopped.
+                            line, _ = _position(text, resume)
+                            syntax.append(
+                                Diagnostic(
+                                    Span(filename, line, 1, line, 2),
+                                    f"stopped after {_MAX_SYNTAX_ERRORS} syntax errors: "
+                                    f"the file is not checked from line {line} on",
+                                    source_line=builder.lines[line - 1],
+                                )
+                            )
+                            break
+                        if resume is None:
                             break
                         # Everything before `resume` has been parsed or reported: blank it
                         # (keeping line ends, so positions stay true) and parse the rest.

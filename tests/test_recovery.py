@@ -157,7 +157,12 @@ def test_a_syntax_error_in_one_file_hides_no_error_of_another() -> None:
 
 def test_recovery_stops_after_fifty_errors() -> None:
     source = "".join(f'rule "R{i}" {{\n  when ===\n}}\n' for i in range(80))
-    assert len(parse(source, "t.rules").diagnostics) == 50
+    *errors, stop = parse(source, "t.rules").diagnostics
+    assert len(errors) == 50
+    assert stop.render() == (
+        "t.rules:151:1: error: stopped after 50 syntax errors: the file is not checked from "
+        'line 151 on\n 151 | rule "R50" {\n     | ^'
+    )
 
 
 # ------------------------------------------------------------------ loader input that crashed or was slow
