@@ -121,7 +121,7 @@ def ignored_files(folder: str | os.PathLike[str]) -> list[Diagnostic]:
         name = entry.name
         if entry.is_dir() and not name.startswith("."):
             nested = sorted(_nested_rules(entry))
-            for path in nested:
+            for path in nested[:_MAX_NESTED]:
                 out.append(
                     _at(
                         path,
@@ -129,6 +129,9 @@ def ignored_files(folder: str | os.PathLike[str]) -> list[Diagnostic]:
                         f"directly in {root} are loaded (move it up, or load its folder)",
                     )
                 )
+            if len(nested) > _MAX_NESTED:  # counted, not listed
+                more = len(nested) - _MAX_NESTED
+                out.append(_at(entry, f"ignored: {more} more .rules files under {entry}"))
             continue
         if not entry.is_file() or name.endswith(".rules"):
             continue
@@ -146,12 +149,15 @@ def ignored_files(folder: str | os.PathLike[str]) -> list[Diagnostic]:
     return out
 
 
+_MAX_NESTED = 20  # listed one by one in a sub-folder; the rest are counted
+
+
 def _nested_rules(folder: Path) -> Iterable[Path]:
     # Two levels at most: a ruleset folder is shallow, and a wrong path (a project root
     # with node_modules) must not be walked.
     try:
         found = [*folder.glob("*.rules"), *folder.glob("*/*.rules")]
-        return [p for p in found if p.is_file()][:20]
+        return [p for p in found if p.is_file()]
     except OSError:
         return []
 

@@ -572,3 +572,20 @@ def test_a_keyed_and_an_unkeyed_limit_may_share_a_unit() -> None:
                |               ^~~~~~~"""
         )
     ]
+
+
+def test_many_ignored_files_in_a_sub_folder_are_counted(tmp_path: pytest.TempPathFactory) -> None:
+    from pathlib import Path
+
+    from engine.loader import load_ruleset
+
+    folder = Path(str(tmp_path))
+    (folder / "s.rules").write_text(SETTINGS)
+    rules = f'rule "R" {{ on "a"; {EVENT} }}\ntest "T" {{ push {{ event: "a" }}; expect 1 send }}\n'
+    (folder / "r.rules").write_text(rules)
+    (folder / "old").mkdir()
+    for index in range(23):
+        (folder / "old" / f"x{index:02d}.rules").write_text("")
+    messages = [w.message for w in load_ruleset(folder).warnings]
+    assert len(messages) == 21
+    assert messages[0] == f"ignored: 3 more .rules files under {folder / 'old'}"  # sorted first
