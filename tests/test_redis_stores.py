@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -173,6 +174,37 @@ def test_a_push_while_redis_is_down_fails_fast_and_writes_nothing() -> None:
             assert time.monotonic() - started < 3
             server.start()  # no AOF: an empty Redis comes back
             assert session.push({"event": "page.view", "n": 3}).fired == ["View", "Once"]
+    finally:
+        server.close()
+
+
+def test_a_push_to_a_redis_that_stopped_answering_times_out_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import signal
+
+    from engine.stores import redis_client
+
+    monkeypatch.setattr(redis_client, "_TIMEOUT", 0.3)  # read when connecting (5 s by default)
+    server = RedisServer().start()
+    try:
+        with Engine(load_text(RULES), sessions=server.url, deliver=False) as engine:
+            session = engine.session("s")
+            session.push({"event": "page.view", "n": 1})
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)  # up, connected, silent
+            try:
+                started = time.monotonic()
+                with pytest.raises(EngineError, match=r"timed out while storing session .s."):
+                    session.push({"event": "page.view", "n": 2})
+                # the command and its one retry, each given up after the timeout
+                assert 0.3 <= time.monotonic() - started < 3
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            assert session.push({"event": "page.view", "n": 3}).fired == ["View", "Once"]
+            assert session.state == {"n": 3}
+            # Redis ran the timed-out script once it woke up, or never: whole or not at all
+            assert count_sends(engine) in (6, 9)
     finally:
         server.close()
 
@@ -545,3 +577,40 @@ def test_an_unreadable_stored_session_is_kept_aside_and_the_push_goes_on(
     assert len(kept) == 1 and raw.get(kept[0]) == b"\xff not json"
     assert raw.get("tagengine:quarantined") == b"1"
     assert "unreadable session 's' kept as" in caplog.text
+
+
+def _calls(url: str) -> dict[str, int]:
+    import redis as redis_py
+
+    stats = redis_py.Redis.from_url(url).info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+def test_a_new_session_costs_one_round_trip_and_a_spread_one_is_read_first(
+    redis_url: str,
+) -> None:
+    """A process takes a session it has not seen for a new one (one script call, no read);
+    when such guesses keep failing (the sessions live in other processes), it reads first."""
+    import redis as redis_py
+
+    ruleset = load_text(RULES)
+    sessions = [f"spread-{n}" for n in range(40)]
+    with Engine(ruleset, sessions=RedisSessions(redis_url), deliver=False) as first:
+        first.push({"event": "page.view", "n": 0}, session=sessions[0])  # the outbox set up
+        redis_py.Redis.from_url(redis_url).config_resetstat()
+        for n, session in enumerate(sessions[1:], 1):
+            first.push({"event": "page.view", "n": n}, session=session)
+        calls = _calls(redis_url)
+        assert calls.get("evalsha") == 39 and "hmget" not in calls
+    with Engine(ruleset, sessions=RedisSessions(redis_url), deliver=False) as second:
+        redis_py.Redis.from_url(redis_url).config_resetstat()
+        for n, session in enumerate(sessions):
+            result = second.push({"event": "page.view", "m": n}, session=session)
+            assert result.snapshot == {"n": n, "m": n}  # on what the first process stored
+        calls = _calls(redis_url)
+        # a few wrong guesses (each a second script call), then reads before the script
+        assert 40 < calls["evalsha"] <= 40 + 8 and calls["hmget"] >= 2 * (40 - 8)
+    with Engine(ruleset, sessions=RedisSessions(redis_url), dry_run=True) as third:
+        # both processes' firings were counted: "Once" (3 per session) fires once more
+        assert third.push({"event": "page.view"}, session="spread-7").fired == ["View", "Once"]
+        assert third.push({"event": "page.view"}, session="spread-7").fired == ["View"]

@@ -145,7 +145,10 @@ def translated(target: RedisTarget, doing: str) -> Iterator[None]:
     except redis.ConnectionError as exc:
         raise OutboxError(f"redis {target.name} unreachable while {doing}: {exc}") from None
     except redis.TimeoutError as exc:
-        raise OutboxError(f"redis {target.name} timed out while {doing}: {exc}") from None
+        raise OutboxError(
+            f"redis {target.name} timed out while {doing}: {exc} "
+            "(a write may still have been applied, whole)"
+        ) from None
     except redis.RedisError as exc:
         raise OutboxError(f"redis {target.name}: {doing}: {exc}") from None
 

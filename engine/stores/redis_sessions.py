@@ -6,8 +6,9 @@ visitor a hash ``P v:<visitor id>`` (``keep visitor`` values and the firings beh
 ``per visitor|minute|hour|day``). Both expire after ``idle_timeout`` seconds without a push
 (a sliding expiry, renewed by every push), as in-memory sessions do.
 
-A push reads both (one round trip), runs in this process, and stores them with its sends in
-one Lua script (:data:`_PUSH`): the script checks that neither was written meanwhile (each
+A push reads both (a round trip, saved when this process stored the session last or takes
+an unseen session for a new one: :meth:`RedisSessions.begin`), runs in this process, and
+stores them with its sends in one Lua script (:data:`_PUSH`): the script checks that neither was written meanwhile (each
 write leaves a token of its own),
 writes the session, the visitor and every send (``XADD`` to the session's outbox stream,
 :class:`~engine.stores.redis_outbox.RedisOutbox`), all or nothing. When another process
@@ -181,7 +182,7 @@ class _Loaded:
     """A session as read from Redis, and the write tokens (its own and its visitor's) a
     push's commit must find unchanged."""
 
-    __slots__ = ("session", "session_version", "visitor_data", "visitor_version")
+    __slots__ = ("guessed", "session", "session_version", "visitor_data", "visitor_version")
 
     def __init__(
         self, session: Session, session_version: str, visitor_version: str, visitor_data: bytes
@@ -190,6 +191,7 @@ class _Loaded:
         self.session_version = session_version
         self.visitor_version = visitor_version
         self.visitor_data = visitor_data
+        self.guessed = False  # taken for a new session without reading it (begin)
 
 
 class _Transaction(PushTransaction):
@@ -258,6 +260,8 @@ class RedisSessions(Sessions):
         self._cache: OrderedDict[str, _Raw] = OrderedDict()
         self._cache_size = cache
         self._cache_lock = threading.Lock()
+        self._guesses = 0  # how well guessing an unseen session is new does (_guess_new)
+        self._probe = 0
         _INSTANCES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -291,16 +295,43 @@ class RedisSessions(Sessions):
         A session this process stored last is taken from its cache, as stored, without a
         round trip: the commit checks its versions as for any other, and when another
         process (a push, a delivery) wrote since, it brings back what is stored and the push
-        runs again on that. So a visitor whose pushes reach one process costs one round trip
-        a push, and one whose pushes go anywhere at most two, as without the cache."""
+        runs again on that. A session this process has not seen is taken for a new one while
+        such guesses mostly hold (:meth:`_guess_new`). So a visitor whose pushes reach one
+        process costs one round trip a push, and one whose pushes go anywhere at most two,
+        as without the cache."""
         with self._locks.hold(session_id):
             raw = self._cached(session_id)
+            guessed = False
+            if raw is None and self._guess_new():
+                # Never seen here: most likely a new session (sticky routing, or a new
+                # visit), so the push runs on an empty one and its commit checks that
+                # nothing is stored, saving a read round trip. When something is, the commit
+                # brings it back and the push runs again on it, as after any other race.
+                raw = ("", None, "", None, session_id if visitor_id is None else visitor_id)
+                guessed = True
             loaded = None if raw is None else self._build(session_id, raw, now, create=True)
-            if loaded is None:
+            if loaded is not None:
+                loaded.guessed = guessed
+            else:
                 raw, data = self._fetch(session_id, visitor_id)
                 loaded = self._build(session_id, raw, now, create=True, data=data)
             assert loaded is not None
             yield _Transaction(self, loaded)
+
+    def _guess_new(self) -> bool:
+        """Whether a session this process has not seen is taken for a new one (see
+        :meth:`begin`): while such guesses mostly hold. When they mostly do not (pushes of
+        a session spread over processes with no stickiness, a restart amid live sessions),
+        a push reads first, and every 16th guesses again to notice when that changes."""
+        score = self._guesses
+        if score >= 0:
+            return True
+        self._probe = (self._probe + 1) % 16
+        return self._probe == 0
+
+    def _guessed(self, right: bool) -> None:
+        score = self._guesses + (1 if right else -2)
+        self._guesses = max(-8, min(8, score))
 
     def _cached(self, session_id: str) -> _Raw | None:
         with self._cache_lock:
@@ -332,8 +363,6 @@ class RedisSessions(Sessions):
             pipe.hmget(self._visitor_key(guess), "t", "d")
             (sv, sd), (vv, vd) = pipe.execute()
         data = _decode(sd, f"{self.name}: session {session_id!r}")
-        if sd and data is None:
-            self._quarantine(session_id, sd)
         owner = data.get("vi") if data is not None else None
         if isinstance(owner, str) and owner and owner != guess:
             # A session keeps the visitor it was created with.
@@ -374,6 +403,8 @@ class RedisSessions(Sessions):
         sv, sd, vv, vd, visitor_id = raw
         if data is _UNREAD:
             data = _decode(sd, f"{self.name}: session {session_id!r}")
+        if sd and data is None:
+            self._quarantine(session_id, sd)
         if data is not None and now - float(data.get("l", now)) >= self.idle_timeout:
             data = None  # expired by the engine's clock (Redis's expiry is the other way)
         if data is None and not create:
@@ -441,6 +472,9 @@ class RedisSessions(Sessions):
             self._remember(session.id, None)  # stored or not: read it afresh next time
             raise
         code = int(answer[0])
+        if loaded.guessed:
+            loaded.guessed = False
+            self._guessed(code != -1)
         if code == -1:
             _, sv, sd, vv, vd = answer
             self._remember(
