@@ -203,10 +203,20 @@ class _Source:
         if (
             op in ("in", "not in")
             and type(constant) is list
-            and all(values.plain_text(item) for item in constant)
+            and constant
+            and all(type(item) is str for item in constant)
         ):
+            # Text equals text only when it is the same text (values.equals); another value
+            # needs the number-like equality, unless no item spells a number or a boolean.
             members = self.name("k", frozenset(constant))
-            test = f"(type({value} := {self.expr(node)}) is str and {value} in {members})"
+            if all(values.plain_text(item) for item in constant):
+                test = f"(type({value} := {self.expr(node)}) is str and {value} in {members})"
+            else:
+                listed, slow = self.name("k", constant), self.name("g", values.member)
+                test = (
+                    f"({value} in {members} if type({value} := {self.expr(node)}) is str "
+                    f"else {slow}({value}, {listed}))"
+                )
             return test if op == "in" else f"(not {test})"
         if op == "contains" and values.plain_text(constant):
             # Substring of text, item of a list (plain text equals only itself), key of an object.

@@ -364,12 +364,18 @@ def _against_constant(op: str, left: Fn, c: Any) -> Fn | None:
             return bool(fast(v, c)) if t is int or t is float else slow(v, c)
 
         return ordered
-    if op in ("in", "not in") and type(c) is list and all(values.plain_text(x) for x in c):
+    if op in ("in", "not in") and type(c) is list and c and all(type(x) is str for x in c):
+        # Text equals text only when it is the same text; any other value needs the
+        # number-like equality, unless no item spells a number or a boolean.
         members = frozenset(c)
+        plain = all(values.plain_text(x) for x in c)
+        listed = values.member
 
         def member(s: Scope) -> bool:
             v = left(s)
-            return type(v) is str and v in members
+            if type(v) is str:
+                return v in members
+            return False if plain else listed(v, c)
 
         if op == "in":
             return member

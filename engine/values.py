@@ -339,6 +339,15 @@ def f_round(v: Any, digits: Any = 0) -> Any:
     places = int(digits) if type(digits) in (int, float) else 0
     if abs(number) >= 1e15:  # no decimals left to round at this size
         return _bounded(number) if type(number) is int else number
+    if places >= 0:
+        # Already within `places` decimals (most prices, whole numbers): nothing to round,
+        # and the decimal arithmetic below would give the number back.
+        if type(number) is int:
+            return number
+        text = repr(number)
+        point = text.find(".")
+        if "e" not in text and len(text) - point - 1 <= places:
+            return int(number) if number.is_integer() else number
     quantum = Decimal(1).scaleb(-places)
     rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
     if places <= 0:

@@ -26,6 +26,7 @@ CONDITIONS = [
     "state.flag",
     "state.user.tier in state.tiers",
     'state.user["tier"] == "gold"',
+    'state.code in ["404", "error", "true"] or state.page not in ["1.5", "b"]',
 ]
 
 STATES: list[dict[str, Any]] = [
@@ -38,6 +39,10 @@ STATES: list[dict[str, Any]] = [
     {"total": 3.0, "page": 7, "user": [1], "items": "x", "tiers": "gold"},
     {"total": [1], "page": {"a": 1}, "user": {"tier": ["gold"]}, "flag": "yes"},
     {"total": float("1e300"), "page": "checkout", "user": {"tier": "platinum"}},
+    {"code": 404, "page": 1.5},
+    {"code": "404.0", "page": "1.50"},
+    {"code": True, "page": "b"},
+    {"code": " 404 ", "page": [1.5]},
 ]
 EVENTS = [{"event": "e"}, {"event": "x", "eventInfo": {"id": "x"}}, {"event": "e", "eventInfo": 5}]
 
@@ -88,3 +93,27 @@ def test_generated_source_holds_no_rule_text() -> None:
     condition = ruleset.rules[0].conditions[0]
     assert condition.fn(Scope({"page": hostile}, {}, ruleset.elements)) is True
     assert condition.fn(Scope({"page": "x"}, {}, ruleset.elements)) is False
+
+
+def test_membership_in_text_that_spells_numbers_compares_as_equality_does() -> None:
+    ruleset = load_text(
+        'edge { datastream: "d" }\n'
+        'rule "R" {\n  on "e"\n  when state.code in ["404", "error"]\n  send event { type: "t" }\n}\n'
+    )
+    fn = ruleset.rules[0].conditions[0].fn
+    got = {
+        repr(code): fn(Scope({"code": code}, {"event": "e"}, ruleset.elements))
+        for code in (404, 404.0, "404", " 404", "404.0", "error", "Error", True, None, [404])
+    }
+    assert got == {
+        "404": True,  # the number equals the text that spells it
+        "404.0": True,
+        "'404'": True,
+        "' 404'": False,  # text equals only the same text
+        "'404.0'": False,
+        "'error'": True,
+        "'Error'": False,
+        "True": False,
+        "None": False,
+        "[404]": False,
+    }
