@@ -25,6 +25,10 @@ rows of each comparison taken in turns, several rounds, medians printed:
   ~1.8x. The judged rows run redis-server in the benchmark's own session (as a supervisor
   starting Redis and the web app together would); a deployment that keeps Redis apart on
   the same cores gets the lower figure, one with Redis on cores of its own neither;
+- **without persistence**, for information: the 1- and 2-producer rows and the bare loop
+  again, against a redis-server that persists nothing. The AOF appends what every push
+  stores and the kernel writes it back, on the same 2 CPUs as the producers: the gap
+  between the two is what persistence takes on a host shared with the app;
 - **CPU per push** (``time.process_time`` in the producer, its threads included) with
   ``deliver=False`` on Redis against a dry run on the same Redis sessions (the session is
   still read and stored; only the sends are not), and, for information, in-memory sessions
@@ -381,6 +385,8 @@ class RedisProbe:
         redis-server, as a rewrite (a fork and a child busy for a second or more) in the middle
         of a run would take a CPU from the producers at random. Its CPU is counted apart."""
         info = self.client.info("persistence")
+        if not info.get("aof_enabled"):
+            return
         size, base = int(info["aof_current_size"]), int(info["aof_base_size"])
         if size < max(2 * base, 64 << 20):
             return
@@ -629,6 +635,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             bare = bare_scaling(server.port, spin, seconds, rounds)
             with RedisServer(aof="everysec", own_session=True, options=NO_AUTO_REWRITE) as other:
                 apart = bare_scaling(other.port, spin, seconds, rounds)
+            # The same pair and bare loop against a redis-server that persists nothing: what
+            # the AOF's writes (and the kernel's writeback of them) take from these 2 CPUs.
+            with RedisServer() as volatile:
+                assert volatile.process is not None
+                volatile_probe = RedisProbe(volatile.process.pid, volatile.port)
+                try:
+                    light = Setup(volatile.url, emulator.url, folder, volatile_probe, pushes)
+                    unpersisted: dict[str, list[Group]] = {"1x1": [], "2x1": []}
+                    for r in range(rounds):
+                        for key in unpersisted:
+                            processes = SCALING[key][0]
+                            group = light.run(["redis"] * processes, f"np{key}{r}")
+                            unpersisted[key].append(group)
+                    bare_volatile = bare_scaling(volatile.port, spin, seconds, rounds)
+                finally:
+                    volatile_probe.close()
             by_mode: dict[str, list[Group]] = {mode: [] for mode in MODES}
             for r in range(rounds):
                 for mode in MODES:
@@ -646,8 +668,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.close()
 
     report(scaling, by_mode, delivery, memory, bare, apart, rewrites)
+    report_unpersisted(unpersisted, bare_volatile)
     print(f"\n(whole run: {time.monotonic() - started:.0f} s)")
     return 0
+
+
+def report_unpersisted(scaling: dict[str, list[Group]], bare: tuple[float, float]) -> None:
+    rate1 = statistics.median(g.rate for g in scaling["1x1"])
+    rate2 = statistics.median(g.rate for g in scaling["2x1"])
+    print(
+        "\nFor information, against a redis-server that persists nothing (no AOF, no RDB):\n"
+        f"  1 and 2 producer processes push {rate1:,.0f} and {rate2:,.0f} a second: "
+        f"{rate2 / rate1:.2f}x; the bare loop {bare[0]:,.0f} and {bare[1]:,.0f}: "
+        f"{bare[1] / bare[0]:.2f}x. The AOF appends what each push stores (about 3 KB) and "
+        "the kernel writes it back, on the same 2 CPUs (with Redis on a host of its own, they would not)."
+    )
 
 
 def redis_version(probe: RedisProbe) -> str:
