@@ -342,7 +342,7 @@ def f_round(v: Any, digits: Any = 0) -> Any:
     if places >= 0:
         # Already within `places` decimals (most prices, whole numbers): nothing to round,
         # and the decimal arithmetic below would give the number back.
-        if type(number) is int:
+        if isinstance(number, int):  # (never a bool here)
             return number
         text = repr(number)
         point = text.find(".")
