@@ -687,8 +687,9 @@ class Engine:
             outbox = self._outbox
             if background is not None:
                 background.check_open()
+            contended = False
             for attempt in range(MAX_PUSH_ATTEMPTS):
-                if attempt:
+                if contended:
                     # Lost a race for the session: step aside a random moment, growing, so that
                     # processes pushing to one session at once all get through (no livelock).
                     time.sleep(_jitter.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))
@@ -733,12 +734,15 @@ class Engine:
                     if outbox is not None:
                         items = [] if stored else [(send.request, session.id) for send in sends]
                         if not transaction.commit(items, outbox, now):
-                            continue  # another process changed the session: again, on its state
+                            # another process changed the session: again, on its state
+                            contended = transaction.contended
+                            continue
                         self._count_dropped(result)
                         if self._background is not None and (items or stored):
                             self._background.notify()
                         return result
                     if not transaction.commit((), None, now):
+                        contended = transaction.contended
                         continue
                     self._count_dropped(result)
                     if self.dry_run:

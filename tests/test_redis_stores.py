@@ -614,3 +614,20 @@ def test_a_new_session_costs_one_round_trip_and_a_spread_one_is_read_first(
         # both processes' firings were counted: "Once" (3 per session) fires once more
         assert third.push({"event": "page.view"}, session="spread-7").fired == ["View", "Once"]
         assert third.push({"event": "page.view"}, session="spread-7").fired == ["View"]
+
+
+def test_a_wrong_guess_is_retried_at_once_and_a_race_after_a_pause(redis_url: str) -> None:
+    """The engine waits a random moment before running a push again only when another
+    writer came first, not when the store took a stored session for a new one."""
+    first, second = RedisSessions(redis_url), RedisSessions(redis_url)
+    now = time.time()
+    with first.begin("guess", None, now) as transaction:
+        assert transaction.commit((), None, now)
+    with second.begin("guess", None, now) as transaction:  # unseen here: taken for new
+        assert not transaction.commit((), None, now)
+        assert transaction.contended is False
+    with second.begin("guess", None, now) as transaction:  # now on what the first stored
+        assert transaction.commit((), None, now)
+    with first.begin("guess", None, now) as transaction:  # its cached copy is stale
+        assert not transaction.commit((), None, now)
+        assert transaction.contended is True

@@ -154,6 +154,10 @@ class PushTransaction(ABC):
     changes; :meth:`commit` stores the change and the push's sends together, or neither."""
 
     session: Session
+    # After a commit that returned False: whether another writer came first (the push runs
+    # again after a random moment, so that racing processes all get through) rather than the
+    # store's guess of what was stored being wrong (it runs again at once).
+    contended: bool = True
 
     @abstractmethod
     def commit(

@@ -195,12 +195,13 @@ class _Loaded:
 
 
 class _Transaction(PushTransaction):
-    __slots__ = ("_loaded", "_store", "session")
+    __slots__ = ("_loaded", "_store", "contended", "session")
 
     def __init__(self, store: RedisSessions, loaded: _Loaded) -> None:
         self._store = store
         self._loaded = loaded
         self.session = loaded.session
+        self.contended = True
 
     def commit(
         self,
@@ -223,7 +224,10 @@ class _Transaction(PushTransaction):
             stream = outbox.stream_key(self.session.id)
             if outbox.max_backlog is not None:
                 bound, partitions = outbox.max_backlog, outbox.streams
+        guessed = self._loaded.guessed
         last = self._store._commit(self._loaded, stream, sends, bound, partitions)
+        if last is None:
+            self.contended = not guessed  # a wrong guess that the session was new: no race
         if last and stream is not None and isinstance(outbox, RedisOutbox):
             outbox.stored(stream, last)  # what a flush waits for
         return last is not None
