@@ -445,6 +445,8 @@ class Group:
             return self.pushes / self.wall
         start = max(r["start"] for r in self.results)
         end = min(r["end"] for r in self.results)
+        if end <= start:  # one was done before the other started: no common window
+            return self.pushes / self.wall
         done = sum(start < t <= end for r in self.results for t in r["finished"])
         return done / (end - start)
 

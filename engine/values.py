@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import re2
@@ -348,8 +348,12 @@ def f_round(v: Any, digits: Any = 0) -> Any:
         point = text.find(".")
         if "e" not in text and len(text) - point - 1 <= places:
             return int(number) if number.is_integer() else number
+    # Enough digits for every place asked (a float has none past ~340 decimals; the default
+    # 28 digits made `round 30` of 0.5 fail).
+    places = max(-400, min(places, 400))
     quantum = Decimal(1).scaleb(-places)
-    rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP)
+    context = Context(prec=max(28, places + 20))
+    rounded = Decimal(str(number)).quantize(quantum, rounding=ROUND_HALF_UP, context=context)
     if places <= 0:
         return int(rounded)
     result = float(rounded)

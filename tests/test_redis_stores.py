@@ -631,3 +631,29 @@ def test_a_wrong_guess_is_retried_at_once_and_a_race_after_a_pause(redis_url: st
     with first.begin("guess", None, now) as transaction:  # its cached copy is stale
         assert not transaction.commit((), None, now)
         assert transaction.contended is True
+
+
+@pytest.mark.parametrize("cache", [10_000, 0])
+def test_a_returning_visitor_s_new_session_is_stored_on_the_second_try(
+    redis_url: str, cache: int
+) -> None:
+    """The guess that a new session is new holds, but its visitor has memory stored: the
+    second try runs on what Redis answered (not on a second guess), and the guess is not
+    counted as wrong."""
+    first, second = RedisSessions(redis_url), RedisSessions(redis_url, cache=cache)
+    now = time.time()
+    with first.begin("visit-1", "returning", now) as transaction:
+        transaction.session.visitor.kept["tier"] = "gold"
+        assert transaction.commit((), None, now)
+    score = second._guesses
+    with second.begin("visit-2", "returning", now) as transaction:
+        assert transaction.session.visitor.kept == {}  # taken for new, visitor and all
+        assert not transaction.commit((), None, now)
+        assert transaction.contended is False
+    with second.begin("visit-2", "returning", now) as transaction:
+        assert transaction.session.visitor.kept == {"tier": "gold"}
+        transaction.session.visitor.kept["seen"] = 2
+        assert transaction.commit((), None, now)
+    assert second._guesses >= score  # the session was new: the guess was right
+    stored = RedisSessions(redis_url).read("visit-1")
+    assert stored is not None and stored.visitor.kept == {"tier": "gold", "seen": 2}

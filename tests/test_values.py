@@ -616,3 +616,20 @@ def test_round_writes_a_whole_result_as_a_whole_number(
 ) -> None:
     result = values.f_round(value, digits)
     assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "expected"),
+    [
+        (0.5, 30, 0.5),  # more places than a float has: the number as it is
+        (1e14 + 0.25, 16, 1e14 + 0.25),
+        (1.25e-7, 40, 1.25e-7),
+        (1.25e-7, 7, 1e-7),  # rounded at the 7th decimal, half up
+        (5e-324, 400, 5e-324),
+        (123.456, 10**9, 123.456),  # places past any float's are as many as it has
+        (7.5, -(10**9), 0),
+    ],
+)
+def test_round_to_many_places_never_fails(value: Any, digits: int, expected: Any) -> None:
+    result = values.f_round(value, digits)
+    assert result == expected and type(result) is type(expected)

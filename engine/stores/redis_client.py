@@ -147,7 +147,7 @@ def translated(target: RedisTarget, doing: str) -> Iterator[None]:
     except redis.TimeoutError as exc:
         raise OutboxError(
             f"redis {target.name} timed out while {doing}: {exc} "
-            "(a write may still have been applied, whole)"
+            "(a write may still have been applied)"
         ) from None
     except redis.RedisError as exc:
         raise OutboxError(f"redis {target.name}: {doing}: {exc}") from None

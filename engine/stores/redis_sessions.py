@@ -49,6 +49,7 @@ __all__ = ["RedisSessions"]
 
 log = logging.getLogger("engine.sessions")
 
+_MAX_ANSWERS = 10_000  # answers kept for the next attempt of a push (RedisSessions.begin)
 _MAX_ATTEMPTS = 50  # optimistic retries of one push before it gives up (never seen past 3)
 
 # KEYS: session, visitor, stream (or the session again), then the partitions (bound only)
@@ -266,6 +267,7 @@ class RedisSessions(Sessions):
         self._cache_lock = threading.Lock()
         self._guesses = 0  # how well guessing an unseen session is new does (_guess_new)
         self._probe = 0
+        self._answers: dict[str, _Raw] = {}  # see begin
         _INSTANCES.add(self)
 
     def _after_fork_in_child(self) -> None:
@@ -273,6 +275,7 @@ class RedisSessions(Sessions):
         self._locks = KeyedLocks()
         self._cache_lock = threading.Lock()
         self._cache = OrderedDict()
+        self._answers = {}
 
     def __repr__(self) -> str:
         return f"RedisSessions({self._target.name!r})"
@@ -301,10 +304,12 @@ class RedisSessions(Sessions):
         process (a push, a delivery) wrote since, it brings back what is stored and the push
         runs again on that. A session this process has not seen is taken for a new one while
         such guesses mostly hold (:meth:`_guess_new`). So a visitor whose pushes reach one
-        process costs one round trip a push, and one whose pushes go anywhere at most two,
-        as without the cache."""
+        process costs one round trip a push, and one whose pushes go anywhere usually two
+        (one more when a guess was wrong, or the session belongs to another visitor)."""
         with self._locks.hold(session_id):
-            raw = self._cached(session_id)
+            # What Redis answered when this session's last commit found it changed: the push
+            # runs again on that, never on a guess (nor a stale copy) a second time.
+            raw = self._answers.pop(session_id, None) or self._cached(session_id)
             guessed = False
             if raw is None and self._guess_new():
                 # Never seen here: most likely a new session (sticky routing, or a new
@@ -476,15 +481,24 @@ class RedisSessions(Sessions):
             self._remember(session.id, None)  # stored or not: read it afresh next time
             raise
         code = int(answer[0])
-        if loaded.guessed:
-            loaded.guessed = False
-            self._guessed(code != -1)
         if code == -1:
             _, sv, sd, vv, vd = answer
-            self._remember(
-                session.id, (_text(sv), sd or None, _text(vv), vd or None, session.visitor_id)
+            if loaded.guessed:
+                # Wrong only when the session itself is stored: a returning visitor's new
+                # session is new, only its visitor's memory was not empty.
+                self._guessed(not sv)
+            if len(self._answers) >= _MAX_ANSWERS:  # pushes that gave up: not kept forever
+                self._answers.clear()
+            self._answers[session.id] = (
+                _text(sv),
+                sd or None,
+                _text(vv),
+                vd or None,
+                session.visitor_id,
             )
             return None
+        if loaded.guessed:
+            self._guessed(True)
         if code == -2:
             raise BacklogFull(
                 f"outbox {self.name}: {answer[1]} sends waiting, at its bound of {bound} "
@@ -522,12 +536,15 @@ class RedisSessions(Sessions):
         """Apply ``change`` (true when it changed something) to the session as stored, and
         store it; again on a fresh read while another process wrote meanwhile."""
         with self._locks.hold(session_id):
-            for _ in range(_MAX_ATTEMPTS):
-                loaded = self._load(session_id, visitor_id, self.clock(), create=create)
-                if loaded is None or not change(loaded.session):
-                    return
-                if self._commit(loaded, None, [], 0, []) is not None:
-                    return
+            try:
+                for _ in range(_MAX_ATTEMPTS):
+                    loaded = self._load(session_id, visitor_id, self.clock(), create=create)
+                    if loaded is None or not change(loaded.session):
+                        return
+                    if self._commit(loaded, None, [], 0, []) is not None:
+                        return
+            finally:
+                self._answers.pop(session_id, None)  # it reads afresh: no answer kept for later
         raise OutboxError(
             f"{self.name}: session {session_id!r} changed by others {_MAX_ATTEMPTS} times "
             "in a row while being stored"
