@@ -180,6 +180,8 @@ def _request(
         assert targets.edge is not None  # the checker guarantees a settings block
         if targets.edge.fpid:
             _fpid(session)
+        event_id, request_id = ctx.ids.event_id(), ctx.ids.request_id()
+        request: Request | None = None
         if builder is not None:
             # What the send's constant fields decide, worked out on its first send.
             plan = builder.plan
@@ -189,8 +191,7 @@ def _request(
                 plan = builder.plan = planned or False
             if plan is not False:
                 # plan.build's work, without its keyword call: once per planned send
-                event_id, request_id = ctx.ids.event_id(), ctx.ids.request_id()
-                planned_request: Request | None = plan._build(
+                request = plan._build(
                     fields,
                     targets.edge,
                     rule_name,
@@ -201,31 +202,18 @@ def _request(
                     ctx.now,
                     ctx.context,
                 )
-                if planned_request is None:  # a null, an identity map: the general way
-                    planned_request = build_edge_request(
-                        fields,
-                        targets.edge,
-                        rule=rule_name,
-                        identity=session.identity,
-                        timestamp=ctx.timestamp,
-                        event_id=event_id,
-                        request_id=request_id,
-                        now=ctx.now,
-                        context=ctx.context,
-                    )
-                check_size(planned_request)  # refused before any network call, as below
-                return planned_request
-        request = build_edge_request(
-            fields,
-            targets.edge,
-            rule=rule_name,
-            identity=session.identity,
-            timestamp=ctx.timestamp,
-            event_id=ctx.ids.event_id(),
-            request_id=ctx.ids.request_id(),
-            now=ctx.now,
-            context=ctx.context,
-        )
+        if request is None:  # no plan, or a null or an identity map: the general way
+            request = build_edge_request(
+                fields,
+                targets.edge,
+                rule=rule_name,
+                identity=session.identity,
+                timestamp=ctx.timestamp,
+                event_id=event_id,
+                request_id=request_id,
+                now=ctx.now,
+                context=ctx.context,
+            )
         check_size(request)  # refused here, before any network call, even in a dry run
         return request
     assert targets.sitecore is not None

@@ -8,9 +8,9 @@ visitor a hash ``P v:<visitor id>`` (``keep visitor`` values and the firings beh
 
 A push reads both (a round trip, saved when this process stored the session last or takes
 an unseen session for a new one: :meth:`RedisSessions.begin`), runs in this process, and
-stores them with its sends in one Lua script (:data:`_PUSH`): the script checks that neither was written meanwhile (each
-write leaves a token of its own),
-writes the session, the visitor and every send (``XADD`` to the session's outbox stream,
+stores them with its sends in one Lua script (:data:`_PUSH`): the script checks that neither
+was written meanwhile (each write leaves a token of its own), writes the session, the
+visitor and every send (``XADD`` to the session's outbox stream,
 :class:`~engine.stores.redis_outbox.RedisOutbox`), all or nothing. When another process
 changed the session meanwhile, nothing is written and the push runs again on what that
 process stored (optimistic concurrency: pushes of one session apply one at a time, each on
@@ -225,10 +225,9 @@ class _Transaction(PushTransaction):
             stream = outbox.stream_key(self.session.id)
             if outbox.max_backlog is not None:
                 bound, partitions = outbox.max_backlog, outbox.streams
-        guessed = self._loaded.guessed
         last = self._store._commit(self._loaded, stream, sends, bound, partitions)
         if last is None:
-            self.contended = not guessed  # a wrong guess that the session was new: no race
+            self.contended = not self._loaded.guessed  # a wrong guess is no race
         if last and stream is not None and isinstance(outbox, RedisOutbox):
             outbox.stored(stream, last)  # what a flush waits for
         return last is not None
