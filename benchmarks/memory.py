@@ -14,7 +14,11 @@ process, with ``tracemalloc`` tracing every allocation:
   session costs 1 KB plus its state. The values the session keeps besides its state (what
   ``keep`` elements stored, the identity's values: here a Sitecore browser id and a campaign
   code) are part of the overhead, and shown apart for information;
-- **empty**: N sessions made (``engine.session(id)``) and never pushed to.
+- **empty**: N sessions made (``engine.session(id)``) and never pushed to;
+- **packed**: the same page view pushed to N sessions of a store that keeps only one of
+  them as it is (``MemorySessions(hot=1)``): what an idle session costs once the store has
+  packed it, everything included. The figures above are of sessions as they are while
+  among the ``hot`` ones (the store made with ``hot`` above N).
 
 Targets are printed with PASS/FAIL; the exit status is 0 whatever they say. Run it from the
 project root::
@@ -58,6 +62,7 @@ class Figures:
     total: float  # a session after one page view, everything it holds
     state: float  # of which its data-layer state
     values: float  # and the values it keeps besides (kept values, identity values)
+    packed: float  # a session after one page view, packed (MemorySessions' `hot`)
 
     @property
     def overhead(self) -> float:
@@ -93,10 +98,11 @@ def deep_size(roots: Iterable[object], seen: set[int]) -> int:
     return total
 
 
-def _engine() -> Any:
+def _engine(hot: int) -> Any:
     from engine import Engine
+    from engine.stores import MemorySessions
 
-    return Engine.from_path(RULES, dry_run=True)
+    return Engine.from_path(RULES, dry_run=True, sessions=MemorySessions(hot=hot))
 
 
 def _traced(action: Any) -> int:
@@ -116,8 +122,8 @@ def measure(count: int = SESSIONS) -> Figures:
     """The figures for ``count`` sessions (each measurement in an engine of its own)."""
     line = page_view_line()
 
-    def warmed() -> Any:
-        engine = _engine()
+    def warmed(hot: int = count + 1) -> Any:
+        engine = _engine(hot)
         engine.session("warm-up").push(json.loads(line))  # caches, lazily built code
         engine.sessions.remove("warm-up")
         return engine
@@ -152,7 +158,16 @@ def measure(count: int = SESSIONS) -> Figures:
             for scope in ("pageview", "session"):
                 values += deep_size((live[scope][name] for name in export["kept"][scope]), seen)
             values += deep_size((session.identity[key] for key in export["identity"]), seen)
-    return Figures(count, empty / count, total / count, state / count, values / count)
+    del sessions, session, live
+    gc.collect()
+
+    with warmed(hot=1) as engine:
+        packed = _traced(push_one)
+        if len(engine.sessions) != count or engine.sessions._hot is None:
+            raise SystemExit("the sessions were not packed")
+    return Figures(
+        count, empty / count, total / count, state / count, values / count, packed / count
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -166,7 +181,8 @@ def row(count: int = QUICK_SESSIONS) -> str:
     return (
         f"memory per idle session: {f.total:,.0f} bytes after one page view = state "
         f"{f.state:,.0f} + overhead {f.overhead:,.0f} (target <= {OVERHEAD_TARGET:,}: "
-        f"{verdict(f.overhead <= OVERHEAD_TARGET)}); empty session {f.empty:,.0f} bytes"
+        f"{verdict(f.overhead <= OVERHEAD_TARGET)}); empty session {f.empty:,.0f} bytes; "
+        f"{f.packed:,.0f} bytes in all once packed"
     )
 
 
@@ -186,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"    overhead (the rest)                    {f.overhead:>8,.0f}")
     print(f"      of which kept and identity values    {f.values:>8,.0f}")
     print(f"      of which the session's own structure {f.overhead - f.values:>8,.0f}")
+    print(f"  after one page view, packed while idle     {f.packed:>8,.0f}")
     print("Targets:")
     for label, value in (("overhead after one page view", f.overhead), ("empty", f.empty)):
         ratio = value / OVERHEAD_TARGET

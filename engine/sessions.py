@@ -14,6 +14,7 @@ from __future__ import annotations
 import _thread
 import hashlib
 import json
+import marshal
 import math
 import sys
 import threading
@@ -21,7 +22,7 @@ import time
 from bisect import bisect_right, insort
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.datalayer import MAX_DEPTH, validate
 from engine.errors import PushError
@@ -54,6 +55,10 @@ _RESTORE_ITEMS = sys.maxsize
 _GUARD = threading.Lock()
 """Held a moment while a lock or a part of a session made on first use is made (or a lock
 given up): each is made once, however many threads want it at the same time."""
+
+_PACKING = threading.Lock()
+"""Held while a session is packed or unpacked (:meth:`Session._pack`). Taken after
+``_GUARD`` when both are held, never before it."""
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 # The C class itself: threading.RLock is a Python function around it (a frame per call).
@@ -227,6 +232,7 @@ class Session(_Lockable):
     __slots__ = (
         "_firings",
         "_identity",
+        "_packed",
         "_pageview",
         "_session_kept",
         "_visitor",
@@ -264,12 +270,67 @@ class Session(_Lockable):
         self._session_kept: dict[str, Any] | None = None
         self._firings: dict[str, list[float]] | None = None  # rule → times, for `per session`
         self._identity: dict[str, Any] | None = None
+        self._packed: bytes | None = None  # _PARTS while packed (their slots then unset)
         self.created = created
         self.last_seen = created
         self.pushes = 0
 
     def __repr__(self) -> str:
         return f"Session(id={self.id!r}, visitor_id={self.visitor_id!r}, pushes={self.pushes})"
+
+    # ------------------------------------------------------------------ packed while idle
+    # A store may pack a session it has not used for a while (MemorySessions' `hot`): its
+    # state, kept values, firings and identity become one bytes object, which the cyclic
+    # garbage collector does not scan (a full collection scans every live dict and what it
+    # holds: about a microsecond per session, a stalled push with many of them). The first
+    # read of any of them unpacks it again (__getattr__, called only for an unset slot: the
+    # path of an unpacked session costs nothing).
+    def _pack(self) -> bool:
+        """Pack the session unless a thread holds or waits for its lock (or a part cannot
+        be packed); whether it is packed now."""
+        with _GUARD:  # (_holders changes under it: nobody can take the lock meanwhile)
+            if self._holders or self._packed is not None:
+                return self._packed is not None
+            with _PACKING:
+                try:
+                    self._packed = marshal.dumps(
+                        (
+                            self.state,
+                            self._pageview,
+                            self._session_kept,
+                            self._firings,
+                            self._identity,
+                        )
+                    )
+                except ValueError:  # not plain data (an app's own object, say): kept as is
+                    return False
+                del self.state, self._pageview, self._session_kept, self._firings
+                del self._identity
+        return True
+
+    def _unpack(self) -> None:
+        """Put the packed parts back. (Nothing sets a part of a packed session: a push
+        unpacks it first, and so do the setters.)"""
+        with _PACKING:
+            blob = self._packed
+            if blob is None:
+                return  # unpacked by another thread meanwhile
+            (
+                self.state,
+                self._pageview,
+                self._session_kept,
+                self._firings,
+                self._identity,
+            ) = marshal.loads(blob)
+            self._packed = None
+
+    if not TYPE_CHECKING:  # (mypy would take every misspelt attribute for one)
+
+        def __getattr__(self, name: str) -> Any:
+            if name not in _PARTS or self._packed is None:
+                raise AttributeError(f"'Session' object has no attribute {name!r}")
+            self._unpack()
+            return object.__getattribute__(self, name)
 
     # ------------------------------------------------------------------ parts made on first use
     @property
@@ -309,6 +370,8 @@ class Session(_Lockable):
 
     @identity.setter
     def identity(self, value: dict[str, Any]) -> None:
+        if self._packed is not None:
+            self._unpack()
         self._identity = value
 
     @property
@@ -324,6 +387,8 @@ class Session(_Lockable):
 
     @firings.setter
     def firings(self, value: dict[str, list[float]]) -> None:
+        if self._packed is not None:
+            self._unpack()
         self._firings = value
 
     def _make_kept(self, scope: str) -> dict[str, Any]:
@@ -525,6 +590,10 @@ class Session(_Lockable):
                 held = memory.firings.get(rule)
                 memory.firings[rule] = sorted(set(times).union(held)) if held else times
         return session
+
+
+# What a packed session holds in its bytes (Session._pack, _unpack).
+_PARTS = frozenset(("state", "_pageview", "_session_kept", "_firings", "_identity"))
 
 
 def _json_object(value: object, where: str) -> dict[str, Any]:
