@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from bisect import bisect_right, insort
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,10 @@ given up): each is made once, however many threads want it at the same time."""
 _PACKING = threading.Lock()
 """Held while a session is packed or unpacked (:meth:`Session._pack`). Taken after
 ``_GUARD`` when both are held, never before it."""
+
+_UNPACKED: deque[Session] = deque(maxlen=100_000)
+"""Sessions unpacked by a read (not by their store's use of them), for their store to count
+among its hot ones again (MemorySessions._cool); appended and taken atomically."""
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 # The C class itself: threading.RLock is a Python function around it (a frame per call).
@@ -284,53 +289,67 @@ class Session(_Lockable):
     # garbage collector does not scan (a full collection scans every live dict and what it
     # holds: about a microsecond per session, a stalled push with many of them). The first
     # read of any of them unpacks it again (__getattr__, called only for an unset slot: the
-    # path of an unpacked session costs nothing).
-    def _pack(self) -> bool:
-        """Pack the session unless a thread holds or waits for its lock (or a part cannot
-        be packed); whether it is packed now."""
+    # path of an unpacked session costs nothing). A part is the session's while its lock is
+    # held: one kept from before may have been packed away since.
+    def _pack(self) -> bool | None:
+        """Pack the session: True when packed (now or before), ``None`` when a thread holds
+        or waits for its lock (try later), False when a part is not plain data."""
         with _GUARD:  # (_holders changes under it: nobody can take the lock meanwhile)
-            if self._holders or self._packed is not None:
-                return self._packed is not None
+            if self._packed is not None:
+                return True
+            if self._holders:
+                return None
+            identity = self._identity
+            if identity and not _plain(identity):  # (the one part an app writes itself)
+                return False
             with _PACKING:
                 try:
                     self._packed = marshal.dumps(
-                        (
-                            self.state,
-                            self._pageview,
-                            self._session_kept,
-                            self._firings,
-                            self._identity,
-                        )
+                        (self.state, self._pageview, self._session_kept, self._firings, identity)
                     )
-                except ValueError:  # not plain data (an app's own object, say): kept as is
+                except ValueError:  # not plain data (an element's odd value, say): kept as is
                     return False
                 del self.state, self._pageview, self._session_kept, self._firings
                 del self._identity
         return True
 
     def _unpack(self) -> None:
-        """Put the packed parts back. (Nothing sets a part of a packed session: a push
-        unpacks it first, and so do the setters.)"""
+        """Put the packed parts back (the store does, when it uses the session)."""
         with _PACKING:
-            blob = self._packed
-            if blob is None:
-                return  # unpacked by another thread meanwhile
-            (
-                self.state,
-                self._pageview,
-                self._session_kept,
-                self._firings,
-                self._identity,
-            ) = marshal.loads(blob)
-            self._packed = None
+            self._fill()
+
+    def _fill(self) -> None:
+        """:meth:`_unpack`'s work, ``_PACKING`` held. A state set while packed (it has no
+        setter) is kept: what was packed is older. (The other parts are set only by their
+        setters, which unpack first, or once read, which unpacks too.)"""
+        blob = self._packed
+        if blob is None:
+            return  # unpacked by another thread meanwhile
+        state, self._pageview, self._session_kept, self._firings, self._identity = marshal.loads(
+            blob
+        )
+        try:
+            _STATE.__get__(self)  # (an unset slot raises, without calling __getattr__)
+        except AttributeError:
+            self.state = state
+        self._packed = None
+
+    def _fill_read(self) -> None:
+        """:meth:`_fill` for a read or a write outside the store's use of the session: the
+        store is told, to count it among its hot ones again."""
+        if self._packed is not None:
+            self._fill()
+            _UNPACKED.append(self)
 
     if not TYPE_CHECKING:  # (mypy would take every misspelt attribute for one)
 
         def __getattr__(self, name: str) -> Any:
-            if name not in _PARTS or self._packed is None:
+            slot = _PARTS.get(name)
+            if slot is None:
                 raise AttributeError(f"'Session' object has no attribute {name!r}")
-            self._unpack()
-            return object.__getattribute__(self, name)
+            with _PACKING:  # (_pack takes it too: not packed again before the read)
+                self._fill_read()
+                return slot.__get__(self)
 
     # ------------------------------------------------------------------ parts made on first use
     @property
@@ -370,9 +389,9 @@ class Session(_Lockable):
 
     @identity.setter
     def identity(self, value: dict[str, Any]) -> None:
-        if self._packed is not None:
-            self._unpack()
-        self._identity = value
+        with _PACKING:  # (not packed meanwhile: the packed one would come back over it)
+            self._fill_read()
+            self._identity = value
 
     @property
     def firings(self) -> dict[str, list[float]]:
@@ -387,9 +406,9 @@ class Session(_Lockable):
 
     @firings.setter
     def firings(self, value: dict[str, list[float]]) -> None:
-        if self._packed is not None:
-            self._unpack()
-        self._firings = value
+        with _PACKING:
+            self._fill_read()
+            self._firings = value
 
     def _make_kept(self, scope: str) -> dict[str, Any]:
         with _GUARD:
@@ -592,8 +611,30 @@ class Session(_Lockable):
         return session
 
 
-# What a packed session holds in its bytes (Session._pack, _unpack).
-_PARTS = frozenset(("state", "_pageview", "_session_kept", "_firings", "_identity"))
+# What a packed session holds in its bytes (Session._pack, _fill), as the slots' descriptors.
+_SLOTS = tuple(
+    vars(Session)[name] for name in ("state", "_pageview", "_session_kept", "_firings", "_identity")
+)
+_PARTS = {slot.__name__: slot for slot in _SLOTS}
+_STATE = _SLOTS[0]
+_PLAIN = frozenset((dict, list, tuple, str, int, float, bool, type(None), bytes))
+
+
+def _plain(value: object) -> bool:
+    """Whether marshal gives back exactly ``value``: plain data all the way down (it would
+    give a bytearray back as bytes, say)."""
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind not in _PLAIN:
+            return False
+        if kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+    return True
 
 
 def _json_object(value: object, where: str) -> dict[str, Any]:

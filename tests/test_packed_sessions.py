@@ -8,7 +8,9 @@ import gc
 import itertools
 import json
 import math
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from engine import Engine
 from engine.runtime import Ids
 from engine.sessions import Session
-from engine.stores.memory import MemorySessions
+from engine.stores.memory import _BUSY, MemorySessions
 from tests.test_sessions import Clock, busy_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +114,11 @@ def test_the_store_packs_the_least_recently_used_and_unpacks_on_use() -> None:
     clock.now += 1
     assert store.get("s0").state == {"n": 0}  # used: unpacked, and s3 packed in its place
     assert [sid for sid in store._sessions if packed(store._sessions[sid])] == ["s1", "s2", "s3"]
-    peeked = store.peek("s1")  # read too: counts as used
-    assert peeked is not None and peeked.state == {"n": 1} and not packed(peeked)
-    assert packed(store._sessions["s4"])
+    peeked = store.peek("s1")
+    assert peeked is not None and packed(peeked)  # a look is not a use
+    assert peeked.state == {"n": 1} and not packed(peeked)  # a read unpacks it
+    store.get("s0")  # the next use counts it among the hot ones again, and packs another
+    assert packed(store._sessions["s4"]) and not packed(peeked)
     assert store.remove("s5") is not None and "s5" not in (store._hot or {})
     assert len(store._hot or {}) <= 3
 
@@ -305,3 +309,80 @@ def test_packing_round_trips_every_part_exactly(
     assert same(session._identity, identity)
     assert same(session._session_kept, kept) and same(session._pageview, kept)
     assert same(session._firings, firings)
+
+
+def test_a_state_set_while_packed_is_not_undone_by_the_unpacking() -> None:
+    store = MemorySessions(hot=1, clock=Clock(200.0))
+    session = busy(store)
+    store.get("s2")
+    assert packed(session)
+    session.state = {"v": "new"}  # (a plain slot: no setter unpacks first)
+    assert session.identity["ecid"] == "123"  # unpacks the rest
+    assert session.state == {"v": "new"} and session.export()["state"] == {"v": "new"}
+
+
+def test_what_marshal_would_change_is_not_packed() -> None:
+    store = MemorySessions(hot=1, clock=Clock(200.0))
+    session = store.get("s1")
+    session.identity = {"raw": bytearray(b"x"), "ok": [1, 2.5, None]}
+    store.get("s2")
+    store.get("s3")
+    assert not packed(session) and type(session.identity["raw"]) is bytearray
+
+
+def test_sessions_that_cannot_be_packed_do_not_grow_the_hot_ones() -> None:
+    import datetime
+
+    store = MemorySessions(hot=3, clock=Clock(200.0))
+    for n in range(50):
+        store.get(f"s{n}").identity = {"at": datetime.date(2026, 1, 1)}  # not plain data
+    assert store._hot is not None and len(store._hot) <= 3
+    assert not any(map(packed, store._sessions.values()))
+
+
+def test_reads_racing_packing_never_fail_and_read_sessions_are_counted_again() -> None:
+    store = MemorySessions(hot=1, clock=Clock(200.0))
+    ids = [f"s{n}" for n in range(40)]
+    for n, sid in enumerate(ids):
+        store.get(sid).identity["n"] = n
+    sessions = [store._sessions[sid] for sid in ids]
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def use(offset: int) -> None:
+        n = offset
+        while not stop.is_set():
+            store.get(ids[n % len(ids)])  # packs another each time
+            n += 7
+
+    def read(offset: int) -> None:
+        n = offset
+        while not stop.is_set():
+            session = sessions[n % len(sessions)]
+            n += 1
+            try:
+                assert session.get_state() == {}
+                assert session.identity["n"] == int(session.id[1:])
+                if n % 64 == 0:  # what delivery reads, through the store
+                    assert store.identity(session.id) == {"n": int(session.id[1:])}
+            except (AttributeError, AssertionError) as error:
+                errors.append(repr(error))
+                return
+
+    threads = [threading.Thread(target=use, args=(k,)) for k in range(3)]
+    threads += [threading.Thread(target=read, args=(k,)) for k in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: in the middle of a pack or a read
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    store.get(ids[0])  # a use: those the readers unpacked count as hot again, then packed
+    unpacked = [s.id for s in sessions if not packed(s)]
+    assert len(unpacked) <= 1 + _BUSY, unpacked

@@ -9,11 +9,14 @@ and per-session identity (docs/destinations.md).
     http = make_http_client(connect=5, read=10)
     edge = EdgeClient(http, ruleset.settings.edge)
     gate = IdentityGate()
-    with gate.hold(session.id, session.identity):
+    with session.lock, gate.hold(session.id, session.identity):
         request = build_edge_request(fields, settings, identity=session.identity, ...)
         result = edge.send(request, session.identity)
 
-No queue and no dispatcher live here: the caller owns ordering, durability and threads.
+No queue and no dispatcher live here: the caller owns ordering, durability and threads. A
+session's identity dict is its own while its lock is held: an in-memory store packs an idle
+session's parts away (README, "Garbage collection"), and a dict kept from before is then a
+copy no longer read.
 """
 
 from engine.clients.auth import AsyncTokenProvider, TokenProvider

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
-from engine.sessions import Session, VisitorMemory
+from engine.sessions import _UNPACKED, Session, VisitorMemory
 from engine.stores.base import BaseOutbox, PushTransaction, Sessions
 from engine.values import copy_json
 
@@ -28,6 +28,7 @@ _new_rlock = _thread.RLock
 
 
 _new_hold = object.__new__
+_BUSY = 8  # sessions a push or a thread holds that one _cool() passes over, at most
 
 
 def _put_back(held: dict[str, Any] | None, saved: dict[str, Any] | None) -> None:
@@ -297,9 +298,7 @@ class MemorySessions(Sessions):
             session = self._sessions.get(session_id)
             if session is None or self._expired(session, self.clock()):
                 return None
-            if self._hot is not None:
-                self._warm(session_id)  # (read, so unpacked: then it counts as hot)
-            return session
+            return session  # (unpacked if it is read: then it counts as hot again, _cool)
 
     def restore(self, data: dict[str, Any]) -> Session:
         """Put an exported session back (replacing a live one of the same id) and mark it used
@@ -390,34 +389,52 @@ class MemorySessions(Sessions):
             self._hot = OrderedDict.fromkeys(
                 [sid for sid, held in sessions.items() if held._packed is None]
             )
-            self._cool()
+            self._cool(session.id)
 
     def _warm(self, session_id: str) -> None:
         """Count a session just used among the hot ones, packing the least recently used
-        one if there are too many."""
+        ones if there are too many."""
         hot = self._hot
         assert hot is not None
         try:
             hot.move_to_end(session_id)
         except KeyError:
             hot[session_id] = None
-            if len(hot) > self.hot:
-                self._cool()
+        if len(hot) > self.hot or _UNPACKED:
+            self._cool(session_id)
 
-    def _cool(self) -> None:
-        """Pack the least recently used hot sessions down to ``hot`` of them. A session a push
-        or another thread holds is kept as it is, counted hot again, and packing stops there
-        for now (the next use tries again)."""
+    def _cool(self, using: str) -> None:
+        """Pack the least recently used hot sessions down to ``hot`` of them, never
+        ``using`` (the session being used).
+
+        Sessions unpacked by a read since (``_UNPACKED``) count as hot again first. A
+        session a push or another thread holds is kept as it is, as the least recently used
+        (a few at most each time: the next use tries again); one that cannot be packed (not
+        plain data) is left as it is, out of the count, until it is used again.
+        """
         hot, sessions, held = self._hot, self._sessions, self._held
         assert hot is not None
-        while len(hot) > self.hot:
-            session_id = hot.popitem(last=False)[0]
+        while _UNPACKED:
+            try:
+                read = _UNPACKED.popleft()
+            except IndexError:  # (taken by another store meanwhile)
+                break
+            if sessions.get(read.id) is read and read._packed is None:  # (not another store's)
+                hot[read.id] = None
+        if using in hot:
+            hot.move_to_end(using)  # (still the most recently used)
+        busy: list[str] = []
+        while len(hot) + len(busy) > self.hot and len(busy) < _BUSY:
+            session_id = next(iter(hot))
+            if session_id == using:
+                break  # (the most recently used: every other one was looked at)
+            del hot[session_id]
             session = sessions.get(session_id)
-            if session is None:
-                continue
-            if session.visitor_id in held or not session._pack():
-                hot[session_id] = None
-                return
+            if session is not None and (session.visitor_id in held or session._pack() is None):
+                busy.append(session_id)
+        for session_id in reversed(busy):
+            hot[session_id] = None
+            hot.move_to_end(session_id, last=False)
 
     def _drop(self, session_id: str) -> Session | None:
         session = self._sessions.pop(session_id, None)
