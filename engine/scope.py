@@ -64,12 +64,19 @@ class Scope:
         element = self.elements[name]
         value = element.fn(self)
         keep = element.keep
-        if keep is not None and self.kept is not None:
-            store = self.kept.get(keep)
-            if store is not None:
-                if value is None:
-                    value = store.get(name)
-                else:
+        kept = self.kept
+        if keep is not None and kept is not None:
+            if value is not None:
+                store = kept.get(keep)
+                if store is not None:
                     store[name] = value
+            else:
+                read = getattr(kept, "read", None)  # (a session's: makes nothing to find it)
+                if read is not None:
+                    value = read(keep, name)
+                else:
+                    store = kept.get(keep)
+                    if store is not None:
+                        value = store.get(name)
         memo[name] = value
         return value

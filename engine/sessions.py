@@ -201,6 +201,21 @@ class _Kept(Mapping[str, dict[str, Any]]):
             return default
         return session._make_kept(scope) if values is None else values
 
+    def read(self, scope: str, name: str) -> Any:
+        """The value kept under ``name`` in ``scope``, or ``None``; makes nothing (a
+        visitor's memory, say) to find it missing."""
+        session = self._session
+        if scope == "session":
+            values = session._session_kept
+        elif scope == "pageview":
+            values = session._pageview
+        elif scope == "visitor":
+            memory = session._visitor
+            values = None if memory is None else memory.kept
+        else:
+            return None
+        return None if values is None else values.get(name)
+
     def __contains__(self, scope: object) -> bool:
         return scope in KEEP_SCOPES
 

@@ -385,6 +385,20 @@ def test_keep_visitor_elements_fall_back_across_the_visitors_sessions() -> None:
     assert one.kept["visitor"] == {"seg": "B"}
 
 
+def test_a_kept_element_found_missing_makes_nothing_to_find_it() -> None:
+    ruleset = load_text(
+        "element seg = state.segment keep visitor\nelement camp = state.c keep session\n"
+        "element page = state.p keep pageview\n"
+    )
+    session = MemorySessions(clock=Clock()).get("s1")
+    scope = Scope({}, {}, ruleset.elements, session.kept)
+    assert [scope.element(name) for name in ("seg", "camp", "page")] == [None, None, None]
+    assert session._visitor is None and session._session_kept is None
+    assert session._pageview is None  # what only a value kept needs, not made
+    scope = Scope({"segment": "A"}, {}, ruleset.elements, session.kept)
+    assert scope.element("seg") == "A" and session.visitor_kept == {"seg": "A"}
+
+
 def test_a_session_keeps_the_visitor_it_was_created_with() -> None:
     store = MemorySessions(clock=Clock())
     session = store.get("s1", "v")

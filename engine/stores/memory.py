@@ -190,7 +190,7 @@ class MemorySessions(Sessions):
         *,
         idle_timeout: float = 1800.0,
         max_sessions: int = 100_000,
-        hot: int = 10_000,
+        hot: int = 5_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if idle_timeout <= 0:
