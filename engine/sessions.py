@@ -205,15 +205,9 @@ class _Kept(Mapping[str, dict[str, Any]]):
         """The value kept under ``name`` in ``scope``, or ``None``; makes nothing (a
         visitor's memory, say) to find it missing."""
         session = self._session
-        if scope == "session":
-            values = session._session_kept
-        elif scope == "pageview":
-            values = session._pageview
-        elif scope == "visitor":
-            memory = session._visitor
-            values = None if memory is None else memory.kept
-        else:
-            return None
+        if scope == "visitor":
+            return session.visitor_kept.get(name)  # (empty while the visitor has no memory)
+        values = {"session": session._session_kept, "pageview": session._pageview}.get(scope)
         return None if values is None else values.get(name)
 
     def __contains__(self, scope: object) -> bool:
