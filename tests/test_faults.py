@@ -4,6 +4,7 @@ held up, are not arrivals) or sits in the dead-letter table; none is lost."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import select
@@ -19,7 +20,7 @@ from textwrap import dedent
 
 import pytest
 
-from engine.background import Redelivery
+from engine.background import BackgroundDelivery, Redelivery
 from engine.clients import RetryPolicy, make_http_client
 from engine.dispatch import Dispatcher
 from engine.emulator import EmulatorServer, Fault
@@ -274,14 +275,18 @@ def test_sigkill_in_the_middle_of_1000_background_sends(
     fresh_emulator.clear_faults()
     outbox = Outbox(path)
     left = outbox.counts()
-    # Everything not accepted yet is still there; besides, at most a claimed batch (8) and
-    # what the 4 workers had on the wire were accepted but not acknowledged yet.
-    unacknowledged = 8 + 4
+    # Everything not accepted yet is still there; besides, what BackgroundDelivery's
+    # docstring allows was accepted but not acknowledged yet: up to a batch of deliveries
+    # waiting to be acknowledged together, and what the 4 workers had on the wire. (Usually
+    # far fewer: acknowledgements linger 20 ms at most, unless the workers' threads wait for
+    # a CPU, as under the whole suite's load.)
+    batch = inspect.signature(BackgroundDelivery).parameters["batch"].default
+    unacknowledged = batch + 4
     seen = f"{at_kill} delivered at the kill, the outbox holds {left}"  # (if this fails)
     assert (
         total - at_kill <= left["pending"] + left["inflight"] <= total - at_kill + unacknowledged
     ), seen
-    assert left["inflight"] <= unacknowledged + 8, seen  # and one more claimed batch, not started
+    assert left["inflight"] <= unacknowledged + batch, seen  # and a claimed batch, not started
     h = harness(fresh_emulator.url, outbox, workers=4)  # start() recovers the in-flight ones
     assert h.background.flush(20)
     assert outbox.counts() == {"pending": 0, "inflight": 0, "dead": 0}
