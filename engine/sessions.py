@@ -63,7 +63,9 @@ _PACKING = threading.Lock()
 
 _UNPACKED: deque[Session] = deque(maxlen=100_000)
 """Sessions unpacked by a read (not by their store's use of them), for their store to count
-among its hot ones again (MemorySessions._cool); appended and taken atomically."""
+among its hot ones again (MemorySessions._cool); appended and taken atomically. Bounded: a
+session in it is kept alive until the store's next use of any session takes it (a session
+it loses stays unpacked until it is used)."""
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
 # The C class itself: threading.RLock is a Python function around it (a frame per call).
