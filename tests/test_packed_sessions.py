@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import Engine
+from engine.emulator import EmulatorServer
 from engine.runtime import Ids
 from engine.sessions import Session
 from engine.stores.memory import _BUSY, MemorySessions
@@ -386,3 +387,35 @@ def test_reads_racing_packing_never_fail_and_read_sessions_are_counted_again() -
     store.get(ids[0])  # a use: those the readers unpacked count as hot again, then packed
     unpacked = [s.id for s in sessions if not packed(s)]
     assert len(unpacked) <= 1 + _BUSY, unpacked
+
+
+def test_background_delivery_keeps_one_identity_per_session_while_sessions_pack(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Delivery threads read and merge identities while pushes pack the sessions they
+    belong to: each session still ends with the one ECID and Sitecore browser id Edge and
+    Sitecore issued, and every send made is delivered."""
+    steps = _journeys(copies=3)
+    sessions = sorted({sid for sid, _ in steps})
+    with Engine.from_path(
+        ROOT / "rules",
+        edge_url=emulator.url,
+        sitecore_url=emulator.url,
+        background=True,
+        outbox=tmp_path / "o.db",
+        sessions=MemorySessions(hot=1),
+    ) as engine:
+        made = sum(len(engine.session(sid).push(push).sends) for sid, push in steps)
+        assert engine.flush(30)
+        identities = {sid: engine.sessions.read(sid).identity for sid in sessions}  # type: ignore[union-attr]
+    delivered = [r for r in emulator.requests() if r.path.startswith(("/ee/", "/v1.2/event"))]
+    assert len(delivered) == made and all(
+        r.status is not None and r.status < 300 for r in delivered
+    )
+    ecids = {identity.get("ecid") for identity in identities.values()}
+    browsers = {identity.get("sitecore_browser_id") for identity in identities.values()}
+    assert None not in ecids and len(ecids) == len(sessions)
+    assert None not in browsers and len(browsers) == len(sessions)
+    # Each Sitecore event went out with its session's browser id, the one it kept.
+    sent_with = {r.body["browser_id"] for r in delivered if r.path.startswith("/v1.2/event")}
+    assert sent_with <= browsers
