@@ -11,8 +11,9 @@ with ``--no-freeze-gc``. It builds
   search, an ``on change`` identity rule, a glob), and 9,990 more, each listening to an event of
   its own (2% globs and 2% ``on change`` paths among them), with realistic conditions and
   Edge and Sitecore sends;
-- ``Engine(ruleset, dry_run=True)`` with sessions in memory, then 80,000 live sessions, each
-  pushed a page view;
+- ``Engine(ruleset, dry_run=True)`` with sessions in memory (the default store: the
+  sessions used last as they are, the others packed, README "Garbage collection"), then
+  80,000 live sessions, each pushed a page view;
 - 150,000 pushes round-robin over the sessions, a mix of page views, adds to cart, purchases,
   searches, logins, events of the other rules and events no rule listens to; each one timed
   alone with ``time.perf_counter``.
@@ -528,11 +529,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         options.error("--rules, --sessions and --pushes take positive numbers")
     if args.freeze_survivors is not None and not args.freeze_survivors > 0:
         options.error("--freeze-survivors takes a positive number of milliseconds")
+    from engine.stores import MemorySessions
+
     freeze = not args.no_freeze_gc
     survivors = None if args.freeze_survivors is None else args.freeze_survivors / 1000
     print(
         f"Python {sys.version.split()[0]}, gc thresholds {gc.get_threshold()}; the collector "
-        f"runs while timing; Engine(freeze_gc={freeze})"
+        f"runs while timing; Engine(freeze_gc={freeze}), in-memory sessions "
+        f"(MemorySessions(hot={MemorySessions().hot:,}): the others packed)"
         + (f"; freeze_survivors({survivors})" if survivors is not None else "")
     )
     sizes = [args.rules] if args.no_compare else [args.rules, COMPARE_RULES]
