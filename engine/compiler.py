@@ -579,37 +579,56 @@ def _upgrade_on_first_call(condition: CompiledCondition, expr: ast.Expr) -> None
     :mod:`engine.codegen`); a condition that never runs never pays for ``compile()``."""
     if isinstance(expr, ast.Literal):
         return  # a constant: nothing to gain
-    object.__setattr__(condition, "fn", _Upgrade(condition, expr))
+    upgrade = _Upgrade(condition, "fn", _generated_condition, expr, condition.fn)
+    object.__setattr__(condition, "fn", upgrade)
+
+
+def _generated_condition(expr: ast.Expr, condition: CompiledCondition | None) -> Fn:
+    # Imported here: loading a ruleset (and `tagengine check`) never runs a condition.
+    from engine.codegen import generate_condition
+
+    return generate_condition(expr, _closure, "" if condition is None else str(condition.span))
 
 
 class _Upgrade:
-    """A condition's function until its first call (:func:`_upgrade_on_first_call`). It holds
-    its condition weakly: a strong reference would be a cycle (the condition holds it), and a
-    ruleset with cycles is never freed once frozen (``gc.freeze``, README "Garbage
+    """What a compiled part holds (a condition's or an element's ``fn``, an action's
+    ``build``) until its first call, which puts ``make(source, owner)`` in its place: the
+    same function as generated code, compiled only for the parts that run. A part too big
+    to generate keeps ``closure``, the one it had.
+
+    It holds its owner weakly: a strong reference would be a cycle (the owner holds it), and
+    a ruleset with cycles is never freed once frozen (``gc.freeze``, README "Garbage
     collection"); without one, a reload frees the old ruleset by reference counting."""
 
-    __slots__ = ("closure", "condition", "expr")
+    __slots__ = ("attribute", "closure", "make", "owner", "source")
 
-    def __init__(self, condition: CompiledCondition, expr: ast.Expr) -> None:
-        self.condition = weakref.ref(condition)
-        self.closure = condition.fn
-        self.expr = expr
+    def __init__(
+        self,
+        owner: Any,
+        attribute: str,
+        make: Callable[[Any, Any], Any],
+        source: Any,
+        closure: Any = None,
+    ) -> None:
+        self.owner = weakref.ref(owner)
+        self.attribute = attribute
+        self.make = make
+        self.source = source
+        self.closure = closure
 
     def __call__(self, s: Scope) -> Any:
-        condition = self.condition()
-        current = self if condition is None else condition.fn
+        owner = self.owner()
+        current = self if owner is None else getattr(owner, self.attribute)
         if current is self:
-            label = "" if condition is None else str(condition.span)
-            # Imported here: loading a ruleset (and `tagengine check`) never runs a condition.
-            from engine.codegen import generate_condition
-
             try:
-                current = generate_condition(self.expr, _closure, label)
-            except (RecursionError, SyntaxError, MemoryError):  # a huge expression: keep closures
+                current = self.make(self.source, owner)
+            except (RecursionError, SyntaxError, MemoryError):  # too deep: keep the closures
+                if self.closure is None:
+                    raise
                 current = self.closure
-            if condition is not None:
+            if owner is not None:
                 # The snapshot stays immutable in meaning: the same function, only faster.
-                object.__setattr__(condition, "fn", current)
+                object.__setattr__(owner, self.attribute, current)
         return current(s)
 
 
@@ -632,7 +651,7 @@ def _unbuilt(s: Scope) -> Any:  # pragma: no cover - replaced before any call
 def _build_on_first_call(action: CompiledAction, fields: ast.ObjectExpr) -> None:
     """Compile the action's field builder when its rule first fires: most rules of a large
     property fire rarely, and a load (or a hot reload) should not pay for all of them."""
-    object.__setattr__(action, "build", _Build(action, fields))
+    object.__setattr__(action, "build", _Upgrade(action, "build", _field_builder, fields))
 
 
 def _upgrade_element_on_first_call(element: CompiledElement, expr: ast.Expr) -> None:
@@ -640,32 +659,13 @@ def _upgrade_element_on_first_call(element: CompiledElement, expr: ast.Expr) -> 
     time it is evaluated, as conditions are (an element never read never pays for it)."""
     if isinstance(expr, ast.Literal) and expr.parts is None:
         return  # a constant: nothing to gain
-    object.__setattr__(element, "fn", _ElementUpgrade(element, expr))
+    upgrade = _Upgrade(element, "fn", _generated_element, expr, element.fn)
+    object.__setattr__(element, "fn", upgrade)
 
 
-class _ElementUpgrade:
-    """An element's function until its first call; the element weakly held, as in
-    _Upgrade."""
-
-    __slots__ = ("closure", "element", "expr")
-
-    def __init__(self, element: CompiledElement, expr: ast.Expr) -> None:
-        self.element = weakref.ref(element)
-        self.closure = element.fn
-        self.expr = expr
-
-    def __call__(self, s: Scope) -> Any:
-        element = self.element()
-        current = self if element is None else element.fn
-        if current is self:
-            label = "" if element is None else f"{element.name} {element.span}"
-            try:
-                current = generate_element(self.expr, _leaf, label)
-            except (RecursionError, SyntaxError, MemoryError):  # too deep: keep the closures
-                current = self.closure
-            if element is not None:
-                object.__setattr__(element, "fn", current)  # the same value, computed faster
-        return current(s)
+def _generated_element(expr: ast.Expr, element: CompiledElement | None) -> Fn:
+    label = "" if element is None else f"{element.name} {element.span}"
+    return generate_element(expr, _leaf, label)
 
 
 def _leaf(node: ast.Expr) -> tuple[bool, Any]:
@@ -673,33 +673,14 @@ def _leaf(node: ast.Expr) -> tuple[bool, Any]:
     return (True, compiled.value) if isinstance(compiled, _Const) else (False, compiled)
 
 
-def _field_builder(fields: ast.ObjectExpr, label: str) -> FieldBuilder:
+def _field_builder(fields: ast.ObjectExpr, action: CompiledAction | None) -> FieldBuilder:
     """The action's fields as generated code (:mod:`engine.fieldgen`), or as closures for a
     structure too deep to compile."""
     try:
-        return generate_fields(fields, _leaf, label)
+        return generate_fields(fields, _leaf, "" if action is None else str(action.span))
     except (RecursionError, SyntaxError, MemoryError):
         closure = _fn(compile_expr(fields))
         return FieldBuilder(closure, closure)
-
-
-class _Build:
-    """An action's builder until its first call; the action weakly held, as in _Upgrade."""
-
-    __slots__ = ("action", "fields")
-
-    def __init__(self, action: CompiledAction, fields: ast.ObjectExpr) -> None:
-        self.action = weakref.ref(action)
-        self.fields = fields
-
-    def __call__(self, s: Scope) -> Any:
-        action = self.action()
-        current = self if action is None else action.build
-        if current is self:
-            current = _field_builder(self.fields, "" if action is None else str(action.span))
-            if action is not None:
-                object.__setattr__(action, "build", current)  # the same builder, compiled
-        return current(s)
 
 
 def _rule(

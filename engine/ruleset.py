@@ -43,7 +43,7 @@ __all__ = [
 Path = tuple[str | int, ...]
 
 
-@dataclass(frozen=True, slots=True, weakref_slot=True)  # see compiler._ElementUpgrade
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # see compiler._Upgrade
 class CompiledElement:
     name: str
     fn: Fn

@@ -623,11 +623,11 @@ class Session(_Lockable):
 
 
 # What a packed session holds in its bytes (Session._pack, _fill), as the slots' descriptors.
-_SLOTS = tuple(
-    vars(Session)[name] for name in ("state", "_pageview", "_session_kept", "_firings", "_identity")
-)
-_PARTS = {slot.__name__: slot for slot in _SLOTS}
-_STATE = _SLOTS[0]
+_PARTS = {
+    name: vars(Session)[name]
+    for name in ("state", "_pageview", "_session_kept", "_firings", "_identity")
+}
+_STATE = _PARTS["state"]
 _PLAIN = frozenset((dict, list, tuple, str, int, float, bool, type(None), bytes))
 
 

@@ -443,24 +443,12 @@ class EdgePlan:
         data = get("data")
         if type(data) is not dict:
             data = _mapping(data, "data", rule)
-        if cleaned:
+        if cleaned or xdm_in.get("identityMap") is not None:
+            cleaned = True  # (an identity map is checked once its nulls are dropped)
             xdm_in, data = drop_nulls(xdm_in), drop_nulls(data)
             rule_map = xdm_in.get("identityMap")
             if rule_map is not None:
                 _check_identity_map(rule_map, "xdm.identityMap", rule)
-        elif xdm_in.get("identityMap") is not None:
-            return self._build(
-                fields,
-                settings,
-                rule,
-                identity,
-                timestamp,
-                event_id,
-                request_id,
-                now,
-                context,
-                True,
-            )
         else:
             rule_map = None
         event_type = self.auto_type
