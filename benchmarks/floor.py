@@ -54,6 +54,8 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
+from benchmarks import hot_path
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "rules"
 JOURNEY = ROOT / "examples" / "shop.jsonl"
@@ -938,7 +940,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.add_argument("--quick", action="store_true", help="fewer rounds")
     args = options.parse_args(argv)
     started = time.perf_counter()
-    print(f"Python {sys.version.split()[0]}; tagengine {_version()}\n")
+    print(f"Python {sys.version.split()[0]}; tagengine {_version()}; {hot_path()}\n")
     try:
         run(args.quick)
     except Exception as error:  # a benchmark never raises: it says what stopped it

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import hot_path
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "rules"
 JOURNEYS = ROOT / "examples" / "shop.jsonl"
@@ -193,7 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parser.parse_args(argv)
     count = options.sessions or (QUICK_SESSIONS if options.quick else SESSIONS)
     started = time.perf_counter()
-    print(f"Python {sys.version.split()[0]}; {count:,} in-memory sessions, rules/, dry run\n")
+    print(
+        f"Python {sys.version.split()[0]}; {count:,} in-memory sessions, rules/, dry run; "
+        f"{hot_path()}\n"
+    )
     f = measure(count)
     print("Bytes per session (tracemalloc: still allocated once idle / sessions):")
     print(f"  empty (made, never pushed to)            {f.empty:>8,.0f}")

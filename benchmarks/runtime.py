@@ -59,6 +59,8 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any
 
+from benchmarks import hot_path
+
 State = dict[str, Any]
 
 # ------------------------------------------------------------------ targets
@@ -928,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options.add_argument("--quick", action="store_true", help="fewer pushes, states and repeats")
     args = options.parse_args(argv)
     started = time.perf_counter()
-    print(f"Python {sys.version.split()[0]}; {versions()}\n")
+    print(f"Python {sys.version.split()[0]}; {versions()}; {hot_path()}\n")
     for part in (run_pushes, run_condition, run_membership):
         try:
             part(args.quick, random.Random(7))

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import hot_path
 from benchmarks.load import ELEMENTS, ELEMENTS_FILE, SETTINGS, SETTINGS_FILE
 
 TARGET_MS = 50.0  # the slowest push, at most
@@ -536,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Python {sys.version.split()[0]}, gc thresholds {gc.get_threshold()}; the collector "
         f"runs while timing; Engine(freeze_gc={freeze}), in-memory sessions "
-        f"(MemorySessions(hot={MemorySessions().hot:,}): the others packed)"
+        f"(MemorySessions(hot={MemorySessions().hot:,}): the others packed); {hot_path()}"
         + (f"; freeze_survivors({survivors})" if survivors is not None else "")
     )
     sizes = [args.rules] if args.no_compare else [args.rules, COMPARE_RULES]

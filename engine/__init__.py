@@ -15,6 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from engine import _hot
+
+_hot.install()  # before any hot module is imported: their compiled build only if current
+
 if TYPE_CHECKING:
     from engine.context import VisitorContext
     from engine.diagnostics import Diagnostic, Span

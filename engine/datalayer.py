@@ -47,8 +47,9 @@ MAX_ITEMS = 10_000
 Path = tuple[str | int, ...]
 
 _SCALARS = (str, int, float, bool, type(None))
-# A lone surrogate cannot be encoded as UTF-8: it would fail every send that reads it.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+# A lone surrogate cannot be encoded as UTF-8: it would fail every send that reads it. (Spelled
+# with chr(): mypyc refuses a lone surrogate in a literal.)
+_SURROGATE = re.compile(f"[{chr(0xD800)}-{chr(0xDFFF)}]")
 _NAME = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 _isfinite = math.isfinite
 

@@ -1,0 +1,92 @@
+"""Which of the push's hot modules run compiled (mypyc, setup.py) and which as Python.
+
+A build compiles ``HOT`` as one group and writes ``_hot.json``: the digest of every ``.py``
+file of the package as it compiled them (compiled code relies on the modules it imports
+too: their classes, signatures and constants). When a hot module is first imported, the
+build is used only if that digest still holds; else every hot module is imported from its
+source. So an edited or checked-out file never leaves an older build in charge, and a
+compiled module never calls into a stale compiled neighbour (the group links them directly).
+``TAGENGINE_PURE=1`` asks for the sources whatever was built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install"]
+
+# What every push runs, compiled as written. (Not the stores: mypyc builds a subclass of an ABC
+# that shares its parent's isinstance cache, and a class of sqlite.py crashed in a weakref.)
+HOT = (
+    "engine.datalayer",
+    "engine.destinations.edge",
+    "engine.destinations.sitecore",
+    "engine.runtime",
+    "engine.scope",
+    "engine.values",
+)
+MANIFEST = "_hot.json"
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def digest(package: Path = _PACKAGE) -> str:
+    """SHA-256 over the package's ``.py`` files, their paths and their contents."""
+    total = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        total.update(path.relative_to(package).as_posix().encode() + b"\0")
+        total.update(path.read_bytes() + b"\0")
+    return total.hexdigest()
+
+
+def current() -> bool:
+    """Whether a build exists and was made from the sources as they are now."""
+    try:
+        built = json.loads((_PACKAGE / MANIFEST).read_text())
+        return isinstance(built, dict) and built.get("sources") == digest()
+    except (OSError, ValueError):  # no build, or an unreadable one
+        return False
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Imports the hot modules from their ``.py`` files, unless the build is current."""
+
+    def __init__(self) -> None:
+        self.use_build: bool | None = None  # decided at the first hot import
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in HOT:
+            return None
+        if self.use_build is None:
+            self.use_build = os.environ.get("TAGENGINE_PURE") != "1" and current()
+        if self.use_build:
+            return None  # the usual finders: the extension module beside the source wins
+        source = _PACKAGE.parent.joinpath(*fullname.split(".")).with_suffix(".py")
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+_FINDER = _Finder()
+
+
+def install() -> None:
+    """Put the finder ahead of the usual ones (``engine/__init__.py``, before any import)."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def compiled() -> tuple[str, ...]:
+    """The hot modules that run compiled (importing them)."""
+    modules = [importlib.import_module(name) for name in HOT]
+    return tuple(m.__name__ for m in modules if not str(m.__file__).endswith(".py"))
