@@ -50,6 +50,12 @@ class BuildHot(build_ext):  # type: ignore[misc]
     """Builds the extensions, then writes the manifest only if every one of them was built."""
 
     def run(self) -> None:
+        if self.inplace:
+            # An earlier build's files, a module dropped from HOT among them, would still be
+            # imported before its source: the package holds no other extension module.
+            for stale in (ROOT / "engine").rglob("*.so"):
+                stale.unlink()
+            (ROOT / "engine" / MANIFEST).unlink(missing_ok=True)
         super().run()
         if not self.extensions:
             return

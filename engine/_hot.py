@@ -25,12 +25,15 @@ from types import ModuleType
 
 __all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install"]
 
-# What every push runs, compiled as written. (Not the stores: mypyc builds a subclass of an ABC
-# that shares its parent's isinstance cache, and a class of sqlite.py crashed in a weakref.)
+# What every push runs. (Not the stores: mypyc builds a subclass of an ABC that shares its
+# parent's isinstance cache, and a class of sqlite.py crashed in a weakref; nor the engine's
+# class: its push is engine.pushing, the builders' encoding engine.destinations.encoding.)
 HOT = (
     "engine.datalayer",
     "engine.destinations.edge",
+    "engine.destinations.encoding",
     "engine.destinations.sitecore",
+    "engine.pushing",
     "engine.runtime",
     "engine.scope",
     "engine.values",

@@ -14,7 +14,6 @@ import contextlib
 import gc
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -46,9 +45,10 @@ from engine.destinations.edge import proposition_notification
 from engine.dispatch import Dispatcher
 from engine.errors import EngineError, PushError, RuleError
 from engine.loader import load_ruleset
+from engine.pushing import push as _push_once
 from engine.results import PushResult, Send
 from engine.ruleset import Ruleset
-from engine.runtime import Ids, Targets, _timestamp, notice_request, process_push
+from engine.runtime import Ids, Targets, _timestamp, process_push
 from engine.sessions import Session
 from engine.settings import ConsentSettings
 from engine.stores import open_outbox, open_sessions
@@ -57,7 +57,6 @@ from engine.stores.memory import MemorySessions
 from engine.stores.redis_outbox import RedisOutbox
 from engine.stores.redis_sessions import RedisSessions
 from engine.transports import Transport
-from engine.values import copy_json
 
 if TYPE_CHECKING:
     from engine.watch import RulesWatcher
@@ -67,37 +66,8 @@ __all__ = ["Engine", "EngineSession"]
 log = logging.getLogger("engine")
 
 MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
-MAX_PUSH_ATTEMPTS = 50  # runs of one push whose shared session others kept changing
-_MAX_BACKOFF = 0.02  # seconds, at most, between two of them
-_jitter = random.Random()
-
-
-SEEN_FOR = 900.0  # seconds a session remembers a push id (a browser's retries come sooner)
-MAX_SEEN = 100  # push ids a session remembers, at most (the latest: retries are of those)
-
 
 _NO_IDENTITY: Mapping[str, Any] = MappingProxyType({})
-
-
-def _seen(session: Session, push_id: str, now: float) -> bool:
-    """Whether the session processed ``push_id`` within :data:`SEEN_FOR`; if not, it is
-    remembered now (with the push: a push that fails or is not stored forgets it again)."""
-    seen = session.identity.get("seen")
-    if not isinstance(seen, dict):
-        seen = {}
-    at = seen.get(push_id)
-    if isinstance(at, int | float) and now - at < SEEN_FOR:
-        return True
-    # A new dict (the session's rollback copy is shallow), in arrival order: the oldest go
-    # first once there are too many, and expired ones with them.
-    recent = dict(seen)
-    recent.pop(push_id, None)
-    recent[push_id] = now
-    if len(recent) > MAX_SEEN:  # down to three quarters: the pruning is not on every push
-        keep = list(recent.items())[-(MAX_SEEN * 3 // 4) :]
-        recent = {key: t for key, t in keep if isinstance(t, int | float) and now - t < SEEN_FOR}
-    session.identity["seen"] = recent
-    return False
 
 
 def _freeze() -> None:
@@ -593,7 +563,7 @@ class Engine:
         # (the push finds or makes the session itself: no EngineSession, no second look-up)
         if not isinstance(session, str) or not session:
             raise EngineError("a session id is a non-empty string")
-        return self._push(session, None, item, context)
+        return _push_once(self, session, None, item, context, None, None, None)
 
     async def apush(
         self, item: object, *, session: str = "default", context: VisitorContext | None = None
@@ -659,113 +629,10 @@ class Engine:
         notice: dict[str, Any] | None = None,
         push_id: str | None = None,
     ) -> PushResult:
-        """One push, atomic: the session's change and its sends are stored together or not at
-        all (a failed outbox write leaves the session as it was). With sessions shared by
-        other processes, a push that finds the session changed meanwhile runs again on it.
-        With ``consent`` (:meth:`EngineSession.set_consent`) there is no push: only the
-        consent changes, and what it releases goes out."""
-        background = self._background
-        # Marked in progress: the delivery threads do not start a step meanwhile. (In this
-        # frame, not a second call: it is on every push's path.)
-        pushing = None if background is None else background.pushing
-        if pushing is not None:
-            pushing.append(None)
-        try:
-            if self._closed:
-                raise EngineError("the engine is closed")
-            if push_id is not None and (
-                not isinstance(push_id, str) or not 0 < len(push_id) <= 128
-            ):
-                raise PushError("a push id is a string of 1 to 128 characters")
-            if context is not None:
-                if not isinstance(context, VisitorContext):
-                    raise PushError(
-                        f"context must be a VisitorContext, not {type(context).__name__}"
-                    )
-                context = context.forwarding(self.forward_ip)
-            ruleset, targets = self._live
-            outbox = self._outbox
-            if background is not None:
-                background.check_open()
-            contended = False
-            for attempt in range(MAX_PUSH_ATTEMPTS):
-                if contended:
-                    # Lost a race for the session: step aside a random moment, growing, so that
-                    # processes pushing to one session at once all get through (no livelock).
-                    time.sleep(_jitter.uniform(0, min(_MAX_BACKOFF, 0.0005 * 2**attempt)))
-                now = self._clock()
-                with self.sessions.begin(session_id, visitor_id, now) as transaction:
-                    session = transaction.session
-                    before = session.state
-                    if push_id is not None and _seen(session, push_id, now):
-                        result = PushResult(session.id, None, ruleset.version, session.state)
-                        result.duplicate = True
-                        transaction.commit((), None, now)
-                        return result
-                    if notice is not None:
-                        result = PushResult(session.id, None, ruleset.version, session.state)
-                        request = notice_request(
-                            targets,
-                            session,
-                            notice,
-                            name=str(notice["type"]),
-                            now=now,
-                            ids=self._ids,
-                            context=context,
-                        )
-                        result.sends.append(Send(request.rule, "edge", request))
-                    elif consent is None:
-                        result = process_push(
-                            ruleset,
-                            session,
-                            item,
-                            now=now,
-                            ids=self._ids,
-                            targets=targets,
-                            context=context,
-                        )
-                        if result.pushes:
-                            self._follow(ruleset, targets, session, result, context)
-                    else:
-                        result = PushResult(session.id, None, ruleset.version, session.state)
-                    sends, stored = self._gate(
-                        ruleset, targets, session, result, before, now, consent
-                    )
-                    if outbox is not None:
-                        items = [] if stored else [(send.request, session.id) for send in sends]
-                        if not transaction.commit(items, outbox, now):
-                            # another process changed the session: again, on its state
-                            contended = transaction.contended
-                            continue
-                        self._count_dropped(result)
-                        if self._background is not None and (items or stored):
-                            self._background.notify()
-                        return result
-                    if not transaction.commit((), None, now):
-                        contended = transaction.contended
-                        continue
-                    self._count_dropped(result)
-                    if self.dry_run:
-                        return result
-                    # Still holding the session (its lock here, or this process's turn on a
-                    # shared one): its sends answer in order, and the identity the first one
-                    # brings back is in the requests built after it.
-                    if isinstance(self.sessions, MemorySessions):
-                        self._deliver(sends, session, targets)
-                        return result
-                    # A shared store: what the answers changed of the identity is stored, as a
-                    # delivery worker does.
-                    base = copy_json(session.identity)
-                    self._deliver(sends, session, targets)
-                    self.sessions.merge_identity(session.id, base, session.identity)
-                    return result
-            raise EngineError(
-                f"session {session_id!r} was changed by other processes {MAX_PUSH_ATTEMPTS} times "
-                "while this push ran; nothing was stored"
-            )
-        finally:
-            if pushing is not None:
-                pushing.pop()
+        """One push, atomic (:func:`engine.pushing.push`). With ``consent``
+        (:meth:`EngineSession.set_consent`) there is no push: only the consent changes, and
+        what it releases goes out; with ``notice``, only that Edge notification is sent."""
+        return _push_once(self, session_id, visitor_id, item, context, consent, notice, push_id)
 
     def _follow(
         self,

@@ -19,13 +19,13 @@ from engine import DispatchError, EvaluationError, PayloadTooLarge
 from engine.destinations import EDGE_SIZE_LIMIT, Request, build_edge_request, check_size
 from engine.destinations.base import (
     ENGINE_VERSION,
-    _drop,
     drop_nulls,
     parse_bytes,
     serialize,
     serialize_bytes,
 )
 from engine.destinations.edge import _query
+from engine.destinations.encoding import _drop
 from engine.scope import Scope
 from engine.settings import EdgeSettings
 from tests.conftest import load_text

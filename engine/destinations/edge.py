@@ -53,10 +53,6 @@ from engine.destinations.base import (
     READ_BACK,
     Request,
     deep_merge,
-    drop_nulls,
-    percent_encode,
-    plain_json,
-    serialize_bytes,
 )
 from engine.destinations.edge_fields import (
     MAX_DECISION_SCOPES,
@@ -69,6 +65,7 @@ from engine.destinations.edge_fields import (
     proposition_meta,
     proposition_notification,
 )
+from engine.destinations.encoding import drop_nulls, percent_encode, plain_json, serialize_bytes
 from engine.errors import DispatchError, EvaluationError
 from engine.settings import EdgeSettings
 

@@ -19,12 +19,10 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from engine.destinations.base import (
+from engine.destinations.base import Request, is_finite_scalar, largest_fields
+from engine.destinations.encoding import (
     PLAIN_TYPES,
-    Request,
     drop_nulls,
-    is_finite_scalar,
-    largest_fields,
     percent_encode,
     serialize,
     serialize_bytes,

@@ -146,14 +146,22 @@ class Quarantined(NamedTuple):
 def encode(header: list[Any], body: bytes) -> bytes:
     """One record: ``header`` (JSON-able) and ``body``. ``ValueError`` for one longer than a
     reader accepts."""
+    head = encode_header(header, len(body))
+    crc = zlib.crc32(body, zlib.crc32(head))
+    return _HEAD.pack(_MAGIC, crc, len(head), len(body)) + head + body
+
+
+def encode_header(header: list[Any], body_length: int) -> bytes:
+    """A record's header as :func:`encode` writes it (a record kept in memory needs no more:
+    its frame and checksum guard what crosses a disk). ``ValueError`` for a record longer
+    than a reader accepts."""
     try:
         head = orjson.dumps(header)  # on the push's path: a tenth of json's time
     except TypeError:  # an integer beyond 64 bits, say
         head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(head) + len(body) > _MAX_RECORD:
+    if len(head) + body_length > _MAX_RECORD:
         raise ValueError(f"a journal record holds at most {_MAX_RECORD} bytes")
-    crc = zlib.crc32(body, zlib.crc32(head))
-    return _HEAD.pack(_MAGIC, crc, len(head), len(body)) + head + body
+    return head
 
 
 def read(path: str | os.PathLike[str], offset: int, end: int | None = None) -> Parsed:

@@ -277,7 +277,23 @@ def _stored_body(request: Request) -> Any:
 
 def _record(request: Request, session: str, now: float) -> bytes:
     """One send as a journal record (what :func:`_row` reads back)."""
-    header = [
+    try:
+        return journal.encode(_header(request, session, now), request.body_bytes)
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
+
+
+def _unframed(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
+    """:func:`_record` for an outbox in memory: the header as a record holds it, and the body."""
+    body = request.body_bytes
+    try:
+        return journal.encode_header(_header(request, session, now), len(body)), body
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
+
+
+def _header(request: Request, session: str, now: float) -> list[Any]:
+    return [
         session,
         request.destination,
         request.rule,
@@ -290,10 +306,6 @@ def _record(request: Request, session: str, now: float) -> bytes:
         request.request_id,
         now,
     ]
-    try:
-        return journal.encode(header, request.body_bytes)
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
 
 
 def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
@@ -589,8 +601,10 @@ class Outbox(BaseOutbox):
         # up to `_cursor` they are read into the open transaction (committed with it).
         self._ingested = 0
         self._cursor = 0
-        self._queued: list[bytes] = []  # in memory: appended records not yet ingested
-        self._taken: list[bytes] = []  # ...taken from _queued by the open transaction
+        # In memory: the appended records (header, body) not yet ingested, and those of them
+        # the open transaction took.
+        self._queued: list[tuple[bytes, bytes]] = []
+        self._taken: list[tuple[bytes, bytes]] = []
         self._read_in = 0  # records read into the open transaction (for ingest's count)
 
     def _journal_path(self, generation: int) -> str:
@@ -618,18 +632,18 @@ class Outbox(BaseOutbox):
         if not self._memory and not journal.AVAILABLE:
             self.put_many(list(items), now=stamp)  # no journal on this platform: a commit
             return
+        if self._memory:
+            # Nothing here crosses a disk: no frame, no checksum.
+            records = [_unframed(request, session, stamp) for request, session in items]
+            if records:
+                self._check_open()
+                with self._journal_lock:
+                    self._queued.extend(records)
+            return
         data = b"".join(_record(request, session, stamp) for request, session in items)
         if not data:
             return
-        if self._closed:
-            raise OutboxError(f"outbox {self.name} is closed")
-        if os.getpid() != self._pid:
-            with self._locked():
-                pass  # forked by C code: reset (see _locked)
-        if self._memory:
-            with self._journal_lock:
-                self._queued.append(data)
-            return
+        self._check_open()
         if self._journal is None:
             with self._locked():
                 if self._journal is None:
@@ -644,6 +658,13 @@ class Outbox(BaseOutbox):
             raise OutboxError(
                 f"outbox {self.name}: cannot write the intake journal: {exc}"
             ) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"outbox {self.name} is closed")
+        if os.getpid() != self._pid:
+            with self._locked():
+                pass  # forked by C code: reset (see _locked)
 
     def _start_journal(self) -> journal.JournalWriter | None:
         """Create this process's next journal file and record it (called with the lock); the
@@ -675,10 +696,9 @@ class Outbox(BaseOutbox):
         """Move what this process appended into ``entries`` (inside a write transaction)."""
         if self._queued:
             with self._journal_lock:
-                chunks, self._queued = self._queued, []
-            self._taken.extend(chunks)
-            records = journal.parse(b"".join(chunks)).records
-            conn.executemany(_INSERT, [_row(*record) for record in records])
+                records, self._queued = self._queued, []
+            self._taken.extend(records)
+            conn.executemany(_INSERT, [_row(parse_bytes(head), body) for head, body in records])
             self._read_in += len(records)
             return
         if self._journal is not None:
