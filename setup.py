@@ -25,7 +25,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from engine._hot import HOT, MANIFEST, digest  # noqa: E402  (kept with the loader that reads them)
+from engine._hot import HOT, MANIFEST, digest, stamps  # noqa: E402  (kept with their reader)
 
 sys.path.pop(0)
 
@@ -69,7 +69,8 @@ class BuildHot(build_ext):  # type: ignore[misc]
             manifest.unlink(missing_ok=True)
             print("tagengine: the compiled hot path did not build: pure Python", file=sys.stderr)
             return
-        built = {"sources": digest(ROOT / "engine"), "modules": list(HOT)}
+        package = ROOT / "engine"
+        built = {"sources": digest(package), "stamps": stamps(package), "modules": list(HOT)}
         manifest.write_text(json.dumps(built, indent=1) + "\n")
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install"]
+__all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install", "stamps"]
 
 # What every push runs. (Not the stores: mypyc builds a subclass of an ABC that shares its
 # parent's isinstance cache, and a class of sqlite.py crashed in a weakref; nor the engine's
@@ -43,20 +43,44 @@ MANIFEST = "_hot.json"
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def _sources(package: Path) -> list[tuple[str, os.stat_result]]:
+    """The package's ``.py`` files (paths relative to it) and their stats, in path order."""
+    found: list[tuple[str, os.stat_result]] = []
+    folders = [(str(package), "")]
+    while folders:
+        folder, prefix = folders.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+                    folders.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.name.endswith(".py"):
+                    found.append((prefix + entry.name, entry.stat()))
+    return sorted(found)
+
+
 def digest(package: Path = _PACKAGE) -> str:
     """SHA-256 over the package's ``.py`` files, their paths and their contents."""
     total = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        total.update(path.relative_to(package).as_posix().encode() + b"\0")
-        total.update(path.read_bytes() + b"\0")
+    for name, _ in _sources(package):
+        total.update(name.encode() + b"\0")
+        total.update((package / name).read_bytes() + b"\0")
     return total.hexdigest()
 
 
+def stamps(package: Path = _PACKAGE) -> dict[str, list[int]]:
+    """Size and modification time of each ``.py`` file: what :func:`current` checks first."""
+    return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in _sources(package)}
+
+
 def current() -> bool:
-    """Whether a build exists and was made from the sources as they are now."""
+    """Whether a build exists and was made from the sources as they are now: their sizes and
+    times as the build saw them (a stat each), else their digest (a checkout that rewrote
+    files without changing them)."""
     try:
         built = json.loads((_PACKAGE / MANIFEST).read_text())
-        return isinstance(built, dict) and built.get("sources") == digest()
+        if not isinstance(built, dict):
+            return False
+        return built.get("stamps") == stamps() or built.get("sources") == digest()
     except (OSError, ValueError):  # no build, or an unreadable one
         return False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from engine.destinations.base import Request
 from engine.diagnostics import Span
@@ -86,15 +86,20 @@ class RuleOutcome:
             shared = _FIRED.get(key)
             if shared is not None and shared.__class__ is cls:
                 return shared
-        self = object.__new__(cls)
-        put = object.__setattr__
-        put(self, "rule", rule)
-        put(self, "status", status)
-        put(self, "_reason", reason)
-        put(self, "clause", clause)
-        put(self, "values", values)
-        put(self, "span", span)
-        put(self, "_why", None)
+        self: RuleOutcome
+        if cls is RuleOutcome:
+            built: Any = _Building(rule, status, reason, clause, values, span, None)
+            self = built
+        else:
+            self = object.__new__(cls)
+            put = object.__setattr__
+            put(self, "rule", rule)
+            put(self, "status", status)
+            put(self, "_reason", reason)
+            put(self, "clause", clause)
+            put(self, "values", values)
+            put(self, "span", span)
+            put(self, "_why", None)
         if fired:
             if len(_FIRED) >= _MAX_FIRED:  # rulesets reloaded many times: start again
                 _FIRED.clear()
@@ -111,7 +116,12 @@ class RuleOutcome:
     ) -> RuleOutcome:
         """The outcome of a rule ``condition`` stopped, its operands having had ``values``;
         the reason is :func:`explain`'s text, written when first read."""
-        outcome = cls(rule, status, None, condition.source, values, condition.span)  # (not shared)
+        if cls is RuleOutcome:  # (not shared)
+            built: Any = _Building(
+                rule, status, None, condition.source, values, condition.span, condition
+            )
+            return cast(RuleOutcome, built)
+        outcome = cls(rule, status, None, condition.source, values, condition.span)
         object.__setattr__(outcome, "_why", condition)
         return outcome
 
@@ -155,6 +165,34 @@ class RuleOutcome:
 
 
 _FIRED: dict[tuple[str, int], RuleOutcome] = {}
+
+
+class _Building:
+    """A :class:`RuleOutcome` as it is made (a push makes one for each rule it evaluates):
+    the same slots, assignable, then made a RuleOutcome by ``__class__`` assignment (CPython
+    allows it between classes whose instances have the same layout), in place of seven
+    ``object.__setattr__`` calls past the frozen class's guard."""
+
+    __slots__ = RuleOutcome.__slots__
+
+    def __init__(
+        self,
+        rule: str,
+        status: Status,
+        reason: str | None,
+        clause: str | None,
+        values: tuple[tuple[str, Any], ...],
+        span: Span | None,
+        why: CompiledCondition | None,
+    ) -> None:
+        self.rule = rule
+        self.status = status
+        self._reason = reason
+        self.clause = clause
+        self.values = values
+        self.span = span
+        self._why = why
+        self.__class__ = RuleOutcome  # type: ignore[assignment]
 
 
 @dataclass(slots=True)

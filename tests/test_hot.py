@@ -65,6 +65,15 @@ def test_an_edit_anywhere_in_the_package_puts_every_source_back_in_charge(copy: 
 
 
 @built
+def test_a_file_rewritten_unchanged_keeps_the_build(copy: Path) -> None:
+    # A checkout rewrites files: their times change, not their contents (the digest decides).
+    source = copy / "engine" / "runtime.py"
+    source.write_bytes(source.read_bytes())
+    os.utime(source, ns=(1, 1))
+    assert _compiled_in(copy) == list(_hot.HOT)
+
+
+@built
 def test_an_unreadable_manifest_means_the_sources(copy: Path) -> None:
     (copy / "engine" / _hot.MANIFEST).write_text("{not json")
     assert _compiled_in(copy) == []

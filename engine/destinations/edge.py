@@ -53,6 +53,7 @@ from engine.destinations.base import (
     READ_BACK,
     Request,
     deep_merge,
+    new_request,
 )
 from engine.destinations.edge_fields import (
     MAX_DECISION_SCOPES,
@@ -324,7 +325,7 @@ def _build(
         if written is None:
             return None
         body, body_bytes = READ_BACK, written
-    return Request(
+    return new_request(
         "edge",
         rule,
         "POST",
@@ -536,7 +537,7 @@ class EdgePlan:
         url = f"{prefix}{_query_value(request_id)}"
         if collect and sites.v2:
             url += "&silent=true"
-        return Request(
+        return new_request(
             "edge",
             rule,
             "POST",

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from engine.destinations.base import Request, is_finite_scalar, largest_fields
+from engine.destinations.base import Request, is_finite_scalar, largest_fields, new_request
 from engine.destinations.encoding import (
     PLAIN_TYPES,
     drop_nulls,
@@ -150,7 +150,7 @@ def build_sitecore_request(
             f"{base}/v1.2/event/create.json?client_key="
             f"{percent_encode(_client_key(settings, rule))}&message={_encoded_message(message)}"
         )
-        request = Request("sitecore", rule, "GET", url, (), event, b"", "event")
+        request = new_request("sitecore", rule, "GET", url, (), event, b"", "event")
         check_url_size(request)
         return request
 
@@ -162,7 +162,7 @@ def build_sitecore_request(
         params.append(("siteId", settings.site_id))
     url = f"{base}/v1/events/v1.2/events?" + _query(params)
     body_bytes = serialize_bytes(event, rule=rule)
-    return Request("sitecore", rule, "POST", url, _JSON, event, body_bytes, "event")
+    return new_request("sitecore", rule, "POST", url, _JSON, event, body_bytes, "event")
 
 
 class _Sites:
@@ -265,7 +265,7 @@ def _direct(fields: Mapping[str, Any], sites: _Sites, rule: str, browser_id: str
     if not _CHECKED_ROOTS.isdisjoint(event):
         _check_formats(event, event_type, rule)
     url = sites.prefix + _encoded_message(serialize(event, rule=rule))
-    request = Request("sitecore", rule, "GET", url, (), event, b"", "event")
+    request = new_request("sitecore", rule, "GET", url, (), event, b"", "event")
     if len(url) > SITECORE_URL_LIMIT or not url.isascii():  # (ASCII: its length in bytes)
         check_url_size(request)
     return request
