@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -66,8 +66,6 @@ __all__ = ["Engine", "EngineSession"]
 log = logging.getLogger("engine")
 
 MAX_QUEUED_PUSHES = 100  # pushes made by `push` actions, per original push
-
-_NO_IDENTITY: Mapping[str, Any] = MappingProxyType({})
 
 
 def _freeze() -> None:
@@ -677,27 +675,9 @@ class Engine:
         """The visitor's consent applied to a push's sends (engine/consent.py): the sends to
         store or deliver now, in order (Edge told of a change first, then the sends consent
         released, then the push's own), and whether they are stored already (released from
-        the outbox). Held and dropped sends are marked on the result."""
+        the outbox). Held and dropped sends are marked on the result. (Called only when there
+        is something to decide: :func:`engine.pushing.push` sees first when every send goes.)"""
         settings = ruleset.consent
-        if change is None and settings.path is None:
-            # Nothing to decide (a ruleset without a consent block, a visitor who never set
-            # one, nothing held): every send goes. Read without making the session's parts.
-            identity = session._identity or _NO_IDENTITY
-            memory = session._visitor
-            if (
-                (memory is None or VISITOR_KEY not in memory.kept)
-                and "held" not in identity
-                and "held_out" not in identity
-                # (consent_of, without the visitor's value: Edge's entries, else the default)
-                and (
-                    ("entries" not in identity and settings.default == "in")
-                    or consent_of(identity, settings, _NO_IDENTITY) == "in"
-                )
-            ):
-                if not result.followups:
-                    return list(result.sends), False
-                sends = [send for outcome in (result, *result.followups) for send in outcome.sends]
-                return sends, False
         identity, visitor = session.identity, session.visitor_kept
         current = consent_of(identity, settings, visitor)
         wanted = change.value if change is not None else None

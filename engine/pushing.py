@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from engine.consent import VISITOR_KEY, consent_of
 from engine.context import VisitorContext
 from engine.errors import EngineError, PushError
 from engine.results import PushResult, Send
 from engine.ruleset import Ruleset
 from engine.runtime import Targets, notice_request, process_push
 from engine.sessions import Session
+from engine.settings import ConsentSettings
 from engine.stores.base import BaseOutbox
 from engine.stores.memory import MemorySessions
 from engine.values import copy_json
@@ -29,6 +33,7 @@ __all__ = ["MAX_PUSH_ATTEMPTS", "MAX_SEEN", "SEEN_FOR", "push", "seen"]
 MAX_PUSH_ATTEMPTS = 50  # runs of one push whose shared session others kept changing
 _MAX_BACKOFF = 0.02  # seconds, at most, between two of them
 _jitter = random.Random()
+_NO_IDENTITY: Mapping[str, Any] = MappingProxyType({})
 
 # Push ids (EngineSession.push(..., push_id=…)): what makes a retried push a no-op.
 SEEN_FOR = 900.0  # seconds a session remembers a push id (a browser's retries come sooner)
@@ -54,6 +59,26 @@ def seen(session: Session, push_id: str, now: float) -> bool:
         recent = {key: t for key, t in keep if isinstance(t, int | float) and now - t < SEEN_FOR}
     session.identity["seen"] = recent
     return False
+
+
+def _every_send_goes(session: Session, settings: ConsentSettings) -> bool:
+    """Whether consent has nothing to decide for this push (a ruleset without a consent
+    block, a visitor who never set one, nothing held); read without making the session's
+    parts. Else :meth:`Engine._gate <engine.engine.Engine._gate>` decides."""
+    if settings.path is not None:
+        return False
+    identity = session._identity or _NO_IDENTITY
+    memory = session._visitor
+    return (
+        (memory is None or VISITOR_KEY not in memory.kept)
+        and "held" not in identity
+        and "held_out" not in identity
+        # (consent_of, without the visitor's value: Edge's entries, else the default)
+        and (
+            ("entries" not in identity and settings.default == "in")
+            or consent_of(identity, settings, _NO_IDENTITY) == "in"
+        )
+    )
 
 
 def push(
@@ -161,7 +186,14 @@ def _attempt(
                 engine._follow(ruleset, targets, session, result, context)
         else:
             result = PushResult(session.id, None, ruleset.version, session.state)
-        sends, stored = engine._gate(ruleset, targets, session, result, before, now, consent)
+        if consent is None and _every_send_goes(session, ruleset.consent):
+            if result.followups:
+                sends = [send for made in (result, *result.followups) for send in made.sends]
+            else:
+                sends = list(result.sends)
+            stored = False
+        else:
+            sends, stored = engine._gate(ruleset, targets, session, result, before, now, consent)
         if outbox is not None:
             items = [] if stored else [(send.request, session.id) for send in sends]
             if not transaction.commit(items, outbox, now):
