@@ -25,9 +25,10 @@ from types import ModuleType
 
 __all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install", "stamps"]
 
-# What every push runs. (Not the stores: mypyc builds a subclass of an ABC that shares its
-# parent's isinstance cache, and a class of sqlite.py crashed in a weakref; nor the engine's
-# class: its push is engine.pushing, the builders' encoding engine.destinations.encoding.)
+# What every push runs. Not the stores: mypyc builds a subclass of an ABC that shares its
+# parent's isinstance cache, and a class of sqlite.py crashed in a weakref. Not the scope:
+# generated code reads its attributes, which a compiled class serves at twice the cost. Not
+# the engine's class: its push is engine.pushing, the builders' encoding in its own module.
 HOT = (
     "engine.datalayer",
     "engine.destinations.edge",
@@ -35,7 +36,6 @@ HOT = (
     "engine.destinations.sitecore",
     "engine.pushing",
     "engine.runtime",
-    "engine.scope",
     "engine.values",
 )
 MANIFEST = "_hot.json"
