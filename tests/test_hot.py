@@ -18,20 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORT = "import engine, engine._hot as h; print(engine.__file__); print(','.join(h.compiled()))"
 
 
-def _compiled_in(root: Path, **environ: str) -> list[str]:
-    """The hot modules a fresh interpreter runs compiled from the package copy under ``root``."""
+def _python(root: Path, code: str, **environ: str) -> str:
+    """What a fresh interpreter running ``code`` prints, with the package copy under ``root``
+    (``TAGENGINE_PURE`` as ``environ`` says, else unset)."""
     env = {k: v for k, v in os.environ.items() if k != "TAGENGINE_PURE"}
     env.update(environ, PYTHONPATH=str(root))
-    out = subprocess.run(
-        [sys.executable, "-c", REPORT],
+    done = subprocess.run(
+        [sys.executable, "-c", code],
         cwd=root,
         env=env,
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=120,
     )
-    where, names = out.stdout.splitlines()
+    return done.stdout
+
+
+def _compiled_in(root: Path, **environ: str) -> list[str]:
+    """The hot modules a fresh interpreter runs compiled from the package copy under ``root``."""
+    where, names = _python(root, REPORT, **environ).splitlines()
     assert Path(where).is_relative_to(root)  # the copy, not the package under test
     return [name for name in names.split(",") if name]
 
@@ -104,19 +110,7 @@ def test_a_push_gives_the_same_result_compiled_and_as_python(copy: Path) -> None
         "print(json.dumps(out))\n"
     )
 
-    def run(**environ: str) -> str:
-        env = {**os.environ, **environ, "PYTHONPATH": str(copy)}
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=copy,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-        return done.stdout
-
-    compiled, pure = run(TAGENGINE_PURE="0"), run(TAGENGINE_PURE="1")
+    compiled = _python(copy, script, TAGENGINE_PURE="0")
+    pure = _python(copy, script, TAGENGINE_PURE="1")
     assert len(compiled) > 1000
     assert compiled == pure
