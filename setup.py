@@ -50,12 +50,13 @@ class BuildHot(build_ext):  # type: ignore[misc]
     """Builds the extensions, then writes the manifest only if every one of them was built."""
 
     def run(self) -> None:
-        if self.inplace:
-            # An earlier build's files, a module dropped from HOT among them, would still be
-            # imported before its source: the package holds no other extension module.
-            for stale in (ROOT / "engine").rglob("*.so"):
+        # An earlier build's files (a module dropped from HOT among them) must not be shipped
+        # or imported: the package holds no other extension module.
+        target = ROOT / "engine" if self.inplace else Path(self.build_lib) / "engine"
+        if target.is_dir():
+            for stale in target.rglob("*.so"):
                 stale.unlink()
-            (ROOT / "engine" / MANIFEST).unlink(missing_ok=True)
+            (target / MANIFEST).unlink(missing_ok=True)
         super().run()
         if not self.extensions:
             return

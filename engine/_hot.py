@@ -85,23 +85,52 @@ def current() -> bool:
         return False
 
 
+def _strays(package: Path = _PACKAGE) -> frozenset[str]:
+    """Modules of the package with an extension file beside their source that no build of
+    ``HOT`` accounts for (one left by an older build that compiled more): never imported."""
+    found: set[str] = set()
+    for folder, _, files in os.walk(package):
+        for name in files:
+            suffix = next((s for s in _EXTENSIONS if name.endswith(s)), None)
+            if suffix is None:
+                continue
+            source = Path(folder, name[: -len(suffix)] + ".py")
+            if source.is_file():
+                parts = source.relative_to(package.parent).with_suffix("").parts
+                found.add(".".join(parts))
+    return frozenset(found - set(HOT))
+
+
+_EXTENSIONS = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _source_spec(fullname: str) -> importlib.machinery.ModuleSpec | None:
+    source = _PACKAGE.parent.joinpath(*fullname.split(".")).with_suffix(".py")
+    return importlib.util.spec_from_file_location(fullname, source)
+
+
 class _Finder(importlib.abc.MetaPathFinder):
-    """Imports the hot modules from their ``.py`` files, unless the build is current."""
+    """Imports the hot modules from their ``.py`` files, unless the build is current, and any
+    other module of the package from its ``.py`` file if an extension file sits beside it."""
 
     def __init__(self) -> None:
         self.use_build: bool | None = None  # decided at the first hot import
+        self.strays: frozenset[str] | None = None  # found at the package's first import
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname not in HOT:
+        if not fullname.startswith("engine."):
             return None
+        if fullname not in HOT:
+            if self.strays is None:
+                self.strays = _strays()
+            return _source_spec(fullname) if fullname in self.strays else None
         if self.use_build is None:
             self.use_build = os.environ.get("TAGENGINE_PURE") != "1" and current()
         if self.use_build:
             return None  # the usual finders: the extension module beside the source wins
-        source = _PACKAGE.parent.joinpath(*fullname.split(".")).with_suffix(".py")
-        return importlib.util.spec_from_file_location(fullname, source)
+        return _source_spec(fullname)
 
 
 _FINDER = _Finder()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import shutil
 import subprocess
@@ -85,6 +86,20 @@ def test_an_unreadable_manifest_means_the_sources(copy: Path) -> None:
     assert _compiled_in(copy) == []
     (copy / "engine" / _hot.MANIFEST).unlink()
     assert _compiled_in(copy) == []
+
+
+def test_an_extension_file_left_beside_another_module_is_never_imported(copy: Path) -> None:
+    # As an older build that compiled more modules leaves one (any extension file will do).
+    extension = next(PACKAGE.glob("*.so"), None)
+    if extension is None:  # no build here: make an extension file out of nothing
+        suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+        (copy / "engine" / f"scope{suffix}").write_bytes(b"not a library")
+    else:
+        shutil.copy(
+            extension, copy / "engine" / ("scope" + extension.name[extension.name.index(".") :])
+        )
+    code = "import engine.scope as s; print(s.__file__)"
+    assert _python(copy, code).strip() == str(copy / "engine" / "scope.py")
 
 
 @built
