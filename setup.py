@@ -61,8 +61,7 @@ class BuildHot(build_ext):  # type: ignore[misc]
         if not self.extensions:
             return
         outputs = [Path(self.get_ext_fullpath(ext.name)) for ext in self.extensions]
-        package = Path(self.get_ext_fullpath("engine._hot")).parent
-        manifest = package / MANIFEST
+        manifest = target / MANIFEST
         if not all(path.exists() for path in outputs):
             # Part of a group is worse than none: leave the sources in charge.
             for path in outputs:

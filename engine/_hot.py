@@ -1,12 +1,14 @@
 """Which of the push's hot modules run compiled (mypyc, setup.py) and which as Python.
 
-A build compiles ``HOT`` as one group and writes ``_hot.json``: the digest of every ``.py``
-file of the package as it compiled them (compiled code relies on the modules it imports
-too: their classes, signatures and constants). When a hot module is first imported, the
-build is used only if that digest still holds; else every hot module is imported from its
-source. So an edited or checked-out file never leaves an older build in charge, and a
-compiled module never calls into a stale compiled neighbour (the group links them directly).
-``TAGENGINE_PURE=1`` asks for the sources whatever was built.
+A build compiles ``HOT`` as one group and writes ``_hot.json``: the size, time and digest of
+every ``.py`` file of the package as it compiled them (compiled code relies on the modules it
+imports too: their classes, signatures and constants). When a hot module is first imported,
+the build is used only if the sizes and times still hold, or else the digest; otherwise every
+hot module is imported from its source. So an edited or checked-out file never leaves an
+older build in charge, and a compiled module never calls into a stale compiled neighbour (the
+group links them directly). An extension file beside a module that is not hot (left by a
+build that compiled more) is never imported. ``TAGENGINE_PURE=1`` asks for the sources
+whatever was built.
 """
 
 from __future__ import annotations

@@ -146,7 +146,11 @@ class Quarantined(NamedTuple):
 def encode(header: list[Any], body: bytes) -> bytes:
     """One record: ``header`` (JSON-able) and ``body``. ``ValueError`` for one longer than a
     reader accepts."""
-    head = encode_header(header, len(body))
+    return frame(encode_header(header, len(body)), body)
+
+
+def frame(head: bytes, body: bytes) -> bytes:
+    """The record of an encoded header (:func:`encode_header`) and its body, as written."""
     crc = zlib.crc32(body, zlib.crc32(head))
     return _HEAD.pack(_MAGIC, crc, len(head), len(body)) + head + body
 

@@ -277,10 +277,7 @@ def _stored_body(request: Request) -> Any:
 
 def _record(request: Request, session: str, now: float) -> bytes:
     """One send as a journal record (what :func:`_row` reads back)."""
-    try:
-        return journal.encode(_header(request, session, now), request.body_bytes)
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
+    return journal.frame(*_unframed(request, session, now))
 
 
 def _unframed(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
