@@ -50,23 +50,30 @@ class _Source:
         }
         self.closure_of = closure_of
         self.count = 0
-        self.constants: dict[tuple[type, Any], str] = {}
+        self.constants: dict[tuple[Any, Any], str] = {}
+        self.fallbacks: dict[int, str] = {}  # by the node's identity: the tree outlives them
         # Containers read more than once, and those of them whose local is certainly set at the
         # point being generated (code is generated in the order it runs).
         self.shared = shared
         self.available: dict[_Prefix, str] = {}
+        self.optimistic = False  # see ref()
 
     def name(self, prefix: str, value: Any = None, *, bind: bool = True) -> str:
+        key: tuple[Any, Any] | None = None
         if bind and prefix == "k" and (type(value) is str or type(value) is int):
-            known = self.constants.get((type(value), value))
+            key = (type(value), value)
+        elif bind and prefix == "g":  # a helper: the same function under one name
+            key = (prefix, id(value))
+        if key is not None:
+            known = self.constants.get(key)
             if known is not None:
                 return known
         self.count += 1
         name = f"_{prefix}{self.count}"
         if bind:
             self.namespace[name] = value
-            if prefix == "k" and (type(value) is str or type(value) is int):
-                self.constants[(type(value), value)] = name
+            if key is not None:
+                self.constants[key] = name
         return name
 
     def is_boolean(self, node: ast.Expr) -> bool:
@@ -93,7 +100,11 @@ class _Source:
         return f"(not (_truthy({v}) if type({v} := {code}) is str else {v}))"
 
     def fallback(self, node: ast.Expr) -> str:
-        return f"{self.name('f', self.closure_of(node))}(s)"
+        # One closure a node, though the expression is generated twice (generate_condition).
+        name = self.fallbacks.get(id(node))
+        if name is None:
+            name = self.fallbacks[id(node)] = self.name("f", self.closure_of(node))
+        return f"{name}(s)"
 
     def expr(self, node: ast.Expr) -> str:
         if isinstance(node, ast.Literal) and node.parts is None:
@@ -162,13 +173,24 @@ class _Source:
             base = f"s.element({self.name('k', node.name)})"
         code = base
         prefix: _Prefix = (node.root, node.name)
-        for index, step in enumerate(node.path):
+        path = node.path
+        # Optimistic code reads `a.get(k, _E).get(j)` with no type checks: only an object has a
+        # `get`, a missing key gives the empty one, and anything else raises AttributeError.
+        unchecked = self.optimistic and node.root != "element"
+        for index, step in enumerate(path):
             key = self.name("k", step)
             holder = self.name("v", bind=False)
+            inner = ", _E" if index + 1 < len(path) and isinstance(path[index + 1], str) else ""
             if isinstance(step, str) and index == 0 and node.root != "element":
-                code = f"{code}.get({key})"  # the state and the event are always objects
+                # The state and the event are always objects.
+                code = f"{code}.get({key}{inner if unchecked else ''})"
             elif isinstance(step, str) and prefix in self.available:
-                code = f"{self.available[prefix]}.get({key})"
+                code = f"{self.available[prefix]}.get({key}{inner if unchecked else ''})"
+            elif isinstance(step, str) and unchecked and prefix in self.shared:
+                code = f"({holder} := {code}).get({key}{inner})"
+                self.available[prefix] = holder
+            elif isinstance(step, str) and unchecked:
+                code = f"{code}.get({key}{inner})"
             elif isinstance(step, str) and prefix in self.shared:
                 # Read once, kept in a local as an object (or an empty one) for the next reads.
                 code = f"({holder} if type({holder} := {code}) is dict else ({holder} := _E)).get({key})"
@@ -177,6 +199,7 @@ class _Source:
                 code = f"({holder}.get({key}) if type({holder} := {code}) is dict else None)"
             else:
                 code = f"_lookup({code}, ({key},))"
+                unchecked = False  # what a list holds may be anything: checked from here
             prefix = (*prefix, step)
         return code
 
@@ -275,10 +298,22 @@ def generate_condition(expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], lab
     """One Python function computing ``bool(expr)`` for a scope."""
     source = _Source(closure_of, _shared_containers(expr))
     body = source.truth(expr)
+    # The same expression with paths read unchecked first: on states whose paths hold objects
+    # where the condition reads into them, as nearly all do, it skips a type test per step;
+    # the checked code answers the rest (nothing it calls has effects, and its closures and
+    # elements give the same answer twice). A try costs nothing in Python 3.11 until it raises.
+    source.available = {}
+    source.optimistic = True
+    fast = source.truth(expr)
+    if fast != body:
+        body = f"{fast}\n    except AttributeError:\n        return {body}"
+        body = f"try:\n        return {body}"
+    else:
+        body = f"return {body}"
     # Constants and helpers become default arguments: locals are the fastest names to read.
     used = set(_NAME.findall(body))
     bound = "".join(f", {name}={name}" for name in source.namespace if name in used)
-    text = f"def _condition(s{bound}):\n    st = s.state\n    return {body}\n"
+    text = f"def _condition(s{bound}):\n    st = s.state\n    {body}\n"
     code = compile(text, f"<condition {label}>", "exec")
     namespace = source.namespace
     exec(code, namespace)  # generated above from the checked tree; no rule text in it

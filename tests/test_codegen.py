@@ -27,6 +27,12 @@ CONDITIONS = [
     "state.user.tier in state.tiers",
     'state.user["tier"] == "gold"',
     'state.code in ["404", "error", "true"] or state.page not in ["1.5", "b"]',
+    # Paths read unchecked first (engine.codegen.generate_condition), the checked code after
+    # a step into something that is not an object.
+    "state.a.b.c == 1 or state.a.b.d exists or not state.a.e",
+    'state.user.tier == "gold" and "sale" in state.user.segments or state.user.id == 2',
+    "state.items[0].sku.code exists or state.items[1].sku == 1",
+    "event.eventInfo.id.x exists",
 ]
 
 STATES: list[dict[str, Any]] = [
@@ -43,8 +49,21 @@ STATES: list[dict[str, Any]] = [
     {"code": "404.0", "page": "1.50"},
     {"code": True, "page": "b"},
     {"code": " 404 ", "page": [1.5]},
+    {"a": {"b": {"c": 1, "d": 0}, "e": ""}, "user": {"tier": "gold", "segments": ["sale"]}},
+    {"a": {"b": {"c": "1"}, "e": "x"}, "user": {"tier": "gold", "segments": "sale", "id": 2}},
+    {"a": {"b": "c"}, "user": {"segments": ["sale"], "id": 2.0}},
+    {"a": {"b": [{"c": 1}]}, "user": "gold", "items": [{"sku": {"code": 0}}]},
+    {"a": [1], "items": [{"sku": "code"}, {"sku": 1}]},
+    {"a": {"b": None, "e": None}, "items": [None, {"sku": True}]},
+    {"a": 5, "user": {"tier": "gold", "segments": {"sale": 1}}, "items": {"0": 1}},
 ]
-EVENTS = [{"event": "e"}, {"event": "x", "eventInfo": {"id": "x"}}, {"event": "e", "eventInfo": 5}]
+EVENTS = [
+    {"event": "e"},
+    {"event": "x", "eventInfo": {"id": "x"}},
+    {"event": "e", "eventInfo": 5},
+    {"event": "e", "eventInfo": {"id": {"x": None}}},
+    {"event": "e", "eventInfo": {"id": {"x": 0}}},
+]
 
 
 @pytest.mark.parametrize("text", CONDITIONS)
