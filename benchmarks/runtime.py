@@ -22,8 +22,11 @@ Every figure is a ratio taken within this one run (nothing is hard-coded):
   is timed.
 - **(d) list membership**: the condition ``state.page.type == "checkout" and state.cart.total >
   100 and ("sale" in state.user.segments or state.user.tier == "gold") and not
-  state.user.internal`` over varied states, as a push runs it (a new ``Scope`` per evaluation,
-  then the condition's function), against the same condition written by hand in plain Python.
+  state.user.internal`` over varied states, as a push runs it, against the same condition
+  written by hand in plain Python. A condition that reads nothing but the state is called with
+  the state alone (``CompiledCondition.on_state``; the push makes no ``Scope`` for it), so that
+  is what is timed and judged; a new ``Scope`` per evaluation then the condition's function,
+  what a condition reading the event or an element costs, is printed beside it.
   The states hold only values on which Python's ``==``, ``>``, ``in`` and ``not`` mean what the
   rules language means (numbers, plain text, lists of plain text, booleans; keys may be
   missing), and both must agree on every state before anything is timed.
@@ -65,7 +68,7 @@ State = dict[str, Any]
 
 # ------------------------------------------------------------------ targets
 SCALING_TARGET = 0.8  # throughput(10,000 rules) / throughput(10 rules), for every trigger mix
-HAND_TARGET = 0.8  # (d): Scope + compiled condition / hand-written function
+HAND_TARGET = 0.8  # (d): the compiled condition as a push calls it / hand-written function
 JSON_LOGIC_TARGET = 6.0  # compiled condition / json-logic
 RULE_ENGINE_TARGET = 100.0  # compiled condition / rule-engine
 CEL_TARGET = 100.0  # compiled condition / cel-python
@@ -589,9 +592,15 @@ def tagengine_evaluators(states: list[State]) -> list[Evaluator] | str:
     direct = next(r for r in ruleset.rules if r.name == "Direct")
     via_elements = next(r for r in ruleset.rules if r.name == "Elements")
     fn = direct.conditions[0].fn
+    on_state = direct.conditions[0].on_state
+    if on_state is None:
+        return "the condition reads only the state, but the push would make a Scope for it"
     fn_elements = via_elements.conditions[0].fn
     elements = ruleset.elements
     event: State = {"event": HIT}
+
+    def as_pushed() -> list[Any]:
+        return [on_state(s) for s in states]
 
     def compiled() -> list[Any]:
         return [fn(Scope(s, event, elements)) for s in states]
@@ -605,7 +614,8 @@ def tagengine_evaluators(states: list[State]) -> list[Evaluator] | str:
         return [fn(scope) for scope in scopes]
 
     return [
-        Evaluator("tagengine compiled", compiled, "new Scope + fn per state, state.* paths"),
+        Evaluator("tagengine compiled", as_pushed, "the state alone, as a push calls it"),
+        Evaluator("  same, new Scope", compiled, "new Scope + fn per state"),
         Evaluator("  same, via elements", compiled_elements, "new Scope + fn, elements"),
         Evaluator("  same, fn only", compiled_fn_only, "Scopes built beforehand"),
     ]
@@ -765,11 +775,11 @@ def run_condition(quick: bool, rng: random.Random) -> None:
             f"   {candidate.note} {runs(bench)}"
         )
 
-    ours = benches.get("  same, fn only")
+    ours = benches.get("tagengine compiled")
     if ours is None:
         print("  targets not measured: the compiled condition is not available")
         return
-    print("  targets (tagengine's compiled condition on Scopes built beforehand):")
+    print("  targets (tagengine's compiled condition as a push calls it):")
     print(
         f"    vs hand-written, same work: {paired_ratio(ours, baseline):4.2f}x   (no target: see (d))"
     )
@@ -862,12 +872,18 @@ def run_membership(quick: bool, rng: random.Random) -> None:
         return
     elements = ruleset.elements
     event: State = {"event": HIT}
-    fn = ruleset.rules[0].conditions[0].fn
-    fn(Scope(states[0], event, elements))  # its first run makes the generated code
-    fn = ruleset.rules[0].conditions[0].fn
+    condition = ruleset.rules[0].conditions[0]
+    condition.fn(Scope(states[0], event, elements))  # its first run makes the generated code
+    fn, on_state = condition.fn, condition.on_state
+    if on_state is None:
+        print("  ERROR: the condition reads only the state, but a push would make a Scope for it")
+        return
 
     def hand() -> list[Any]:
         return [hand_membership(s) for s in states]
+
+    def as_pushed() -> list[Any]:
+        return [on_state(s) for s in states]
 
     def per_push() -> list[Any]:
         return [fn(Scope(s, event, elements)) for s in states]
@@ -879,7 +895,8 @@ def run_membership(quick: bool, rng: random.Random) -> None:
 
     candidates = [
         Evaluator("hand-written", hand, "plain Python (the baseline)"),
-        Evaluator("tagengine", per_push, "new Scope + fn per state, as a push runs it"),
+        Evaluator("tagengine", as_pushed, "the state alone, as a push calls it"),
+        Evaluator("  same, new Scope", per_push, "new Scope + fn per state (reading more)"),
         Evaluator("  same, fn only", fn_only, "Scopes built beforehand"),
     ]
     expected = hand()
@@ -908,10 +925,12 @@ def run_membership(quick: bool, rng: random.Random) -> None:
             f"   {candidate.note} {runs(bench)}"
         )
     ours = paired_ratio(benches[1][1], baseline)
+    with_scope = paired_ratio(benches[2][1], baseline)
     print(
-        f"  tagengine (a Scope per evaluation) / hand-written: {ours:4.2f}x   "
+        f"  tagengine (as a push calls it) / hand-written: {ours:4.2f}x   "
         f"target >= {HAND_TARGET}x: {verdict(ours >= HAND_TARGET)}"
     )
+    print(f"  (a condition reading the event or an element, a new Scope each: {with_scope:4.2f}x)")
 
 
 # ------------------------------------------------------------------ main

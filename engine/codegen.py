@@ -14,14 +14,13 @@ and nothing from the rule text; constants, strings included, live in the functio
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from engine import ast, values
 from engine.scope import Fn
 
-__all__ = ["generate_condition"]
+__all__ = ["StateFn", "generate_condition", "generate_conditions"]
 
 _NUMERIC_FALLBACK = {
     ">": values.greater,
@@ -57,6 +56,7 @@ class _Source:
         self.shared = shared
         self.available: dict[_Prefix, str] = {}
         self.optimistic = False  # see ref()
+        self.reads_scope = False  # reads more than the state: the event, an element, a closure
 
     def name(self, prefix: str, value: Any = None, *, bind: bool = True) -> str:
         key: tuple[Any, Any] | None = None
@@ -104,6 +104,7 @@ class _Source:
         name = self.fallbacks.get(id(node))
         if name is None:
             name = self.fallbacks[id(node)] = self.name("f", self.closure_of(node))
+        self.reads_scope = True
         return f"{name}(s)"
 
     def expr(self, node: ast.Expr) -> str:
@@ -163,6 +164,7 @@ class _Source:
         return None
 
     def ref(self, node: ast.Ref) -> str:
+        self.reads_scope = self.reads_scope or node.root != "state"
         if node.root == "state":
             base = "st"
         elif node.root == "event":
@@ -269,9 +271,6 @@ def _constant(node: ast.Expr) -> Any:
     return _NOT_CONSTANT
 
 
-_NAME = re.compile(r"\b_\w+")
-
-
 def _shared_containers(expr: ast.Expr) -> set[_Prefix]:
     """The containers (a path whose next step is a name) ``expr`` reads more than once."""
     seen: set[_Prefix] = set()
@@ -294,8 +293,19 @@ def _shared_containers(expr: ast.Expr) -> set[_Prefix]:
     return shared
 
 
+StateFn = Callable[[dict[str, Any]], Any]
+
+
 def generate_condition(expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], label: str) -> Fn:
     """One Python function computing ``bool(expr)`` for a scope."""
+    return generate_conditions(expr, closure_of, label)[0]
+
+
+def generate_conditions(
+    expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], label: str
+) -> tuple[Fn, StateFn | None]:
+    """The function computing ``bool(expr)`` for a scope and, when ``expr`` reads nothing but
+    the state, the same for the state alone: a push calls that one without making a scope."""
     source = _Source(closure_of, _shared_containers(expr))
     body = source.truth(expr)
     # The same expression with paths read unchecked first: on states whose paths hold objects
@@ -306,18 +316,19 @@ def generate_condition(expr: ast.Expr, closure_of: Callable[[ast.Expr], Fn], lab
     source.optimistic = True
     fast = source.truth(expr)
     if fast != body:
-        body = f"{fast}\n    except AttributeError:\n        return {body}"
-        body = f"try:\n        return {body}"
+        body = f"try:\n        return {fast}\n    except AttributeError:\n        return {body}"
     else:
         body = f"return {body}"
-    # Constants and helpers become default arguments: locals are the fastest names to read.
-    used = set(_NAME.findall(body))
-    bound = "".join(f", {name}={name}" for name in source.namespace if name in used)
-    text = f"def _condition(s{bound}):\n    st = s.state\n    {body}\n"
+    # Constants and helpers are the functions' globals, read only when reached: default
+    # arguments would be copied on every call.
+    text = f"def _condition(s):\n    st = s.state\n    {body}\n"
+    if not source.reads_scope:
+        text += f"def _on_state(st):\n    {body}\n"
     code = compile(text, f"<condition {label}>", "exec")
     namespace = source.namespace
     exec(code, namespace)  # generated above from the checked tree; no rule text in it
-    # Taken out of its own globals: a function in them is a reference cycle, which a frozen
+    # Taken out of their own globals: a function in them is a reference cycle, which a frozen
     # ruleset (gc.freeze) would never free.
     function: Fn = namespace.pop("_condition")
-    return function
+    on_state: StateFn | None = namespace.pop("_on_state", None)
+    return function, on_state

@@ -585,9 +585,13 @@ def _upgrade_on_first_call(condition: CompiledCondition, expr: ast.Expr) -> None
 
 def _generated_condition(expr: ast.Expr, condition: CompiledCondition | None) -> Fn:
     # Imported here: loading a ruleset (and `tagengine check`) never runs a condition.
-    from engine.codegen import generate_condition
+    from engine.codegen import generate_conditions
 
-    return generate_condition(expr, _closure, "" if condition is None else str(condition.span))
+    label = "" if condition is None else str(condition.span)
+    function, on_state = generate_conditions(expr, _closure, label)
+    if condition is not None and on_state is not None:
+        object.__setattr__(condition, "on_state", on_state)
+    return function
 
 
 class _Upgrade:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from engine.destinations.base import Request
 from engine.diagnostics import Span
 from engine.ruleset import NotTriggered
+from engine.scope import Scope
 from engine.values import copy_json
 
 if TYPE_CHECKING:
@@ -29,6 +30,17 @@ def _show(value: Any) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
+def operand_values(condition: CompiledCondition, scope: Scope) -> tuple[tuple[str, Any], ...]:
+    """What each of ``condition``'s operands evaluates to in ``scope``, an error as text."""
+    seen: list[tuple[str, Any]] = []
+    for source, fn in condition.operands:
+        try:
+            seen.append((source, fn(scope)))
+        except Exception as error:
+            seen.append((source, f"<error: {error}>"))
+    return tuple(seen)
 
 
 def explain(condition: CompiledCondition, seen: tuple[tuple[str, Any], ...]) -> str:
@@ -54,17 +66,20 @@ class RuleOutcome:
     rule whose condition decided (:meth:`stopped_at`) is written when first read: most never
     are (traces, ``--json`` and failing tests read them), and rendering each operand as JSON
     costs most of such a rule's time. The values are those the operands had during the push
-    (the snapshot's, or elements'): the engine never changes them afterwards.
+    (the snapshot's, or elements'): the engine never changes them afterwards. Those of a
+    condition that reads only the state are read from the push's snapshot when first asked
+    for: a snapshot is never changed (a push makes a new one).
     """
 
-    __slots__ = ("_reason", "_why", "clause", "rule", "span", "status", "values")
+    __slots__ = ("_reason", "_state", "_values", "_why", "clause", "rule", "span", "status")
     __match_args__ = ("rule", "status", "reason", "clause", "values", "span")
 
     rule: str
     status: Status
     clause: str | None
-    values: tuple[tuple[str, Any], ...]
     span: Span | None
+    _values: tuple[tuple[str, Any], ...]
+    _state: dict[str, Any] | None  # the snapshot the values are still to be read from
     _reason: str | None
     _why: CompiledCondition | None
 
@@ -97,9 +112,10 @@ class RuleOutcome:
             put(self, "status", status)
             put(self, "_reason", reason)
             put(self, "clause", clause)
-            put(self, "values", values)
+            put(self, "_values", values)
             put(self, "span", span)
             put(self, "_why", None)
+            put(self, "_state", None)
         if fired:
             if len(_FIRED) >= _MAX_FIRED:  # rulesets reloaded many times: start again
                 _FIRED.clear()
@@ -113,17 +129,30 @@ class RuleOutcome:
         status: Status,
         condition: CompiledCondition,
         values: tuple[tuple[str, Any], ...],
+        state: dict[str, Any] | None = None,
     ) -> RuleOutcome:
-        """The outcome of a rule ``condition`` stopped, its operands having had ``values``;
-        the reason is :func:`explain`'s text, written when first read."""
+        """The outcome of a rule ``condition`` stopped, its operands having had ``values``,
+        or, given the push's ``state`` for a condition that reads only the state, having
+        the values they read from it; the reason is :func:`explain`'s text, written when
+        first read."""
         if cls is RuleOutcome:  # (not shared)
             built: Any = _Building(
-                rule, status, None, condition.source, values, condition.span, condition
+                rule, status, None, condition.source, values, condition.span, condition, state
             )
             return cast(RuleOutcome, built)
         outcome = cls(rule, status, None, condition.source, values, condition.span)
         object.__setattr__(outcome, "_why", condition)
+        object.__setattr__(outcome, "_state", state)
         return outcome
+
+    @property
+    def values(self) -> tuple[tuple[str, Any], ...]:
+        state = self._state
+        if state is not None:
+            assert self._why is not None  # kept until the values are read (see reason)
+            object.__setattr__(self, "_values", operand_values(self._why, Scope(state, {}, {})))
+            object.__setattr__(self, "_state", None)
+        return self._values
 
     @property
     def reason(self) -> str | None:
@@ -184,14 +213,16 @@ class _Building:
         values: tuple[tuple[str, Any], ...],
         span: Span | None,
         why: CompiledCondition | None,
+        state: dict[str, Any] | None = None,
     ) -> None:
         self.rule = rule
         self.status = status
         self._reason = reason
         self.clause = clause
-        self.values = values
+        self._values = values
         self.span = span
         self._why = why
+        self._state = state
         self.__class__ = RuleOutcome  # type: ignore[assignment]
 
 

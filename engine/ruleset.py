@@ -55,7 +55,8 @@ class CompiledElement:
 class CompiledCondition:
     """A ``when`` (or, with ``negated``, an ``unless``) clause. ``fn`` returns a bool;
     ``operands`` are the clause's top-level operands (source text, function) so a trace can show
-    the values a failing comparison saw."""
+    the values a failing comparison saw. ``on_state``, set when the clause has first run if it
+    reads nothing but the state, is the same test taking the state alone."""
 
     fn: Fn
     negated: bool
@@ -63,6 +64,9 @@ class CompiledCondition:
     span: Span
     operands: tuple[tuple[str, Fn], ...] = ()
     guard: str | None = None  # the ruleset guard this condition belongs to
+    on_state: Callable[[dict[str, Any]], Any] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True, slots=True)

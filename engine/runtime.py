@@ -9,7 +9,7 @@ import math
 import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +21,8 @@ from engine.destinations.edge import build_edge_request, plan_edge_send
 from engine.destinations.sitecore import build_sitecore_request
 from engine.errors import EngineError
 from engine.fieldgen import FieldBuilder
-from engine.results import PushResult, RuleOutcome, Send, Status
-from engine.ruleset import CompiledCondition, CompiledRule, Ruleset
+from engine.results import PushResult, RuleOutcome, Send, Status, operand_values
+from engine.ruleset import CompiledElement, CompiledRule, Ruleset
 from engine.scope import Scope
 from engine.sessions import Session
 from engine.settings import EdgeSettings, SitecoreSettings
@@ -90,16 +90,6 @@ def _timestamp(now: float) -> str:
 _last_second: tuple[float, str] = (math.nan, "")
 
 
-def _operands(condition: CompiledCondition, scope: Scope) -> tuple[tuple[str, Any], ...]:
-    seen: list[tuple[str, Any]] = []
-    for source, fn in condition.operands:
-        try:
-            seen.append((source, fn(scope)))
-        except Exception as error:
-            seen.append((source, f"<error: {error}>"))
-    return tuple(seen)
-
-
 @dataclass(frozen=True, slots=True)
 class Targets:
     """The destination settings requests are built with: the ruleset's, or the same with
@@ -129,24 +119,51 @@ class Targets:
 class _Context:
     """Per-push inputs shared by every rule of the push."""
 
-    __slots__ = ("context", "ids", "now", "scope", "session", "targets", "timestamp")
+    __slots__ = (
+        "_scope",
+        "context",
+        "elements",
+        "event",
+        "ids",
+        "now",
+        "session",
+        "state",
+        "targets",
+        "timestamp",
+    )
 
     def __init__(
         self,
         targets: Targets,
         session: Session,
-        scope: Scope,
         now: float,
         ids: Ids,
         context: VisitorContext | None,
+        state: dict[str, Any],
+        event: dict[str, Any],
+        elements: Mapping[str, CompiledElement],
     ):
         self.targets = targets
         self.context = context
         self.session = session
-        self.scope = scope
         self.now = now
         self.ids = ids
         self.timestamp = _timestamp(now)
+        self.state = state
+        self.event = event
+        self.elements = elements
+        self._scope: Scope | None = None
+
+    def scope(self) -> Scope:
+        """The push's scope, made when first needed: a push whose conditions read only the
+        state and fire no rule needs none."""
+        scope = self._scope
+        if scope is None:
+            context = self.context
+            request = context.for_rules() if context is not None else None
+            scope = Scope(self.state, self.event, self.elements, self.session.kept, request)
+            self._scope = scope
+        return scope
 
 
 VISITOR_FPID = "@fpid"
@@ -248,11 +265,11 @@ def _limit_histories(rule: CompiledRule, scope: Scope) -> list[tuple[str, str]]:
 
 
 def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
-    scope = ctx.scope
     outcomes = result.rules
     for condition in rule.conditions:
+        on_state = condition.on_state
         try:
-            value = condition.fn(scope)
+            value = on_state(ctx.state) if on_state is not None else condition.fn(ctx.scope())
         except Exception as error:
             where = condition.span
             outcomes.append(
@@ -269,9 +286,15 @@ def _evaluate(ctx: _Context, rule: CompiledRule, result: PushResult) -> None:
             # The operands' values now (an element read later could read what a later push
             # kept); the reason is written from them only if someone reads it.
             status: Status = "blocked" if condition.negated else "condition_not_met"
-            seen = _operands(condition, scope)
-            outcomes.append(RuleOutcome.stopped_at(rule.name, status, condition, seen))
+            if on_state is not None:
+                # Read from the snapshot when someone reads them: it never changes.
+                outcome = RuleOutcome.stopped_at(rule.name, status, condition, (), ctx.state)
+            else:
+                seen = operand_values(condition, ctx.scope())
+                outcome = RuleOutcome.stopped_at(rule.name, status, condition, seen)
+            outcomes.append(outcome)
             return
+    scope = ctx.scope()
     session = ctx.session
     sample = rule.sample
     # A bucket is below 100: a 100% sample keeps every session, without hashing its id.
@@ -336,8 +359,8 @@ def notice_request(
     sends, :meth:`EngineSession.notify_propositions`), with the session's identity."""
     if targets.edge is None:
         raise EngineError(f"{name} goes to Edge: the ruleset needs an 'edge {{ … }}' block")
-    scope = Scope(session.state, {}, {}, session.kept)
-    return _request(_Context(targets, session, scope, now, ids, context), name, "edge", fields)
+    ctx = _Context(targets, session, now, ids, context, session.state, {}, {})
+    return _request(ctx, name, "edge", fields)
 
 
 def process_push(
@@ -364,11 +387,12 @@ def process_push(
     session.pushes += 1
     if event in PAGE_VIEW_EVENTS:
         session.new_pageview()
-    request = context.for_rules() if context is not None else None
-    scope = Scope(state, pushed, ruleset.elements, session.kept, request)
     result = PushResult(session.id, event, ruleset.version, state, changed=changed, ruleset=ruleset)
-    ctx = _Context(targets or Targets.of(ruleset), session, scope, now, ids or Ids(), context)
+    targets = targets or Targets.of(ruleset)
+    ctx = _Context(targets, session, now, ids or Ids(), context, state, pushed, ruleset.elements)
     for rule in ruleset.match(event, changed):
         _evaluate(ctx, rule, result)
-    result.elements = scope.memo  # the scope ends with the push: its memo is the result's
+    scope = ctx._scope
+    if scope is not None:  # the scope ends with the push: its memo is the result's
+        result.elements = scope.memo
     return result

@@ -235,7 +235,7 @@ def test_the_issue_condition_is_generated_without_closures() -> None:
     generated = generate_condition(expr, closure_of, "test")
     assert fallbacks == []
     # Helpers only for what is not a plain number, text, list or bool: `>` on text, truthy text.
-    helpers = {name for name in generated.__code__.co_varnames if name.startswith(("_f", "_g"))}
+    helpers = {name for name in generated.__code__.co_names if name.startswith(("_f", "_g"))}
     assert len(helpers) == 1
 
 

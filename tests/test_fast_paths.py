@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from engine import datalayer
+from engine import Engine, datalayer
 from engine.context import VisitorContext
 from engine.destinations.base import percent_encode
 from engine.destinations.edge import build_edge_request, plan_edge_send
@@ -105,6 +105,55 @@ def test_a_reason_is_written_when_read_as_it_was_written_at_once(
     with pytest.raises(dataclasses.FrozenInstanceError):
         lazy.status = "fired"
     assert RuleOutcome("R", "fired").reason is None
+
+
+# ------------------------------------------------------------------ values read later
+SNAPSHOT_RULES = """\
+rule "State" {
+  on "x"
+  when state.a.b > 1 or state.list contains 9 or state.c == "z"
+  send event { type: "t" }
+}
+rule "Event" {
+  on "x"
+  when event.n > 1 and state.a.b > 1
+  send event { type: "t" }
+}
+"""
+LATER = [
+    {"event": "x", "a": {"b": 5}, "list": [9], "c": "q"},
+    {"event": "y", "a": None, "list": [7, 8, 9, 10], "c": None},
+    {"event": "y", "a": {"b": {"deep": [1]}}, "list": {"9": 9}, "c": "z"},
+]
+
+
+@pytest.mark.parametrize("mode", ["acdl", "gtm"])
+def test_values_read_after_later_pushes_are_those_the_push_saw(mode: str) -> None:
+    """A condition reading only the state is tested on the state alone, and its operands'
+    values are read from the push's snapshot when first asked for: later pushes, which
+    change the same paths, do not change them."""
+    text = f'{EDGE}datalayer {{ merge: "{mode}" }}\n{SNAPSHOT_RULES}'
+    first = {"event": "x", "a": {"b": 1}, "list": [1, 2], "c": "y", "n": 0}
+    read_now = Engine(load(text), dry_run=True).session("s").push(first)
+    engine = Engine(load(text), dry_run=True)
+    session = engine.session("s")
+    read_later = session.push(first)
+    conditions = {rule.name: rule.conditions[0] for rule in engine.ruleset.rules}
+    assert conditions["State"].on_state is not None  # the push took the state alone
+    assert conditions["Event"].on_state is None
+    for push in LATER:
+        session.push(push)
+    assert [o.status for o in read_later.rules] == ["condition_not_met"] * 2
+    assert read_later.rules == read_now.rules
+    assert [o.values for o in read_later.rules] == [
+        (("state.a.b", 1), ("state.list", [1, 2]), ("state.c", "y")),
+        (("event.n", 0), ("state.a.b", 1)),
+    ]
+    assert read_later.rules[0].reason == (
+        'when state.a.b > 1 or state.list contains 9 or state.c == "z" was false '
+        '(state.a.b = 1, state.list = [1, 2], state.c = "y")'
+    )
+    assert pickle.loads(pickle.dumps(read_later.rules[0])) == read_now.rules[0]
 
 
 # ------------------------------------------------------------------ generated code
