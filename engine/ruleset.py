@@ -286,6 +286,8 @@ class Ruleset:
 
     __slots__ = (
         "_changes",
+        "_consent",
+        "_datalayer",
         "_exact",
         "_on_event",
         "_rank",
@@ -297,6 +299,9 @@ class Ruleset:
         "version",
         "warnings",
     )
+
+    _datalayer: DatalayerSettings
+    _consent: ConsentSettings
 
     def __init__(
         self,
@@ -353,13 +358,24 @@ class Ruleset:
     def sitecore(self) -> SitecoreSettings | None:
         return self._settings.sitecore
 
+    # Read on every push: the model is kept once built (built when first read, see __init__).
     @property
     def datalayer(self) -> DatalayerSettings:
-        return self._settings.datalayer
+        try:
+            return self._datalayer
+        except AttributeError:
+            model = self._settings.datalayer
+            object.__setattr__(self, "_datalayer", model)
+            return model
 
     @property
     def consent(self) -> ConsentSettings:
-        return self._settings.consent
+        try:
+            return self._consent
+        except AttributeError:
+            model = self._settings.consent
+            object.__setattr__(self, "_consent", model)
+            return model
 
     def __repr__(self) -> str:
         return (

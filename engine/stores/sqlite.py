@@ -281,28 +281,27 @@ def _record(request: Request, session: str, now: float) -> bytes:
 
 
 def _unframed(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
-    """:func:`_record` for an outbox in memory: the header as a record holds it, and the body."""
+    """:func:`_record` for an outbox in memory: the header as a record holds it, and the body.
+    (On the push's path: the header's list is written out here, and _stored_body inlined.)"""
     body = request.body_bytes
-    try:
-        return journal.encode_header(_header(request, session, now), len(body)), body
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
-
-
-def _header(request: Request, session: str, now: float) -> list[Any]:
-    return [
+    method = request.method
+    header = [
         session,
         request.destination,
         request.rule,
-        request.method,
+        method,
         request.url,
         request.headers,
-        _stored_body(request),
+        None if method == "POST" and body else request.body,  # _stored_body
         request.kind,
         request.event_id,
         request.request_id,
         now,
     ]
+    try:
+        return journal.encode_header(header, len(body)), body
+    except (TypeError, ValueError) as exc:
+        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
 
 
 def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
