@@ -585,8 +585,16 @@ class BackgroundDelivery:
         if not self.pushing:
             return
         deadline = time.monotonic() + sys.getswitchinterval()
-        while self.pushing and not self._stopping and time.monotonic() < deadline:
-            time.sleep(_YIELD_POLL)
+        pause = _YIELD_POLL
+        while self.pushing and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # Each look takes the GIL when a push lets go of it (RE2, a lock), and gives it
+            # back: a context switch or two the push pays. Pushes back to back are looked at
+            # a few times a switch interval, a short one soon.
+            time.sleep(min(pause, left))
+            pause *= 2
 
     def _commit_acks(self, *, force: bool) -> None:
         """Acknowledge the delivered entries in one transaction: when asked, else once there

@@ -14,15 +14,18 @@ import pytest
 
 from engine import Engine, datalayer
 from engine.context import VisitorContext
-from engine.destinations.base import percent_encode
+from engine.destinations.base import Request, percent_encode
 from engine.destinations.edge import build_edge_request, plan_edge_send
 from engine.destinations.sitecore import _encoded_message
+from engine.errors import OutboxError
 from engine.fieldgen import FieldBuilder
 from engine.loader import build_ruleset, clear_cache
 from engine.results import RuleOutcome, Status, explain
 from engine.ruleset import CompiledCondition, Ruleset
 from engine.scope import Scope
 from engine.settings import EdgeSettings
+from engine.stores.sqlite import Outbox, _as_queued, _queued_row, _unframed
+from tests.test_outbox import make_request
 
 EDGE = 'edge { datastream: "ds-1" }\n'
 
@@ -154,6 +157,49 @@ def test_values_read_after_later_pushes_are_those_the_push_saw(mode: str) -> Non
         '(state.a.b = 1, state.list = [1, 2], state.c = "y")'
     )
     assert pickle.loads(pickle.dumps(read_later.rules[0])) == read_now.rules[0]
+
+
+# ------------------------------------------------------------------ the outbox's intake
+def _sends() -> list[Request]:
+    post = make_request(1)
+    return [
+        post,
+        make_request(2, rule="Kauf Ü"),  # text beyond ASCII: encoded at once
+        dataclasses.replace(post, headers=(("User-Agent", "Mozilla ✓"),)),
+        dataclasses.replace(post, event_id=None, request_id=None, headers=()),
+        dataclasses.replace(post, body_bytes=b""),  # no body: encoded at once
+        Request(
+            "sitecore", "View", "GET", "https://x/e?message=%7B%7D", (), {"a": [1]}, b"", "event"
+        ),
+    ]
+
+
+def test_a_send_queued_as_it_is_is_stored_as_an_encoded_one_would_be() -> None:
+    """An outbox in memory queues an ASCII POST as it is and writes its row when reading
+    the records in (off the push's path): the same row as the encoded record gives."""
+    as_is = []
+    for request in _sends():
+        for session, now in (("s-1", 1_700_000_000.25), ("s-2", 7), ("s-ü", 2.5), ("s", 2**70)):
+            queued = _as_queued(request, session, now)
+            as_is.append(len(queued) == 3)
+            if now == 2**70:
+                continue  # (beyond SQLite's integers: stored neither way)
+            assert _queued_row(queued) == _queued_row(_unframed(request, session, now))
+    # As they are: the ASCII POSTs (the first, the fourth) at a time SQLite takes as it is.
+    assert as_is[:4] == as_is[12:16] == [True, True, False, False] and sum(as_is) == 4
+    with Outbox() as box:
+        box.append_many([(request, f"s{n}") for n, request in enumerate(_sends())], now=3.0)
+        claimed = box.claim(limit=100)
+        assert [entry.request for entry in claimed] == _sends()
+        assert [entry.created for entry in claimed] == [3.0] * len(_sends())
+
+
+def test_a_send_that_cannot_be_stored_still_fails_the_push_in_memory() -> None:
+    with Outbox() as box:
+        with pytest.raises(OutboxError, match="cannot be stored"):
+            box.append_many([(make_request(1), "s"), (make_request(2), "bad \ud800")])
+        assert box.counts() == {"pending": 0, "inflight": 0, "dead": 0}
+        assert box.claim() == []
 
 
 # ------------------------------------------------------------------ generated code

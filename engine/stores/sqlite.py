@@ -280,6 +280,31 @@ def _record(request: Request, session: str, now: float) -> bytes:
     return journal.frame(*_unframed(request, session, now))
 
 
+# What an outbox in memory queues for a send: an encoded record (header, body), or for a send
+# that is stored as it is, the send itself (request, session, time).
+_Queued = tuple[bytes, bytes] | tuple[Request, str, float]
+_INT64 = 1 << 63
+
+
+def _as_queued(request: Request, session: str, now: float) -> _Queued:
+    """What :meth:`Outbox.append_many` queues in memory for a send. A POST with a body whose
+    text is ASCII, as the engine's Edge sends are, is queued as it is: its row (_params) is
+    written when the records are read in, off the push's path, and nothing in it can fail
+    then (no text SQLite cannot take, no mutable part: the body is bytes). Any other send is
+    encoded now, so that one that cannot be stored fails the push."""
+    if (
+        request.method != "POST"
+        or not request.body_bytes
+        or not (type(now) is float or (type(now) is int and -_INT64 <= now < _INT64))
+        or not f"{session}{request.rule}{request.url}{request.event_id}{request.request_id}".isascii()
+    ):
+        return _unframed(request, session, now)
+    for name, value in request.headers:
+        if not (name.isascii() and value.isascii()):
+            return _unframed(request, session, now)
+    return (request, session, now)
+
+
 def _unframed(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
     """:func:`_record` for an outbox in memory: the header as a record holds it, and the body.
     (On the push's path: the header's list is written out here, and _stored_body inlined.)"""
@@ -321,6 +346,14 @@ def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
         "request_id": request_id,
         "created": now,
     }
+
+
+def _queued_row(record: _Queued) -> dict[str, Any]:
+    """The insert parameters of a record an outbox in memory queued (see _as_queued)."""
+    if len(record) == 3:
+        return _params(*record)
+    head, body = record
+    return _row(parse_bytes(head), body)
 
 
 def _params(request: Request, session: str, now: float) -> dict[str, Any]:
@@ -599,8 +632,8 @@ class Outbox(BaseOutbox):
         self._cursor = 0
         # In memory: the appended records (header, body) not yet ingested, and those of them
         # the open transaction took.
-        self._queued: list[tuple[bytes, bytes]] = []
-        self._taken: list[tuple[bytes, bytes]] = []
+        self._queued: list[_Queued] = []
+        self._taken: list[_Queued] = []
         self._read_in = 0  # records read into the open transaction (for ingest's count)
 
     def _journal_path(self, generation: int) -> str:
@@ -630,7 +663,7 @@ class Outbox(BaseOutbox):
             return
         if self._memory:
             # Nothing here crosses a disk: no frame, no checksum.
-            records = [_unframed(request, session, stamp) for request, session in items]
+            records = [_as_queued(request, session, stamp) for request, session in items]
             if records:
                 self._check_open()
                 with self._journal_lock:
@@ -694,7 +727,7 @@ class Outbox(BaseOutbox):
             with self._journal_lock:
                 records, self._queued = self._queued, []
             self._taken.extend(records)
-            conn.executemany(_INSERT, [_row(parse_bytes(head), body) for head, body in records])
+            conn.executemany(_INSERT, [_queued_row(record) for record in records])
             self._read_in += len(records)
             return
         if self._journal is not None:
