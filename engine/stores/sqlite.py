@@ -295,13 +295,20 @@ def _as_queued(request: Request, session: str, now: float) -> _Queued:
     if (
         request.method != "POST"
         or not request.body_bytes
+        or type(session) is not str
         or not (type(now) is float or (type(now) is int and -_INT64 <= now < _INT64))
-        or not f"{session}{request.rule}{request.url}{request.event_id}{request.request_id}".isascii()
+        or not (
+            f"{session}{request.rule}{request.url}{request.event_id}{request.request_id}"
+            f"{request.destination}{request.kind}"
+        ).isascii()
     ):
         return _unframed(request, session, now)
-    for name, value in request.headers:
-        if not (name.isascii() and value.isascii()):
-            return _unframed(request, session, now)
+    try:
+        for name, value in request.headers:
+            if not (name.isascii() and value.isascii()):
+                return _unframed(request, session, now)
+    except (AttributeError, TypeError, ValueError):  # not pairs of text: encoding decides
+        return _unframed(request, session, now)
     return (request, session, now)
 
 
