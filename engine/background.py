@@ -70,6 +70,7 @@ from engine.destinations.base import Request
 from engine.destinations.edge import MAX_BATCH_EVENTS, batch_collect
 from engine.dispatch import Dispatcher, record_answer, refused
 from engine.errors import DispatchError, EngineError, OutboxError
+from engine.forks import ForkWatch
 from engine.results import PushResult, Send
 from engine.runtime import Targets, new_id
 from engine.stores.base import BaseOutbox, Entry, Sessions
@@ -233,6 +234,7 @@ class BackgroundDelivery:
     def _reset_threading(self) -> None:
         """Fresh locks, no threads, no dispatcher (at construction and in a forked child)."""
         self._pid = os.getpid()
+        self._fork = ForkWatch()
         self._cond = threading.Condition(threading.Lock())
         # Idle workers wait here rather than on _cond, so that a push wakes one without a
         # lock a worker may hold (a pusher blocked on a lock hands the GIL to the delivery
@@ -407,7 +409,7 @@ class BackgroundDelivery:
     # ------------------------------------------------------------------ workers
     def _ensure_workers(self) -> None:
         """In a forked child, start this process's workers on first use."""
-        if os.getpid() != self._pid:  # forked by code that skipped the at-fork hooks
+        if self._fork.forked():  # forked by code that skipped the at-fork hooks
             self._after_fork_in_child()
         if self._spawn_pending:
             with self._cond:

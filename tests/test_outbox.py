@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from engine.cli_outbox import outbox as outbox_cli
 from engine.destinations.base import Request
 from engine.errors import EngineError
-from engine.stores.sqlite import _ABANDONED, SCHEMA_VERSION, Entry, Outbox, OutboxError
+from engine.stores.sqlite import SCHEMA_VERSION, Entry, Outbox, OutboxError
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000.0
@@ -618,19 +618,6 @@ def test_forked_child_gets_its_own_connection(tmp_path: Path) -> None:
     assert box.counts()["pending"] == 1 + len(busy) + 3
     box.close()
     memory.close()
-
-
-def test_a_pid_change_without_fork_hooks_reopens(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db") as box:
-        box.put(make_request(1), "s")
-        old = box._conn
-        assert old is not None
-        box._pid = -1  # as if forked by code that skips os.register_at_fork hooks
-        box.put(make_request(2), "s")
-        assert box._conn is not old and old in _ABANDONED
-        assert box.counts()["pending"] == 2
-    _ABANDONED.remove(old)
-    old.close()
 
 
 # -- CLI ----------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ from typing import Any, Literal, cast
 from engine.consent import stored_request, stored_requests
 from engine.destinations.base import Destination, Kind, Request, parse_bytes, serialize
 from engine.errors import OutboxError
+from engine.forks import ForkWatch
 from engine.stores import journal
 from engine.stores.base import Backlog, BaseOutbox, Entry, State, Which
 
@@ -429,6 +430,7 @@ class Outbox(BaseOutbox):
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         self._pid = os.getpid()
+        self._fork = ForkWatch()
         self._owner = f"{self._pid}:{uuid.uuid4().hex[:12]}"
         self._quarantine = None if self._memory else str(journal.quarantine_file(self._path))
         self._quarantine_seen: tuple[tuple[int, int, int], int] | None = None  # stat, chunks
@@ -549,13 +551,12 @@ class Outbox(BaseOutbox):
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        pid = os.getpid()
         # Forked without the at-fork hooks (by C code): drop the inherited connection. Safe only
         # if no transaction was open at the fork (SQLite's inherited lock state would make the
         # child's connection see "database is locked"); os.fork() always runs the hooks.
-        if pid != self._pid:
+        if self._fork.forked():
             with _RESET_LOCK:
-                if pid != self._pid:
+                if self._fork.forked():
                     self._after_fork_in_child()
         with self._lock:
             yield
@@ -586,6 +587,7 @@ class Outbox(BaseOutbox):
         if self._journal is not None:
             self._journal.abandon()  # the parent's to read: it still holds the file
         self._reset_intake()
+        self._fork.reset()  # last: until here, the other threads' uses wait or reset too
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -698,7 +700,7 @@ class Outbox(BaseOutbox):
     def _check_open(self) -> None:
         if self._closed:
             raise OutboxError(f"outbox {self.name} is closed")
-        if os.getpid() != self._pid:
+        if self._fork.forked():
             with self._locked():
                 pass  # forked by C code: reset (see _locked)
 
