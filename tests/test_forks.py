@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from engine import forks
 from engine.forks import ForkWatch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,14 @@ def run(script: str, *args: str) -> str:
     return done.stdout
 
 
-def test_a_watch_sees_every_child_and_is_reset_in_one() -> None:
+@pytest.mark.parametrize("page", [True, False], ids=["page", "pid"])
+def test_a_watch_sees_every_child_and_is_reset_in_one(
+    page: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not page:  # a kernel without MADV_WIPEONFORK: the pid decides
+        monkeypatch.setattr(forks, "_wiped_in_children", lambda: None)
     watch = ForkWatch()
+    assert (watch._page is not None) is page or sys.platform != "linux"
     assert not watch.forked()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
