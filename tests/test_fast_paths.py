@@ -5,6 +5,7 @@ planned Edge sends (issue 15)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 import random
 from typing import Any
@@ -19,7 +20,7 @@ from engine.destinations.edge import build_edge_request, plan_edge_send
 from engine.destinations.sitecore import _encoded_message
 from engine.errors import OutboxError
 from engine.fieldgen import FieldBuilder
-from engine.loader import build_ruleset, clear_cache
+from engine.loader import build_ruleset, clear_cache, load_ruleset
 from engine.results import RuleOutcome, Status, explain
 from engine.ruleset import CompiledCondition, Ruleset
 from engine.scope import Scope
@@ -168,10 +169,17 @@ def _sends() -> list[Request]:
         dataclasses.replace(post, headers=(("User-Agent", "Mozilla ✓"),)),
         dataclasses.replace(post, event_id=None, request_id=None, headers=()),
         dataclasses.replace(post, body_bytes=b""),  # no body: encoded at once
-        Request(
-            "sitecore", "View", "GET", "https://x/e?message=%7B%7D", (), {"a": [1]}, b"", "event"
-        ),
+        _sitecore_get({"type": "VIEW", "ext": {"ratio": 0.1, "n": -0.0, "name": "Zürich"}}),
+        _sitecore_get({"a": [1, None, 2**70, 1e-05]}),
+        dataclasses.replace(_sitecore_get({}), kind="browser"),  # not an event: encoded at once
     ]
+
+
+def _sitecore_get(event: dict[str, Any]) -> Request:
+    """A Sitecore event sent by GET, as the builder makes one: the body travels in ``message``."""
+    message = quote(json.dumps(event, separators=(",", ":"), ensure_ascii=False), safe="")
+    url = f"https://api.example/v1.2/event/create.json?client_key=k&message={message}"
+    return Request("sitecore", "View", "GET", url, (), event, b"", "event")
 
 
 def test_a_send_queued_as_it_is_is_stored_as_an_encoded_one_would_be() -> None:
@@ -185,13 +193,33 @@ def test_a_send_queued_as_it_is_is_stored_as_an_encoded_one_would_be() -> None:
             if now == 2**70:
                 continue  # (beyond SQLite's integers: stored neither way)
             assert _queued_row(queued) == _queued_row(_unframed(request, session, now))
-    # As they are: the ASCII POSTs (the first, the fourth) at a time SQLite takes as it is.
-    assert as_is[:4] == as_is[12:16] == [True, True, False, False] and sum(as_is) == 4
+    # As they are: the ASCII POSTs (the first, the fourth) and Sitecore GETs (the sixth,
+    # the seventh), at a time SQLite takes as it is.
+    assert as_is[:4] == as_is[12:16] == as_is[20:24] == as_is[24:28] == [True, True, False, False]
+    assert sum(as_is) == 8
     with Outbox() as box:
         box.append_many([(request, f"s{n}") for n, request in enumerate(_sends())], now=3.0)
         claimed = box.claim(limit=100)
         assert [entry.request for entry in claimed] == _sends()
         assert [entry.created for entry in claimed] == [3.0] * len(_sends())
+
+
+def test_the_shop_journeys_sends_are_queued_as_they_are_and_stored_alike() -> None:
+    """The builders' sends keep the contract the as-is path reads: a Sitecore GET's body is
+    the event its URL's ``message`` carries."""
+    from benchmarks.floor import RULES, load_journey
+
+    engine = Engine(load_ruleset(RULES), dry_run=True)
+    requests = [
+        send.request
+        for session, item in load_journey()
+        for send in engine.push(item, session=session).sends
+    ]
+    assert {(r.method, r.destination) for r in requests} == {("POST", "edge"), ("GET", "sitecore")}
+    for request in requests:
+        queued = _as_queued(request, "visitor-1", 1_700_000_000.5)
+        assert len(queued) == 3
+        assert _queued_row(queued) == _queued_row(_unframed(request, "visitor-1", 1_700_000_000.5))
 
 
 def test_a_send_that_cannot_be_stored_still_fails_the_push_in_memory() -> None:

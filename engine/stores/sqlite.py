@@ -87,6 +87,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, cast
+from urllib.parse import parse_qsl
 
 from engine.consent import stored_request, stored_requests
 from engine.destinations.base import Destination, Kind, Request, parse_bytes, serialize
@@ -288,15 +289,26 @@ _INT64 = 1 << 63
 
 
 def _as_queued(request: Request, session: str, now: float) -> _Queued:
-    """What :meth:`Outbox.append_many` queues in memory for a send. A POST with a body whose
-    text is ASCII, as the engine's Edge sends are, is queued as it is: its row (_params) is
-    written when the records are read in, off the push's path, and nothing in it can fail
-    then (no text SQLite cannot take, no mutable part: the body is bytes). Any other send is
-    encoded now, so that one that cannot be stored fails the push."""
+    """What :meth:`Outbox.append_many` queues in memory for a send. One whose text is ASCII
+    and whose body is immutable, as the engine's sends are, is queued as it is: its row
+    (_queued_row) is written when the records are read in, off the push's path, and nothing in
+    it can fail then (no text SQLite cannot take). A POST's body is bytes; a Sitecore event
+    sent by GET is stored with the body its URL carries (its ``message``, which the
+    :class:`Request` says the body is), not the dict, which its caller may still reach. Any
+    other send is encoded now, so that one that cannot be stored fails the push."""
+    method = request.method
+    if method == "POST":
+        if not request.body_bytes:
+            return _unframed(request, session, now)
+    elif not (
+        method == "GET"
+        and request.destination == "sitecore"
+        and request.kind == "event"
+        and "message=" in request.url
+    ):
+        return _unframed(request, session, now)
     if (
-        request.method != "POST"
-        or not request.body_bytes
-        or type(session) is not str
+        type(session) is not str
         or not (type(now) is float or (type(now) is int and -_INT64 <= now < _INT64))
         or not (
             f"{session}{request.rule}{request.url}{request.event_id}{request.request_id}"
@@ -359,15 +371,37 @@ def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
 def _queued_row(record: _Queued) -> dict[str, Any]:
     """The insert parameters of a record an outbox in memory queued (see _as_queued)."""
     if len(record) == 3:
-        return _params(*record)
+        request, session, now = record
+        if request.method == "GET":
+            sent = _message_body(request.url)
+            if sent is not None:
+                return _params(request, session, now, sent)
+        return _params(request, session, now)
     head, body = record
     return _row(parse_bytes(head), body)
 
 
-def _params(request: Request, session: str, now: float) -> dict[str, Any]:
+def _message_body(url: str) -> dict[str, Any] | None:
+    """The event a Sitecore GET's URL carries in its ``message``, or ``None``."""
+    for key, value in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+        if key == "message":
+            try:
+                body = json.loads(value)
+            except ValueError:
+                return None
+            return body if type(body) is dict else None
+    return None
+
+
+_THE_REQUESTS = object()  # _params: the body to store is the request's own
+
+
+def _params(
+    request: Request, session: str, now: float, sent: Any = _THE_REQUESTS
+) -> dict[str, Any]:
     try:
         headers = json.dumps([list(pair) for pair in request.headers], ensure_ascii=False)
-        stored = _stored_body(request)
+        stored = _stored_body(request) if sent is _THE_REQUESTS else sent
         body = (
             ""
             if stored is None
