@@ -233,7 +233,6 @@ class BackgroundDelivery:
 
     def _reset_threading(self) -> None:
         """Fresh locks, no threads, no dispatcher (at construction and in a forked child)."""
-        self._pid = os.getpid()
         self._fork = ForkWatch()
         self._cond = threading.Condition(threading.Lock())
         # Idle workers wait here rather than on _cond, so that a push wakes one without a
@@ -955,7 +954,7 @@ def _after_fork_in_child() -> None:
 def _at_exit() -> None:
     """Flush (bounded) what nobody closed, before the daemon workers die with the process."""
     for background in list(_INSTANCES):
-        if background._running and background._pid == os.getpid():
+        if background._running and not background._fork.forked():
             background.close()
 
 

@@ -56,6 +56,7 @@ from engine.errors import OutboxError
 from engine.runtime import new_id
 from engine.stores.base import Backlog, BaseOutbox, Entry, Which
 from engine.stores.redis_client import RedisTarget, connect, translated
+from engine.stores.sqlite import send_header
 
 __all__ = ["RedisOutbox"]
 
@@ -104,28 +105,10 @@ return 1
 _TOKEN_TTL_MS = 60_000  # longer than a retry of one write can come (a 5 s timeout, once)
 
 
-def _header(request: Request, session: str, now: float) -> list[Any]:
-    # The SQLite journal's record header, field for field: one format for a stored send.
-    stored = None if request.method == "POST" and request.body_bytes else request.body
-    return [
-        session,
-        request.destination,
-        request.rule,
-        request.method,
-        request.url,
-        request.headers,
-        stored,
-        request.kind,
-        request.event_id,
-        request.request_id,
-        now,
-    ]
-
-
 def encode(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
     """A send as the two fields of its stream entry: header and body bytes."""
     try:
-        head = serialize_bytes(_header(request, session, now), rule=request.rule)
+        head = serialize_bytes(send_header(request, session, now), rule=request.rule)
     except Exception as exc:
         raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
     return head, bytes(request.body_bytes)
