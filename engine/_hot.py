@@ -27,8 +27,9 @@ from types import ModuleType
 
 __all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install", "stamps"]
 
-# What every push runs. Not the stores: mypyc builds a subclass of an ABC that shares its
-# parent's isinstance cache, and a class of sqlite.py crashed in a weakref. Not the scope:
+# What every push runs. Not the stores' classes: mypyc builds a subclass of an ABC that shares
+# its parent's isinstance cache, and a class of sqlite.py crashed in a weakref (their queue of
+# sends in memory is functions only). Not the scope:
 # generated code reads its attributes, which a compiled class serves at twice the cost. Not
 # the engine's class: its push is engine.pushing, the builders' encoding in its own module.
 HOT = (
@@ -38,6 +39,7 @@ HOT = (
     "engine.destinations.sitecore",
     "engine.pushing",
     "engine.runtime",
+    "engine.stores.queued",
     "engine.values",
 )
 MANIFEST = "_hot.json"

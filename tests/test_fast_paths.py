@@ -25,7 +25,9 @@ from engine.results import RuleOutcome, Status, explain
 from engine.ruleset import CompiledCondition, Ruleset
 from engine.scope import Scope
 from engine.settings import EdgeSettings
-from engine.stores.sqlite import Outbox, _as_queued, _queued_row, _unframed
+from engine.stores.queued import as_queued as _as_queued
+from engine.stores.queued import unframed as _unframed
+from engine.stores.sqlite import Outbox, _queued_row
 from tests.test_outbox import make_request
 
 EDGE = 'edge { datastream: "ds-1" }\n'

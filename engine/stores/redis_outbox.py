@@ -55,8 +55,8 @@ from engine.destinations.base import Request, parse_bytes, serialize_bytes
 from engine.errors import OutboxError
 from engine.runtime import new_id
 from engine.stores.base import Backlog, BaseOutbox, Entry, Which
+from engine.stores.queued import send_header
 from engine.stores.redis_client import RedisTarget, connect, translated
-from engine.stores.sqlite import send_header
 
 __all__ = ["RedisOutbox"]
 

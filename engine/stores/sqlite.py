@@ -95,6 +95,7 @@ from engine.errors import OutboxError
 from engine.forks import ForkWatch
 from engine.stores import journal
 from engine.stores.base import Backlog, BaseOutbox, Entry, State, Which
+from engine.stores.queued import Queued, queued_sends, stored_body, unframed
 
 __all__ = ["SCHEMA_VERSION", "Entry", "Outbox", "OutboxError", "State", "Which"]
 
@@ -254,7 +255,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         method=cast(_Method, method),
         url=url,
         headers=_headers(headers),
-        # A POST's body is stored once, as the bytes sent (see _stored_body).
+        # A POST's body is stored once, as the bytes sent (see queued.stored_body).
         body=parse_bytes(body or body_bytes),
         body_bytes=bytes(body_bytes),
         kind=cast(Kind, kind),
@@ -269,93 +270,9 @@ def _entry(row: Sequence[Any]) -> Entry:
     )
 
 
-def _stored_body(request: Request) -> Any:
-    """The body to store beside the bytes: None when it is what the bytes say (a POST's
-    JSON); else the dict (a GET's event travels in the URL)."""
-    if request.method == "POST" and request.body_bytes:
-        return None
-    return request.body
-
-
-def send_header(request: Request, session: str, now: float) -> list[Any]:
-    """A stored send's header, as a journal record and a Redis stream entry hold it (what
-    :func:`_row` reads back)."""
-    return [
-        session,
-        request.destination,
-        request.rule,
-        request.method,
-        request.url,
-        request.headers,
-        _stored_body(request),
-        request.kind,
-        request.event_id,
-        request.request_id,
-        now,
-    ]
-
-
 def _record(request: Request, session: str, now: float) -> bytes:
     """One send as a journal record (what :func:`_row` reads back)."""
-    return journal.frame(*_unframed(request, session, now))
-
-
-# What an outbox in memory queues for a send: an encoded record (header, body), or for a send
-# that is stored as it is, the send itself (request, session, time).
-_Queued = tuple[bytes, bytes] | tuple[Request, str, float]
-_INT64 = 1 << 63
-
-
-def _as_queued(request: Request, session: str, now: float) -> _Queued:
-    """What :meth:`Outbox.append_many` queues in memory for a send. One whose text is ASCII
-    and whose body is immutable, as the engine's sends are, is queued as it is: its row
-    (_queued_row) is written when the records are read in, off the push's path, and nothing in
-    it can fail then (no text SQLite cannot take). A POST's body is bytes; a Sitecore event
-    sent by GET is stored with the body its URL carries (its ``message``, which the
-    :class:`Request` says the body is), not the dict, which its caller may still reach. Any
-    other send is encoded now, so that one that cannot be stored fails the push."""
-    if _storable_as_is(request, session, now):
-        return (request, session, now)
-    return _unframed(request, session, now)
-
-
-def _storable_as_is(request: Request, session: str, now: float) -> bool:
-    method = request.method
-    if method == "POST":
-        if not request.body_bytes:
-            return False
-    elif not (
-        method == "GET"
-        and request.destination == "sitecore"
-        and request.kind == "event"
-        and "message=" in request.url
-    ):
-        return False
-    if not (
-        type(session) is str
-        and (type(now) is float or (type(now) is int and -_INT64 <= now < _INT64))
-        and (
-            f"{session}{request.rule}{request.url}{request.event_id}{request.request_id}"
-            f"{request.destination}{request.kind}"
-        ).isascii()
-    ):
-        return False
-    try:
-        for name, value in request.headers:  # (a loop: a generator costs a send 0.1 µs)
-            if not (name.isascii() and value.isascii()):
-                return False
-    except (AttributeError, TypeError, ValueError):  # not pairs of text: encoding decides
-        return False
-    return True
-
-
-def _unframed(request: Request, session: str, now: float) -> tuple[bytes, bytes]:
-    """:func:`_record` for an outbox in memory: the header as a record holds it, and the body."""
-    body = request.body_bytes
-    try:
-        return journal.encode_header(send_header(request, session, now), len(body)), body
-    except (TypeError, ValueError) as exc:
-        raise OutboxError(f"rule {request.rule!r}: the send cannot be stored: {exc}") from exc
+    return journal.frame(*unframed(request, session, now))
 
 
 def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
@@ -377,8 +294,9 @@ def _row(header: list[Any], body_bytes: bytes) -> dict[str, Any]:
     }
 
 
-def _queued_row(record: _Queued) -> dict[str, Any]:
-    """The insert parameters of a record an outbox in memory queued (see _as_queued)."""
+def _queued_row(record: Queued) -> dict[str, Any]:
+    """The insert parameters of a record an outbox in memory queued
+    (:mod:`engine.stores.queued`)."""
     if len(record) == 3:
         request, session, now = record
         if request.method == "GET":
@@ -410,7 +328,7 @@ def _params(
 ) -> dict[str, Any]:
     try:
         headers = json.dumps([list(pair) for pair in request.headers], ensure_ascii=False)
-        stored = _stored_body(request) if sent is _THE_REQUESTS else sent
+        stored = stored_body(request) if sent is _THE_REQUESTS else sent
         body = (
             ""
             if stored is None
@@ -684,8 +602,8 @@ class Outbox(BaseOutbox):
         self._cursor = 0
         # In memory: the appended records (header, body) not yet ingested, and those of them
         # the open transaction took.
-        self._queued: list[_Queued] = []
-        self._taken: list[_Queued] = []
+        self._queued: list[Queued] = []
+        self._taken: list[Queued] = []
         self._read_in = 0  # records read into the open transaction (for ingest's count)
 
     def _journal_path(self, generation: int) -> str:
@@ -715,7 +633,7 @@ class Outbox(BaseOutbox):
             return
         if self._memory:
             # Nothing here crosses a disk: no frame, no checksum.
-            records = [_as_queued(request, session, stamp) for request, session in items]
+            records = queued_sends(items, stamp)
             if records:
                 self._check_open()
                 with self._journal_lock:
