@@ -72,54 +72,71 @@ _NOTHING: Mapping[str, Any] = MappingProxyType({})
 _new_rlock = _thread.RLock
 
 
-class _Lockable:
-    """Holds a reentrant lock, ``lock``, made when first taken and given up when nobody holds
-    or waits for it: an idle session or visitor memory holds no lock (one is ~100 bytes).
+_HELD: dict[str, list[Any]] = {}
+"""Visitor id → [the visitor's reentrant lock, threads holding or waiting for it, each counted
+once], changed under ``_GUARD``: a lock is made when first taken and dropped when nobody holds
+or waits for it, so an idle visitor holds none (one is ~100 bytes)."""
 
-    The same guarantees as a ``threading.RLock`` of its own: one thread at a time, which may
-    take it again while it holds it.
+
+def hold_visitor(visitor_id: str, blocking: bool = True, timeout: float = -1) -> bool:
+    """Take the visitor's lock (the one of all its sessions and its memory): one thread at a
+    time, which may take it again while it holds it, as a ``threading.RLock``."""
+    held = _HELD.get(visitor_id)
+    if held is not None and held[0]._is_owned():
+        held[0].acquire()  # (taken again by the thread holding it: nothing to count)
+        return True
+    _GUARD.acquire()
+    held = _HELD.get(visitor_id)
+    if held is None:
+        held = _HELD[visitor_id] = [_new_rlock(), 1]
+    else:
+        held[1] += 1
+    _GUARD.release()
+    if held[0].acquire(blocking, timeout):
+        return True
+    _count_out(visitor_id, held)
+    return False
+
+
+def let_go_visitor(visitor_id: str) -> None:
+    """Give up the visitor's lock once (:func:`hold_visitor`)."""
+    held = _HELD.get(visitor_id)
+    if held is None:
+        raise RuntimeError("cannot release un-acquired lock")
+    lock = held[0]
+    lock.release()  # RuntimeError when this thread does not hold it
+    if not lock._is_owned():
+        _count_out(visitor_id, held)
+
+
+def _count_out(visitor_id: str, held: list[Any]) -> None:
+    _GUARD.acquire()
+    held[1] -= 1
+    if not held[1]:
+        del _HELD[visitor_id]
+    _GUARD.release()
+
+
+class _Lockable:
+    """Has ``lock``: its visitor's lock (:func:`hold_visitor`), which the visitor's sessions
+    and memory share. A push holds it from start to end, so one lock serves the push, the
+    visitor's memory and the readers of the session; an idle one costs nothing.
     """
 
-    __slots__ = ("_holders", "_rlock")
+    __slots__ = ()
 
-    _rlock: threading.RLock | None
-    _holders: int  # threads holding or waiting for _rlock, each counted once
+    visitor_id: str
 
     @property
     def lock(self) -> _Lock:
         """The lock: ``with x.lock:``, or ``acquire()`` then ``release()``."""
         return _Lock(self)
 
-    # (on every push's path: the guard taken without `with`, the fewest steps)
     def _acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        lock = self._rlock
-        if lock is not None and lock._is_owned():  # type: ignore[attr-defined]
-            return lock.acquire()  # taken again by the thread holding it: nothing to count
-        _GUARD.acquire()
-        lock = self._rlock
-        if lock is None:
-            lock = self._rlock = _new_rlock()
-        self._holders += 1
-        _GUARD.release()
-        if lock.acquire(blocking, timeout):
-            return True
-        self._let_go()
-        return False
+        return hold_visitor(self.visitor_id, blocking, timeout)
 
     def _release(self) -> None:
-        lock = self._rlock
-        if lock is None:
-            raise RuntimeError("cannot release un-acquired lock")
-        lock.release()  # RuntimeError when this thread does not hold it
-        if not lock._is_owned():  # type: ignore[attr-defined]
-            self._let_go()
-
-    def _let_go(self) -> None:
-        _GUARD.acquire()
-        self._holders -= 1
-        if not self._holders:
-            self._rlock = None
-        _GUARD.release()
+        let_go_visitor(self.visitor_id)
 
 
 class _Lock:
@@ -161,8 +178,6 @@ class VisitorMemory(_Lockable):
     __slots__ = ("firings", "kept", "sessions", "visitor_id")
 
     def __init__(self, visitor_id: str) -> None:
-        self._rlock = None
-        self._holders = 0
         self.visitor_id = visitor_id
         self.kept: dict[str, Any] = {}
         self.firings: dict[str, list[float]] = {}
@@ -237,7 +252,8 @@ class Session(_Lockable):
     """One visitor's data layer and runtime memory.
 
     The runtime holds ``lock`` while it processes one push of the session, which keeps the
-    session's pushes in order. ``kept["visitor"]`` and the visitor's firing history are shared
+    session's pushes in order; it is the visitor's lock, which the visitor's other sessions
+    and its memory share. ``kept["visitor"]`` and the visitor's firing history are shared
     with the visitor's other sessions (see :class:`VisitorMemory`).
 
     What a session has not used costs nothing: its kept values, firing history and identity
@@ -276,8 +292,6 @@ class Session(_Lockable):
         if visitor is not None and visitor.visitor_id != visitor_id:
             raise ValueError(f"visitor memory of {visitor.visitor_id!r} given to {visitor_id!r}")
         created = time.time() if now is None else now
-        self._rlock = None
-        self._holders = 0
         self.id = id
         self.visitor_id = visitor_id
         self._visitor = visitor
@@ -305,10 +319,10 @@ class Session(_Lockable):
     def _pack(self) -> bool | None:
         """Pack the session: True when packed (now or before), ``None`` when a thread holds
         or waits for its lock (try later), False when a part is not plain data."""
-        with _GUARD:  # (_holders changes under it: nobody can take the lock meanwhile)
+        with _GUARD:  # (_HELD changes under it: nobody can take the lock meanwhile)
             if self._packed is not None:
                 return True
-            if self._holders:
+            if self.visitor_id in _HELD:
                 return None
             identity = self._identity
             if identity and not _plain(identity):  # (the one part an app writes itself)

@@ -14,12 +14,18 @@ import pytest
 
 from benchmarks.memory import OVERHEAD_TARGET, measure
 from engine import Engine
-from engine.sessions import Session, VisitorMemory
+from engine.sessions import _HELD, Session, VisitorMemory
 from engine.stores.memory import MemorySessions
 from tests.conftest import load_text
 
 SESSIONS = 2_000
 MEASURED = 6_000  # more than the engine's bounded caches hold (benchmarks.memory.QUICK_SESSIONS)
+
+
+def _lock_of(owner: Session | VisitorMemory) -> Any:
+    """The lock a session or visitor memory shares with its visitor, if one is made."""
+    held = _HELD.get(owner.visitor_id)
+    return None if held is None else held[0]
 
 
 def _bytes_per_session(make: Any, count: int = SESSIONS) -> float:
@@ -51,7 +57,7 @@ def test_an_empty_session_holds_its_id_state_and_times_only() -> None:
     session = store.get("web-000001")
     dicts = [x for x in gc.get_referents(session) if type(x) is dict]
     assert dicts == [session.state] == [{}]  # no kept values, firings, identity made yet
-    assert session._visitor is None and session._rlock is None  # nor memory, nor a lock
+    assert session._visitor is None and _lock_of(session) is None  # nor memory, nor a lock
     assert store._visitors == {}  # a session is its visitor's by default: nothing to share
 
 
@@ -83,7 +89,7 @@ def test_reading_makes_nothing_writing_makes_what_it_writes() -> None:
     assert export["kept"] == {"pageview": {}, "session": {}, "visitor": {}}
     assert export["firings"] == {"session": {}, "visitor": {}} and export["identity"] == {}
     assert (session._pageview, session._session_kept, session._firings) == (None, None, None)
-    assert session._identity is None and session._visitor is None and session._rlock is None
+    assert session._identity is None and session._visitor is None and _lock_of(session) is None
 
     session.kept["session"]["campaign"] = "c1"
     assert session._session_kept == {"campaign": "c1"} and session._pageview is None
@@ -170,17 +176,17 @@ def test_a_failed_push_puts_back_what_it_made() -> None:
         raise RuntimeError("the outbox said no")
     assert session.export()["identity"] == {}
     assert session.export()["kept"]["visitor"] == {} and session.firings == {}
-    assert session.visitor.firings == {} and session._rlock is None
+    assert session.visitor.firings == {} and _lock_of(session) is None
 
 
 # ---------------------------------------------------------------------- the lock
 def test_the_lock_is_reentrant_and_given_up_when_nobody_wants_it() -> None:
     session = Session("s")
     with session.lock:
-        held = session._rlock
+        held = _lock_of(session)
         assert held is not None
         with session.lock:
-            assert session._rlock is held
+            assert _lock_of(session) is held
         assert session.lock.acquire(timeout=0.01)  # again, by its holder
         session.lock.release()
         taken: list[bool] = []
@@ -188,7 +194,7 @@ def test_the_lock_is_reentrant_and_given_up_when_nobody_wants_it() -> None:
         other.start()
         other.join()
         assert taken == [False]  # another thread waits, and gives up after its timeout
-    assert session._rlock is None and session._holders == 0
+    assert _lock_of(session) is None and session.visitor_id not in _HELD
     with pytest.raises(RuntimeError):
         session.lock.release()
 
@@ -216,7 +222,7 @@ def test_the_lock_keeps_one_thread_at_a_time() -> None:
     for thread in threads:
         thread.join()
     assert counts == {"in": 0, "most": 1, "done": 4_000}
-    assert session._rlock is None and session._holders == 0
+    assert _lock_of(session) is None and session.visitor_id not in _HELD
 
 
 RULES = """
@@ -255,4 +261,4 @@ def test_concurrent_pushes_to_one_session_lose_no_update() -> None:
         assert session is not None and session.pushes == 4_000
         assert len(session.firings["Tick"]) == 4_000
         assert len(session.visitor.firings["Tick"]) == 4_000
-        assert session._rlock is None and session.visitor._rlock is None
+        assert _lock_of(session) is None and _lock_of(session.visitor) is None

@@ -7,7 +7,6 @@ never happened and the app's retry fires again.
 
 from __future__ import annotations
 
-import _thread
 import threading
 import time
 from collections import OrderedDict
@@ -17,15 +16,11 @@ from typing import Any
 
 from engine.clients.identity import merge_identity
 from engine.destinations.base import Request
-from engine.sessions import _UNPACKED, Session, VisitorMemory
+from engine.sessions import _UNPACKED, Session, VisitorMemory, hold_visitor, let_go_visitor
 from engine.stores.base import BaseOutbox, PushTransaction, Sessions
 from engine.values import copy_json
 
 __all__ = ["MemorySessions"]
-
-# The C class itself: threading.RLock is a Python function around it (a frame per call).
-_new_rlock = _thread.RLock
-
 
 _new_hold = object.__new__
 _BUSY = 8  # sessions a push or a thread holds that one _cool() passes over, at most
@@ -47,16 +42,16 @@ class _Hold(PushTransaction):
     was: shallow copies suffice, as a state is replaced, never changed, kept values are
     snapshots of it, a push changes only the top level of the identity (a local Sitecore
     browser id) and firing lists are replaced, never changed (Session.record_firing). A part
-    not made yet is saved as ``None``, so that saving makes nothing. No lock for the visitor's
-    memory: the pushes that change it are this one and others of the visitor, which wait for
-    this one (the visitor's lock)."""
+    not made yet is saved as ``None``, so that saving makes nothing. One lock: the visitor's
+    (:func:`~engine.sessions.hold_visitor`), which is the lock of each of its sessions and of
+    its memory too, so that the visitor's pushes, whichever of its sessions, go one at a
+    time, and a reader of the session waits for the push."""
 
     __slots__ = (
         "_committed",
         "_firings",
         "_identity",
         "_last_seen",
-        "_lock",
         "_now",
         "_pageview",
         "_pushes",
@@ -79,24 +74,10 @@ class _Hold(PushTransaction):
         store = self._store
         # Marked used at once (a push of it arriving meanwhile must not find it expired),
         # and put back as it was if this push fails.
-        # The visitor's lock is counted in under the store's lock, which the look-up takes
-        # anyway: one acquisition of it where a separate set of keyed locks took two.
         with store._lock:
             session, self._last_seen = store._use(self._session_id, self._visitor_id, self._now)
-            self._visitor_id = visitor_id = session.visitor_id
-            held = store._held.get(visitor_id)
-            if held is None:
-                held = store._held[visitor_id] = [_new_rlock(), 1]
-            else:
-                held[1] += 1
-        self._lock = held
-        lock = held[0]
-        lock.acquire()
-        try:
-            session._acquire()  # (session.lock's, without making a handle on every push)
-        except BaseException:
-            self._let_go()
-            raise
+        self._visitor_id = visitor_id = session.visitor_id
+        hold_visitor(visitor_id)  # (session.lock's, without making a handle on every push)
         self.session = session
         self._committed = False
         self._state, self._pushes = session.state, session.pushes
@@ -156,18 +137,7 @@ class _Hold(PushTransaction):
             if kind is not None:
                 self.rollback()
         finally:
-            self.session._release()
-            self._let_go()
-
-    def _let_go(self) -> None:
-        """Give up the visitor's lock, dropped when nobody holds or waits for it."""
-        held = self._lock
-        held[0].release()
-        store = self._store
-        with store._lock:
-            held[1] -= 1
-            if not held[1]:
-                del store._held[self.session.visitor_id]
+            let_go_visitor(self.session.visitor_id)
 
 
 class MemorySessions(Sessions):
@@ -212,10 +182,6 @@ class MemorySessions(Sessions):
         # visitor's: then nothing), which makes its memory when it first needs it.
         self._visitors: dict[str, VisitorMemory | Session] = {}
         self._lock = threading.Lock()
-        # One visitor's pushes one at a time, whichever of its sessions: they share its
-        # memory, which a failed push puts back as it was. Visitor id → [its reentrant lock,
-        # pushes holding or waiting for it], counted under _lock (_Hold).
-        self._held: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -412,7 +378,7 @@ class MemorySessions(Sessions):
         (a few at most each time: the next use tries again); one that cannot be packed (not
         plain data) is left as it is, out of the count, until it is used again.
         """
-        hot, sessions, held = self._hot, self._sessions, self._held
+        hot, sessions = self._hot, self._sessions
         assert hot is not None
         while _UNPACKED:
             try:
@@ -430,7 +396,7 @@ class MemorySessions(Sessions):
                 break  # (the most recently used: every other one was looked at)
             del hot[session_id]
             session = sessions.get(session_id)
-            if session is not None and (session.visitor_id in held or session._pack() is None):
+            if session is not None and session._pack() is None:
                 busy.append(session_id)
         for session_id in reversed(busy):
             hot[session_id] = None
