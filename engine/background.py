@@ -306,7 +306,8 @@ class BackgroundDelivery:
         workers if it is a forked child that has not yet."""
         if self._closing:
             raise EngineError("background delivery is closed")
-        self._ensure_workers()
+        if self._spawn_pending or self._fork.forked():  # (else no call: every push's path)
+            self._ensure_workers()
 
     def notify(self) -> None:
         """Sends were stored: wake a worker. Takes no lock, so a push never waits for a

@@ -104,7 +104,8 @@ class _Hold(PushTransaction):
         now: float,
     ) -> bool:
         if items and outbox is not None:
-            outbox.check_bound(len(items))
+            if outbox.max_backlog is not None:  # (no call when unbounded: on every push's path)
+                outbox.check_bound(len(items))
             outbox.append_many(items, now=now)  # raises: rolled back on the way out
         self._committed = True
         return True

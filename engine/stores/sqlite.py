@@ -635,7 +635,8 @@ class Outbox(BaseOutbox):
             # Nothing here crosses a disk: no frame, no checksum.
             records = queued_sends(items, stamp)
             if records:
-                self._check_open()
+                if self._closed or self._fork.forked():  # (else no call: every push's path)
+                    self._check_open()
                 with self._journal_lock:
                     self._queued.extend(records)
             return
