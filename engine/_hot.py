@@ -29,9 +29,11 @@ __all__ = ["HOT", "MANIFEST", "compiled", "current", "digest", "install", "stamp
 
 # What every push runs. Not the stores' classes: mypyc builds a subclass of an ABC that shares
 # its parent's isinstance cache, and a class of sqlite.py crashed in a weakref (their queue of
-# sends in memory is functions only). Not the scope:
-# generated code reads its attributes, which a compiled class serves at twice the cost. Not
-# the engine's class: its push is engine.pushing, the builders' encoding in its own module.
+# sends in memory is functions only). Not the scope: generated code reads its attributes,
+# which a compiled class serves at twice the cost, and its element reads ran slower compiled
+# (as a function, or a class left to Python), as code that mostly reads Python objects'
+# attributes and calls back into Python does. Not the engine's class: its push is
+# engine.pushing, the builders' encoding in its own module.
 HOT = (
     "engine.datalayer",
     "engine.destinations.edge",
