@@ -194,7 +194,9 @@ def test_a_send_queued_as_it_is_is_stored_as_an_encoded_one_would_be() -> None:
             as_is.append(len(queued) == 3)
             if now == 2**70:
                 continue  # (beyond SQLite's integers: stored neither way)
-            assert _queued_row(queued) == _queued_row(_unframed(request, session, now))
+            row = _queued_row(queued)
+            assert row == _queued_row(_unframed(request, session, now))
+            assert type(row["created"]) is type(now)  # (compiled: an int is not made a float)
     # As they are: the ASCII POSTs (the first, the fourth) and Sitecore GETs (the sixth,
     # the seventh), at a time SQLite takes as it is.
     assert as_is[:4] == as_is[12:16] == as_is[20:24] == as_is[24:28] == [True, True, False, False]

@@ -199,6 +199,38 @@ def test_the_lock_is_reentrant_and_given_up_when_nobody_wants_it() -> None:
         session.lock.release()
 
 
+def test_a_visitors_sessions_and_memory_share_one_lock_and_others_do_not_wait() -> None:
+    """A push holds its visitor's lock, which each of the visitor's sessions and its memory
+    answer to: a reader of another session of the visitor waits for it, another visitor's
+    does not; and a session is not packed while any thread holds its visitor."""
+    store = MemorySessions()
+    mine, other = store.get("a", "v"), store.get("b", "v")
+    stranger = store.get("c", "w")
+
+    def taken(lockable: Session | VisitorMemory) -> bool:
+        got: list[bool] = []
+
+        def take() -> None:
+            got.append(lockable.lock.acquire(timeout=0.05))
+            if got[0]:
+                lockable.lock.release()
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+        return got[0]
+
+    with store.begin("a", "v", time.time()) as transaction:
+        assert transaction.session is mine
+        assert not taken(other) and not taken(mine) and not taken(other.visitor)
+        assert taken(stranger)
+        assert other._pack() is None  # (held: packed later)
+        with other.lock:  # the holder takes it again, any session of the visitor
+            transaction.commit((), None, time.time())
+    assert taken(other) and _lock_of(mine) is None and _lock_of(stranger) is None
+    assert other._pack() is True
+
+
 def test_the_lock_keeps_one_thread_at_a_time() -> None:
     session = Session("s")
     counts = {"in": 0, "most": 0, "done": 0}
