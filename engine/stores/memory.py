@@ -76,8 +76,7 @@ class _Hold(PushTransaction):
         # and put back as it was if this push fails.
         with store._lock:
             session, self._last_seen = store._use(self._session_id, self._visitor_id, self._now)
-        self._visitor_id = visitor_id = session.visitor_id
-        hold_visitor(visitor_id)  # (session.lock's, without making a handle on every push)
+        hold_visitor(session.visitor_id)  # (session.lock's, without a handle on every push)
         self.session = session
         self._committed = False
         self._state, self._pushes = session.state, session.pushes
